@@ -1,0 +1,1 @@
+//! corekv client SDK.
