@@ -1,1 +1,30 @@
-//! placeholder
+//! corekv: a thread-per-core key-value store on io_uring (glommio).
+//!
+//! # Map (request path order)
+//!
+//! - [`config`]: flags, the TOML file, defaults and every limit.
+//! - [`node`]: boot (pin cores, bind, publish topology) and graceful shutdown.
+//! - [`net`]: per-core accept loops and pipelined connections.
+//! - [`shard`]: `Core`, everything one core owns; routing to the owning core over the
+//!   bounded channel mesh ([`shard::mesh`]).
+//! - [`storage`]: the `Engine` seam; [`storage::MemEngine`] today, a log-backed engine next.
+//! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
+//!
+//! # Dependency rule
+//!
+//! `storage` imports only `config`, `error` and the schema crate. `shard` wires storage to the
+//! mesh. `net` reaches data only through `shard::Core`. `node` wires everything at boot. The
+//! `tidy` integration test checks these imports.
+//!
+//! # Threading
+//!
+//! One glommio `LocalExecutor` per core, pinned. Nothing on the request path is shared
+//! between cores: no `Mutex`, no `Arc<RwLock>`; cores talk only over bounded channels.
+
+pub mod config;
+pub mod error;
+pub mod net;
+pub mod node;
+pub mod shard;
+pub mod shutdown;
+pub mod storage;

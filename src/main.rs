@@ -1,1 +1,56 @@
-fn main(){}
+//! The `corekv` binary: parses the command line and hands off. `serve` runs a node; the other
+//! subcommands are a script-friendly client (see `corekv::cli`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use corekv::config::{Config, ServeArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "corekv",
+    version,
+    about = "corekv: a thread-per-core key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node (Ctrl-C or SIGTERM drains and exits 0).
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    init_logging();
+    let result = Config::load(args)
+        .map_err(Into::into)
+        .and_then(corekv::node::run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corekv: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}

@@ -1,0 +1,335 @@
+//! Node configuration: defaults, the TOML file, command-line flags, and every limit.
+//!
+//! Precedence is flag > file > default. Every flag of `corekv serve` is also a key of the
+//! file given by `--config` (same name, `_` for `-`), and unknown keys are an error so a typo
+//! never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use corekv_schema::frame::Limits;
+use corekv_schema::placement::PARTITIONS_DEFAULT;
+use serde::Deserialize;
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7379";
+pub const DATA_DIR_DEFAULT: &str = "corekv-data";
+/// Messages buffered per direction between two cores before senders wait (back-pressure).
+pub const MESH_CAPACITY_MESSAGES_DEFAULT: usize = 1024;
+pub const TTL_SWEEP_INTERVAL_MS_DEFAULT: u64 = 100;
+/// Keys the active sweep may remove per core per interval, so a mass expiry cannot stall a core.
+pub const TTL_SWEEP_KEYS_MAX: usize = 20_000;
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Requests a connection parses before answering them, bounding per-connection memory.
+pub const CONNECTION_BATCH_REQUESTS_MAX: usize = 1024;
+
+// A connection forwards at most one call per request it holds; a mesh that can hold a whole
+// batch keeps one busy connection from filling it alone.
+const _: () = assert!(CONNECTION_BATCH_REQUESTS_MAX <= MESH_CAPACITY_MESSAGES_DEFAULT);
+
+/// Flags of `corekv serve`. Each is also a key of the `--config` file.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (flags win over the file).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Native protocol address, accepted on every core (SO_REUSEPORT)
+    /// [default: 127.0.0.1:7379]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Cores to run on, one pinned executor each [default: all CPUs this process may use]
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+    /// Data directory (created if missing; locked against a second node) [default: ./corekv-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Also listen on BASE+i on core i, for shard-aware clients; 0 picks free ports
+    /// [default: off]
+    #[arg(long, value_name = "BASE")]
+    pub shard_ports: Option<u16>,
+    /// Name of this node, reported in topology [default: the listen address]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Partitions keys are hashed into; fixed for the life of the data [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub partitions: Option<u32>,
+    /// Largest key accepted [default: 16384]
+    #[arg(long, value_name = "BYTES")]
+    pub key_bytes_max: Option<usize>,
+    /// Largest value accepted [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    pub value_bytes_max: Option<usize>,
+    /// Largest frame accepted; a larger one closes the connection [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub frame_bytes_max: Option<usize>,
+    /// Most operations in one batch [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub batch_ops_max: Option<usize>,
+    /// Messages queued between two cores before the sender waits [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub mesh_capacity_messages: Option<usize>,
+    /// Busy-poll this long before an idle core sleeps: lower cross-core latency, but burns
+    /// the CPU; only for cores dedicated to corekv [default: 0 = off]
+    #[arg(long, value_name = "US")]
+    pub spin_before_park_us: Option<u64>,
+    /// Period of the active TTL sweep [default: 100]
+    #[arg(long, value_name = "MS")]
+    pub ttl_sweep_interval_ms: Option<u64>,
+    /// On SIGINT/SIGTERM, how long connections may take to finish [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// The keys of the `--config` file: the flags of [`ServeArgs`] without `config`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    cores: Option<usize>,
+    data_dir: Option<PathBuf>,
+    shard_ports: Option<u16>,
+    node_id: Option<String>,
+    partitions: Option<u32>,
+    key_bytes_max: Option<usize>,
+    value_bytes_max: Option<usize>,
+    frame_bytes_max: Option<usize>,
+    batch_ops_max: Option<usize>,
+    mesh_capacity_messages: Option<usize>,
+    spin_before_park_us: Option<u64>,
+    ttl_sweep_interval_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+}
+
+/// A fully resolved, validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None` = every CPU in this process's affinity mask.
+    pub cores: Option<usize>,
+    pub data_dir: PathBuf,
+    pub shard_ports: Option<u16>,
+    pub node_id: Option<String>,
+    pub partitions: u32,
+    pub limits: Limits,
+    pub mesh_capacity_messages: usize,
+    pub spin_before_park_us: u64,
+    pub ttl_sweep_interval_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Config {
+    /// Resolves flags over the optional file over defaults, then validates.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        let listen = resolve_addr(&listen_text).map_err(|r| invalid("listen", &listen_text, &r))?;
+        let d = Limits::DEFAULT;
+        let limits = Limits {
+            key_bytes_max: args
+                .key_bytes_max
+                .or(file.key_bytes_max)
+                .unwrap_or(d.key_bytes_max),
+            value_bytes_max: args
+                .value_bytes_max
+                .or(file.value_bytes_max)
+                .unwrap_or(d.value_bytes_max),
+            frame_bytes_max: args
+                .frame_bytes_max
+                .or(file.frame_bytes_max)
+                .unwrap_or(d.frame_bytes_max),
+            batch_ops_max: args
+                .batch_ops_max
+                .or(file.batch_ops_max)
+                .unwrap_or(d.batch_ops_max),
+        };
+        let config = Config {
+            listen,
+            cores: args.cores.or(file.cores),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
+            shard_ports: args.shard_ports.or(file.shard_ports),
+            node_id: args.node_id.clone().or(file.node_id),
+            partitions: args
+                .partitions
+                .or(file.partitions)
+                .unwrap_or(PARTITIONS_DEFAULT),
+            limits,
+            mesh_capacity_messages: args
+                .mesh_capacity_messages
+                .or(file.mesh_capacity_messages)
+                .unwrap_or(MESH_CAPACITY_MESSAGES_DEFAULT),
+            spin_before_park_us: args
+                .spin_before_park_us
+                .or(file.spin_before_park_us)
+                .unwrap_or(0),
+            ttl_sweep_interval_ms: args
+                .ttl_sweep_interval_ms
+                .or(file.ttl_sweep_interval_ms)
+                .unwrap_or(TTL_SWEEP_INTERVAL_MS_DEFAULT),
+            drain_timeout_ms: args
+                .drain_timeout_ms
+                .or(file.drain_timeout_ms)
+                .unwrap_or(DRAIN_TIMEOUT_MS_DEFAULT),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cores == Some(0) {
+            return Err(invalid("cores", 0, "must be at least 1"));
+        }
+        if let Some(cores) = self.cores
+            && cores > usize::from(u16::MAX)
+        {
+            return Err(invalid("cores", cores, "too many"));
+        }
+        if self.partitions == 0 {
+            return Err(invalid("partitions", 0, "must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.key_bytes_max == 0 {
+            return Err(invalid("key_bytes_max", 0, "must be at least 1"));
+        }
+        if l.frame_bytes_max > u32::MAX as usize {
+            return Err(invalid(
+                "frame_bytes_max",
+                l.frame_bytes_max,
+                "must fit in a u32 prefix",
+            ));
+        }
+        // A maximal single write must fit in a frame, with room for the envelope.
+        if l.key_bytes_max + l.value_bytes_max + 1024 > l.frame_bytes_max {
+            return Err(invalid(
+                "frame_bytes_max",
+                l.frame_bytes_max,
+                "must exceed key_bytes_max + value_bytes_max + 1024",
+            ));
+        }
+        if l.batch_ops_max == 0 {
+            return Err(invalid("batch_ops_max", 0, "must be at least 1"));
+        }
+        if self.mesh_capacity_messages == 0 {
+            return Err(invalid("mesh_capacity_messages", 0, "must be at least 1"));
+        }
+        if self.ttl_sweep_interval_ms == 0 {
+            return Err(invalid("ttl_sweep_interval_ms", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = text.to_socket_addrs().map_err(|e| e.to_string())?;
+    addrs
+        .next()
+        .ok_or_else(|| "resolves to no address".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), LISTEN_DEFAULT);
+        assert_eq!(c.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
+        assert_eq!(c.partitions, 1024);
+        assert_eq!(c.limits, Limits::DEFAULT);
+        assert_eq!(c.shard_ports, None);
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ncores = 3\nshard_ports = 9100\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            cores: Some(1),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cores, Some(1));
+        assert_eq!(c.shard_ports, Some(9100));
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let err = Config::load(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        });
+        assert!(err.unwrap_err().to_string().contains("lisen"));
+        let err = Config::load(&ServeArgs {
+            cores: Some(0),
+            ..Default::default()
+        });
+        assert!(err.unwrap_err().to_string().contains("cores"));
+        let err = Config::load(&ServeArgs {
+            listen: Some("nope".into()),
+            ..Default::default()
+        });
+        assert!(err.unwrap_err().to_string().contains("listen"));
+        let err = Config::load(&ServeArgs {
+            frame_bytes_max: Some(100),
+            ..Default::default()
+        });
+        assert!(err.unwrap_err().to_string().contains("frame_bytes_max"));
+    }
+}

@@ -1,0 +1,36 @@
+//! Errors that cross layers: why a node could not start or had to stop.
+//!
+//! Request-level failures never appear here; they are `Reply::Error` values on the wire.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "data directory {path} is in use by another corekv node (lock file {path}/LOCK is held)"
+    )]
+    DataDirLocked { path: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("asked for {wanted} cores but this process may run on {available} CPUs")]
+    TooManyCores { wanted: usize, available: usize },
+    #[error(
+        "RLIMIT_MEMLOCK is {limit_bytes} bytes; glommio needs at least {needed_bytes}. Raise it \
+         (ulimit -l, or LimitMEMLOCK in systemd; see tuning/README.md) or run as root"
+    )]
+    MemlockTooLow { limit_bytes: u64, needed_bytes: u64 },
+    #[error("core {core}: {message}")]
+    Core { core: usize, message: String },
+}

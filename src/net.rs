@@ -1,0 +1,39 @@
+//! Client-facing sockets: accepting on the shared and per-core ports, and serving connections.
+//!
+//! Every core accepts on the shared port (SO_REUSEPORT: the kernel spreads connections over
+//! cores) and, with `--shard-ports`, on its own port so shard-aware clients skip the
+//! cross-core hop. `net` reaches data only through [`crate::shard::Core`].
+
+pub mod connection;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+use glommio::net::TcpListener;
+
+use crate::shard::Core;
+use crate::shutdown::Shutdown;
+
+/// Accepts until shutdown, spawning one task per connection on this core.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, shutdown: Rc<Shutdown>) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let task = connection::serve(core.clone(), stream, shutdown.clone());
+                glommio::spawn_local(task).detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(core = core.index, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

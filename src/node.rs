@@ -1,0 +1,413 @@
+//! Boot and shutdown of one node.
+//!
+//! Boot order: validate config → lock the data directory → raise RLIMIT_MEMLOCK → check the
+//! ports are not held by another process → reserve the shared port → start one pinned glommio
+//! executor per core (each joins the mesh, binds its listeners, reports its shard port) →
+//! publish the topology → print the ready line → serve.
+//!
+//! Shutdown order (SIGINT/SIGTERM): every core stops accepting and lets its connections finish
+//! the requests they have parsed; once *all* cores have drained (so no forward can still be
+//! in flight) or `drain_timeout_ms` has passed, each executor returns and the process exits 0.
+//! A second SIGINT/SIGTERM exits at once.
+//!
+//! Hazard handled here: glommio binds with SO_REUSEPORT, so a second process could bind the
+//! same port silently and steal half the connections. A plain bind (without SO_REUSEPORT)
+//! first proves the port is free, and the data directory's `LOCK` file keeps two nodes off one
+//! directory.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use corekv_schema::codec::TopologyInfo;
+use corekv_schema::placement::HASH_NAME;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{Config, TTL_SWEEP_KEYS_MAX};
+use crate::error::NodeError;
+use crate::shard::mesh::MeshBuilders;
+use crate::shard::{self, Core, NodeInfo};
+use crate::shutdown::{self, Shutdown};
+use crate::storage::MemEngine;
+
+/// glommio refuses to start below this much locked memory (measured; see PLATFORM-NOTES).
+const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+/// glommio's own default io_memory per executor; we never ask for more.
+const IO_MEMORY_BYTES_MAX: usize = 10 << 20;
+const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the boot thread learns from each core.
+struct CoreReport {
+    index: usize,
+    shard_port: Option<u16>,
+    result: Result<(), String>,
+}
+
+/// Runs a node until SIGINT/SIGTERM. Returns after a clean drain.
+pub fn run(config: Config) -> Result<(), NodeError> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = config.cores.unwrap_or(cpus.len().max(1));
+    if cores > cpus.len() {
+        return Err(NodeError::TooManyCores {
+            wanted: cores,
+            available: cpus.len(),
+        });
+    }
+    let io_memory_bytes = raise_memlock(cores)?;
+
+    let reserved = reserve_port(config.listen)?;
+    let listen = reserved
+        .local_addr()
+        .and_then(|a| {
+            a.as_socket()
+                .ok_or_else(|| std::io::Error::other("not an IP address"))
+        })
+        .map_err(|source| listen_err(config.listen, source))?;
+    if let Some(base) = config.shard_ports.filter(|&b| b != 0) {
+        for i in 0..cores {
+            let port = u16::try_from(usize::from(base) + i).map_err(|_| NodeError::Listen {
+                addr: format!("{}:{base}+{i}", listen.ip()),
+                source: std::io::Error::other("shard port out of range"),
+            })?;
+            drop(reserve_port(SocketAddr::new(listen.ip(), port))?);
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The second signal exits at once; the first asks for a drain.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
+            .map_err(|e| NodeError::Core {
+                core: 0,
+                message: format!("signal setup: {e}"),
+            })?;
+    }
+
+    let node = Arc::new(NodeInfo {
+        topology: OnceLock::new(),
+        started: Instant::now(),
+    });
+    let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
+    let draining = Arc::new(AtomicUsize::new(cores));
+    let (report_tx, report_rx) = mpsc::channel::<CoreReport>();
+    let mut handles = Vec::with_capacity(cores);
+    for cpu in cpus.iter().take(cores) {
+        let boot = CoreBoot {
+            config: config.clone(),
+            cores,
+            listen,
+            node: node.clone(),
+            meshes: meshes.clone(),
+            stop: stop.clone(),
+            draining: draining.clone(),
+            report: report_tx.clone(),
+        };
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu.id))
+            .name(&format!("corekv-cpu{}", cpu.id))
+            .io_memory(io_memory_bytes);
+        if config.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
+        }
+        let handle = builder
+            .spawn(move || core_main(boot))
+            .map_err(|e| NodeError::Core {
+                core: handles.len(),
+                message: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    drop(report_tx);
+
+    let mut shard_ports = vec![0u16; cores];
+    let mut failure = None;
+    for _ in 0..cores {
+        match report_rx.recv_timeout(BOOT_TIMEOUT) {
+            Ok(CoreReport {
+                index,
+                shard_port,
+                result: Ok(()),
+            }) => {
+                shard_ports[index] = shard_port.unwrap_or(0);
+            }
+            Ok(CoreReport {
+                index,
+                result: Err(message),
+                ..
+            }) => {
+                failure = Some(NodeError::Core {
+                    core: index,
+                    message,
+                });
+                break;
+            }
+            Err(_) => {
+                failure = Some(NodeError::Core {
+                    core: usize::MAX,
+                    message: "a core did not start within 30 s".into(),
+                });
+                break;
+            }
+        }
+    }
+    if let Some(err) = failure {
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(err);
+    }
+    drop(reserved);
+
+    let topology = TopologyInfo {
+        node_id: config.node_id.clone().unwrap_or_else(|| listen.to_string()),
+        cores: cores as u16,
+        partitions: config.partitions,
+        hash: HASH_NAME.to_string(),
+        shard_ports: if config.shard_ports.is_some() {
+            shard_ports.clone()
+        } else {
+            Vec::new()
+        },
+    };
+    let _ = node.topology.set(topology);
+    let ports: Vec<String> = shard_ports.iter().map(u16::to_string).collect();
+    println!(
+        "corekv ready native={listen} shard_ports={} cores={cores} data_dir={} pid={}",
+        if config.shard_ports.is_some() {
+            ports.join(",")
+        } else {
+            "off".into()
+        },
+        config.data_dir.display(),
+        std::process::id()
+    );
+    tracing::info!(%listen, cores, "serving; SIGINT or SIGTERM drains and exits");
+
+    let mut first_err = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                first_err.get_or_insert(NodeError::Core { core: i, message });
+            }
+            Err(e) => {
+                first_err.get_or_insert(NodeError::Core {
+                    core: i,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("drained; exiting");
+            Ok(())
+        }
+    }
+}
+
+struct CoreBoot {
+    config: Config,
+    cores: usize,
+    listen: SocketAddr,
+    node: Arc<NodeInfo>,
+    meshes: MeshBuilders,
+    stop: Arc<AtomicBool>,
+    draining: Arc<AtomicUsize>,
+    report: mpsc::Sender<CoreReport>,
+}
+
+async fn core_main(boot: CoreBoot) -> Result<(), String> {
+    let (index, mesh, calls, answers) = match boot.meshes.clone().join().await {
+        Ok(joined) => joined,
+        Err(e) => {
+            let _ = boot.report.send(CoreReport {
+                index: 0,
+                shard_port: None,
+                result: Err(e.to_string()),
+            });
+            return Err(e.to_string());
+        }
+    };
+    let listeners = bind_listeners(&boot, index);
+    let (main_listener, shard_listener) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = boot.report.send(CoreReport {
+                index,
+                shard_port: None,
+                result: Err(e.clone()),
+            });
+            return Err(e);
+        }
+    };
+    let shard_port = shard_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let c = &boot.config;
+    let core = Rc::new(Core::new(
+        index as u16,
+        boot.cores as u16,
+        c.partitions,
+        c.limits,
+        boot.node.clone(),
+        Box::new(MemEngine::new()),
+        mesh,
+    ));
+    shard::spawn_mesh_tasks(&core, calls, answers);
+    let _ = boot.report.send(CoreReport {
+        index,
+        shard_port,
+        result: Ok(()),
+    });
+
+    // Serve only once every core is up, so Topology is never half-known.
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while boot.node.topology.get().is_none() {
+        if boot.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            return Ok(());
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+
+    let local_stop = Rc::new(Shutdown::default());
+    glommio::spawn_local(shutdown::watch(boot.stop.clone(), local_stop.clone())).detach();
+    glommio::spawn_local(crate::net::accept_loop(
+        core.clone(),
+        main_listener,
+        local_stop.clone(),
+    ))
+    .detach();
+    if let Some(l) = shard_listener {
+        glommio::spawn_local(crate::net::accept_loop(core.clone(), l, local_stop.clone())).detach();
+    }
+    glommio::spawn_local(sweep_loop(
+        core.clone(),
+        c.ttl_sweep_interval_ms,
+        local_stop.clone(),
+    ))
+    .detach();
+
+    local_stop.wait().await;
+    let deadline = Instant::now() + Duration::from_millis(c.drain_timeout_ms);
+    while core.counters.connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let left = core.counters.connections.get();
+    if left > 0 {
+        tracing::warn!(core = index, connections = left, "drain timed out; closing");
+    }
+    // Keep answering other cores' forwards until every core has drained.
+    boot.draining.fetch_sub(1, Ordering::AcqRel);
+    while boot.draining.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn bind_listeners(
+    boot: &CoreBoot,
+    index: usize,
+) -> Result<(TcpListener, Option<TcpListener>), String> {
+    let main = TcpListener::bind(boot.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", boot.listen))?;
+    let shard = match boot.config.shard_ports {
+        None => None,
+        Some(base) => {
+            let port = if base == 0 { 0 } else { base + index as u16 };
+            let addr = SocketAddr::new(boot.listen.ip(), port);
+            Some(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
+        }
+    };
+    Ok((main, shard))
+}
+
+async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
+    while !stop.is_fired() {
+        glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
+        core.sweep_expired(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
+    }
+}
+
+fn listen_err(addr: SocketAddr, source: std::io::Error) -> NodeError {
+    NodeError::Listen {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+/// Proves `addr` is free (a plain bind fails if any socket, SO_REUSEPORT or not, holds it),
+/// then holds it with an SO_REUSEPORT socket that is bound but never listens, so the cores can
+/// join it and, for port 0, all land on the same port.
+fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, NodeError> {
+    if addr.port() != 0 {
+        let probe = StdListener::bind(addr).map_err(|source| listen_err(addr, source))?;
+        drop(probe);
+    }
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .and_then(|s| {
+            s.set_reuse_port(true)?;
+            s.bind(&addr.into())?;
+            Ok(s)
+        })
+        .map_err(|source| listen_err(addr, source))?;
+    Ok(sock)
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File, NodeError> {
+    let io = |source| NodeError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirLocked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Raises RLIMIT_MEMLOCK as far as allowed and sizes each executor's registered I/O memory to
+/// fit: glommio registers it three times per executor against the limit.
+fn raise_memlock(cores: usize) -> Result<usize, NodeError> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::MEMLOCK.get().unwrap_or((0, 0));
+    let target = hard.max(soft);
+    let limit = if target > soft && Resource::MEMLOCK.set(target, hard).is_ok() {
+        target
+    } else if Resource::MEMLOCK
+        .set(rlimit::INFINITY, rlimit::INFINITY)
+        .is_ok()
+    {
+        rlimit::INFINITY
+    } else {
+        soft
+    };
+    if limit < MEMLOCK_BYTES_MIN {
+        return Err(NodeError::MemlockTooLow {
+            limit_bytes: limit,
+            needed_bytes: MEMLOCK_BYTES_MIN,
+        });
+    }
+    let share = usize::try_from(limit / (3 * cores as u64)).unwrap_or(usize::MAX);
+    Ok(share.clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_MAX))
+}

@@ -1,0 +1,376 @@
+//! `Core`: everything one core owns, and the routing of requests between cores.
+//!
+//! No locks and no `Arc` on the request path: a `Core` lives in an `Rc` on its own executor,
+//! its engine behind a `RefCell` that is never borrowed across an `.await`. Other cores reach
+//! its data only by sending it a [`Call`] over the bounded channel mesh ([`mesh`]); the answer
+//! comes back over a second mesh, so a core that is busy answering can never block a core that
+//! is collecting answers (two meshes, no cycle of waits).
+//!
+//! A request becomes a [`Slot`] as soon as it is parsed: `Ready` when this core owns the key
+//! (applied immediately, in arrival order), `Remote` when it was forwarded, `Batch`/`Stats`
+//! when it fans out. A connection resolves its slots in request order, which gives in-order
+//! replies under pipelining while forwarded requests run concurrently.
+//!
+//! Placement is `corekv_schema::placement`: key → partition (crc32c, hash tags) → core
+//! (`partition % cores`); a core's index is its peer id in the mesh.
+
+pub mod mesh;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use corekv_schema::codec::{CoreStats, ErrorCode, Op, Reply, TopologyInfo};
+use corekv_schema::frame::Limits;
+use corekv_schema::placement;
+use slab::Slab;
+
+use crate::storage::Engine;
+pub use mesh::{Answer, Call, Done, Mesh, Work};
+
+/// Per-core counters: plain cells, summed over cores only when someone asks.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: Cell<u64>,
+    pub forwarded_out: Cell<u64>,
+    pub forwarded_in: Cell<u64>,
+    pub backpressure_events: Cell<u64>,
+    pub connections: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+/// Node-wide facts every core reads; fixed once boot has bound every listener.
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub topology: OnceLock<TopologyInfo>,
+    pub started: Instant,
+}
+
+/// A forwarded request waiting for its answer.
+enum Pending {
+    Waiting(Option<Waker>),
+    Done(Done),
+}
+
+pub struct Core {
+    pub index: u16,
+    pub cores: u16,
+    pub partitions: u32,
+    pub limits: Limits,
+    pub counters: Counters,
+    pub node: Arc<NodeInfo>,
+    engine: RefCell<Box<dyn Engine>>,
+    mesh: Mesh,
+    pending: RefCell<Slab<Pending>>,
+}
+
+/// A parsed request on its way to a reply; see the module doc.
+pub enum Slot {
+    Ready(Reply),
+    Remote(usize),
+    Batch {
+        replies: Vec<Option<Reply>>,
+        parts: Vec<(usize, Vec<usize>)>,
+    },
+    Stats {
+        local: CoreStats,
+        tokens: Vec<usize>,
+    },
+}
+
+impl Core {
+    pub fn new(
+        index: u16,
+        cores: u16,
+        partitions: u32,
+        limits: Limits,
+        node: Arc<NodeInfo>,
+        engine: Box<dyn Engine>,
+        mesh: Mesh,
+    ) -> Core {
+        Core {
+            index,
+            cores,
+            partitions,
+            limits,
+            counters: Counters::default(),
+            node,
+            engine: RefCell::new(engine),
+            mesh,
+            pending: RefCell::new(Slab::with_capacity(1024)),
+        }
+    }
+
+    pub fn owner_of(&self, key: &[u8]) -> u16 {
+        placement::core_of(key, self.partitions, self.cores)
+    }
+
+    /// Turns one request into a slot. Waits only when the mesh to the owning core is full,
+    /// which is the back-pressure that stops the calling connection from reading.
+    pub async fn dispatch(&self, op: Op, now_ms: u64) -> Slot {
+        bump(&self.counters.requests);
+        match op {
+            Op::Ping { payload } => Slot::Ready(Reply::Pong { payload }),
+            Op::Topology => Slot::Ready(match self.node.topology.get() {
+                Some(t) => Reply::Topology(t.clone()),
+                None => Reply::error(ErrorCode::Unavailable, "node is still starting"),
+            }),
+            Op::Stats => {
+                let mut tokens = Vec::with_capacity(usize::from(self.cores) - 1);
+                for target in (0..self.cores).filter(|&c| c != self.index) {
+                    tokens.push(self.forward(target, Work::Stats).await);
+                }
+                Slot::Stats {
+                    local: self.core_stats(),
+                    tokens,
+                }
+            }
+            Op::Batch(ops) => self.dispatch_batch(ops, now_ms).await,
+            op => {
+                let Some(key) = op.key() else {
+                    return Slot::Ready(Reply::error(
+                        ErrorCode::BadRequest,
+                        "operation has no key",
+                    ));
+                };
+                let owner = self.owner_of(key);
+                if owner == self.index {
+                    Slot::Ready(self.execute(op, now_ms))
+                } else {
+                    Slot::Remote(self.forward(owner, Work::One(op)).await)
+                }
+            }
+        }
+    }
+
+    async fn dispatch_batch(&self, ops: Vec<Op>, now_ms: u64) -> Slot {
+        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(ops.len());
+        let mut remote: Vec<(Vec<Op>, Vec<usize>)> =
+            (0..self.cores).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, op) in ops.into_iter().enumerate() {
+            let reply = match op.key().map(|k| self.owner_of(k)) {
+                None => Some(Reply::error(
+                    ErrorCode::BadRequest,
+                    format!("{} is not allowed in a batch", op.name()),
+                )),
+                Some(owner) if owner == self.index => Some(self.execute(op, now_ms)),
+                Some(owner) => {
+                    let (ops, indices) = &mut remote[usize::from(owner)];
+                    ops.push(op);
+                    indices.push(i);
+                    None
+                }
+            };
+            replies.push(reply);
+        }
+        let mut parts = Vec::new();
+        for (target, (ops, indices)) in remote.into_iter().enumerate() {
+            if !ops.is_empty() {
+                let token = self.forward(target as u16, Work::Many(ops)).await;
+                parts.push((token, indices));
+            }
+        }
+        Slot::Batch { replies, parts }
+    }
+
+    /// Applies a single-key operation owned by this core.
+    pub fn execute(&self, op: Op, now_ms: u64) -> Reply {
+        debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
+        self.engine.borrow_mut().execute(op, now_ms)
+    }
+
+    /// Runs work another core sent here.
+    pub fn execute_work(&self, work: Work) -> Done {
+        bump(&self.counters.forwarded_in);
+        let now_ms = now_ms();
+        match work {
+            Work::One(op) => Done::One(self.execute(op, now_ms)),
+            Work::Many(ops) => {
+                Done::Many(ops.into_iter().map(|op| self.execute(op, now_ms)).collect())
+            }
+            Work::Stats => Done::Stats(self.core_stats()),
+        }
+    }
+
+    pub fn sweep_expired(&self, now_ms: u64, budget: usize) -> usize {
+        self.engine.borrow_mut().sweep_expired(now_ms, budget)
+    }
+
+    pub fn core_stats(&self) -> CoreStats {
+        let e = self.engine.borrow().stats();
+        let c = &self.counters;
+        CoreStats {
+            core: self.index,
+            keys: e.keys,
+            value_bytes: e.value_bytes,
+            requests: c.requests.get(),
+            forwarded_out: c.forwarded_out.get(),
+            forwarded_in: c.forwarded_in.get(),
+            expired: e.expired,
+            backpressure_events: c.backpressure_events.get(),
+            connections: c.connections.get(),
+        }
+    }
+
+    /// Sends work to `target` and returns the token its answer will be filed under.
+    async fn forward(&self, target: u16, work: Work) -> usize {
+        let token = self.pending.borrow_mut().insert(Pending::Waiting(None));
+        bump(&self.counters.forwarded_out);
+        let call = Call { token, work };
+        let sent = match self.mesh.try_call(target, call) {
+            Ok(()) => Ok(()),
+            Err(mesh::SendFailed::Full(call)) => {
+                bump(&self.counters.backpressure_events);
+                self.mesh.call(target, call).await
+            }
+            Err(closed) => Err(closed),
+        };
+        if sent.is_err() {
+            let reply = Reply::error(ErrorCode::Unavailable, "core is shutting down");
+            self.complete(token, Done::One(reply));
+        }
+        token
+    }
+
+    /// Files an answer from another core and wakes whoever waits for it.
+    pub fn complete(&self, token: usize, done: Done) {
+        let mut pending = self.pending.borrow_mut();
+        let Some(slot) = pending.get_mut(token) else {
+            debug_assert!(false, "answer for unknown token {token}");
+            return;
+        };
+        if let Pending::Waiting(waker) = std::mem::replace(slot, Pending::Done(done))
+            && let Some(w) = waker
+        {
+            w.wake();
+        }
+    }
+
+    fn answer(&self, token: usize) -> AnswerFuture<'_> {
+        AnswerFuture { core: self, token }
+    }
+
+    /// Waits for a slot's reply. Slots of one connection are resolved in request order.
+    pub async fn resolve(&self, slot: Slot) -> Reply {
+        match slot {
+            Slot::Ready(reply) => reply,
+            Slot::Remote(token) => match self.answer(token).await {
+                Done::One(reply) => reply,
+                other => unexpected(other),
+            },
+            Slot::Batch { mut replies, parts } => {
+                for (token, indices) in parts {
+                    match self.answer(token).await {
+                        Done::Many(answers) if answers.len() == indices.len() => {
+                            for (i, reply) in indices.into_iter().zip(answers) {
+                                replies[i] = Some(reply);
+                            }
+                        }
+                        Done::One(reply) => {
+                            for i in indices {
+                                replies[i] = Some(reply.clone());
+                            }
+                        }
+                        other => return unexpected(other),
+                    }
+                }
+                let replies = replies
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Reply::error(ErrorCode::Internal, "lost reply")))
+                    .collect();
+                Reply::Batch(replies)
+            }
+            Slot::Stats { local, tokens } => {
+                let mut cores = Vec::with_capacity(tokens.len() + 1);
+                cores.push(local);
+                for token in tokens {
+                    match self.answer(token).await {
+                        Done::Stats(s) => cores.push(s),
+                        Done::One(reply) => return reply,
+                        other => return unexpected(other),
+                    }
+                }
+                cores.sort_by_key(|c| c.core);
+                let uptime_ms = self.node.started.elapsed().as_millis() as u64;
+                Reply::Stats(corekv_schema::codec::StatsInfo { uptime_ms, cores })
+            }
+        }
+    }
+}
+
+fn unexpected(done: Done) -> Reply {
+    // A mismatched answer kind is a bug in this file, not bad input: say so loudly in tests.
+    debug_assert!(false, "unexpected answer kind: {}", done.kind());
+    Reply::error(ErrorCode::Internal, "internal routing error")
+}
+
+struct AnswerFuture<'a> {
+    core: &'a Core,
+    token: usize,
+}
+
+impl Future for AnswerFuture<'_> {
+    type Output = Done;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        let mut pending = self.core.pending.borrow_mut();
+        match pending.get_mut(self.token) {
+            Some(Pending::Done(_)) => match pending.remove(self.token) {
+                Pending::Done(done) => Poll::Ready(done),
+                Pending::Waiting(_) => unreachable!("checked just above"),
+            },
+            Some(Pending::Waiting(waker)) => {
+                *waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(Done::One(Reply::error(ErrorCode::Internal, "answer lost"))),
+        }
+    }
+}
+
+/// Wall-clock Unix time in milliseconds: expiry is absolute so it survives restarts.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs on each core for each peer: serves the peer's calls, and files its answers.
+pub fn spawn_mesh_tasks(
+    core: &Rc<Core>,
+    calls: mesh::CallReceivers,
+    answers: mesh::AnswerReceivers,
+) {
+    for (peer, rx) in calls {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(call) = rx.recv().await {
+                let done = core.execute_work(call.work);
+                let answer = Answer {
+                    token: call.token,
+                    done,
+                };
+                if core.mesh.answer(peer as u16, answer).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+    for (_peer, rx) in answers {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(answer) = rx.recv().await {
+                core.complete(answer.token, answer.done);
+            }
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,139 @@
+//! The channel mesh between cores: bounded glommio shared channels, two full meshes.
+//!
+//! `calls` carries work to the owning core; `answers` carries results back. Both are bounded
+//! (`mesh_capacity_messages`): a sender facing a full channel waits, and since the sender is a
+//! connection task, waiting means that connection stops reading its socket. Nothing queues
+//! without bound. Answers are always consumed at once by a task that waits on nothing else, so
+//! a core blocked sending an answer is only ever waiting for a core that is making progress.
+
+use corekv_schema::codec::{CoreStats, Op, Reply};
+use glommio::GlommioError;
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+
+/// What a core asks of another.
+pub enum Work {
+    One(Op),
+    /// Part of a batch: the ops of one batch owned by the target, in batch order.
+    Many(Vec<Op>),
+    Stats,
+}
+
+impl Work {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Work::One(_) => "one",
+            Work::Many(_) => "many",
+            Work::Stats => "stats",
+        }
+    }
+}
+
+pub enum Done {
+    One(Reply),
+    Many(Vec<Reply>),
+    Stats(CoreStats),
+}
+
+impl Done {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Done::One(_) => "one",
+            Done::Many(_) => "many",
+            Done::Stats(_) => "stats",
+        }
+    }
+}
+
+pub struct Call {
+    /// Where the caller files the answer (its pending-slab key).
+    pub token: usize,
+    pub work: Work,
+}
+
+pub struct Answer {
+    pub token: usize,
+    pub done: Done,
+}
+
+pub type CallReceivers = Vec<(usize, ConnectedReceiver<Call>)>;
+pub type AnswerReceivers = Vec<(usize, ConnectedReceiver<Answer>)>;
+
+/// The builders, created once and cloned into every executor before it starts.
+#[derive(Clone)]
+pub struct MeshBuilders {
+    calls: MeshBuilder<Call, glommio::channels::channel_mesh::Full>,
+    answers: MeshBuilder<Answer, glommio::channels::channel_mesh::Full>,
+}
+
+impl MeshBuilders {
+    pub fn new(cores: usize, capacity_messages: usize) -> MeshBuilders {
+        MeshBuilders {
+            calls: MeshBuilder::full(cores, capacity_messages),
+            answers: MeshBuilder::full(cores, capacity_messages),
+        }
+    }
+
+    /// Joins both meshes. Peer ids are ordered by executor id in both, so they agree; the
+    /// returned index is this core's placement index.
+    pub async fn join(self) -> std::io::Result<(usize, Mesh, CallReceivers, AnswerReceivers)> {
+        let fail = |what| std::io::Error::other(format!("joining the {what} mesh failed"));
+        let (call_tx, mut call_rx): (Senders<Call>, Receivers<Call>) =
+            self.calls.join().await.map_err(|_| fail("call"))?;
+        let (answer_tx, mut answer_rx): (Senders<Answer>, Receivers<Answer>) =
+            self.answers.join().await.map_err(|_| fail("answer"))?;
+        let index = call_tx.peer_id();
+        if answer_tx.peer_id() != index {
+            return Err(std::io::Error::other(
+                "call and answer meshes disagree on peer ids",
+            ));
+        }
+        let calls = call_rx.streams();
+        let answers = answer_rx.streams();
+        Ok((
+            index,
+            Mesh {
+                calls: call_tx,
+                answers: answer_tx,
+            },
+            calls,
+            answers,
+        ))
+    }
+}
+
+pub enum SendFailed<T> {
+    Full(T),
+    Closed,
+}
+
+pub struct Mesh {
+    calls: Senders<Call>,
+    answers: Senders<Answer>,
+}
+
+impl Mesh {
+    pub fn try_call(&self, target: u16, call: Call) -> Result<(), SendFailed<Call>> {
+        match self.calls.try_send_to(usize::from(target), call) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(glommio::ResourceType::Channel(call))) => {
+                Err(SendFailed::Full(call))
+            }
+            Err(_) => Err(SendFailed::Closed),
+        }
+    }
+
+    pub async fn call(&self, target: u16, call: Call) -> Result<(), SendFailed<Call>> {
+        self.calls
+            .send_to(usize::from(target), call)
+            .await
+            .map_err(|_| SendFailed::Closed)
+    }
+
+    pub async fn answer(&self, target: u16, answer: Answer) -> Result<(), SendFailed<Answer>> {
+        self.answers
+            .send_to(usize::from(target), answer)
+            .await
+            .map_err(|_| SendFailed::Closed)
+    }
+}

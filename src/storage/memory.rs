@@ -1,0 +1,488 @@
+//! `MemEngine`: the in-memory shard engine (hashbrown + ahash), values held in RAM.
+//!
+//! Semantics every engine must keep (the durable engine reuses this file's tests):
+//! - a key's version is assigned from one per-core counter, so it only grows, per key too;
+//! - an expired key is absent for every operation, and is removed when touched (lazy expiry)
+//!   or by [`Engine::sweep_expired`] (active expiry);
+//! - `IfVersion(0)` holds exactly when the key is absent, so "create if absent" can be said
+//!   with a version too;
+//! - a failed condition reports the key's current version (0 when absent).
+//!
+//! Stored keys and values are copied out of the request frame: a `Bytes` slice would pin the
+//! whole receive buffer in memory for as long as the value lives.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use bytes::Bytes;
+use corekv_schema::codec::{Condition, ErrorCode, Expected, Op, Reply, SetOp, WireError};
+use hashbrown::HashMap;
+
+use super::{Engine, EngineStats};
+
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Bytes,
+    version: u64,
+    /// Unix ms at which the key expires; 0 = never.
+    expires_at_ms: u64,
+}
+
+impl Entry {
+    fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+}
+
+/// One key to look at when its time comes; stale when the key was rewritten since.
+type ExpiryTicket = Reverse<(u64, u64, Bytes)>;
+
+pub struct MemEngine {
+    map: HashMap<Bytes, Entry, ahash::RandomState>,
+    /// Min-heap of (expires_at_ms, version, key) for active expiry. Rewrites leave stale
+    /// tickets behind; the version check skips them when they surface.
+    expiry: BinaryHeap<ExpiryTicket>,
+    version_last: u64,
+    value_bytes: u64,
+    expired: u64,
+}
+
+impl Default for MemEngine {
+    fn default() -> Self {
+        MemEngine::new()
+    }
+}
+
+impl MemEngine {
+    pub fn new() -> MemEngine {
+        MemEngine {
+            map: HashMap::with_hasher(ahash::RandomState::new()),
+            expiry: BinaryHeap::new(),
+            version_last: 0,
+            value_bytes: 0,
+            expired: 0,
+        }
+    }
+
+    /// The live entry for `key`, removing it first if it has expired.
+    fn live(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let expired = match self.map.get(key) {
+            None => return None,
+            Some(e) => e.is_expired(now_ms),
+        };
+        if expired {
+            self.remove(key);
+            self.expired += 1;
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let (k, e) = self.map.remove_entry(key)?;
+        self.value_bytes -= (k.len() + e.value.len()) as u64;
+        Some(e)
+    }
+
+    fn get(&mut self, key: &[u8], now_ms: u64) -> Reply {
+        match self.live(key, now_ms) {
+            None => not_found(),
+            Some(e) => Reply::Value {
+                value: e.value.clone(),
+                version: e.version,
+                ttl_ms: (e.expires_at_ms != 0).then(|| e.expires_at_ms - now_ms),
+            },
+        }
+    }
+
+    fn set(&mut self, set: SetOp, now_ms: u64) -> Reply {
+        let current = self.live(&set.key, now_ms);
+        if let Err(failed) = check(&set.condition, current) {
+            return failed;
+        }
+        let expires_at_ms = if set.keep_ttl {
+            current.map_or(0, |e| e.expires_at_ms)
+        } else if set.ttl_ms > 0 {
+            now_ms.saturating_add(set.ttl_ms)
+        } else {
+            0
+        };
+        self.version_last += 1;
+        let version = self.version_last;
+        let key = Bytes::copy_from_slice(&set.key);
+        let value = Bytes::copy_from_slice(&set.value);
+        if expires_at_ms != 0 {
+            self.expiry
+                .push(Reverse((expires_at_ms, version, key.clone())));
+        }
+        self.value_bytes += (key.len() + value.len()) as u64;
+        let entry = Entry {
+            value,
+            version,
+            expires_at_ms,
+        };
+        if let Some(old) = self.map.insert(key, entry) {
+            self.value_bytes -= (set.key.len() + old.value.len()) as u64;
+        }
+        Reply::Written { version }
+    }
+
+    fn delete(&mut self, key: &[u8], condition: &Condition, now_ms: u64) -> Reply {
+        let Some(current) = self.live(key, now_ms) else {
+            return not_found();
+        };
+        if let Err(failed) = check(condition, Some(current)) {
+            return failed;
+        }
+        match self.remove(key) {
+            Some(e) => Reply::Deleted { version: e.version },
+            None => not_found(),
+        }
+    }
+}
+
+fn not_found() -> Reply {
+    Reply::error(ErrorCode::NotFound, "key not found")
+}
+
+/// Whether `condition` holds for `current`; the error reply when it does not.
+fn check(condition: &Condition, current: Option<&Entry>) -> Result<(), Reply> {
+    let holds = match condition {
+        Condition::Always => true,
+        Condition::IfAbsent => current.is_none(),
+        Condition::IfPresent => current.is_some(),
+        Condition::IfVersion(v) => current.map_or(0, |e| e.version) == *v,
+        Condition::IfValue(expected) => current.is_some_and(|e| e.value == *expected),
+    };
+    if holds {
+        return Ok(());
+    }
+    Err(Reply::Error(WireError {
+        code: ErrorCode::ConditionFailed,
+        message: "condition failed".into(),
+        current_version: current.map_or(0, |e| e.version),
+    }))
+}
+
+impl Engine for MemEngine {
+    fn execute(&mut self, op: Op, now_ms: u64) -> Reply {
+        match op {
+            Op::Get { key } => self.get(&key, now_ms),
+            Op::Set(set) => self.set(set, now_ms),
+            Op::Delete { key, condition } => self.delete(&key, &condition, now_ms),
+            Op::Cas {
+                key,
+                expected,
+                new_value,
+                ttl_ms,
+            } => {
+                let condition = match expected {
+                    Expected::Value(v) => Condition::IfValue(v),
+                    Expected::Version(v) => Condition::IfVersion(v),
+                };
+                let set = SetOp {
+                    key,
+                    value: new_value,
+                    ttl_ms,
+                    keep_ttl: false,
+                    condition,
+                };
+                self.set(set, now_ms)
+            }
+            other => Reply::error(
+                ErrorCode::BadRequest,
+                format!("{} is not a single-key operation", other.name()),
+            ),
+        }
+    }
+
+    fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget {
+            match self.expiry.peek() {
+                Some(Reverse((at, _, _))) if *at <= now_ms => {}
+                _ => break,
+            }
+            let Some(Reverse((at, version, key))) = self.expiry.pop() else {
+                break;
+            };
+            let current = self.map.get(&key[..]).is_some_and(|e| e.version == version);
+            if current {
+                debug_assert!(at <= now_ms);
+                self.remove(&key);
+                self.expired += 1;
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            keys: self.map.len() as u64,
+            value_bytes: self.value_bytes,
+            expired: self.expired,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn set(k: &str, v: &str) -> Op {
+        Op::Set(SetOp {
+            key: b(k),
+            value: b(v),
+            ..Default::default()
+        })
+    }
+
+    fn set_if(k: &str, v: &str, condition: Condition) -> Op {
+        Op::Set(SetOp {
+            key: b(k),
+            value: b(v),
+            condition,
+            ..Default::default()
+        })
+    }
+
+    fn get(k: &str) -> Op {
+        Op::Get { key: b(k) }
+    }
+
+    fn code(r: &Reply) -> Option<ErrorCode> {
+        match r {
+            Reply::Error(e) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    fn version(r: &Reply) -> u64 {
+        match r {
+            Reply::Written { version } | Reply::Deleted { version } => *version,
+            Reply::Value { version, .. } => *version,
+            other => panic!("no version in {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_get_delete() {
+        let mut e = MemEngine::new();
+        assert_eq!(code(&e.execute(get("a"), 0)), Some(ErrorCode::NotFound));
+        let v1 = version(&e.execute(set("a", "1"), 0));
+        match e.execute(get("a"), 0) {
+            Reply::Value {
+                value,
+                version,
+                ttl_ms,
+            } => {
+                assert_eq!(value, b("1"));
+                assert_eq!(version, v1);
+                assert_eq!(ttl_ms, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = version(&e.execute(set("a", "22"), 0));
+        assert!(v2 > v1);
+        assert_eq!(e.stats().value_bytes, 3);
+        let del = e.execute(
+            Op::Delete {
+                key: b("a"),
+                condition: Condition::Always,
+            },
+            0,
+        );
+        assert_eq!(del, Reply::Deleted { version: v2 });
+        let again = e.execute(
+            Op::Delete {
+                key: b("a"),
+                condition: Condition::Always,
+            },
+            0,
+        );
+        assert_eq!(code(&again), Some(ErrorCode::NotFound));
+        assert_eq!(
+            e.stats(),
+            EngineStats {
+                keys: 0,
+                value_bytes: 0,
+                expired: 0
+            }
+        );
+    }
+
+    #[test]
+    fn conditions() {
+        let mut e = MemEngine::new();
+        assert_eq!(
+            code(&e.execute(set_if("k", "x", Condition::IfPresent), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        let v1 = version(&e.execute(set_if("k", "a", Condition::IfAbsent), 0));
+        match e.execute(set_if("k", "b", Condition::IfAbsent), 0) {
+            Reply::Error(err) => {
+                assert_eq!(err.code, ErrorCode::ConditionFailed);
+                assert_eq!(err.current_version, v1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = version(&e.execute(set_if("k", "b", Condition::IfPresent), 0));
+        assert_eq!(
+            code(&e.execute(set_if("k", "c", Condition::IfVersion(v1)), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        let v3 = version(&e.execute(set_if("k", "c", Condition::IfVersion(v2)), 0));
+        assert_eq!(
+            code(&e.execute(set_if("k", "d", Condition::IfValue(b("b"))), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        version(&e.execute(set_if("k", "d", Condition::IfValue(b("c"))), 0));
+        assert!(v3 > v2);
+        // IfVersion(0) means "absent".
+        version(&e.execute(set_if("new", "1", Condition::IfVersion(0)), 0));
+        assert_eq!(
+            code(&e.execute(set_if("new", "2", Condition::IfVersion(0)), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+    }
+
+    #[test]
+    fn cas_by_value_and_version() {
+        let mut e = MemEngine::new();
+        let v = version(&e.execute(set("k", "a"), 0));
+        let cas = |expected, new: &str| Op::Cas {
+            key: b("k"),
+            expected,
+            new_value: b(new),
+            ttl_ms: 0,
+        };
+        assert_eq!(
+            code(&e.execute(cas(Expected::Value(b("z")), "b"), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        let v2 = version(&e.execute(cas(Expected::Value(b("a")), "b"), 0));
+        assert_eq!(
+            code(&e.execute(cas(Expected::Version(v), "c"), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        version(&e.execute(cas(Expected::Version(v2), "c"), 0));
+        assert!(matches!(e.execute(get("k"), 0), Reply::Value { value, .. } if value == b("c")));
+    }
+
+    #[test]
+    fn delete_conditions() {
+        let mut e = MemEngine::new();
+        let v = version(&e.execute(set("k", "a"), 0));
+        let del = |c| Op::Delete {
+            key: b("k"),
+            condition: c,
+        };
+        assert_eq!(
+            code(&e.execute(del(Condition::IfVersion(v + 1)), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        assert_eq!(
+            code(&e.execute(del(Condition::IfValue(b("b"))), 0)),
+            Some(ErrorCode::ConditionFailed)
+        );
+        assert_eq!(
+            e.execute(del(Condition::IfValue(b("a"))), 0),
+            Reply::Deleted { version: v }
+        );
+    }
+
+    #[test]
+    fn ttl_lazy_and_active() {
+        let mut e = MemEngine::new();
+        let with_ttl = |k: &str, ttl_ms| {
+            Op::Set(SetOp {
+                key: b(k),
+                value: b("v"),
+                ttl_ms,
+                ..Default::default()
+            })
+        };
+        e.execute(with_ttl("a", 100), 1_000);
+        e.execute(with_ttl("b", 100), 1_000);
+        e.execute(with_ttl("c", 500), 1_000);
+        match e.execute(get("a"), 1_040) {
+            Reply::Value { ttl_ms, .. } => assert_eq!(ttl_ms, Some(60)),
+            other => panic!("{other:?}"),
+        }
+        // Lazy: reading at the expiry instant already misses.
+        assert_eq!(code(&e.execute(get("a"), 1_100)), Some(ErrorCode::NotFound));
+        assert_eq!(e.stats().expired, 1);
+        // Active: the sweep removes b, leaves c, and skips a's stale ticket.
+        assert_eq!(e.sweep_expired(1_200, 100), 1);
+        assert_eq!(e.stats().keys, 1);
+        assert_eq!(e.sweep_expired(1_500, 100), 1);
+        assert_eq!(
+            e.stats(),
+            EngineStats {
+                keys: 0,
+                value_bytes: 0,
+                expired: 3
+            }
+        );
+    }
+
+    #[test]
+    fn overwrite_clears_or_keeps_ttl() {
+        let mut e = MemEngine::new();
+        e.execute(
+            Op::Set(SetOp {
+                key: b("k"),
+                value: b("v"),
+                ttl_ms: 100,
+                ..Default::default()
+            }),
+            0,
+        );
+        e.execute(
+            Op::Set(SetOp {
+                key: b("k"),
+                value: b("w"),
+                keep_ttl: true,
+                ..Default::default()
+            }),
+            10,
+        );
+        assert!(matches!(
+            e.execute(get("k"), 50),
+            Reply::Value {
+                ttl_ms: Some(50),
+                ..
+            }
+        ));
+        e.execute(set("k", "x"), 60);
+        // The old ticket must not expire the rewritten key.
+        assert_eq!(e.sweep_expired(1_000, 100), 0);
+        assert!(matches!(
+            e.execute(get("k"), 1_000),
+            Reply::Value { ttl_ms: None, .. }
+        ));
+    }
+
+    #[test]
+    fn sweep_respects_budget() {
+        let mut e = MemEngine::new();
+        for i in 0..10 {
+            e.execute(
+                Op::Set(SetOp {
+                    key: b(&format!("k{i}")),
+                    value: b("v"),
+                    ttl_ms: 1,
+                    ..Default::default()
+                }),
+                0,
+            );
+        }
+        assert_eq!(e.sweep_expired(5, 3), 3);
+        assert_eq!(e.sweep_expired(5, 100), 7);
+    }
+}

@@ -1,0 +1,161 @@
+//! Hostile and broken input: each case gets an error frame where one can be sent, the
+//! connection closes, and the node goes on serving fresh connections.
+
+use std::io::Write;
+use std::net::Shutdown;
+
+use corekv_schema::codec::{ErrorCode, Op, Reply, SetOp};
+use corekv_schema::wire;
+
+use crate::harness::{Node, Wire, b};
+
+/// After each bad case: a fresh connection still gets a correct answer.
+fn still_serving(node: &Node) {
+    let mut w = node.wire();
+    let reply = w.call(Op::Set(SetOp {
+        key: b("alive"),
+        value: b("yes"),
+        ..Default::default()
+    }));
+    assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
+    assert!(matches!(
+        w.call(Op::Get { key: b("alive") }),
+        Reply::Value { .. }
+    ));
+}
+
+fn expect_error_then_close(w: &mut Wire, code: ErrorCode) {
+    let resp = w.recv().expect("an error frame before the close");
+    match resp.reply {
+        Reply::Error(e) => assert_eq!(e.code, code, "{e:?}"),
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+    assert!(
+        w.recv().is_none(),
+        "connection must close after a fatal frame"
+    );
+}
+
+#[test]
+fn random_bytes() {
+    let node = Node::start(&["--cores", "2"]);
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for round in 0..20 {
+        let mut w = node.wire();
+        // A plausible small length prefix, then garbage: the verifier must reject it.
+        let len = 16 + (round * 13) as u32;
+        let mut bytes = len.to_le_bytes().to_vec();
+        for _ in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            bytes.push(seed as u8);
+        }
+        w.stream.write_all(&bytes).unwrap();
+        expect_error_then_close(&mut w, ErrorCode::BadRequest);
+    }
+    still_serving(&node);
+}
+
+#[test]
+fn four_gib_length_prefix() {
+    let node = Node::start(&["--cores", "2"]);
+    let mut w = node.wire();
+    w.stream.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    w.stream.write_all(b"more bytes that never add up").unwrap();
+    expect_error_then_close(&mut w, ErrorCode::TooLarge);
+    still_serving(&node);
+}
+
+#[test]
+fn truncated_frame() {
+    let node = Node::start(&["--cores", "2"]);
+    let mut w = node.wire();
+    let frame = w.encode(7, Op::Get { key: b("some-key") });
+    w.stream.write_all(&frame[..frame.len() - 3]).unwrap();
+    w.stream.shutdown(Shutdown::Write).unwrap();
+    expect_error_then_close(&mut w, ErrorCode::BadRequest);
+    still_serving(&node);
+}
+
+#[test]
+fn unknown_operation_is_answered_with_its_id() {
+    let node = Node::start(&["--cores", "2"]);
+    let mut w = node.wire();
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let t = wire::Stats::create(&mut fbb, &wire::StatsArgs {});
+    let root = wire::Request::create(
+        &mut fbb,
+        &wire::RequestArgs {
+            id: 99,
+            op_type: wire::Op(77),
+            op: Some(t.as_union_value()),
+            ..Default::default()
+        },
+    );
+    fbb.finish_size_prefixed(root, None);
+    w.stream.write_all(fbb.finished_data()).unwrap();
+    let resp = w.recv().expect("error frame");
+    assert_eq!(resp.id, 99);
+    assert!(
+        matches!(&resp.reply, Reply::Error(e) if e.code == ErrorCode::BadRequest && e.message.contains("unknown operation")),
+        "{resp:?}"
+    );
+    assert!(w.recv().is_none());
+    still_serving(&node);
+}
+
+#[test]
+fn oversized_key_and_value_keep_the_connection() {
+    let node = Node::start(&[
+        "--cores",
+        "2",
+        "--key-bytes-max",
+        "8",
+        "--value-bytes-max",
+        "16",
+    ]);
+    let mut w = node.wire();
+    let long_key = Op::Get {
+        key: b("123456789"),
+    };
+    assert!(matches!(w.call(long_key), Reply::Error(e) if e.code == ErrorCode::TooLarge));
+    let long_value = Op::Set(SetOp {
+        key: b("k"),
+        value: b(&"x".repeat(17)),
+        ..Default::default()
+    });
+    assert!(matches!(w.call(long_value), Reply::Error(e) if e.code == ErrorCode::TooLarge));
+    // Same connection still works.
+    let ok = Op::Set(SetOp {
+        key: b("k"),
+        value: b("fits"),
+        ..Default::default()
+    });
+    assert!(matches!(w.call(ok), Reply::Written { .. }));
+}
+
+#[test]
+fn frame_over_the_limit_closes() {
+    let node = Node::start(&[
+        "--cores",
+        "1",
+        "--frame-bytes-max",
+        "4096",
+        "--value-bytes-max",
+        "1024",
+    ]);
+    let mut w = node.wire();
+    let big = w.encode(
+        1,
+        Op::Set(SetOp {
+            key: b("k"),
+            value: b(&"y".repeat(8000)),
+            ..Default::default()
+        }),
+    );
+    // Only the prefix is needed for the node to refuse; it must not wait for the body.
+    w.stream.write_all(&big[..4]).unwrap();
+    expect_error_then_close(&mut w, ErrorCode::TooLarge);
+    still_serving(&node);
+}

@@ -1,0 +1,8 @@
+//! Integration tests, one binary: real `corekv` processes on ephemeral loopback ports.
+
+mod bad_input;
+mod harness;
+mod lifecycle;
+mod ops;
+mod pipeline;
+mod tidy;
