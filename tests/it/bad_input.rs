@@ -144,6 +144,8 @@ fn frame_over_the_limit_closes() {
         "4096",
         "--value-bytes-max",
         "1024",
+        "--key-bytes-max",
+        "64",
     ]);
     let mut w = node.wire();
     let big = w.encode(
