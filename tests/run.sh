@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's second command, and what CI runs (.ci/run calls this).
+# It installs or sets what the tests need by itself, so it works on a fresh Debian machine
+# with the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# glommio needs locked memory (>= 512 KiB per process; more with many cores). Raise the soft
+# limit as far as the hard limit allows; nodes started by the tests inherit it.
+ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
+if [ "$(ulimit -l)" != unlimited ] && [ "$(ulimit -l)" -lt 512 ]; then
+  echo "tests/run.sh: RLIMIT_MEMLOCK is $(ulimit -l) KiB; glommio needs 512. See tuning/README.md" >&2
+  exit 2
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "tests (unit, integration, doc)"
+cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+# Summary line for humans and CI: sum cargo's per-binary results.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\n%d passed, %d failed\n", p, f }' \
+  target/test-output.txt
+
+step "benchmarks compile"
+cargo bench --workspace --no-run --quiet
