@@ -9,6 +9,7 @@
 //!   bounded channel mesh ([`shard::mesh`]).
 //! - [`storage`]: the `Engine` seam; [`storage::MemEngine`] today, a log-backed engine next.
 //! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
+//! - [`cli`]: the `corekv get|set|del|cas|ping|stats` client commands.
 //!
 //! # Dependency rule
 //!
@@ -21,6 +22,7 @@
 //! One glommio `LocalExecutor` per core, pinned. Nothing on the request path is shared
 //! between cores: no `Mutex`, no `Arc<RwLock>`; cores talk only over bounded channels.
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod net;

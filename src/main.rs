@@ -4,13 +4,16 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use corekv::cli::ClientCommand;
 use corekv::config::{Config, ServeArgs};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "corekv",
     version,
-    about = "corekv: a thread-per-core key-value store"
+    about = "corekv: a thread-per-core key-value store",
+    after_help = "Client commands exit 0 on success, 1 on not found or a failed condition, \
+                  2 on errors (message on stderr)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,12 +24,15 @@ struct Cli {
 enum Command {
     /// Run a node (Ctrl-C or SIGTERM drains and exits 0).
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Client(command) => corekv::cli::run(command),
     }
 }
 

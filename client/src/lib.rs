@@ -20,7 +20,7 @@
 //!         shard_aware: true,
 //!         ..ClientConfig::default()
 //!     };
-//!     let client = Client::connect("127.0.0.1:7000", config).await?;
+//!     let client = Client::connect("127.0.0.1:7379", config).await?;
 //!
 //!     let version = client.set("user:{42}:name", "ada").await?;
 //!     if let Some(found) = client.get("user:{42}:name").await? {
@@ -44,7 +44,7 @@
 //! ```no_run
 //! use corekv_client::{blocking, ClientConfig};
 //!
-//! let client = blocking::Client::connect("127.0.0.1:7000", ClientConfig::default())?;
+//! let client = blocking::Client::connect("127.0.0.1:7379", ClientConfig::default())?;
 //! client.set("greeting", "hello")?;
 //! let greeting = client.get("greeting")?.map(|found| found.value);
 //! println!("{greeting:?}");

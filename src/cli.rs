@@ -1,0 +1,253 @@
+//! The client subcommands of the `corekv` binary: `get`, `set`, `del`, `cas`, `ping`, `stats`.
+//!
+//! Script-friendly by contract: `get` prints the value alone on stdout (`set` and `cas` print
+//! the new version, which `cas --if-version` takes back); exit status 0 on success, 1 when the
+//! key is not found or a condition failed, 2 on any other error, with the message on stderr.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use corekv_client::{ClientConfig, Error, SetOptions, blocking::Client};
+
+pub const ADDR_DEFAULT: &str = "127.0.0.1:7379";
+
+/// Options every client subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Node address (its native protocol port)
+    #[arg(long, value_name = "HOST:PORT", default_value = ADDR_DEFAULT)]
+    pub addr: String,
+    /// Give up on a request after this long
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Print a key's value (exit 1 if absent). --meta adds version and TTL on stderr.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+        /// Also print `version=V ttl_ms=T|none` on stderr
+        #[arg(long)]
+        meta: bool,
+    },
+    /// Set a key; prints the new version. VALUE `-` reads the value from stdin.
+    Set {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+        value: String,
+        /// Expire the key after this many milliseconds
+        #[arg(long, value_name = "N")]
+        ttl_ms: Option<u64>,
+        /// Only if the key does not exist (exit 1 if it does)
+        #[arg(long, conflicts_with = "if_present")]
+        if_absent: bool,
+        /// Only if the key exists (an update; exit 1 if it does not)
+        #[arg(long)]
+        if_present: bool,
+    },
+    /// Delete a key (exit 1 if absent).
+    Del {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+    },
+    /// Compare-and-set: `cas KEY EXPECTED NEW` or `cas KEY --if-version V NEW`; prints the new
+    /// version, exit 1 if the comparison failed.
+    Cas {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+        /// EXPECTED NEW, or just NEW with --if-version
+        #[arg(num_args = 1..=2, value_names = ["EXPECTED", "NEW"], required = true)]
+        values: Vec<String>,
+        /// Compare against this version instead of a value (0 = key must be absent)
+        #[arg(long, value_name = "V")]
+        if_version: Option<u64>,
+    },
+    /// Round-trip a ping; prints PONG and the latency.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Per-core and total counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+impl ClientCommand {
+    fn target(&self) -> &Target {
+        match self {
+            ClientCommand::Get { target, .. }
+            | ClientCommand::Set { target, .. }
+            | ClientCommand::Del { target, .. }
+            | ClientCommand::Cas { target, .. }
+            | ClientCommand::Ping { target }
+            | ClientCommand::Stats { target } => target,
+        }
+    }
+}
+
+pub fn run(command: ClientCommand) -> ExitCode {
+    match execute(command) {
+        Ok(code) => code,
+        Err(Error::NotFound) => {
+            eprintln!("corekv: not found");
+            ExitCode::from(1)
+        }
+        Err(Error::ConditionFailed { current_version }) => {
+            eprintln!("corekv: condition failed (current version {current_version})");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("corekv: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn connect(target: &Target) -> Result<Client, Error> {
+    let config = ClientConfig {
+        pool_size: 1,
+        request_timeout_ms: target.timeout_ms,
+        connect_timeout_ms: target.timeout_ms.min(5000),
+        ..ClientConfig::default()
+    };
+    Client::connect(target.addr.as_str(), config)
+}
+
+fn value_arg(value: String) -> Result<Vec<u8>, Error> {
+    if value != "-" {
+        return Ok(value.into_bytes());
+    }
+    let mut buf = Vec::new();
+    std::io::stdin().read_to_end(&mut buf).map_err(Error::Io)?;
+    Ok(buf)
+}
+
+fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
+    let client = connect(command.target())?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        ClientCommand::Get { key, meta, .. } => match client.get(key)? {
+            None => return Err(Error::NotFound),
+            Some(found) => {
+                let _ = out.write_all(&found.value);
+                let _ = out.write_all(b"\n");
+                if meta {
+                    let ttl = found.ttl_ms.map_or("none".to_string(), |t| t.to_string());
+                    eprintln!("version={} ttl_ms={ttl}", found.version);
+                }
+            }
+        },
+        ClientCommand::Set {
+            key,
+            value,
+            ttl_ms,
+            if_absent,
+            if_present,
+            ..
+        } => {
+            let value = value_arg(value)?;
+            let condition = if if_absent {
+                corekv_client::Condition::IfAbsent
+            } else if if_present {
+                corekv_client::Condition::IfPresent
+            } else {
+                corekv_client::Condition::Always
+            };
+            let options = SetOptions {
+                ttl_ms: ttl_ms.unwrap_or(0),
+                keep_ttl: false,
+                condition,
+            };
+            let version = client.set_with(key, value, options)?;
+            let _ = writeln!(out, "{version}");
+        }
+        ClientCommand::Del { key, .. } => {
+            if !client.delete(key)? {
+                return Err(Error::NotFound);
+            }
+        }
+        ClientCommand::Cas {
+            key,
+            mut values,
+            if_version,
+            ..
+        } => {
+            let version = match (if_version, values.len()) {
+                (Some(v), 1) => client.cas_version(key, v, value_arg(values.remove(0))?)?,
+                (None, 2) => {
+                    let new = value_arg(values.remove(1))?;
+                    client.cas(key, values.remove(0), new)?
+                }
+                (Some(_), _) => {
+                    return Err(Error::Usage(
+                        "cas KEY --if-version V NEW takes one value".into(),
+                    ));
+                }
+                (None, _) => {
+                    return Err(Error::Usage("cas KEY EXPECTED NEW takes two values".into()));
+                }
+            };
+            let _ = writeln!(out, "{version}");
+        }
+        ClientCommand::Ping { .. } => {
+            let started = std::time::Instant::now();
+            client.ping()?;
+            let _ = writeln!(out, "PONG {} us", started.elapsed().as_micros());
+        }
+        ClientCommand::Stats { .. } => {
+            let stats = client.stats()?;
+            let _ = writeln!(
+                out,
+                "{:>5} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9} {:>8} {:>6}",
+                "core",
+                "keys",
+                "value_bytes",
+                "requests",
+                "fwd_out",
+                "fwd_in",
+                "expired",
+                "backpr",
+                "conns"
+            );
+            let mut total = corekv_client::CoreStats::default();
+            for c in &stats.cores {
+                print_row(&mut out, &c.core.to_string(), c);
+                total.keys += c.keys;
+                total.value_bytes += c.value_bytes;
+                total.requests += c.requests;
+                total.forwarded_out += c.forwarded_out;
+                total.forwarded_in += c.forwarded_in;
+                total.expired += c.expired;
+                total.backpressure_events += c.backpressure_events;
+                total.connections += c.connections;
+            }
+            print_row(&mut out, "all", &total);
+            let _ = writeln!(out, "uptime_ms {}", stats.uptime_ms);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_row(out: &mut impl Write, label: &str, c: &corekv_client::CoreStats) {
+    let _ = writeln!(
+        out,
+        "{label:>5} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9} {:>8} {:>6}",
+        c.keys,
+        c.value_bytes,
+        c.requests,
+        c.forwarded_out,
+        c.forwarded_in,
+        c.expired,
+        c.backpressure_events,
+        c.connections
+    );
+}
