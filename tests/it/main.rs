@@ -1,8 +1,10 @@
 //! Integration tests, one binary: real `corekv` processes on ephemeral loopback ports.
 
 mod bad_input;
+mod cli;
 mod harness;
 mod lifecycle;
 mod ops;
 mod pipeline;
+mod sdk;
 mod tidy;
