@@ -1,0 +1,270 @@
+//! End-to-end tests of a run against in-process fake servers that speak the native protocol.
+//!
+//! Each fake server is a tokio `TcpListener` task decoding requests with the node's own decoder
+//! (`take_frame` + `decode_request`) and answering from a small map, or misbehaving on purpose
+//! (closing connections, never answering) to show that a run still ends on time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser as _;
+use corekv_schema::codec::{self, Encoder, ErrorCode, Op, Reply};
+use corekv_schema::frame::{self, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::config::Cli;
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Answer every request from a shared map.
+    Store,
+    /// Close each connection after answering this many requests.
+    CloseAfter(u64),
+    /// Read requests and never answer.
+    Silent,
+}
+
+#[derive(Default)]
+struct Server {
+    sets: AtomicU64,
+    requests: AtomicU64,
+    map: Mutex<HashMap<Bytes, Bytes>>,
+}
+
+async fn fake_server(behaviour: Behaviour) -> (SocketAddr, Arc<Server>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Arc::new(Server::default());
+    let s = Arc::clone(&server);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, behaviour, Arc::clone(&s)));
+        }
+    });
+    (addr, server)
+}
+
+async fn serve(mut stream: TcpStream, behaviour: Behaviour, server: Arc<Server>) {
+    let mut inb = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::new();
+    let mut enc = Encoder::new();
+    let mut answered = 0u64;
+    loop {
+        match stream.read_buf(&mut inb).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while let Some(f) = frame::take_frame(&mut inb, Limits::DEFAULT.frame_bytes_max).unwrap() {
+            let req = codec::decode_request(&f, &Limits::DEFAULT).unwrap();
+            server.requests.fetch_add(1, Ordering::Relaxed);
+            let reply = {
+                let mut map = server.map.lock().unwrap();
+                match req.op {
+                    Op::Set(set) => {
+                        server.sets.fetch_add(1, Ordering::Relaxed);
+                        map.insert(set.key, set.value);
+                        Reply::Written { version: 1 }
+                    }
+                    Op::Get { key } => match map.get(&key) {
+                        Some(v) => Reply::Value {
+                            value: v.clone(),
+                            version: 1,
+                            ttl_ms: None,
+                        },
+                        None => Reply::error(ErrorCode::NotFound, "no such key"),
+                    },
+                    Op::Delete { key, .. } => match map.remove(&key) {
+                        Some(_) => Reply::Deleted { version: 2 },
+                        None => Reply::error(ErrorCode::NotFound, "no such key"),
+                    },
+                    _ => Reply::error(ErrorCode::BadRequest, "unexpected op"),
+                }
+            };
+            match behaviour {
+                Behaviour::Silent => continue,
+                Behaviour::CloseAfter(n) if answered >= n => return,
+                Behaviour::Store | Behaviour::CloseAfter(_) => {}
+            }
+            enc.response(req.id, &reply, &mut out);
+            answered += 1;
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+fn config(addr: SocketAddr, args: &[&str]) -> Config {
+    let addr = addr.to_string();
+    let argv = ["corekv-loadgen", "--addr", &addr]
+        .into_iter()
+        .chain(args.iter().copied());
+    Config::from_cli(&Cli::parse_from(argv)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_with_preload_completes_operations_without_errors() {
+    let (addr, server) = fake_server(Behaviour::Store).await;
+    let cfg = config(
+        addr,
+        &[
+            "--connections",
+            "4",
+            "--pipeline",
+            "8",
+            "--warmup",
+            "200ms",
+            "--duration",
+            "800ms",
+            "--keys",
+            "1000",
+            "--key-size",
+            "16",
+            "--value-size",
+            "32",
+            "--preload",
+            "--distribution",
+            "zipf",
+        ],
+    );
+    let summary = run(&cfg).await.unwrap();
+    assert!(
+        server.sets.load(Ordering::Relaxed) >= 1000,
+        "the preload sets every key"
+    );
+    assert!(summary.count > 0);
+    assert_eq!(summary.errors, 0, "{:?}", summary.first_error);
+    assert!(summary.ops.get.count > summary.ops.set.count);
+    assert!(summary.ops.get.p50_us > 0 || summary.ops.get.max_us > 0);
+    assert_eq!(summary.ops.set.misses, 0);
+    assert!((summary.duration_secs - 0.8).abs() < 1e-9);
+
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+    assert!(json["ops_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["errors"], 0);
+    assert_eq!(json["config"]["connections"], 4);
+    assert_eq!(json["config"]["preload"], true);
+    for op in ["get", "set", "del"] {
+        for f in [
+            "count",
+            "ops_per_sec",
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+        ] {
+            assert!(json["ops"][op][f].is_number(), "ops.{op}.{f}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_starts_exactly_the_scheduled_requests() {
+    let (addr, _server) = fake_server(Behaviour::Store).await;
+    let cfg = config(
+        addr,
+        &[
+            "--connections",
+            "4",
+            "--pipeline",
+            "4",
+            "--warmup",
+            "100ms",
+            "--duration",
+            "500ms",
+            "--rate",
+            "2000",
+            "--keys",
+            "100",
+            "--mix",
+            "set=1",
+        ],
+    );
+    let summary = run(&cfg).await.unwrap();
+    assert_eq!(summary.errors, 0, "{:?}", summary.first_error);
+    assert_eq!(summary.count, 1000, "2000 ops/s for 0.5 s");
+    assert_eq!(summary.ops.set.count, 1000);
+    assert_eq!(summary.config.rate_ops_per_sec, Some(2000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_clear_error() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = config(addr, &["--connections", "2", "--duration", "1"]);
+    let err = run(&cfg).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RunError::Connect { .. }));
+    assert!(message.contains(&addr.to_string()), "{message}");
+    assert!(message.contains("refused"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_count_errors_reconnect_and_end_on_time() {
+    let (addr, server) = fake_server(Behaviour::CloseAfter(200)).await;
+    let cfg = config(
+        addr,
+        &[
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--warmup",
+            "0",
+            "--duration",
+            "600ms",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let summary = run(&cfg).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(600) + GRACE);
+    assert!(
+        summary.errors > 0,
+        "requests in flight at each drop are errors"
+    );
+    assert!(
+        summary.count > 400,
+        "connections came back after the first drop: {} ops",
+        summary.count
+    );
+    assert!(server.requests.load(Ordering::Relaxed) > 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_cannot_hold_a_run_past_its_grace() {
+    let (addr, _server) = fake_server(Behaviour::Silent).await;
+    let cfg = config(
+        addr,
+        &[
+            "--connections",
+            "3",
+            "--pipeline",
+            "5",
+            "--warmup",
+            "0",
+            "--duration",
+            "200ms",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let summary = run(&cfg).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(200) + GRACE, "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1200) + GRACE, "{elapsed:?}");
+    assert_eq!(summary.count, 0);
+    assert_eq!(
+        summary.errors, 15,
+        "every request in flight at the end is an error"
+    );
+    assert!(summary.first_error.unwrap().contains("no reply"));
+}
