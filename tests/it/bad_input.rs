@@ -98,7 +98,11 @@ fn unknown_operation_is_answered_with_its_id() {
     let resp = w.recv().expect("error frame");
     assert_eq!(resp.id, 99);
     assert!(
-        matches!(&resp.reply, Reply::Error(e) if e.code == ErrorCode::BadRequest && e.message.contains("unknown operation")),
+        matches!(
+            &resp.reply,
+            Reply::Error(e)
+                if e.code == ErrorCode::BadRequest && e.message.contains("unknown operation")
+        ),
         "{resp:?}"
     );
     assert!(w.recv().is_none());

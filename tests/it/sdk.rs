@@ -15,9 +15,10 @@ fn blocking_client_end_to_end() {
         (&b"1"[..], v1, None)
     );
     assert!(client.get("missing").unwrap().is_none());
-    assert!(
-        matches!(client.set_if_absent("a", "2"), Err(Error::ConditionFailed { current_version }) if current_version == v1)
-    );
+    assert!(matches!(
+        client.set_if_absent("a", "2"),
+        Err(Error::ConditionFailed { current_version }) if current_version == v1
+    ));
     let v2 = client.update("a", "2").unwrap();
     assert!(matches!(
         client.cas("a", "1", "3"),
