@@ -16,21 +16,55 @@ use std::collections::BinaryHeap;
 
 use bytes::Bytes;
 use corekv_schema::codec::{Condition, ErrorCode, Expected, Op, Reply, SetOp, WireError};
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use super::{Engine, EngineStats};
 
+/// One stored key. Key and value share one allocation (`data = key ++ value`): a lookup
+/// that finds the key has the value's first bytes in the same cache lines, and each key costs
+/// one heap block instead of two.
 #[derive(Clone, Debug)]
 struct Entry {
-    value: Bytes,
+    data: Bytes,
+    key_len: u32,
     version: u64,
     /// Unix ms at which the key expires; 0 = never.
     expires_at_ms: u64,
 }
 
 impl Entry {
+    fn new(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> Entry {
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        // Keys are bounded by `key_bytes_max`, far below u32::MAX.
+        let key_len = u32::try_from(key.len()).expect("key length fits u32");
+        Entry {
+            data: Bytes::from(data),
+            key_len,
+            version,
+            expires_at_ms,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    fn value(&self) -> Bytes {
+        self.data.slice(self.key_len as usize..)
+    }
+
+    fn value_eq(&self, other: &[u8]) -> bool {
+        self.data[self.key_len as usize..] == *other
+    }
+
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+
+    fn bytes(&self) -> u64 {
+        self.data.len() as u64
     }
 }
 
@@ -38,7 +72,11 @@ impl Entry {
 type ExpiryTicket = Reverse<(u64, u64, Bytes)>;
 
 pub struct MemEngine {
-    map: HashMap<Bytes, Entry, ahash::RandomState>,
+    /// Entries keyed by their own `key`, hashed with `hasher`. A raw `HashTable` rather than a
+    /// `HashMap` so each operation hashes and probes once: lookup, condition check and
+    /// in-place update all happen on the entry found.
+    table: HashTable<Entry>,
+    hasher: ahash::RandomState,
     /// Min-heap of (expires_at_ms, version, key) for active expiry. Rewrites leave stale
     /// tickets behind; the version check skips them when they surface.
     expiry: BinaryHeap<ExpiryTicket>,
@@ -56,7 +94,8 @@ impl Default for MemEngine {
 impl MemEngine {
     pub fn new() -> MemEngine {
         MemEngine {
-            map: HashMap::with_hasher(ahash::RandomState::new()),
+            table: HashTable::new(),
+            hasher: ahash::RandomState::new(),
             expiry: BinaryHeap::new(),
             version_last: 0,
             value_bytes: 0,
@@ -64,39 +103,70 @@ impl MemEngine {
         }
     }
 
-    /// The live entry for `key`, removing it first if it has expired.
-    fn live(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        let expired = match self.map.get(key) {
-            None => return None,
-            Some(e) => e.is_expired(now_ms),
-        };
-        if expired {
-            self.remove(key);
-            self.expired += 1;
-            return None;
-        }
-        self.map.get(key)
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let (k, e) = self.map.remove_entry(key)?;
-        self.value_bytes -= (k.len() + e.value.len()) as u64;
-        Some(e)
+    /// Removes `key` if present and expired (or if `version` matches, for the sweep).
+    fn remove_if(&mut self, key: &[u8], keep: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
+        let hash = self.hash(key);
+        let Ok(found) = self.table.find_entry(hash, |e| e.key() == key) else {
+            return None;
+        };
+        if keep(found.get()) {
+            return None;
+        }
+        let (entry, _) = found.remove();
+        self.value_bytes -= entry.bytes();
+        Some(entry)
     }
 
     fn get(&mut self, key: &[u8], now_ms: u64) -> Reply {
-        match self.live(key, now_ms) {
-            None => not_found(),
-            Some(e) => Reply::Value {
-                value: e.value.clone(),
-                version: e.version,
-                ttl_ms: (e.expires_at_ms != 0).then(|| e.expires_at_ms - now_ms),
-            },
+        let hash = self.hash(key);
+        match self.table.find(hash, |e| e.key() == key) {
+            None => return not_found(),
+            Some(e) if !e.is_expired(now_ms) => {
+                return Reply::Value {
+                    value: e.value(),
+                    version: e.version,
+                    ttl_ms: (e.expires_at_ms != 0).then(|| e.expires_at_ms - now_ms),
+                };
+            }
+            Some(_) => {}
         }
+        // Lazy expiry: the key was found dead; drop it now.
+        if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
+            self.expired += 1;
+        }
+        not_found()
     }
 
     fn set(&mut self, set: SetOp, now_ms: u64) -> Reply {
-        let current = self.live(&set.key, now_ms);
+        let hash = self.hash(&set.key);
+        let MemEngine {
+            table,
+            hasher,
+            expiry,
+            version_last,
+            value_bytes,
+            expired,
+        } = self;
+        let entry = table.entry(
+            hash,
+            |e| e.key() == &set.key[..],
+            |e| hasher.hash_one(e.key()),
+        );
+        let (current, was_expired) = match &entry {
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let e = o.get();
+                if e.is_expired(now_ms) {
+                    (None, true)
+                } else {
+                    (Some(e), false)
+                }
+            }
+            hashbrown::hash_table::Entry::Vacant(_) => (None, false),
+        };
         if let Err(failed) = check(&set.condition, current) {
             return failed;
         }
@@ -107,36 +177,53 @@ impl MemEngine {
         } else {
             0
         };
-        self.version_last += 1;
-        let version = self.version_last;
-        let key = Bytes::copy_from_slice(&set.key);
-        let value = Bytes::copy_from_slice(&set.value);
-        if expires_at_ms != 0 {
-            self.expiry
-                .push(Reverse((expires_at_ms, version, key.clone())));
+        *version_last += 1;
+        let version = *version_last;
+        let fresh = Entry::new(&set.key, &set.value, version, expires_at_ms);
+        *value_bytes += fresh.bytes();
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                if was_expired {
+                    *expired += 1;
+                }
+                let old = std::mem::replace(o.get_mut(), fresh);
+                *value_bytes -= old.bytes();
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(fresh);
+            }
         }
-        self.value_bytes += (key.len() + value.len()) as u64;
-        let entry = Entry {
-            value,
-            version,
-            expires_at_ms,
-        };
-        if let Some(old) = self.map.insert(key, entry) {
-            self.value_bytes -= (set.key.len() + old.value.len()) as u64;
+        if expires_at_ms != 0 {
+            // The ticket owns a copy of the key, not a slice of `data`: a stale ticket must
+            // not keep an overwritten value alive until its old expiry time.
+            expiry.push(Reverse((
+                expires_at_ms,
+                version,
+                Bytes::copy_from_slice(&set.key),
+            )));
         }
         Reply::Written { version }
     }
 
     fn delete(&mut self, key: &[u8], condition: &Condition, now_ms: u64) -> Reply {
-        let Some(current) = self.live(key, now_ms) else {
-            return not_found();
+        let hash = self.hash(key);
+        let found = match self.table.find(hash, |e| e.key() == key) {
+            None => return not_found(),
+            Some(e) if e.is_expired(now_ms) => None,
+            Some(e) => Some(check(condition, Some(e))),
         };
-        if let Err(failed) = check(condition, Some(current)) {
-            return failed;
-        }
-        match self.remove(key) {
-            Some(e) => Reply::Deleted { version: e.version },
-            None => not_found(),
+        match found {
+            None => {
+                if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
+                    self.expired += 1;
+                }
+                not_found()
+            }
+            Some(Err(failed)) => failed,
+            Some(Ok(())) => match self.remove_if(key, |_| false) {
+                Some(e) => Reply::Deleted { version: e.version },
+                None => not_found(),
+            },
         }
     }
 }
@@ -152,7 +239,7 @@ fn check(condition: &Condition, current: Option<&Entry>) -> Result<(), Reply> {
         Condition::IfAbsent => current.is_none(),
         Condition::IfPresent => current.is_some(),
         Condition::IfVersion(v) => current.map_or(0, |e| e.version) == *v,
-        Condition::IfValue(expected) => current.is_some_and(|e| e.value == *expected),
+        Condition::IfValue(expected) => current.is_some_and(|e| e.value_eq(expected)),
     };
     if holds {
         return Ok(());
@@ -203,13 +290,10 @@ impl Engine for MemEngine {
                 Some(Reverse((at, _, _))) if *at <= now_ms => {}
                 _ => break,
             }
-            let Some(Reverse((at, version, key))) = self.expiry.pop() else {
+            let Some(Reverse((_, version, key))) = self.expiry.pop() else {
                 break;
             };
-            let current = self.map.get(&key[..]).is_some_and(|e| e.version == version);
-            if current {
-                debug_assert!(at <= now_ms);
-                self.remove(&key);
+            if self.remove_if(&key, |e| e.version != version).is_some() {
                 self.expired += 1;
                 removed += 1;
             }
@@ -219,7 +303,7 @@ impl Engine for MemEngine {
 
     fn stats(&self) -> EngineStats {
         EngineStats {
-            keys: self.map.len() as u64,
+            keys: self.table.len() as u64,
             value_bytes: self.value_bytes,
             expired: self.expired,
         }
