@@ -21,11 +21,12 @@ cargo fmt --all -- --check
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "tests (unit, integration, doc)"
-cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
-# Summary line for humans and CI: sum cargo's per-binary results.
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\n%d passed, %d failed\n", p, f }' \
-  target/test-output.txt
-
 step "benchmarks compile"
 cargo bench --workspace --no-run --quiet
+
+step "tests (unit, integration, doc)"
+mkdir -p target
+cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+# One closing line for humans and CI: cargo's per-binary results, summed.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f }' \
+  target/test-output.txt
