@@ -51,6 +51,7 @@ struct CoreReport {
 
 /// Runs a node until SIGINT/SIGTERM. Returns after a clean drain.
 pub fn run(config: Config) -> Result<(), NodeError> {
+    abort_on_panic();
     let _lock = lock_data_dir(&config.data_dir)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cores = config.cores.unwrap_or(cpus.len().max(1));
@@ -337,6 +338,18 @@ async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
         glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
         core.sweep_expired(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
     }
+}
+
+/// A panic is a bug, and a node with one core gone would leave every forward to that core
+/// waiting forever. Print the panic, then abort the whole process so the supervisor restarts
+/// it (and, with the durable engine, recovery brings the data back).
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("corekv: aborting after a panic (a bug: please report it with the lines above)");
+        std::process::abort();
+    }));
 }
 
 fn listen_err(addr: SocketAddr, source: std::io::Error) -> NodeError {

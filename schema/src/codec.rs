@@ -158,6 +158,31 @@ pub enum Op {
 }
 
 impl Op {
+    pub fn get(key: impl Into<Bytes>) -> Op {
+        Op::Get { key: key.into() }
+    }
+
+    /// An unconditional set without expiry.
+    pub fn set(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Op {
+        Op::set_if(key, value, Condition::Always)
+    }
+
+    pub fn set_if(key: impl Into<Bytes>, value: impl Into<Bytes>, condition: Condition) -> Op {
+        Op::Set(SetOp {
+            key: key.into(),
+            value: value.into(),
+            condition,
+            ..Default::default()
+        })
+    }
+
+    pub fn delete(key: impl Into<Bytes>) -> Op {
+        Op::Delete {
+            key: key.into(),
+            condition: Condition::Always,
+        }
+    }
+
     /// The key this operation addresses, for operations that address exactly one.
     pub fn key(&self) -> Option<&Bytes> {
         match self {
@@ -628,7 +653,6 @@ trait OpCarrier<'a> {
     fn cas(&self) -> Option<wire::CompareAndSet<'a>>;
     fn batch(&self) -> Option<wire::Batch<'a>>;
     fn ping(&self) -> Option<wire::Ping<'a>>;
-    fn has_op(&self) -> bool;
 }
 
 macro_rules! op_carrier {
@@ -654,9 +678,6 @@ macro_rules! op_carrier {
             }
             fn ping(&self) -> Option<wire::Ping<'a>> {
                 self.op_as_ping()
-            }
-            fn has_op(&self) -> bool {
-                self.op().is_some()
             }
         }
     };
@@ -851,12 +872,10 @@ impl OpDecoder<'_> {
                 self.limits.batch_ops_max
             )));
         }
-        if !c.has_op() {
-            return Err(DecodeError::fatal(
-                Some(self.id),
-                "request without an operation".into(),
-            ));
-        }
+        // Never follow the union offset itself (`op()`): the verifier checks the table only
+        // for the union types it knows, so an unknown or NONE type with a stray offset would
+        // pass verification and then index out of bounds. Decide on the type first, then use
+        // the typed accessors, which follow only verified offsets.
         let id = self.id;
         Ok(match c.op_kind() {
             wire::Op::Get => {
@@ -939,6 +958,12 @@ impl OpDecoder<'_> {
             }
             wire::Op::Topology => Op::Topology,
             wire::Op::Stats => Op::Stats,
+            wire::Op::NONE => {
+                return Err(DecodeError::fatal(
+                    Some(self.id),
+                    "request without an operation".into(),
+                ));
+            }
             other => {
                 return Err(DecodeError::fatal(
                     Some(self.id),

@@ -319,24 +319,15 @@ mod tests {
     }
 
     fn set(k: &str, v: &str) -> Op {
-        Op::Set(SetOp {
-            key: b(k),
-            value: b(v),
-            ..Default::default()
-        })
+        Op::set(b(k), b(v))
     }
 
     fn set_if(k: &str, v: &str, condition: Condition) -> Op {
-        Op::Set(SetOp {
-            key: b(k),
-            value: b(v),
-            condition,
-            ..Default::default()
-        })
+        Op::set_if(b(k), b(v), condition)
     }
 
     fn get(k: &str) -> Op {
-        Op::Get { key: b(k) }
+        Op::get(b(k))
     }
 
     fn code(r: &Reply) -> Option<ErrorCode> {

@@ -7,24 +7,15 @@ use corekv_schema::codec::{Condition, ErrorCode, Expected, Op, Reply, SetOp};
 use crate::harness::{Node, b, key_on_core};
 
 fn set(k: &str, v: &str) -> Op {
-    Op::Set(SetOp {
-        key: b(k),
-        value: b(v),
-        ..Default::default()
-    })
+    Op::set(b(k), b(v))
 }
 
 fn set_if(k: &str, v: &str, condition: Condition) -> Op {
-    Op::Set(SetOp {
-        key: b(k),
-        value: b(v),
-        condition,
-        ..Default::default()
-    })
+    Op::set_if(b(k), b(v), condition)
 }
 
 fn get(k: &str) -> Op {
-    Op::Get { key: b(k) }
+    Op::get(b(k))
 }
 
 fn err_code(r: &Reply) -> ErrorCode {
