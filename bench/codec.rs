@@ -21,41 +21,17 @@ fn value() -> Bytes {
 fn ops() -> Vec<(&'static str, Op)> {
     vec![
         ("get", Op::Get { key: key() }),
-        (
-            "set",
-            Op::Set(SetOp {
-                key: key(),
-                value: value(),
-                ..Default::default()
-            }),
-        ),
-        (
-            "delete",
-            Op::Delete {
-                key: key(),
-                condition: Condition::Always,
-            },
-        ),
+        ("set", Op::Set(SetOp { key: key(), value: value(), ..Default::default() })),
+        ("delete", Op::Delete { key: key(), condition: Condition::Always }),
         (
             "cas",
-            Op::Cas {
-                key: key(),
-                expected: Expected::Version(7),
-                new_value: value(),
-                ttl_ms: 0,
-            },
+            Op::Cas { key: key(), expected: Expected::Version(7), new_value: value(), ttl_ms: 0 },
         ),
         (
             "batch16_set",
             Op::Batch(
                 (0..16)
-                    .map(|_| {
-                        Op::Set(SetOp {
-                            key: key(),
-                            value: value(),
-                            ..Default::default()
-                        })
-                    })
+                    .map(|_| Op::Set(SetOp { key: key(), value: value(), ..Default::default() }))
                     .collect(),
             ),
         ),
@@ -64,19 +40,9 @@ fn ops() -> Vec<(&'static str, Op)> {
 
 fn replies() -> Vec<(&'static str, Reply)> {
     vec![
-        (
-            "value",
-            Reply::Value {
-                value: value(),
-                version: 9,
-                ttl_ms: None,
-            },
-        ),
+        ("value", Reply::Value { value: value(), version: 9, ttl_ms: None }),
         ("written", Reply::Written { version: 9 }),
-        (
-            "not_found",
-            Reply::error(corekv_schema::codec::ErrorCode::NotFound, "key not found"),
-        ),
+        ("not_found", Reply::error(corekv_schema::codec::ErrorCode::NotFound, "key not found")),
     ]
 }
 

@@ -20,14 +20,8 @@ fn bench(c: &mut Criterion) {
     let value = Bytes::from(vec![b'v'; 500]);
     let mut engine = MemEngine::new();
     for i in 0..KEYS {
-        engine.execute(
-            Op::Set(SetOp {
-                key: key(i),
-                value: value.clone(),
-                ..Default::default()
-            }),
-            0,
-        );
+        engine
+            .execute(Op::Set(SetOp { key: key(i), value: value.clone(), ..Default::default() }), 0);
     }
     let keys: Vec<Bytes> = (0..4096).map(|i| key(i * 241 % KEYS)).collect();
     let missing: Vec<Bytes> = (0..4096).map(|i| key(KEYS + i)).collect();
@@ -35,33 +29,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("shard/get_hit", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            black_box(engine.execute(
-                Op::Get {
-                    key: keys[i].clone(),
-                },
-                0,
-            ))
+            black_box(engine.execute(Op::Get { key: keys[i].clone() }, 0))
         })
     });
     c.bench_function("shard/get_miss", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            black_box(engine.execute(
-                Op::Get {
-                    key: missing[i].clone(),
-                },
-                0,
-            ))
+            black_box(engine.execute(Op::Get { key: missing[i].clone() }, 0))
         })
     });
     c.bench_function("shard/set_overwrite", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            let op = Op::Set(SetOp {
-                key: keys[i].clone(),
-                value: value.clone(),
-                ..Default::default()
-            });
+            let op =
+                Op::Set(SetOp { key: keys[i].clone(), value: value.clone(), ..Default::default() });
             black_box(engine.execute(op, 0))
         })
     });

@@ -146,14 +146,7 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
                 }
             }
         },
-        ClientCommand::Set {
-            key,
-            value,
-            ttl_ms,
-            if_absent,
-            if_present,
-            ..
-        } => {
+        ClientCommand::Set { key, value, ttl_ms, if_absent, if_present, .. } => {
             let value = value_arg(value)?;
             let condition = if if_absent {
                 corekv_client::Condition::IfAbsent
@@ -162,11 +155,7 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
             } else {
                 corekv_client::Condition::Always
             };
-            let options = SetOptions {
-                ttl_ms: ttl_ms.unwrap_or(0),
-                keep_ttl: false,
-                condition,
-            };
+            let options = SetOptions { ttl_ms: ttl_ms.unwrap_or(0), keep_ttl: false, condition };
             let version = client.set_with(key, value, options)?;
             let _ = writeln!(out, "{version}");
         }
@@ -175,12 +164,7 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
                 return Err(Error::NotFound);
             }
         }
-        ClientCommand::Cas {
-            key,
-            mut values,
-            if_version,
-            ..
-        } => {
+        ClientCommand::Cas { key, mut values, if_version, .. } => {
             let version = match (if_version, values.len()) {
                 (Some(v), 1) => client.cas_version(key, v, value_arg(values.remove(0))?)?,
                 (None, 2) => {
@@ -188,9 +172,7 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
                     client.cas(key, values.remove(0), new)?
                 }
                 (Some(_), _) => {
-                    return Err(Error::Usage(
-                        "cas KEY --if-version V NEW takes one value".into(),
-                    ));
+                    return Err(Error::Usage("cas KEY --if-version V NEW takes one value".into()));
                 }
                 (None, _) => {
                     return Err(Error::Usage("cas KEY EXPECTED NEW takes two values".into()));

@@ -19,6 +19,7 @@ pub const TTL_SWEEP_INTERVAL_MS_DEFAULT: u64 = 100;
 /// Keys the active sweep may remove per core per interval, so a mass expiry cannot stall a core.
 pub const TTL_SWEEP_KEYS_MAX: usize = 20_000;
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Requests a connection parses before answering them, bounding per-connection memory.
 pub const CONNECTION_BATCH_REQUESTS_MAX: usize = 1024;
 
@@ -77,6 +78,10 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long connections may take to finish [default: 5000]
     #[arg(long, value_name = "MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// Close a connection whose frame has been arriving for this long without completing
+    /// [default: 10000]
+    #[arg(long, value_name = "MS")]
+    pub partial_frame_timeout_ms: Option<u64>,
 }
 
 /// The keys of the `--config` file: the flags of [`ServeArgs`] without `config`.
@@ -97,6 +102,7 @@ struct FileConfig {
     spin_before_park_us: Option<u64>,
     ttl_sweep_interval_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
+    partial_frame_timeout_ms: Option<u64>,
 }
 
 /// A fully resolved, validated node configuration.
@@ -114,31 +120,21 @@ pub struct Config {
     pub spin_before_park_us: u64,
     pub ttl_sweep_interval_ms: u64,
     pub drain_timeout_ms: u64,
+    pub partial_frame_timeout_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid {key} {value:?}: {reason}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { key: &'static str, value: String, reason: String },
 }
 
 fn invalid(key: &'static str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        reason: reason.to_string(),
-    }
+    ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
 }
 
 impl Config {
@@ -148,18 +144,12 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let listen_text = args
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        let listen_text =
+            args.listen.clone().or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen = resolve_addr(&listen_text).map_err(|r| invalid("listen", &listen_text, &r))?;
         let d = Limits::DEFAULT;
         let limits = Limits {
-            key_bytes_max: args
-                .key_bytes_max
-                .or(file.key_bytes_max)
-                .unwrap_or(d.key_bytes_max),
+            key_bytes_max: args.key_bytes_max.or(file.key_bytes_max).unwrap_or(d.key_bytes_max),
             value_bytes_max: args
                 .value_bytes_max
                 .or(file.value_bytes_max)
@@ -168,10 +158,7 @@ impl Config {
                 .frame_bytes_max
                 .or(file.frame_bytes_max)
                 .unwrap_or(d.frame_bytes_max),
-            batch_ops_max: args
-                .batch_ops_max
-                .or(file.batch_ops_max)
-                .unwrap_or(d.batch_ops_max),
+            batch_ops_max: args.batch_ops_max.or(file.batch_ops_max).unwrap_or(d.batch_ops_max),
         };
         let config = Config {
             listen,
@@ -183,19 +170,13 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
             shard_ports: args.shard_ports.or(file.shard_ports),
             node_id: args.node_id.clone().or(file.node_id),
-            partitions: args
-                .partitions
-                .or(file.partitions)
-                .unwrap_or(PARTITIONS_DEFAULT),
+            partitions: args.partitions.or(file.partitions).unwrap_or(PARTITIONS_DEFAULT),
             limits,
             mesh_capacity_messages: args
                 .mesh_capacity_messages
                 .or(file.mesh_capacity_messages)
                 .unwrap_or(MESH_CAPACITY_MESSAGES_DEFAULT),
-            spin_before_park_us: args
-                .spin_before_park_us
-                .or(file.spin_before_park_us)
-                .unwrap_or(0),
+            spin_before_park_us: args.spin_before_park_us.or(file.spin_before_park_us).unwrap_or(0),
             ttl_sweep_interval_ms: args
                 .ttl_sweep_interval_ms
                 .or(file.ttl_sweep_interval_ms)
@@ -204,6 +185,10 @@ impl Config {
                 .drain_timeout_ms
                 .or(file.drain_timeout_ms)
                 .unwrap_or(DRAIN_TIMEOUT_MS_DEFAULT),
+            partial_frame_timeout_ms: args
+                .partial_frame_timeout_ms
+                .or(file.partial_frame_timeout_ms)
+                .unwrap_or(PARTIAL_FRAME_TIMEOUT_MS_DEFAULT),
         };
         config.validate()?;
         Ok(config)
@@ -226,14 +211,12 @@ impl Config {
             return Err(invalid("key_bytes_max", 0, "must be at least 1"));
         }
         if l.frame_bytes_max > u32::MAX as usize {
-            return Err(invalid(
-                "frame_bytes_max",
-                l.frame_bytes_max,
-                "must fit in a u32 prefix",
-            ));
+            return Err(invalid("frame_bytes_max", l.frame_bytes_max, "must fit in a u32 prefix"));
         }
         // A maximal single write must fit in a frame, with room for the envelope.
-        if l.key_bytes_max + l.value_bytes_max + 1024 > l.frame_bytes_max {
+        if l.key_bytes_max.saturating_add(l.value_bytes_max).saturating_add(1024)
+            > l.frame_bytes_max
+        {
             return Err(invalid(
                 "frame_bytes_max",
                 l.frame_bytes_max,
@@ -246,6 +229,9 @@ impl Config {
         if self.mesh_capacity_messages == 0 {
             return Err(invalid("mesh_capacity_messages", 0, "must be at least 1"));
         }
+        if self.partial_frame_timeout_ms == 0 {
+            return Err(invalid("partial_frame_timeout_ms", 0, "must be at least 1"));
+        }
         if self.ttl_sweep_interval_ms == 0 {
             return Err(invalid("ttl_sweep_interval_ms", 0, "must be at least 1"));
         }
@@ -254,22 +240,16 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
 }
 
 fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let mut addrs = text.to_socket_addrs().map_err(|e| e.to_string())?;
-    addrs
-        .next()
-        .ok_or_else(|| "resolves to no address".to_string())
+    addrs.next().ok_or_else(|| "resolves to no address".to_string())
 }
 
 #[cfg(test)]
@@ -290,16 +270,9 @@ mod tests {
     fn flags_win_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\ncores = 3\nshard_ports = 9100\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            cores: Some(1),
-            ..Default::default()
-        };
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ncores = 3\nshard_ports = 9100\n")
+            .unwrap();
+        let args = ServeArgs { config: Some(path), cores: Some(1), ..Default::default() };
         let c = Config::load(&args).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.cores, Some(1));
@@ -311,25 +284,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        let err = Config::load(&ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        });
+        let err = Config::load(&ServeArgs { config: Some(path), ..Default::default() });
         assert!(err.unwrap_err().to_string().contains("lisen"));
-        let err = Config::load(&ServeArgs {
-            cores: Some(0),
-            ..Default::default()
-        });
+        let err = Config::load(&ServeArgs { cores: Some(0), ..Default::default() });
         assert!(err.unwrap_err().to_string().contains("cores"));
-        let err = Config::load(&ServeArgs {
-            listen: Some("nope".into()),
-            ..Default::default()
-        });
+        let err = Config::load(&ServeArgs { listen: Some("nope".into()), ..Default::default() });
         assert!(err.unwrap_err().to_string().contains("listen"));
-        let err = Config::load(&ServeArgs {
-            frame_bytes_max: Some(100),
-            ..Default::default()
-        });
+        let err = Config::load(&ServeArgs { frame_bytes_max: Some(100), ..Default::default() });
         assert!(err.unwrap_err().to_string().contains("frame_bytes_max"));
     }
 }

@@ -11,19 +11,13 @@ pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error(
         "data directory {path} is in use by another corekv node (lock file {path}/LOCK is held)"
     )]
     DataDirLocked { path: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("asked for {wanted} cores but this process may run on {available} CPUs")]
     TooManyCores { wanted: usize, available: usize },
     #[error(

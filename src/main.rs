@@ -38,9 +38,7 @@ fn main() -> ExitCode {
 
 fn serve(args: &ServeArgs) -> ExitCode {
     init_logging();
-    let result = Config::load(args)
-        .map_err(Into::into)
-        .and_then(corekv::node::run);
+    let result = Config::load(args).map_err(Into::into).and_then(corekv::node::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -56,20 +56,14 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cores = config.cores.unwrap_or(cpus.len().max(1));
     if cores > cpus.len() {
-        return Err(NodeError::TooManyCores {
-            wanted: cores,
-            available: cpus.len(),
-        });
+        return Err(NodeError::TooManyCores { wanted: cores, available: cpus.len() });
     }
     let io_memory_bytes = raise_memlock(cores)?;
 
     let reserved = reserve_port(config.listen)?;
     let listen = reserved
         .local_addr()
-        .and_then(|a| {
-            a.as_socket()
-                .ok_or_else(|| std::io::Error::other("not an IP address"))
-        })
+        .and_then(|a| a.as_socket().ok_or_else(|| std::io::Error::other("not an IP address")))
         .map_err(|source| listen_err(config.listen, source))?;
     if let Some(base) = config.shard_ports.filter(|&b| b != 0) {
         for i in 0..cores {
@@ -86,15 +80,13 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         // The second signal exits at once; the first asks for a drain.
         signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
             .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
-            .map_err(|e| NodeError::Core {
-                core: 0,
-                message: format!("signal setup: {e}"),
-            })?;
+            .map_err(|e| NodeError::Core { core: 0, message: format!("signal setup: {e}") })?;
     }
 
     let node = Arc::new(NodeInfo {
         topology: OnceLock::new(),
         started: Instant::now(),
+        partial_frame_timeout_ms: config.partial_frame_timeout_ms,
     });
     let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
     let draining = Arc::new(AtomicUsize::new(cores));
@@ -119,34 +111,21 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         }
         let handle = builder
             .spawn(move || core_main(boot))
-            .map_err(|e| NodeError::Core {
-                core: handles.len(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| NodeError::Core { core: handles.len(), message: e.to_string() })?;
         handles.push(handle);
     }
     drop(report_tx);
 
     let mut shard_ports = vec![0u16; cores];
     let mut failure = None;
+    let boot_deadline = Instant::now() + BOOT_TIMEOUT;
     for _ in 0..cores {
-        match report_rx.recv_timeout(BOOT_TIMEOUT) {
-            Ok(CoreReport {
-                index,
-                shard_port,
-                result: Ok(()),
-            }) => {
+        match report_rx.recv_timeout(boot_deadline.saturating_duration_since(Instant::now())) {
+            Ok(CoreReport { index, shard_port, result: Ok(()) }) => {
                 shard_ports[index] = shard_port.unwrap_or(0);
             }
-            Ok(CoreReport {
-                index,
-                result: Err(message),
-                ..
-            }) => {
-                failure = Some(NodeError::Core {
-                    core: index,
-                    message,
-                });
+            Ok(CoreReport { index, result: Err(message), .. }) => {
+                failure = Some(NodeError::Core { core: index, message });
                 break;
             }
             Err(_) => {
@@ -172,21 +151,13 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         cores: cores as u16,
         partitions: config.partitions,
         hash: HASH_NAME.to_string(),
-        shard_ports: if config.shard_ports.is_some() {
-            shard_ports.clone()
-        } else {
-            Vec::new()
-        },
+        shard_ports: if config.shard_ports.is_some() { shard_ports.clone() } else { Vec::new() },
     };
     let _ = node.topology.set(topology);
     let ports: Vec<String> = shard_ports.iter().map(u16::to_string).collect();
     println!(
         "corekv ready native={listen} shard_ports={} cores={cores} data_dir={} pid={}",
-        if config.shard_ports.is_some() {
-            ports.join(",")
-        } else {
-            "off".into()
-        },
+        if config.shard_ports.is_some() { ports.join(",") } else { "off".into() },
         config.data_dir.display(),
         std::process::id()
     );
@@ -200,10 +171,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
                 first_err.get_or_insert(NodeError::Core { core: i, message });
             }
             Err(e) => {
-                first_err.get_or_insert(NodeError::Core {
-                    core: i,
-                    message: e.to_string(),
-                });
+                first_err.get_or_insert(NodeError::Core { core: i, message: e.to_string() });
             }
         }
     }
@@ -243,18 +211,12 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     let (main_listener, shard_listener) = match listeners {
         Ok(l) => l,
         Err(e) => {
-            let _ = boot.report.send(CoreReport {
-                index,
-                shard_port: None,
-                result: Err(e.clone()),
-            });
+            let _ =
+                boot.report.send(CoreReport { index, shard_port: None, result: Err(e.clone()) });
             return Err(e);
         }
     };
-    let shard_port = shard_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port());
+    let shard_port = shard_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
     let c = &boot.config;
     let core = Rc::new(Core::new(
         index as u16,
@@ -266,38 +228,29 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         mesh,
     ));
     shard::spawn_mesh_tasks(&core, calls, answers);
-    let _ = boot.report.send(CoreReport {
-        index,
-        shard_port,
-        result: Ok(()),
-    });
+    let _ = boot.report.send(CoreReport { index, shard_port, result: Ok(()) });
 
-    // Serve only once every core is up, so Topology is never half-known.
-    let deadline = Instant::now() + BOOT_TIMEOUT;
+    // Serve only once every core is up, so Topology is never half-known. The boot thread
+    // gives up (and sets `stop`) at BOOT_TIMEOUT; the margin here only guards against a boot
+    // thread that died without saying so.
+    let deadline = Instant::now() + BOOT_TIMEOUT + Duration::from_secs(5);
     while boot.node.topology.get().is_none() {
         if boot.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-            return Ok(());
+            boot.draining.fetch_sub(1, Ordering::AcqRel);
+            return Err("stopped before every core had started".into());
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
 
     let local_stop = Rc::new(Shutdown::default());
     glommio::spawn_local(shutdown::watch(boot.stop.clone(), local_stop.clone())).detach();
-    glommio::spawn_local(crate::net::accept_loop(
-        core.clone(),
-        main_listener,
-        local_stop.clone(),
-    ))
-    .detach();
+    glommio::spawn_local(crate::net::accept_loop(core.clone(), main_listener, local_stop.clone()))
+        .detach();
     if let Some(l) = shard_listener {
         glommio::spawn_local(crate::net::accept_loop(core.clone(), l, local_stop.clone())).detach();
     }
-    glommio::spawn_local(sweep_loop(
-        core.clone(),
-        c.ttl_sweep_interval_ms,
-        local_stop.clone(),
-    ))
-    .detach();
+    glommio::spawn_local(sweep_loop(core.clone(), c.ttl_sweep_interval_ms, local_stop.clone()))
+        .detach();
 
     local_stop.wait().await;
     let deadline = Instant::now() + Duration::from_millis(c.drain_timeout_ms);
@@ -353,10 +306,7 @@ fn abort_on_panic() {
 }
 
 fn listen_err(addr: SocketAddr, source: std::io::Error) -> NodeError {
-    NodeError::Listen {
-        addr: addr.to_string(),
-        source,
-    }
+    NodeError::Listen { addr: addr.to_string(), source }
 }
 
 /// Proves `addr` is free (a plain bind fails if any socket, SO_REUSEPORT or not, holds it),
@@ -379,10 +329,7 @@ fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, NodeError> {
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, NodeError> {
-    let io = |source| NodeError::DataDir {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| NodeError::DataDir { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     let file = File::options()
         .create(true)
@@ -392,9 +339,9 @@ fn lock_data_dir(dir: &Path) -> Result<File, NodeError> {
         .map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirLocked {
-            path: dir.to_path_buf(),
-        }),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(NodeError::DataDirLocked { path: dir.to_path_buf() })
+        }
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
@@ -407,10 +354,7 @@ fn raise_memlock(cores: usize) -> Result<usize, NodeError> {
     let target = hard.max(soft);
     let limit = if target > soft && Resource::MEMLOCK.set(target, hard).is_ok() {
         target
-    } else if Resource::MEMLOCK
-        .set(rlimit::INFINITY, rlimit::INFINITY)
-        .is_ok()
-    {
+    } else if Resource::MEMLOCK.set(rlimit::INFINITY, rlimit::INFINITY).is_ok() {
         rlimit::INFINITY
     } else {
         soft

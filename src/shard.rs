@@ -51,6 +51,7 @@ fn bump(c: &Cell<u64>) {
 pub struct NodeInfo {
     pub topology: OnceLock<TopologyInfo>,
     pub started: Instant,
+    pub partial_frame_timeout_ms: u64,
 }
 
 /// A forwarded request waiting for its answer.
@@ -75,14 +76,8 @@ pub struct Core {
 pub enum Slot {
     Ready(Reply),
     Remote(usize),
-    Batch {
-        replies: Vec<Option<Reply>>,
-        parts: Vec<(usize, Vec<usize>)>,
-    },
-    Stats {
-        local: CoreStats,
-        tokens: Vec<usize>,
-    },
+    Batch { replies: Vec<Option<Reply>>, parts: Vec<(usize, Vec<usize>)> },
+    Stats { local: CoreStats, tokens: Vec<usize> },
 }
 
 impl Core {
@@ -127,10 +122,7 @@ impl Core {
                 for target in (0..self.cores).filter(|&c| c != self.index) {
                     tokens.push(self.forward(target, Work::Stats).await);
                 }
-                Slot::Stats {
-                    local: self.core_stats(),
-                    tokens,
-                }
+                Slot::Stats { local: self.core_stats(), tokens }
             }
             Op::Batch(ops) => self.dispatch_batch(ops, now_ms).await,
             op => {
@@ -278,24 +270,53 @@ impl Core {
                                 replies[i] = Some(reply.clone());
                             }
                         }
-                        other => return unexpected(other),
+                        other => {
+                            let reply = unexpected(other);
+                            for i in indices {
+                                replies[i] = Some(reply.clone());
+                            }
+                        }
                     }
                 }
-                let replies = replies
+                let replies: Vec<Reply> = replies
                     .into_iter()
                     .map(|r| r.unwrap_or_else(|| Reply::error(ErrorCode::Internal, "lost reply")))
                     .collect();
+                // A batch of reads can ask for far more than one frame may carry (10k gets of
+                // a 4 MiB value); refuse it rather than build a reply no client accepts.
+                let value_bytes: usize = replies
+                    .iter()
+                    .map(|r| match r {
+                        Reply::Value { value, .. } => value.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                if value_bytes > self.limits.frame_bytes_max {
+                    return Reply::error(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "batch reply of {value_bytes} value bytes exceeds frame_bytes_max {}; \
+                             split the batch",
+                            self.limits.frame_bytes_max
+                        ),
+                    );
+                }
                 Reply::Batch(replies)
             }
             Slot::Stats { local, tokens } => {
                 let mut cores = Vec::with_capacity(tokens.len() + 1);
                 cores.push(local);
+                let mut failed = None;
+                // Collect every answer, even after a failure, so no token stays in the slab.
                 for token in tokens {
                     match self.answer(token).await {
                         Done::Stats(s) => cores.push(s),
-                        Done::One(reply) => return reply,
-                        other => return unexpected(other),
+                        Done::One(reply) => failed = failed.or(Some(reply)),
+                        other => failed = failed.or(Some(unexpected(other))),
                     }
+                }
+                if let Some(reply) = failed {
+                    return reply;
                 }
                 cores.sort_by_key(|c| c.core);
                 let uptime_ms = self.node.started.elapsed().as_millis() as u64;
@@ -352,11 +373,10 @@ pub fn spawn_mesh_tasks(
         let core = core.clone();
         glommio::spawn_local(async move {
             while let Some(call) = rx.recv().await {
+                // A peer that always has calls queued must not starve this core.
+                glommio::yield_if_needed().await;
                 let done = core.execute_work(call.work);
-                let answer = Answer {
-                    token: call.token,
-                    done,
-                };
+                let answer = Answer { token: call.token, done };
                 if core.mesh.answer(peer as u16, answer).await.is_err() {
                     break;
                 }
@@ -369,6 +389,7 @@ pub fn spawn_mesh_tasks(
         glommio::spawn_local(async move {
             while let Some(answer) = rx.recv().await {
                 core.complete(answer.token, answer.done);
+                glommio::yield_if_needed().await;
             }
         })
         .detach();

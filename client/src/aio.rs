@@ -42,18 +42,12 @@ struct Slot {
 
 impl Slot {
     fn live(&self) -> Option<Arc<Connection>> {
-        let connection = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
         connection.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 
     fn store(&self, connection: Arc<Connection>) {
-        *self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+        *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
     }
 }
 
@@ -75,11 +69,7 @@ impl Pool {
                 reconnect: tokio::sync::Mutex::new(()),
             });
         }
-        Ok(Pool {
-            addr,
-            slots,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Pool { addr, slots, next: AtomicUsize::new(0) })
     }
 
     async fn connection(&self, config: &ClientConfig) -> Result<Arc<Connection>> {
@@ -134,11 +124,7 @@ impl Shards {
         for &port in &topology.shard_ports {
             pools.push(Pool::open(SocketAddr::new(ip, port), config).await?);
         }
-        Ok(Some(Shards {
-            cores: topology.cores,
-            partitions: topology.partitions,
-            pools,
-        }))
+        Ok(Some(Shards { cores: topology.cores, partitions: topology.partitions, pools }))
     }
 
     fn core_of(&self, key: &[u8]) -> u16 {
@@ -214,10 +200,7 @@ impl Client {
         }
         let Some(main) = main else {
             return Err(last_error.unwrap_or_else(|| {
-                Error::Io(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "address resolved to nothing",
-                ))
+                Error::Io(io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing"))
             }));
         };
         let shards = if config.shard_aware {
@@ -229,11 +212,7 @@ impl Client {
         Ok(Client {
             durability: config.durability,
             consistency: config.consistency,
-            inner: Arc::new(Inner {
-                config,
-                main,
-                shards,
-            }),
+            inner: Arc::new(Inner { config, main, shards }),
         })
     }
 
@@ -253,32 +232,20 @@ impl Client {
 
     /// A handle sharing this client's connections whose requests ask for `durability`.
     pub fn with_durability(&self, durability: Durability) -> Client {
-        Client {
-            durability,
-            ..self.clone()
-        }
+        Client { durability, ..self.clone() }
     }
 
     /// A handle sharing this client's connections whose requests ask for `consistency`.
     pub fn with_consistency(&self, consistency: Consistency) -> Client {
-        Client {
-            consistency,
-            ..self.clone()
-        }
+        Client { consistency, ..self.clone() }
     }
 
     /// Sends any operation, routed like the typed methods, and returns the reply as the server
     /// sent it: a server error is `Ok(Reply::Error(..))`; `Err` means no reply was read
     /// ([`crate::check`] turns the former into the latter).
     pub async fn request(&self, op: Op) -> Result<Reply> {
-        let connection = self
-            .inner
-            .pool_for(&op)
-            .connection(&self.inner.config)
-            .await?;
-        connection
-            .send_with(op, self.durability, self.consistency)
-            .await
+        let connection = self.inner.pool_for(&op).connection(&self.inner.config).await?;
+        connection.send_with(op, self.durability, self.consistency).await
     }
 
     /// The key's value, version and remaining time to live; `None` when absent or expired.
@@ -316,10 +283,7 @@ impl Client {
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
     ) -> Result<u64> {
-        let options = SetOptions {
-            condition: Condition::IfAbsent,
-            ..SetOptions::default()
-        };
+        let options = SetOptions { condition: Condition::IfAbsent, ..SetOptions::default() };
         self.set_with(key, value, options).await
     }
 
@@ -327,19 +291,13 @@ impl Client {
     /// `current_version` 0. Like `set`, the new value does not expire (use
     /// [`Client::set_with`] with `keep_ttl` to keep the old expiry).
     pub async fn update(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
-        let options = SetOptions {
-            condition: Condition::IfPresent,
-            ..SetOptions::default()
-        };
+        let options = SetOptions { condition: Condition::IfPresent, ..SetOptions::default() };
         self.set_with(key, value, options).await
     }
 
     /// Deletes the key; `false` when it was absent.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
-        let op = Op::Delete {
-            key: key.into(),
-            condition: Condition::Always,
-        };
+        let op = Op::Delete { key: key.into(), condition: Condition::Always };
         ops::deleted(self.request(op).await?)
     }
 
@@ -388,9 +346,7 @@ impl Client {
 
     /// One round trip to the node.
     pub async fn ping(&self) -> Result<()> {
-        let op = Op::Ping {
-            payload: Bytes::new(),
-        };
+        let op = Op::Ping { payload: Bytes::new() };
         ops::pong(self.request(op).await?)
     }
 

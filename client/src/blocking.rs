@@ -61,9 +61,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("blocking::Client")
-            .field(&self.inner)
-            .finish()
+        f.debug_tuple("blocking::Client").field(&self.inner).finish()
     }
 }
 
@@ -77,10 +75,7 @@ impl Client {
             .enable_all()
             .build()?;
         let inner = runtime.block_on(aio::Client::connect(addr, config))?;
-        Ok(Client {
-            inner,
-            runtime: Arc::new(OwnedRuntime(Some(runtime))),
-        })
+        Ok(Client { inner, runtime: Arc::new(OwnedRuntime(Some(runtime))) })
     }
 
     fn run<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
@@ -101,18 +96,12 @@ impl Client {
 
     /// See [`crate::Client::with_durability`].
     pub fn with_durability(&self, durability: Durability) -> Client {
-        Client {
-            inner: self.inner.with_durability(durability),
-            runtime: self.runtime.clone(),
-        }
+        Client { inner: self.inner.with_durability(durability), runtime: self.runtime.clone() }
     }
 
     /// See [`crate::Client::with_consistency`].
     pub fn with_consistency(&self, consistency: Consistency) -> Client {
-        Client {
-            inner: self.inner.with_consistency(consistency),
-            runtime: self.runtime.clone(),
-        }
+        Client { inner: self.inner.with_consistency(consistency), runtime: self.runtime.clone() }
     }
 
     /// See [`crate::Client::request`].

@@ -67,10 +67,7 @@ impl ClientConfig {
             return usage("request_timeout_ms must be positive".into());
         }
         if !(1..=POOL_SIZE_MAX).contains(&self.pool_size) {
-            return usage(format!(
-                "pool_size {} is outside 1..={POOL_SIZE_MAX}",
-                self.pool_size
-            ));
+            return usage(format!("pool_size {} is outside 1..={POOL_SIZE_MAX}", self.pool_size));
         }
         if !(1..=IN_FLIGHT_MAX).contains(&self.max_in_flight) {
             return usage(format!(
@@ -98,28 +95,13 @@ mod tests {
     fn defaults_are_valid_and_zeroes_are_not() {
         assert!(ClientConfig::default().validate().is_ok());
         let bad = [
-            ClientConfig {
-                pool_size: 0,
-                ..ClientConfig::default()
-            },
-            ClientConfig {
-                max_in_flight: 0,
-                ..ClientConfig::default()
-            },
-            ClientConfig {
-                request_timeout_ms: 0,
-                ..ClientConfig::default()
-            },
-            ClientConfig {
-                frame_bytes_max: 2,
-                ..ClientConfig::default()
-            },
+            ClientConfig { pool_size: 0, ..ClientConfig::default() },
+            ClientConfig { max_in_flight: 0, ..ClientConfig::default() },
+            ClientConfig { request_timeout_ms: 0, ..ClientConfig::default() },
+            ClientConfig { frame_bytes_max: 2, ..ClientConfig::default() },
         ];
         for config in bad {
-            assert!(
-                matches!(config.validate(), Err(Error::Usage(_))),
-                "{config:?}"
-            );
+            assert!(matches!(config.validate(), Err(Error::Usage(_))), "{config:?}");
         }
     }
 }

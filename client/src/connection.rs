@@ -133,10 +133,7 @@ impl Shared {
     }
 
     fn closed_error(&self) -> Error {
-        lock(&self.queue)
-            .closed
-            .as_ref()
-            .map_or(Error::Closed, CloseReason::to_error)
+        lock(&self.queue).closed.as_ref().map_or(Error::Closed, CloseReason::to_error)
     }
 
     /// Appends waiters to the queue, in wire order. After close they are failed instead and
@@ -160,9 +157,7 @@ impl Shared {
     fn deliver(&self, frame: &Bytes) -> std::result::Result<(), CloseReason> {
         let decoded = decode_response(frame);
         let Some(waiter) = lock(&self.queue).waiters.pop_front() else {
-            let id = decoded
-                .map(|r| r.id.to_string())
-                .unwrap_or_else(|_| "?".into());
+            let id = decoded.map(|r| r.id.to_string()).unwrap_or_else(|_| "?".into());
             return Err(CloseReason::Protocol(format!(
                 "response id {id} arrived with no request outstanding"
             )));
@@ -219,9 +214,7 @@ impl Connection {
                 return Err(Error::Connect { addr, source });
             }
         };
-        stream
-            .set_nodelay(true)
-            .map_err(|source| Error::Connect { addr, source })?;
+        stream.set_nodelay(true).map_err(|source| Error::Connect { addr, source })?;
         let (read, write) = stream.into_split();
         let (closed_signal, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -309,18 +302,10 @@ impl Connection {
             .await
             .map_err(|_| self.shared.closed_error())?;
         let (reply, answer) = oneshot::channel();
-        let waiter = Waiter {
-            id: request.id,
-            reply,
-            _permit: permit,
-        };
-        self.outgoing
-            .send(Outgoing { frame, waiter })
-            .map_err(|_| self.shared.closed_error())?;
+        let waiter = Waiter { id: request.id, reply, _permit: permit };
+        self.outgoing.send(Outgoing { frame, waiter }).map_err(|_| self.shared.closed_error())?;
         // A dropped sender means the connection closed between registration and answer.
-        answer
-            .await
-            .unwrap_or_else(|_| Err(self.shared.closed_error()))
+        answer.await.unwrap_or_else(|_| Err(self.shared.closed_error()))
     }
 }
 

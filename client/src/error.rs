@@ -70,10 +70,7 @@ pub enum Error {
     /// Refused locally before sending: the encoded request exceeds `frame_bytes_max`. A node would
     /// close the whole connection on such a frame, failing every pipelined neighbour with it.
     #[error("request frame of {frame_bytes} bytes exceeds frame_bytes_max {frame_bytes_max}")]
-    RequestTooLarge {
-        frame_bytes: usize,
-        frame_bytes_max: usize,
-    },
+    RequestTooLarge { frame_bytes: usize, frame_bytes_max: usize },
 
     /// The SDK was used in a way that cannot work: an invalid
     /// [`ClientConfig`](crate::ClientConfig), or the blocking client called from inside a tokio
@@ -117,10 +114,7 @@ impl Error {
     /// answer). False for typed server answers (refused, not applied) and for errors raised
     /// before anything was sent.
     pub fn may_have_applied(&self) -> bool {
-        matches!(
-            self,
-            Error::Timeout { .. } | Error::Io(_) | Error::Closed | Error::Protocol(_)
-        )
+        matches!(self, Error::Timeout { .. } | Error::Io(_) | Error::Closed | Error::Protocol(_))
     }
 
     /// The protocol error code this error corresponds to, if any ([`Error::RequestTooLarge`]
@@ -145,13 +139,10 @@ impl From<WireError> for Error {
     fn from(e: WireError) -> Error {
         match e.code {
             ErrorCode::NotFound => Error::NotFound,
-            ErrorCode::ConditionFailed => Error::ConditionFailed {
-                current_version: e.current_version,
-            },
-            code => Error::Server {
-                code,
-                message: e.message.into_owned(),
-            },
+            ErrorCode::ConditionFailed => {
+                Error::ConditionFailed { current_version: e.current_version }
+            }
+            code => Error::Server { code, message: e.message.into_owned() },
         }
     }
 }
@@ -172,11 +163,7 @@ mod tests {
     #[test]
     fn wire_errors_map_one_to_one() {
         for code in ErrorCode::ALL {
-            let err = Error::from(WireError {
-                code,
-                message: "m".into(),
-                current_version: 7,
-            });
+            let err = Error::from(WireError { code, message: "m".into(), current_version: 7 });
             assert_eq!(err.code(), Some(code));
             assert!(!err.may_have_applied(), "{code}");
         }
@@ -197,10 +184,7 @@ mod tests {
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         assert!(connect.is_retryable() && !connect.may_have_applied());
-        let overloaded = Error::Server {
-            code: ErrorCode::Overloaded,
-            message: String::new(),
-        };
+        let overloaded = Error::Server { code: ErrorCode::Overloaded, message: String::new() };
         assert!(overloaded.is_retryable() && !overloaded.may_have_applied());
         assert!(!Error::ConditionFailed { current_version: 1 }.is_retryable());
         assert!(!Error::Protocol("x".into()).is_retryable());

@@ -51,15 +51,7 @@ fn unexpected(op: &str, reply: &Reply) -> Error {
 /// `get`: a miss is `Ok(None)`.
 pub(crate) fn value(reply: Reply) -> Result<Option<Value>> {
     match reply {
-        Reply::Value {
-            value,
-            version,
-            ttl_ms,
-        } => Ok(Some(Value {
-            value,
-            version,
-            ttl_ms,
-        })),
+        Reply::Value { value, version, ttl_ms } => Ok(Some(Value { value, version, ttl_ms })),
         Reply::Error(e) => match Error::from(e) {
             Error::NotFound => Ok(None),
             e => Err(e),

@@ -56,29 +56,21 @@ impl Store {
             Condition::IfVersion(v) => current.is_some() && version == *v,
             Condition::IfValue(expected) => current.is_some_and(|(value, _)| value == expected),
         };
-        if holds {
-            Ok(())
-        } else {
-            Err(condition_failed(version))
-        }
+        if holds { Ok(()) } else { Err(condition_failed(version)) }
     }
 
     fn write(&mut self, key: Bytes, value: Bytes) -> Reply {
         self.version_last += 1;
         self.entries.insert(key, (value, self.version_last));
-        Reply::Written {
-            version: self.version_last,
-        }
+        Reply::Written { version: self.version_last }
     }
 
     fn apply(&mut self, op: Op, topology: &TopologyInfo) -> Reply {
         match op {
             Op::Get { key } => match self.entries.get(&key) {
-                Some((value, version)) => Reply::Value {
-                    value: value.clone(),
-                    version: *version,
-                    ttl_ms: None,
-                },
+                Some((value, version)) => {
+                    Reply::Value { value: value.clone(), version: *version, ttl_ms: None }
+                }
                 None => Reply::error(ErrorCode::NotFound, "not found"),
             },
             Op::Set(set) => match self.holds(&set.key, &set.condition) {
@@ -97,12 +89,7 @@ impl Store {
                     Err(reply) => reply,
                 }
             }
-            Op::Cas {
-                key,
-                expected,
-                new_value,
-                ..
-            } => {
+            Op::Cas { key, expected, new_value, .. } => {
                 let condition = match expected {
                     Expected::Value(v) => Condition::IfValue(v),
                     Expected::Version(v) => Condition::IfVersion(v),
@@ -117,10 +104,7 @@ impl Store {
             }
             Op::Ping { payload } => Reply::Pong { payload },
             Op::Topology => Reply::Topology(topology.clone()),
-            Op::Stats => Reply::Stats(StatsInfo {
-                uptime_ms: 1,
-                cores: Vec::new(),
-            }),
+            Op::Stats => Reply::Stats(StatsInfo { uptime_ms: 1, cores: Vec::new() }),
         }
     }
 }
@@ -180,11 +164,7 @@ impl FakeServer {
                 tokio::spawn(serve(accept_state.clone(), stream, index));
             }
         });
-        FakeServer {
-            addr,
-            state,
-            accept,
-        }
+        FakeServer { addr, state, accept }
     }
 
     /// Every top-level operation received, in arrival order.
@@ -242,25 +222,18 @@ async fn serve(state: Arc<State>, mut stream: TcpStream, connection_index: usize
                 Behavior::WrongId => {
                     encoder.response(
                         request.id + 1,
-                        &Reply::Pong {
-                            payload: Bytes::new(),
-                        },
+                        &Reply::Pong { payload: Bytes::new() },
                         &mut output,
                     );
                 }
                 Behavior::Serve | Behavior::HangUpFirstAfter(_) => {
-                    let reply = state
-                        .store
-                        .lock()
-                        .expect("store")
-                        .apply(request.op, &state.topology);
+                    let reply =
+                        state.store.lock().expect("store").apply(request.op, &state.topology);
                     encoder.response(request.id, &reply, &mut output);
                 }
             }
         }
-        state
-            .frames_per_read_max
-            .fetch_max(frames, Ordering::SeqCst);
+        state.frames_per_read_max.fetch_max(frames, Ordering::SeqCst);
         if !output.is_empty() {
             if stream.write_all(&output).await.is_err() {
                 return;

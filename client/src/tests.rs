@@ -13,11 +13,7 @@ use crate::testing::{Behavior, FakeServer, plain_topology};
 use crate::{Client, ClientConfig, Condition, Error, SetOptions, blocking, check};
 
 fn config() -> ClientConfig {
-    ClientConfig {
-        pool_size: 1,
-        request_timeout_ms: 5_000,
-        ..ClientConfig::default()
-    }
+    ClientConfig { pool_size: 1, request_timeout_ms: 5_000, ..ClientConfig::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,23 +39,15 @@ async fn typed_methods_map_replies() {
     let err = client.cas_version("k", v2, "d").await.unwrap_err();
     assert!(matches!(err, Error::ConditionFailed { current_version } if current_version == v3));
     let v4 = client.cas_version("k", v3, "d").await.unwrap();
-    let options = SetOptions {
-        condition: Condition::IfVersion(v4),
-        ttl_ms: 60_000,
-        ..SetOptions::default()
-    };
+    let options =
+        SetOptions { condition: Condition::IfVersion(v4), ttl_ms: 60_000, ..SetOptions::default() };
     client.set_with("k", "e", options).await.unwrap();
 
     assert!(client.delete("k").await.unwrap());
     assert!(!client.delete("k").await.unwrap());
 
     let replies = client
-        .batch(vec![
-            Op::Get { key: "k".into() },
-            Op::Ping {
-                payload: Bytes::new(),
-            },
-        ])
+        .batch(vec![Op::Get { key: "k".into() }, Op::Ping { payload: Bytes::new() }])
         .await
         .unwrap();
     assert_eq!(replies.len(), 2);
@@ -78,15 +66,8 @@ async fn typed_methods_map_replies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_calls_get_their_own_answers() {
     let server = FakeServer::start(Behavior::Serve).await;
-    let client = Client::connect(
-        server.addr,
-        ClientConfig {
-            max_in_flight: 64,
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let client =
+        Client::connect(server.addr, ClientConfig { max_in_flight: 64, ..config() }).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..2_000u32 {
         let client = client.clone();
@@ -102,10 +83,7 @@ async fn pipelined_calls_get_their_own_answers() {
         assert!(task.await.unwrap().unwrap());
     }
     assert_eq!(server.connections(), 1);
-    assert!(
-        server.frames_per_read_max() > 1,
-        "requests were not pipelined"
-    );
+    assert!(server.frames_per_read_max() > 1, "requests were not pipelined");
 }
 
 /// A server that never answers: calls time out, and the window stops the client from sending
@@ -115,11 +93,7 @@ async fn timeout_fires_and_window_holds_back() {
     let server = FakeServer::start(Behavior::Silent).await;
     let client = Client::connect(
         server.addr,
-        ClientConfig {
-            request_timeout_ms: 100,
-            max_in_flight: 4,
-            ..config()
-        },
+        ClientConfig { request_timeout_ms: 100, max_in_flight: 4, ..config() },
     )
     .await
     .unwrap();
@@ -127,9 +101,7 @@ async fn timeout_fires_and_window_holds_back() {
     let mut tasks = Vec::new();
     for i in 0..10 {
         let client = client.clone();
-        tasks.push(tokio::spawn(
-            async move { client.get(format!("k{i}")).await },
-        ));
+        tasks.push(tokio::spawn(async move { client.get(format!("k{i}")).await }));
     }
     for task in tasks {
         let err = task.await.unwrap().unwrap_err();
@@ -152,9 +124,7 @@ async fn connection_drop_fails_waiters_then_reconnects() {
     let mut tasks = Vec::new();
     for i in 0..5 {
         let client = client.clone();
-        tasks.push(tokio::spawn(
-            async move { client.get(format!("k{i}")).await },
-        ));
+        tasks.push(tokio::spawn(async move { client.get(format!("k{i}")).await }));
     }
     for task in tasks {
         let err = task.await.unwrap().unwrap_err();
@@ -169,36 +139,18 @@ async fn id_mismatch_is_a_protocol_error() {
     let server = FakeServer::start(Behavior::WrongId).await;
     let client = Client::connect(server.addr, config()).await.unwrap();
     let err = client.ping().await.unwrap_err();
-    assert!(
-        matches!(&err, Error::Protocol(m) if m.contains("does not match")),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Protocol(m) if m.contains("does not match")), "{err}");
     assert!(!err.is_retryable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_is_refused_locally() {
     let server = FakeServer::start(Behavior::Serve).await;
-    let client = Client::connect(
-        server.addr,
-        ClientConfig {
-            frame_bytes_max: 1024,
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let client = Client::connect(server.addr, ClientConfig { frame_bytes_max: 1024, ..config() })
+        .await
+        .unwrap();
     let err = client.set("k", vec![0u8; 2048]).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::RequestTooLarge {
-                frame_bytes_max: 1024,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::RequestTooLarge { frame_bytes_max: 1024, .. }), "{err}");
     assert_eq!(err.code(), Some(ErrorCode::TooLarge));
     client.ping().await.unwrap();
     assert_eq!(server.seen().len(), 1);
@@ -220,10 +172,8 @@ async fn connect_failure_is_typed_and_retryable() {
 /// request and operations that span cores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_aware_routing_reaches_the_owning_core() {
-    let cores = [
-        FakeServer::start(Behavior::Serve).await,
-        FakeServer::start(Behavior::Serve).await,
-    ];
+    let cores =
+        [FakeServer::start(Behavior::Serve).await, FakeServer::start(Behavior::Serve).await];
     let topology = TopologyInfo {
         node_id: "fake".into(),
         cores: 2,
@@ -232,16 +182,10 @@ async fn shard_aware_routing_reaches_the_owning_core() {
         shard_ports: cores.iter().map(|c| c.addr.port()).collect(),
     };
     let node = FakeServer::start_with(Behavior::Serve, topology).await;
-    let client = Client::connect(
-        node.addr,
-        ClientConfig {
-            shard_aware: true,
-            pool_size: 2,
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let client =
+        Client::connect(node.addr, ClientConfig { shard_aware: true, pool_size: 2, ..config() })
+            .await
+            .unwrap();
     assert!(client.is_shard_aware());
 
     let keys: Vec<String> = (0..200).map(|i| format!("key:{i}")).collect();
@@ -263,19 +207,11 @@ async fn shard_aware_routing_reaches_the_owning_core() {
     assert_eq!(node.seen(), vec![Op::Topology]);
 
     // A batch whose keys share a hash tag goes to their core; a mixed one to the node.
-    let tagged = vec![
-        Op::Get { key: "a{7}".into() },
-        Op::Get { key: "b{7}".into() },
-    ];
+    let tagged = vec![Op::Get { key: "a{7}".into() }, Op::Get { key: "b{7}".into() }];
     client.batch(tagged).await.unwrap();
     let owner = usize::from(core_of(b"7", 1024, 2));
     assert!(cores[owner].keys_seen().contains(&Bytes::from("a{7}")));
-    let mixed: Vec<Op> = keys
-        .iter()
-        .map(|k| Op::Get {
-            key: k.clone().into(),
-        })
-        .collect();
+    let mixed: Vec<Op> = keys.iter().map(|k| Op::Get { key: k.clone().into() }).collect();
     client.batch(mixed).await.unwrap();
     assert_eq!(node.keys_seen().len(), keys.len());
 }
@@ -283,10 +219,7 @@ async fn shard_aware_routing_reaches_the_owning_core() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_aware_without_shard_ports_uses_the_node_port() {
     let node = FakeServer::start(Behavior::Serve).await;
-    let config = ClientConfig {
-        shard_aware: true,
-        ..config()
-    };
+    let config = ClientConfig { shard_aware: true, ..config() };
     let client = Client::connect(node.addr, config).await.unwrap();
     assert!(!client.is_shard_aware());
     client.set("k", "v").await.unwrap();
@@ -302,16 +235,10 @@ fn blocking_client_basic_calls() {
     assert_eq!(client.get("k").unwrap(), None);
     let v1 = client.set("k", "a").unwrap();
     assert_eq!(client.get("k").unwrap().unwrap().version, v1);
-    assert!(matches!(
-        client.set_if_absent("k", "b"),
-        Err(Error::ConditionFailed { .. })
-    ));
+    assert!(matches!(client.set_if_absent("k", "b"), Err(Error::ConditionFailed { .. })));
     let v2 = client.cas_version("k", v1, "b").unwrap();
     client.cas("k", "b", "c").unwrap();
-    assert!(matches!(
-        client.cas_version("k", v2, "d"),
-        Err(Error::ConditionFailed { .. })
-    ));
+    assert!(matches!(client.cas_version("k", v2, "d"), Err(Error::ConditionFailed { .. })));
     assert!(client.delete("k").unwrap());
     assert!(!client.delete("k").unwrap());
     client.ping().unwrap();

@@ -157,17 +157,11 @@ impl FromStr for Mix {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Mix, String> {
-        let mut mix = Mix {
-            get: 0,
-            set: 0,
-            del: 0,
-        };
+        let mut mix = Mix { get: 0, set: 0, del: 0 };
         let mut seen = [false; OpKind::ALL.len()];
         for part in s.split(',').map(str::trim) {
             let Some((name, weight)) = part.split_once('=') else {
-                return Err(format!(
-                    "expected op=weight, got '{part}' (e.g. get=80,set=15,del=5)"
-                ));
+                return Err(format!("expected op=weight, got '{part}' (e.g. get=80,set=15,del=5)"));
             };
             let name = name.trim();
             let kind = OpKind::ALL
@@ -175,10 +169,7 @@ impl FromStr for Mix {
                 .find(|k| k.name() == name)
                 .ok_or_else(|| format!("unknown operation '{name}' (known: get, set, del)"))?;
             let weight: u32 = weight.trim().parse().map_err(|_| {
-                format!(
-                    "weight of {name} must be a non-negative integer, got '{}'",
-                    weight.trim()
-                )
+                format!("weight of {name} must be a non-negative integer, got '{}'", weight.trim())
             })?;
             if std::mem::replace(&mut seen[kind as usize], true) {
                 return Err(format!("operation '{name}' appears twice"));
@@ -293,10 +284,7 @@ impl Config {
     /// The shape of this run's keys; an error when the key size cannot hold the key space.
     pub fn key_format(&self) -> Result<KeyFormat, String> {
         KeyFormat::new(self.keys, self.key_size_bytes as usize).ok_or_else(|| {
-            format!(
-                "key size {} cannot hold {} distinct keys",
-                self.key_size_bytes, self.keys
-            )
+            format!("key size {} cannot hold {} distinct keys", self.key_size_bytes, self.keys)
         })
     }
 }
@@ -308,14 +296,7 @@ mod tests {
     #[test]
     fn mix_parses_the_default_and_partial_mixes() {
         let m: Mix = "get=80,set=15,del=5".parse().unwrap();
-        assert_eq!(
-            m,
-            Mix {
-                get: 80,
-                set: 15,
-                del: 5
-            }
-        );
+        assert_eq!(m, Mix { get: 80, set: 15, del: 5 });
         assert_eq!(m.to_string(), "get=80,set=15,del=5");
         assert_eq!(m.total(), 100);
         let m: Mix = " set = 1 ".parse().unwrap();
@@ -365,10 +346,7 @@ mod tests {
         assert_eq!((cfg.connections, cfg.pipeline, cfg.threads), (50, 1, 1));
         assert_eq!(cfg.duration, Duration::from_secs(10));
         assert_eq!(cfg.warmup, Duration::from_secs(2));
-        assert_eq!(
-            (cfg.keys, cfg.key_size_bytes, cfg.value_size_bytes),
-            (100_000, 50, 500)
-        );
+        assert_eq!((cfg.keys, cfg.key_size_bytes, cfg.value_size_bytes), (100_000, 50, 500));
         assert_eq!(cfg.mix.to_string(), "get=80,set=15,del=5");
         assert_eq!(cfg.distribution, Distribution::Uniform);
         assert_eq!(cfg.zipf_theta, 0.99);
@@ -386,19 +364,12 @@ mod tests {
         };
         assert!(parse(&["--connections", "0"]).is_err());
         assert!(parse(&["--mix", "get=0"]).unwrap_err().contains("sum to 0"));
-        assert!(
-            parse(&["--duration", "0"])
-                .unwrap_err()
-                .contains("--duration")
-        );
+        assert!(parse(&["--duration", "0"]).unwrap_err().contains("--duration"));
         let err = parse(&["--keys", "100000", "--key-size", "4"]).unwrap_err();
         assert!(err.contains("at least 5 bytes"), "{err}");
         assert!(parse(&["--keys", "100000", "--key-size", "5"]).is_ok());
         assert!(parse(&["--zipf-theta", "-1"]).is_err());
         assert!(parse(&["--rate", "0"]).is_err());
-        assert_eq!(
-            parse(&["--rate", "5000"]).unwrap().rate_ops_per_sec,
-            Some(5000)
-        );
+        assert_eq!(parse(&["--rate", "5000"]).unwrap().rate_ops_per_sec, Some(5000));
     }
 }

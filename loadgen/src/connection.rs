@@ -59,11 +59,7 @@ pub struct Totals {
 
 impl Totals {
     fn record(&mut self, sample: Sample) {
-        let phase = if sample.measured {
-            &mut self.measured
-        } else {
-            &mut self.warmup
-        };
+        let phase = if sample.measured { &mut self.measured } else { &mut self.warmup };
         phase.record(sample.kind, sample.latency, sample.outcome);
     }
 
@@ -282,10 +278,8 @@ impl<D: Driver + Default> Connection<D> {
                 return Ok(());
             }
             if now >= grace_end {
-                let why = format!(
-                    "no reply within {} s after the run",
-                    self.setup.plan.grace.as_secs()
-                );
+                let why =
+                    format!("no reply within {} s after the run", self.setup.plan.grace.as_secs());
                 self.fail_inflight(&why);
                 return Ok(());
             }
@@ -369,8 +363,7 @@ impl<D: Driver + Default> Connection<D> {
             let id = self.next_id;
             self.next_id += 1;
             self.seq += 1;
-            self.driver
-                .encode(id, kind, &self.key, &self.setup.value, out);
+            self.driver.encode(id, kind, &self.key, &self.setup.value, out);
             self.inflight.push_back(Pending { id, kind, start });
         }
     }
@@ -391,11 +384,7 @@ impl<D: Driver + Default> Connection<D> {
             if let Some(got) = reply.id
                 && got != front.id
             {
-                return Err(ProtocolError::IdMismatch {
-                    got,
-                    expected: front.id,
-                }
-                .into());
+                return Err(ProtocolError::IdMismatch { got, expected: front.id }.into());
             }
             self.inflight.pop_front();
             let latency = now.saturating_duration_since(front.start);
@@ -441,14 +430,9 @@ enum Event {
 
 /// Opens one connection with `TCP_NODELAY`, giving up after `limit`.
 pub async fn connect(addr: &str, limit: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("timed out after {} ms", limit.as_millis()),
-            )
-        })??;
+    let stream = tokio::time::timeout(limit, TcpStream::connect(addr)).await.map_err(|_| {
+        io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {} ms", limit.as_millis()))
+    })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

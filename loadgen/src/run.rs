@@ -41,10 +41,7 @@ pub enum RunError {
     #[error("{0}")]
     Config(String),
     #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: std::io::Error },
 }
 
 /// What the preload did.
@@ -94,10 +91,8 @@ async fn connect_all(cfg: &Config) -> Result<Vec<tokio::net::TcpStream>, RunErro
         (0..cfg.connections).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
         let (index, result) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let stream = result.map_err(|source| RunError::Connect {
-            addr: cfg.addr.clone(),
-            source,
-        })?;
+        let stream =
+            result.map_err(|source| RunError::Connect { addr: cfg.addr.clone(), source })?;
         streams[index] = Some(stream);
     }
     Ok(streams.into_iter().flatten().collect())

@@ -27,15 +27,8 @@ pub struct Schedule {
 impl Schedule {
     pub fn new(rate_ops_per_sec: u64, connections: u64, connection: u64) -> Schedule {
         assert!(rate_ops_per_sec > 0, "an open loop needs a positive rate");
-        assert!(
-            connection < connections,
-            "connection {connection} of {connections}"
-        );
-        Schedule {
-            rate_ops_per_sec,
-            connections,
-            connection,
-        }
+        assert!(connection < connections, "connection {connection} of {connections}");
+        Schedule { rate_ops_per_sec, connections, connection }
     }
 
     /// Time from the run start at which this connection's request `seq` is due.
@@ -80,10 +73,7 @@ mod tests {
         assert_eq!(s.intended_offset(3), Duration::from_secs(1));
         assert_eq!(s.intended_offset(3_000_000), Duration::from_secs(1_000_000));
         // Per connection 7 ops/s over 3 connections: request 7 overall lands on 1 s exactly.
-        assert_eq!(
-            Schedule::new(7, 3, 1).intended_offset(2),
-            Duration::from_secs(1)
-        );
+        assert_eq!(Schedule::new(7, 3, 1).intended_offset(2), Duration::from_secs(1));
     }
 
     #[test]

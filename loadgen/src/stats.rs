@@ -61,10 +61,7 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Stats {
-        Stats {
-            ops: [OpStats::new(), OpStats::new(), OpStats::new()],
-            first_error: None,
-        }
+        Stats { ops: [OpStats::new(), OpStats::new(), OpStats::new()], first_error: None }
     }
 }
 
@@ -110,8 +107,7 @@ impl Stats {
     pub fn quantile_all_us(&self, q: f64) -> u64 {
         let mut all = self.ops[0].latency_us.clone();
         for op in &self.ops[1..] {
-            all.add(&op.latency_us)
-                .expect("auto-resizing histograms accept any addend");
+            all.add(&op.latency_us).expect("auto-resizing histograms accept any addend");
         }
         all.value_at_quantile(q)
     }
@@ -123,11 +119,7 @@ impl Stats {
             let o = self.op(kind);
             let h = &o.latency_us;
             let q = |q: f64| {
-                if h.is_empty() {
-                    0
-                } else {
-                    h.value_at_quantile(q)
-                }
+                if h.is_empty() { 0 } else { h.value_at_quantile(q) }
             };
             OpSummary {
                 count: o.count(),
@@ -147,11 +139,7 @@ impl Stats {
             errors: self.errors(),
             duration_secs: secs,
             first_error: self.first_error.clone(),
-            ops: OpsSummary {
-                get: op(OpKind::Get),
-                set: op(OpKind::Set),
-                del: op(OpKind::Del),
-            },
+            ops: OpsSummary { get: op(OpKind::Get), set: op(OpKind::Set), del: op(OpKind::Del) },
             config: config.clone(),
         }
     }
@@ -278,16 +266,8 @@ mod tests {
         s.record(OpKind::Get, Duration::from_micros(100), Outcome::Hit);
         s.record(OpKind::Get, Duration::from_micros(300), Outcome::Miss);
         s.record(OpKind::Del, Duration::from_micros(5), Outcome::Miss);
-        s.record(
-            OpKind::Set,
-            Duration::from_micros(7),
-            Outcome::Error("overloaded: x".into()),
-        );
-        s.record(
-            OpKind::Set,
-            Duration::ZERO,
-            Outcome::Error("connection lost".into()),
-        );
+        s.record(OpKind::Set, Duration::from_micros(7), Outcome::Error("overloaded: x".into()));
+        s.record(OpKind::Set, Duration::ZERO, Outcome::Error("connection lost".into()));
         assert_eq!(s.count(), 3);
         assert_eq!(s.errors(), 2);
         assert_eq!(s.outcomes(), 5);
@@ -312,14 +292,7 @@ mod tests {
         assert_eq!(summary.count, 1001);
 
         let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
-        for field in [
-            "ops_per_sec",
-            "errors",
-            "duration_secs",
-            "count",
-            "config",
-            "ops",
-        ] {
+        for field in ["ops_per_sec", "errors", "duration_secs", "count", "config", "ops"] {
             assert!(json.get(field).is_some(), "missing {field}");
         }
         assert_eq!(json["duration_secs"], 2.0);
@@ -345,11 +318,7 @@ mod tests {
         assert!(json["config"]["rate_ops_per_sec"].is_null());
 
         let table = summary.table();
-        assert!(
-            table
-                .lines()
-                .any(|l| l.starts_with("get") && l.contains("1000"))
-        );
+        assert!(table.lines().any(|l| l.starts_with("get") && l.contains("1000")));
         assert!(table.contains("p99.9_us"));
     }
 

@@ -62,10 +62,7 @@ impl KeyFormat {
     /// `None` when `size_bytes` cannot hold the digits of `keys - 1`.
     pub fn new(keys: u64, size_bytes: usize) -> Option<KeyFormat> {
         let room = size_bytes.checked_sub(key_digits(keys))?;
-        Some(KeyFormat {
-            size_bytes,
-            prefix_bytes: KEY_PREFIX.len().min(room),
-        })
+        Some(KeyFormat { size_bytes, prefix_bytes: KEY_PREFIX.len().min(room) })
     }
 
     pub fn size_bytes(&self) -> usize {
@@ -82,11 +79,7 @@ impl KeyFormat {
             *slot = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
-        debug_assert_eq!(
-            rest, 0,
-            "key {index} does not fit in {} bytes",
-            self.size_bytes
-        );
+        debug_assert_eq!(rest, 0, "key {index} does not fit in {} bytes", self.size_bytes);
     }
 
     /// The key for `index`, as a new buffer.
@@ -166,11 +159,7 @@ impl Workload {
             *slot = sum;
         }
         assert!(sum > 0, "a mix must have a positive total weight");
-        Workload {
-            rng: SmallRng::seed_from_u64(seed),
-            cumulative,
-            keys,
-        }
+        Workload { rng: SmallRng::seed_from_u64(seed), cumulative, keys }
     }
 
     /// The workload of connection `index` under `cfg`.
@@ -245,11 +234,7 @@ mod tests {
     #[test]
     fn mix_weights_are_honoured() {
         let mix: Mix = "get=80,set=15,del=5".parse().unwrap();
-        let mut w = Workload::new(
-            mix,
-            KeyChooser::new(Distribution::Uniform, 10, 0.0).unwrap(),
-            9,
-        );
+        let mut w = Workload::new(mix, KeyChooser::new(Distribution::Uniform, 10, 0.0).unwrap(), 9);
         let mut counts = [0u32; 3];
         for _ in 0..100_000 {
             counts[w.next().0 as usize] += 1;
@@ -258,11 +243,8 @@ mod tests {
         assert!((13_500..16_500).contains(&counts[1]), "{counts:?}");
         assert!((4_000..6_000).contains(&counts[2]), "{counts:?}");
         let only_set: Mix = "set=1".parse().unwrap();
-        let mut w = Workload::new(
-            only_set,
-            KeyChooser::new(Distribution::Uniform, 10, 0.0).unwrap(),
-            9,
-        );
+        let mut w =
+            Workload::new(only_set, KeyChooser::new(Distribution::Uniform, 10, 0.0).unwrap(), 9);
         assert!((0..1000).all(|_| w.next().0 == OpKind::Set));
     }
 
@@ -284,10 +266,7 @@ mod tests {
         };
         // Rank 1 of Zipf(1000, 0.99) has probability 1/H(1000, 0.99), about 0.13.
         let (zipf_top, zipf_top_is_key_0) = top_share(Distribution::Zipf);
-        assert!(
-            (0.10..0.17).contains(&zipf_top),
-            "zipf top share {zipf_top}"
-        );
+        assert!((0.10..0.17).contains(&zipf_top), "zipf top share {zipf_top}");
         assert!(zipf_top_is_key_0);
         let (uniform_top, _) = top_share(Distribution::Uniform);
         assert!(uniform_top < 0.003, "uniform top share {uniform_top}");

@@ -168,19 +168,11 @@ impl Op {
     }
 
     pub fn set_if(key: impl Into<Bytes>, value: impl Into<Bytes>, condition: Condition) -> Op {
-        Op::Set(SetOp {
-            key: key.into(),
-            value: value.into(),
-            condition,
-            ..Default::default()
-        })
+        Op::Set(SetOp { key: key.into(), value: value.into(), condition, ..Default::default() })
     }
 
     pub fn delete(key: impl Into<Bytes>) -> Op {
-        Op::Delete {
-            key: key.into(),
-            condition: Condition::Always,
-        }
+        Op::Delete { key: key.into(), condition: Condition::Always }
     }
 
     /// The key this operation addresses, for operations that address exactly one.
@@ -217,12 +209,7 @@ pub struct Request {
 
 impl Request {
     pub fn new(id: u64, op: Op) -> Request {
-        Request {
-            id,
-            op,
-            durability: Durability::Default,
-            consistency: Consistency::Default,
-        }
+        Request { id, op, durability: Durability::Default, consistency: Consistency::Default }
     }
 }
 
@@ -266,11 +253,7 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> WireError {
-        WireError {
-            code,
-            message: message.into(),
-            current_version: 0,
-        }
+        WireError { code, message: message.into(), current_version: 0 }
     }
 }
 
@@ -329,12 +312,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn fatal(id: Option<u64>, message: String) -> DecodeError {
-        DecodeError {
-            id,
-            code: ErrorCode::BadRequest,
-            message,
-            fatal: true,
-        }
+        DecodeError { id, code: ErrorCode::BadRequest, message, fatal: true }
     }
 }
 
@@ -350,6 +328,8 @@ fn verifier_options() -> VerifierOptions {
 /// Reusable encoder: owns a FlatBuffers builder so steady-state encoding does not allocate.
 pub struct Encoder {
     fbb: FlatBufferBuilder<'static>,
+    /// Largest message encoded so far: the builder keeps at least this much memory.
+    peak_bytes: usize,
 }
 
 impl Default for Encoder {
@@ -360,9 +340,13 @@ impl Default for Encoder {
 
 impl Encoder {
     pub fn new() -> Encoder {
-        Encoder {
-            fbb: FlatBufferBuilder::with_capacity(1024),
-        }
+        Encoder { fbb: FlatBufferBuilder::with_capacity(1024), peak_bytes: 0 }
+    }
+
+    /// The largest message encoded so far. The builder never shrinks, so a caller that encoded
+    /// one huge message may want a fresh encoder.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes
     }
 
     /// Appends one framed request to `out`.
@@ -380,7 +364,13 @@ impl Encoder {
             },
         );
         self.fbb.finish_size_prefixed(root, None);
-        out.extend_from_slice(self.fbb.finished_data());
+        self.emit(out);
+    }
+
+    fn emit(&mut self, out: &mut BytesMut) {
+        let data = self.fbb.finished_data();
+        self.peak_bytes = self.peak_bytes.max(data.len());
+        out.extend_from_slice(data);
     }
 
     /// Appends one framed response to `out`.
@@ -389,14 +379,10 @@ impl Encoder {
         let (result_type, result) = encode_reply(&mut self.fbb, reply);
         let root = wire::Response::create(
             &mut self.fbb,
-            &wire::ResponseArgs {
-                id,
-                reply_type: result_type,
-                reply: Some(result),
-            },
+            &wire::ResponseArgs { id, reply_type: result_type, reply: Some(result) },
         );
         self.fbb.finish_size_prefixed(root, None);
-        out.extend_from_slice(self.fbb.finished_data());
+        self.emit(out);
     }
 }
 
@@ -416,10 +402,7 @@ fn encode_op(fbb: &mut Fbb, op: &Op) -> (wire::Op, WIPOffset<UnionWIPOffset>) {
     match op {
         Op::Get { key } => {
             let key = Some(fbb.create_vector(key));
-            (
-                wire::Op::Get,
-                wire::Get::create(fbb, &wire::GetArgs { key }).as_union_value(),
-            )
+            (wire::Op::Get, wire::Get::create(fbb, &wire::GetArgs { key }).as_union_value())
         }
         Op::Set(set) => {
             let key = Some(fbb.create_vector(&set.key));
@@ -435,32 +418,16 @@ fn encode_op(fbb: &mut Fbb, op: &Op) -> (wire::Op, WIPOffset<UnionWIPOffset>) {
                 expected_version,
                 expected_value,
             };
-            (
-                wire::Op::Set,
-                wire::Set::create(fbb, &args).as_union_value(),
-            )
+            (wire::Op::Set, wire::Set::create(fbb, &args).as_union_value())
         }
         Op::Delete { key, condition } => {
             let key = Some(fbb.create_vector(key));
             let (condition, expected_version, expected) = condition_parts(condition);
             let expected_value = expected.map(|v| fbb.create_vector(v));
-            let args = wire::DeleteArgs {
-                key,
-                condition,
-                expected_version,
-                expected_value,
-            };
-            (
-                wire::Op::Delete,
-                wire::Delete::create(fbb, &args).as_union_value(),
-            )
+            let args = wire::DeleteArgs { key, condition, expected_version, expected_value };
+            (wire::Op::Delete, wire::Delete::create(fbb, &args).as_union_value())
         }
-        Op::Cas {
-            key,
-            expected,
-            new_value,
-            ttl_ms,
-        } => {
+        Op::Cas { key, expected, new_value, ttl_ms } => {
             let key = Some(fbb.create_vector(key));
             let new_value = Some(fbb.create_vector(new_value));
             let (by_version, expected_version, expected_value) = match expected {
@@ -475,67 +442,40 @@ fn encode_op(fbb: &mut Fbb, op: &Op) -> (wire::Op, WIPOffset<UnionWIPOffset>) {
                 expected_value,
                 ttl_ms: *ttl_ms,
             };
-            (
-                wire::Op::CompareAndSet,
-                wire::CompareAndSet::create(fbb, &args).as_union_value(),
-            )
+            (wire::Op::CompareAndSet, wire::CompareAndSet::create(fbb, &args).as_union_value())
         }
         Op::Batch(ops) => {
             let items: Vec<_> = ops
                 .iter()
                 .map(|op| {
                     let (op_type, op) = encode_op(fbb, op);
-                    wire::BatchItem::create(
-                        fbb,
-                        &wire::BatchItemArgs {
-                            op_type,
-                            op: Some(op),
-                        },
-                    )
+                    wire::BatchItem::create(fbb, &wire::BatchItemArgs { op_type, op: Some(op) })
                 })
                 .collect();
             let items = Some(fbb.create_vector(&items));
-            (
-                wire::Op::Batch,
-                wire::Batch::create(fbb, &wire::BatchArgs { items }).as_union_value(),
-            )
+            (wire::Op::Batch, wire::Batch::create(fbb, &wire::BatchArgs { items }).as_union_value())
         }
         Op::Ping { payload } => {
             let payload = Some(fbb.create_vector(payload));
-            (
-                wire::Op::Ping,
-                wire::Ping::create(fbb, &wire::PingArgs { payload }).as_union_value(),
-            )
+            (wire::Op::Ping, wire::Ping::create(fbb, &wire::PingArgs { payload }).as_union_value())
         }
         Op::Topology => {
             let t = wire::Topology::create(fbb, &wire::TopologyArgs {});
             (wire::Op::Topology, t.as_union_value())
         }
-        Op::Stats => (
-            wire::Op::Stats,
-            wire::Stats::create(fbb, &wire::StatsArgs {}).as_union_value(),
-        ),
+        Op::Stats => {
+            (wire::Op::Stats, wire::Stats::create(fbb, &wire::StatsArgs {}).as_union_value())
+        }
     }
 }
 
 fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWIPOffset>) {
     match reply {
-        Reply::Value {
-            value,
-            version,
-            ttl_ms,
-        } => {
+        Reply::Value { value, version, ttl_ms } => {
             let value = Some(fbb.create_vector(value));
             let ttl_ms = ttl_ms.map_or(-1, |t| t.min(i64::MAX as u64) as i64);
-            let args = wire::ValueArgs {
-                value,
-                version: *version,
-                ttl_ms,
-            };
-            (
-                wire::Reply::Value,
-                wire::Value::create(fbb, &args).as_union_value(),
-            )
+            let args = wire::ValueArgs { value, version: *version, ttl_ms };
+            (wire::Reply::Value, wire::Value::create(fbb, &args).as_union_value())
         }
         Reply::Written { version } => {
             let w = wire::Written::create(fbb, &wire::WrittenArgs { version: *version });
@@ -561,10 +501,7 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                 hash,
                 shard_ports,
             };
-            (
-                wire::Reply::TopologyInfo,
-                wire::TopologyInfo::create(fbb, &args).as_union_value(),
-            )
+            (wire::Reply::TopologyInfo, wire::TopologyInfo::create(fbb, &args).as_union_value())
         }
         Reply::Stats(s) => {
             let cores: Vec<_> = s
@@ -586,24 +523,16 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                 })
                 .collect();
             let cores = Some(fbb.create_vector(&cores));
-            let args = wire::StatsInfoArgs {
-                uptime_ms: s.uptime_ms,
-                cores,
-            };
-            (
-                wire::Reply::StatsInfo,
-                wire::StatsInfo::create(fbb, &args).as_union_value(),
-            )
+            let args = wire::StatsInfoArgs { uptime_ms: s.uptime_ms, cores };
+            (wire::Reply::StatsInfo, wire::StatsInfo::create(fbb, &args).as_union_value())
         }
         Reply::Batch(replies) => {
             let items: Vec<_> = replies
                 .iter()
                 .map(|r| {
                     let (result_type, result) = encode_reply(fbb, r);
-                    let args = wire::ResultItemArgs {
-                        reply_type: result_type,
-                        reply: Some(result),
-                    };
+                    let args =
+                        wire::ResultItemArgs { reply_type: result_type, reply: Some(result) };
                     wire::ResultItem::create(fbb, &args)
                 })
                 .collect();
@@ -618,10 +547,7 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                 message,
                 current_version: e.current_version,
             };
-            (
-                wire::Reply::Failure,
-                wire::Failure::create(fbb, &args).as_union_value(),
-            )
+            (wire::Reply::Failure, wire::Failure::create(fbb, &args).as_union_value())
         }
     }
 }
@@ -750,10 +676,7 @@ pub fn decode_request(frame: &Bytes, limits: &Limits) -> Result<Request, DecodeE
         wire::Durability::Periodic => Durability::Periodic,
         wire::Durability::Sync => Durability::Sync,
         other => {
-            return Err(DecodeError::fatal(
-                Some(id),
-                format!("unknown durability {}", other.0),
-            ));
+            return Err(DecodeError::fatal(Some(id), format!("unknown durability {}", other.0)));
         }
     };
     let consistency = match root.consistency() {
@@ -761,28 +684,15 @@ pub fn decode_request(frame: &Bytes, limits: &Limits) -> Result<Request, DecodeE
         wire::Consistency::Strong => Consistency::Strong,
         wire::Consistency::Eventual => Consistency::Eventual,
         other => {
-            return Err(DecodeError::fatal(
-                Some(id),
-                format!("unknown consistency {}", other.0),
-            ));
+            return Err(DecodeError::fatal(Some(id), format!("unknown consistency {}", other.0)));
         }
     };
     let mut ops_seen = 0usize;
     let op = {
-        let mut d = OpDecoder {
-            frame,
-            limits,
-            id,
-            ops_seen: &mut ops_seen,
-        };
+        let mut d = OpDecoder { frame, limits, id, ops_seen: &mut ops_seen };
         d.op(&root, true)?
     };
-    Ok(Request {
-        id,
-        op,
-        durability,
-        consistency,
-    })
+    Ok(Request { id, op, durability, consistency })
 }
 
 struct OpDecoder<'f> {
@@ -798,21 +708,11 @@ impl OpDecoder<'_> {
     }
 
     fn too_large(&self, message: String) -> DecodeError {
-        DecodeError {
-            id: Some(self.id),
-            code: ErrorCode::TooLarge,
-            message,
-            fatal: false,
-        }
+        DecodeError { id: Some(self.id), code: ErrorCode::TooLarge, message, fatal: false }
     }
 
     fn bad(&self, message: String) -> DecodeError {
-        DecodeError {
-            id: Some(self.id),
-            code: ErrorCode::BadRequest,
-            message,
-            fatal: false,
-        }
+        DecodeError { id: Some(self.id), code: ErrorCode::BadRequest, message, fatal: false }
     }
 
     fn key(&self, v: flatbuffers::Vector<'_, u8>) -> Result<Bytes, DecodeError> {
@@ -867,10 +767,8 @@ impl OpDecoder<'_> {
     fn op<'a>(&mut self, c: &impl OpCarrier<'a>, top_level: bool) -> Result<Op, DecodeError> {
         *self.ops_seen += 1;
         if *self.ops_seen > self.limits.batch_ops_max + 1 {
-            return Err(self.too_large(format!(
-                "batch exceeds batch_ops_max {}",
-                self.limits.batch_ops_max
-            )));
+            return Err(self
+                .too_large(format!("batch exceeds batch_ops_max {}", self.limits.batch_ops_max)));
         }
         // Never follow the union offset itself (`op()`): the verifier checks the table only
         // for the union types it knows, so an unknown or NONE type with a stray offset would
@@ -880,17 +778,12 @@ impl OpDecoder<'_> {
         Ok(match c.op_kind() {
             wire::Op::Get => {
                 let get = c.get().ok_or_else(|| missing(id, "get"))?;
-                Op::Get {
-                    key: self.key(get.key())?,
-                }
+                Op::Get { key: self.key(get.key())? }
             }
             wire::Op::Set => {
                 let set = c.set().ok_or_else(|| missing(id, "set"))?;
-                let condition = self.condition(
-                    set.condition(),
-                    set.expected_version(),
-                    set.expected_value(),
-                )?;
+                let condition =
+                    self.condition(set.condition(), set.expected_version(), set.expected_value())?;
                 Op::Set(SetOp {
                     key: self.key(set.key())?,
                     value: self.value(set.value())?,
@@ -901,18 +794,12 @@ impl OpDecoder<'_> {
             }
             wire::Op::Delete => {
                 let del = c.delete().ok_or_else(|| missing(id, "delete"))?;
-                let condition = self.condition(
-                    del.condition(),
-                    del.expected_version(),
-                    del.expected_value(),
-                )?;
+                let condition =
+                    self.condition(del.condition(), del.expected_version(), del.expected_value())?;
                 if matches!(condition, Condition::IfAbsent | Condition::IfPresent) {
                     return Err(self.bad("delete takes only IfVersion or IfValue".into()));
                 }
-                Op::Delete {
-                    key: self.key(del.key())?,
-                    condition,
-                }
+                Op::Delete { key: self.key(del.key())?, condition }
             }
             wire::Op::CompareAndSet => {
                 let cas = c.cas().ok_or_else(|| missing(id, "cas"))?;
@@ -952,9 +839,7 @@ impl OpDecoder<'_> {
             }
             wire::Op::Ping => {
                 let ping = c.ping().ok_or_else(|| missing(id, "ping"))?;
-                Op::Ping {
-                    payload: ping.payload().map(|p| self.bytes(p)).unwrap_or_default(),
-                }
+                Op::Ping { payload: ping.payload().map(|p| self.bytes(p)).unwrap_or_default() }
             }
             wire::Op::Topology => Op::Topology,
             wire::Op::Stats => Op::Stats,
@@ -995,23 +880,17 @@ fn decode_result<'a>(
         wire::Reply::Value => {
             let v = c.value().ok_or_else(|| missing(id, "value"))?;
             let ttl_ms = u64::try_from(v.ttl_ms()).ok();
-            Reply::Value {
-                value: bytes(v.value()),
-                version: v.version(),
-                ttl_ms,
-            }
+            Reply::Value { value: bytes(v.value()), version: v.version(), ttl_ms }
         }
-        wire::Reply::Written => Reply::Written {
-            version: c.written().ok_or_else(|| missing(id, "written"))?.version(),
-        },
-        wire::Reply::Deleted => Reply::Deleted {
-            version: c.deleted().ok_or_else(|| missing(id, "deleted"))?.version(),
-        },
+        wire::Reply::Written => {
+            Reply::Written { version: c.written().ok_or_else(|| missing(id, "written"))?.version() }
+        }
+        wire::Reply::Deleted => {
+            Reply::Deleted { version: c.deleted().ok_or_else(|| missing(id, "deleted"))?.version() }
+        }
         wire::Reply::Pong => {
             let p = c.pong().ok_or_else(|| missing(id, "pong"))?;
-            Reply::Pong {
-                payload: p.payload().map(bytes).unwrap_or_default(),
-            }
+            Reply::Pong { payload: p.payload().map(bytes).unwrap_or_default() }
         }
         wire::Reply::TopologyInfo => {
             let t = c.topology().ok_or_else(|| missing(id, "topology"))?;
@@ -1020,10 +899,7 @@ fn decode_result<'a>(
                 cores: t.cores(),
                 partitions: t.partitions(),
                 hash: t.hash().unwrap_or_default().to_owned(),
-                shard_ports: t
-                    .shard_ports()
-                    .map(|p| p.iter().collect())
-                    .unwrap_or_default(),
+                shard_ports: t.shard_ports().map(|p| p.iter().collect()).unwrap_or_default(),
             })
         }
         wire::Reply::StatsInfo => {
@@ -1046,10 +922,7 @@ fn decode_result<'a>(
                         .collect()
                 })
                 .unwrap_or_default();
-            Reply::Stats(StatsInfo {
-                uptime_ms: s.uptime_ms(),
-                cores,
-            })
+            Reply::Stats(StatsInfo { uptime_ms: s.uptime_ms(), cores })
         }
         wire::Reply::BatchResult => {
             if !top_level {
@@ -1072,10 +945,7 @@ fn decode_result<'a>(
             })
         }
         other => {
-            return Err(DecodeError::fatal(
-                Some(id),
-                format!("unknown result {}", other.0),
-            ));
+            return Err(DecodeError::fatal(Some(id), format!("unknown result {}", other.0)));
         }
     })
 }
@@ -1110,11 +980,7 @@ mod tests {
     fn all_ops() -> Vec<Op> {
         vec![
             Op::Get { key: b("k") },
-            Op::Set(SetOp {
-                key: b("k"),
-                value: b("v"),
-                ..Default::default()
-            }),
+            Op::Set(SetOp { key: b("k"), value: b("v"), ..Default::default() }),
             Op::Set(SetOp {
                 key: b("k"),
                 value: b(""),
@@ -1140,26 +1006,15 @@ mod tests {
                 condition: Condition::IfPresent,
                 ..Default::default()
             }),
-            Op::Delete {
-                key: b("k"),
-                condition: Condition::Always,
-            },
-            Op::Delete {
-                key: b("k"),
-                condition: Condition::IfVersion(3),
-            },
+            Op::Delete { key: b("k"), condition: Condition::Always },
+            Op::Delete { key: b("k"), condition: Condition::IfVersion(3) },
             Op::Cas {
                 key: b("k"),
                 expected: Expected::Value(b("a")),
                 new_value: b("b"),
                 ttl_ms: 0,
             },
-            Op::Cas {
-                key: b("k"),
-                expected: Expected::Version(7),
-                new_value: b("b"),
-                ttl_ms: 10,
-            },
+            Op::Cas { key: b("k"), expected: Expected::Version(7), new_value: b("b"), ttl_ms: 10 },
             Op::Ping { payload: b("hi") },
             Op::Topology,
             Op::Stats,
@@ -1184,16 +1039,8 @@ mod tests {
     #[test]
     fn every_reply_roundtrips() {
         let replies = vec![
-            Reply::Value {
-                value: b("v"),
-                version: 3,
-                ttl_ms: None,
-            },
-            Reply::Value {
-                value: b(""),
-                version: 4,
-                ttl_ms: Some(999),
-            },
+            Reply::Value { value: b("v"), version: 3, ttl_ms: None },
+            Reply::Value { value: b(""), version: 4, ttl_ms: Some(999) },
             Reply::Written { version: 5 },
             Reply::Deleted { version: 6 },
             Reply::Pong { payload: b("x") },
@@ -1206,12 +1053,7 @@ mod tests {
             }),
             Reply::Stats(StatsInfo {
                 uptime_ms: 12,
-                cores: vec![CoreStats {
-                    core: 1,
-                    keys: 2,
-                    requests: 3,
-                    ..Default::default()
-                }],
+                cores: vec![CoreStats { core: 1, keys: 2, requests: 3, ..Default::default() }],
             }),
             Reply::Error(WireError {
                 code: ErrorCode::ConditionFailed,
@@ -1232,22 +1074,11 @@ mod tests {
 
     #[test]
     fn limits_give_non_fatal_too_large() {
-        let limits = Limits {
-            key_bytes_max: 4,
-            value_bytes_max: 4,
-            ..Limits::DEFAULT
-        };
+        let limits = Limits { key_bytes_max: 4, value_bytes_max: 4, ..Limits::DEFAULT };
         let mut enc = Encoder::new();
         for (op, what) in [
             (Op::Get { key: b("12345") }, "key"),
-            (
-                Op::Set(SetOp {
-                    key: b("k"),
-                    value: b("12345"),
-                    ..Default::default()
-                }),
-                "value",
-            ),
+            (Op::Set(SetOp { key: b("k"), value: b("12345"), ..Default::default() }), "value"),
         ] {
             let mut out = BytesMut::new();
             enc.request(&Request::new(5, op), &mut out);
@@ -1261,17 +1092,11 @@ mod tests {
 
     #[test]
     fn batch_limit_and_nesting() {
-        let limits = Limits {
-            batch_ops_max: 2,
-            ..Limits::DEFAULT
-        };
+        let limits = Limits { batch_ops_max: 2, ..Limits::DEFAULT };
         let mut enc = Encoder::new();
         let three = Op::Batch(vec![Op::Topology, Op::Topology, Op::Topology]);
         let nested = Op::Batch(vec![Op::Batch(vec![])]);
-        for (op, code) in [
-            (three, ErrorCode::TooLarge),
-            (nested, ErrorCode::BadRequest),
-        ] {
+        for (op, code) in [(three, ErrorCode::TooLarge), (nested, ErrorCode::BadRequest)] {
             let mut out = BytesMut::new();
             enc.request(&Request::new(9, op), &mut out);
             let frame = take_frame(&mut out, 1 << 20).unwrap().unwrap();
@@ -1310,11 +1135,8 @@ mod tests {
             },
         );
         fbb.finish_size_prefixed(root, None);
-        let err = decode_request(
-            &Bytes::copy_from_slice(fbb.finished_data()),
-            &Limits::DEFAULT,
-        )
-        .unwrap_err();
+        let err = decode_request(&Bytes::copy_from_slice(fbb.finished_data()), &Limits::DEFAULT)
+            .unwrap_err();
         assert!(err.fatal);
         assert_eq!(err.id, Some(31));
         assert!(err.message.contains("unknown operation"), "{}", err.message);
@@ -1334,9 +1156,7 @@ mod tests {
             enc.request(&Request::new(i as u64, op), &mut out);
             seeds.push(out.to_vec());
         }
-        let seed = std::env::var("COREKV_FUZZ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok());
+        let seed = std::env::var("COREKV_FUZZ_SEED").ok().and_then(|s| s.parse().ok());
         let mut x: u64 = seed.unwrap_or(0x5DEE_CE66_D1CE_4E5B);
         let mut next = move || {
             x ^= x << 13;
@@ -1364,13 +1184,7 @@ mod tests {
                 assert_eq!(roundtrip_request(&req), req);
             }
         }
-        assert!(
-            accepted > 0,
-            "no mutant decoded: the seeds or mutations are off"
-        );
-        assert!(
-            accepted < rounds,
-            "every mutant decoded: the verifier is not checking"
-        );
+        assert!(accepted > 0, "no mutant decoded: the seeds or mutations are off");
+        assert!(accepted < rounds, "every mutant decoded: the verifier is not checking");
     }
 }

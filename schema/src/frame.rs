@@ -1,8 +1,10 @@
 //! Framing: every message is `u32 little-endian length | payload`, the payload being a
 //! FlatBuffers buffer (FlatBuffers' own "size-prefixed" form).
 //!
-//! A reader checks the length prefix against [`Limits::frame_bytes_max`] *before* reserving
-//! memory for the payload, so a hostile 4 GiB prefix costs nothing but a closed connection.
+//! A reader checks the length prefix against [`Limits::frame_bytes_max`], and never reserves
+//! memory because a prefix announced it: the buffer grows only with bytes that arrived. A
+//! hostile 4 GiB prefix costs nothing but a closed connection, and a 16 MiB one that never
+//! completes costs only what was actually sent.
 
 use bytes::{Bytes, BytesMut};
 
@@ -59,24 +61,19 @@ pub enum FrameError {
 ///
 /// The prefix stays on the frame because FlatBuffers checks alignment relative to the start of
 /// the buffer it was built in, which for size-prefixed buffers is the prefix.
-/// Returns `Ok(None)` when more bytes are needed; in that case it reserves room for the rest
-/// of the frame, but only once the prefix has passed the limit check.
+/// Returns `Ok(None)` when more bytes are needed.
 pub fn take_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Option<Bytes>, FrameError> {
     let Some(len_bytes) = peek_len(buf) else {
         return Ok(None);
     };
     if len_bytes > frame_bytes_max {
-        return Err(FrameError::TooLarge {
-            len_bytes,
-            max_bytes: frame_bytes_max,
-        });
+        return Err(FrameError::TooLarge { len_bytes, max_bytes: frame_bytes_max });
     }
     if len_bytes < PAYLOAD_BYTES_MIN {
         return Err(FrameError::TooShort { len_bytes });
     }
     let total = PREFIX_BYTES + len_bytes;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
         return Ok(None);
     }
     Ok(Some(buf.split_to(total).freeze()))
@@ -116,23 +113,14 @@ mod tests {
         let mut b = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         let cap = b.capacity();
         let err = take_frame(&mut b, 1 << 20).unwrap_err();
-        assert_eq!(
-            err,
-            FrameError::TooLarge {
-                len_bytes: u32::MAX as usize,
-                max_bytes: 1 << 20
-            }
-        );
+        assert_eq!(err, FrameError::TooLarge { len_bytes: u32::MAX as usize, max_bytes: 1 << 20 });
         assert_eq!(b.capacity(), cap);
     }
 
     #[test]
     fn tiny_frame_is_refused() {
         let mut b = framed(&[1, 2, 3]);
-        assert_eq!(
-            take_frame(&mut b, 1024),
-            Err(FrameError::TooShort { len_bytes: 3 })
-        );
+        assert_eq!(take_frame(&mut b, 1024), Err(FrameError::TooShort { len_bytes: 3 }));
     }
 
     #[test]

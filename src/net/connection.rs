@@ -11,10 +11,21 @@
 //! verification or names an unknown operation is answered with an error frame (id 0 when the
 //! id could not be read) and the connection closes. A request over a key/value/batch limit is
 //! answered `TooLarge` and the connection goes on. A frame left half-sent for
-//! `PARTIAL_FRAME_TIMEOUT_MS` is answered and closed, so a stalled client cannot hold memory.
+//! `partial_frame_timeout_ms` (counted from when it started, not from the last byte) is
+//! answered and closed, so a trickling client cannot hold memory; and the receive buffer only
+//! grows with bytes that actually arrived, never with what a length prefix announces.
+//!
+//! Fairness: glommio reads and writes try the socket directly before waiting, so a client that
+//! always has input queued would keep this task running forever and starve the core (other
+//! connections, the mesh, the shutdown watcher). Each pass yields when the executor's time
+//! slice is used up. Replies are flushed once `OUTPUT_FLUSH_BYTES` have accumulated, so a
+//! pipeline of large values never builds one huge buffer.
+//!
+//! Shutdown: a connection checks for it before every read. Frames already received are
+//! answered; bytes not yet read are left unread and the connection closes.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use corekv_schema::codec::{Encoder, ErrorCode, Reply, decode_request};
@@ -27,9 +38,10 @@ use crate::shard::{Core, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Output buffers that grew past this (a huge batch reply) are released after use.
-const OUT_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
-pub const PARTIAL_FRAME_TIMEOUT_MS: u64 = 10_000;
+/// Replies are written out once this much has accumulated, even mid-batch.
+const OUTPUT_FLUSH_BYTES: usize = 1024 * 1024;
+/// Buffers (and the encoder) that grew past this for one huge reply are released after use.
+const BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
 /// Keeps the per-core connection gauge right on every exit path.
 struct ConnectionGauge(Rc<Core>);
@@ -67,27 +79,31 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     let mut output = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut encoder = Encoder::new();
     let mut slots: Vec<(u64, Slot)> = Vec::with_capacity(64);
+    // When the frame at the head of `input` started arriving, if it is incomplete.
+    let mut partial_since: Option<Instant> = None;
     loop {
+        glommio::yield_if_needed().await;
         let mut close = false;
-        let now_ms = now_ms();
         while slots.len() < CONNECTION_BATCH_REQUESTS_MAX {
             match take_frame(&mut input, limits.frame_bytes_max) {
-                Ok(Some(frame)) => match decode_request(&frame, &limits) {
-                    Ok(request) => {
-                        let slot = core.dispatch(request.op, now_ms).await;
-                        slots.push((request.id, slot));
-                    }
-                    Err(e) => {
-                        slots.push((
-                            e.id.unwrap_or(0),
-                            Slot::Ready(Reply::error(e.code, e.message)),
-                        ));
-                        if e.fatal {
-                            close = true;
-                            break;
+                Ok(Some(frame)) => {
+                    partial_since = None;
+                    match decode_request(&frame, &limits) {
+                        Ok(request) => {
+                            // Per request: a dispatch may have waited on a full mesh.
+                            let slot = core.dispatch(request.op, now_ms()).await;
+                            slots.push((request.id, slot));
+                        }
+                        Err(e) => {
+                            let reply = Reply::error(e.code, e.message);
+                            slots.push((e.id.unwrap_or(0), Slot::Ready(reply)));
+                            if e.fatal {
+                                close = true;
+                                break;
+                            }
                         }
                     }
-                },
+                }
                 Ok(None) => break,
                 Err(e) => {
                     let code = match e {
@@ -104,13 +120,22 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             for (id, slot) in slots.drain(..) {
                 let reply = core.resolve(slot).await;
                 encoder.response(id, &reply, &mut output);
+                if output.len() >= OUTPUT_FLUSH_BYTES {
+                    if stream.write_all(&output).await.is_err() {
+                        return;
+                    }
+                    output.clear();
+                }
             }
             if stream.write_all(&output).await.is_err() {
                 return;
             }
             output.clear();
-            if output.capacity() > OUT_BUFFER_KEEP_BYTES {
+            if output.capacity() > BUFFER_KEEP_BYTES {
                 output = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            }
+            if encoder.peak_bytes() > BUFFER_KEEP_BYTES {
+                encoder = Encoder::new();
             }
             if close {
                 return;
@@ -118,10 +143,33 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             // More complete frames may already be buffered: parse before reading again.
             continue;
         }
-        match read(&mut stream, &mut chunk, !input.is_empty(), &shutdown).await {
+        if input.is_empty() && input.capacity() > BUFFER_KEEP_BYTES {
+            input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
+        let deadline = if input.is_empty() {
+            None
+        } else {
+            let since = *partial_since.get_or_insert_with(Instant::now);
+            Some(since + Duration::from_millis(core.node.partial_frame_timeout_ms))
+        };
+        let outcome = if shutdown.is_fired() {
+            ReadOutcome::Shutdown
+        } else {
+            read(&mut stream, &mut chunk, deadline, &shutdown).await
+        };
+        match outcome {
             ReadOutcome::Data(n) => input.extend_from_slice(&chunk[..n]),
-            ReadOutcome::Shutdown => return,
-            ReadOutcome::Closed if input.is_empty() => return,
+            ReadOutcome::Shutdown | ReadOutcome::Closed if input.is_empty() => return,
+            ReadOutcome::Shutdown => {
+                // Requests not yet fully read are not executed; say so before closing.
+                let reply = Reply::error(
+                    ErrorCode::ShuttingDown,
+                    "node is shutting down; requests after the last reply were not executed",
+                );
+                encoder.response(0, &reply, &mut output);
+                let _ = stream.write_all(&output).await;
+                return;
+            }
             ReadOutcome::Closed | ReadOutcome::Stalled => {
                 // The peer stopped mid-frame: say why before closing, if it still listens.
                 let reply = Reply::error(ErrorCode::BadRequest, "truncated frame");
@@ -133,12 +181,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     }
 }
 
-/// Reads what is available; idle connections give way to shutdown, and a half-received frame
-/// must complete within `PARTIAL_FRAME_TIMEOUT_MS`.
+/// Reads what is available. An idle connection gives way to shutdown; a half-received frame
+/// must complete by `deadline` (and also gives way to shutdown).
 async fn read(
     stream: &mut TcpStream,
     chunk: &mut [u8],
-    mid_frame: bool,
+    deadline: Option<Instant>,
     shutdown: &Shutdown,
 ) -> ReadOutcome {
     let data = async {
@@ -148,12 +196,22 @@ async fn read(
         }
     };
     let stop = async {
-        if mid_frame {
-            glommio::timer::sleep(Duration::from_millis(PARTIAL_FRAME_TIMEOUT_MS)).await;
-            ReadOutcome::Stalled
-        } else {
-            shutdown.wait().await;
-            ReadOutcome::Shutdown
+        match deadline {
+            None => {
+                shutdown.wait().await;
+                ReadOutcome::Shutdown
+            }
+            Some(at) => {
+                let stalled = async {
+                    glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+                    ReadOutcome::Stalled
+                };
+                let stopping = async {
+                    shutdown.wait().await;
+                    ReadOutcome::Shutdown
+                };
+                future::or(stalled, stopping).await
+            }
         }
     };
     future::or(data, stop).await

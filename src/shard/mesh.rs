@@ -84,21 +84,11 @@ impl MeshBuilders {
             self.answers.join().await.map_err(|_| fail("answer"))?;
         let index = call_tx.peer_id();
         if answer_tx.peer_id() != index {
-            return Err(std::io::Error::other(
-                "call and answer meshes disagree on peer ids",
-            ));
+            return Err(std::io::Error::other("call and answer meshes disagree on peer ids"));
         }
         let calls = call_rx.streams();
         let answers = answer_rx.streams();
-        Ok((
-            index,
-            Mesh {
-                calls: call_tx,
-                answers: answer_tx,
-            },
-            calls,
-            answers,
-        ))
+        Ok((index, Mesh { calls: call_tx, answers: answer_tx }, calls, answers))
     }
 }
 
@@ -129,16 +119,10 @@ impl Mesh {
     }
 
     pub async fn call(&self, target: u16, call: Call) -> Result<(), SendFailed<Call>> {
-        self.calls
-            .send_to(usize::from(target), call)
-            .await
-            .map_err(|_| SendFailed::Closed)
+        self.calls.send_to(usize::from(target), call).await.map_err(|_| SendFailed::Closed)
     }
 
     pub async fn answer(&self, target: u16, answer: Answer) -> Result<(), SendFailed<Answer>> {
-        self.answers
-            .send_to(usize::from(target), answer)
-            .await
-            .map_err(|_| SendFailed::Closed)
+        self.answers.send_to(usize::from(target), answer).await.map_err(|_| SendFailed::Closed)
     }
 }

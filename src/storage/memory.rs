@@ -39,12 +39,7 @@ impl Entry {
         data.extend_from_slice(value);
         // Keys are bounded by `key_bytes_max`, far below u32::MAX.
         let key_len = u32::try_from(key.len()).expect("key length fits u32");
-        Entry {
-            data: Bytes::from(data),
-            key_len,
-            version,
-            expires_at_ms,
-        }
+        Entry { data: Bytes::from(data), key_len, version, expires_at_ms }
     }
 
     fn key(&self) -> &[u8] {
@@ -68,8 +63,12 @@ impl Entry {
     }
 }
 
-/// One key to look at when its time comes; stale when the key was rewritten since.
-type ExpiryTicket = Reverse<(u64, u64, Bytes)>;
+/// One key to look at when its time comes: (expires_at_ms, key). Stale when the key was since
+/// deleted or given another expiry; the sweep checks the entry's expiry before removing it.
+type ExpiryTicket = Reverse<(u64, Bytes)>;
+
+/// Stale tickets allowed beyond the live keys with a TTL before the heap is rebuilt.
+const EXPIRY_STALE_TICKETS_MAX: usize = 1024;
 
 pub struct MemEngine {
     /// Entries keyed by their own `key`, hashed with `hasher`. A raw `HashTable` rather than a
@@ -77,9 +76,12 @@ pub struct MemEngine {
     /// in-place update all happen on the entry found.
     table: HashTable<Entry>,
     hasher: ahash::RandomState,
-    /// Min-heap of (expires_at_ms, version, key) for active expiry. Rewrites leave stale
-    /// tickets behind; the version check skips them when they surface.
+    /// Min-heap for active expiry. Rewrites and deletes leave stale tickets behind; the heap
+    /// is rebuilt from the table once they outnumber the live keys with a TTL, so a workload
+    /// that refreshes long TTLs cannot grow it without bound.
     expiry: BinaryHeap<ExpiryTicket>,
+    /// Live entries with an expiry (what the heap would hold with no stale tickets).
+    ttl_keys: usize,
     version_last: u64,
     value_bytes: u64,
     expired: u64,
@@ -97,6 +99,7 @@ impl MemEngine {
             table: HashTable::new(),
             hasher: ahash::RandomState::new(),
             expiry: BinaryHeap::new(),
+            ttl_keys: 0,
             version_last: 0,
             value_bytes: 0,
             expired: 0,
@@ -118,6 +121,9 @@ impl MemEngine {
         }
         let (entry, _) = found.remove();
         self.value_bytes -= entry.bytes();
+        if entry.expires_at_ms != 0 {
+            self.ttl_keys -= 1;
+        }
         Some(entry)
     }
 
@@ -143,27 +149,13 @@ impl MemEngine {
 
     fn set(&mut self, set: SetOp, now_ms: u64) -> Reply {
         let hash = self.hash(&set.key);
-        let MemEngine {
-            table,
-            hasher,
-            expiry,
-            version_last,
-            value_bytes,
-            expired,
-        } = self;
-        let entry = table.entry(
-            hash,
-            |e| e.key() == &set.key[..],
-            |e| hasher.hash_one(e.key()),
-        );
+        let MemEngine { table, hasher, expiry, ttl_keys, version_last, value_bytes, expired } =
+            self;
+        let entry = table.entry(hash, |e| e.key() == &set.key[..], |e| hasher.hash_one(e.key()));
         let (current, was_expired) = match &entry {
             hashbrown::hash_table::Entry::Occupied(o) => {
                 let e = o.get();
-                if e.is_expired(now_ms) {
-                    (None, true)
-                } else {
-                    (Some(e), false)
-                }
+                if e.is_expired(now_ms) { (None, true) } else { (Some(e), false) }
             }
             hashbrown::hash_table::Entry::Vacant(_) => (None, false),
         };
@@ -181,6 +173,7 @@ impl MemEngine {
         let version = *version_last;
         let fresh = Entry::new(&set.key, &set.value, version, expires_at_ms);
         *value_bytes += fresh.bytes();
+        let mut ticketed = false;
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
                 if was_expired {
@@ -188,21 +181,40 @@ impl MemEngine {
                 }
                 let old = std::mem::replace(o.get_mut(), fresh);
                 *value_bytes -= old.bytes();
+                if old.expires_at_ms != 0 {
+                    *ttl_keys -= 1;
+                }
+                // keep_ttl (or the same deadline): the old ticket still describes this entry.
+                ticketed = old.expires_at_ms == expires_at_ms && !was_expired;
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(fresh);
             }
         }
         if expires_at_ms != 0 {
-            // The ticket owns a copy of the key, not a slice of `data`: a stale ticket must
-            // not keep an overwritten value alive until its old expiry time.
-            expiry.push(Reverse((
-                expires_at_ms,
-                version,
-                Bytes::copy_from_slice(&set.key),
-            )));
+            *ttl_keys += 1;
+            if !ticketed {
+                // The ticket owns a copy of the key, not a slice of `data`: a stale ticket
+                // must not keep an overwritten value alive until its old expiry time.
+                expiry.push(Reverse((expires_at_ms, Bytes::copy_from_slice(&set.key))));
+            }
+        }
+        if expiry.len() > 2 * *ttl_keys + EXPIRY_STALE_TICKETS_MAX {
+            self.rebuild_expiry();
         }
         Reply::Written { version }
+    }
+
+    /// Replaces the expiry heap with exactly one ticket per live key with a TTL.
+    fn rebuild_expiry(&mut self) {
+        let tickets: Vec<ExpiryTicket> = self
+            .table
+            .iter()
+            .filter(|e| e.expires_at_ms != 0)
+            .map(|e| Reverse((e.expires_at_ms, Bytes::copy_from_slice(e.key()))))
+            .collect();
+        debug_assert_eq!(tickets.len(), self.ttl_keys);
+        self.expiry = BinaryHeap::from(tickets);
     }
 
     fn delete(&mut self, key: &[u8], condition: &Condition, now_ms: u64) -> Reply {
@@ -257,23 +269,12 @@ impl Engine for MemEngine {
             Op::Get { key } => self.get(&key, now_ms),
             Op::Set(set) => self.set(set, now_ms),
             Op::Delete { key, condition } => self.delete(&key, &condition, now_ms),
-            Op::Cas {
-                key,
-                expected,
-                new_value,
-                ttl_ms,
-            } => {
+            Op::Cas { key, expected, new_value, ttl_ms } => {
                 let condition = match expected {
                     Expected::Value(v) => Condition::IfValue(v),
                     Expected::Version(v) => Condition::IfVersion(v),
                 };
-                let set = SetOp {
-                    key,
-                    value: new_value,
-                    ttl_ms,
-                    keep_ttl: false,
-                    condition,
-                };
+                let set = SetOp { key, value: new_value, ttl_ms, keep_ttl: false, condition };
                 self.set(set, now_ms)
             }
             other => Reply::error(
@@ -287,13 +288,13 @@ impl Engine for MemEngine {
         let mut removed = 0;
         for _ in 0..budget {
             match self.expiry.peek() {
-                Some(Reverse((at, _, _))) if *at <= now_ms => {}
+                Some(Reverse((at, _))) if *at <= now_ms => {}
                 _ => break,
             }
-            let Some(Reverse((_, version, key))) = self.expiry.pop() else {
+            let Some(Reverse((at, key))) = self.expiry.pop() else {
                 break;
             };
-            if self.remove_if(&key, |e| e.version != version).is_some() {
+            if self.remove_if(&key, |e| e.expires_at_ms != at).is_some() {
                 self.expired += 1;
                 removed += 1;
             }
@@ -351,11 +352,7 @@ mod tests {
         assert_eq!(code(&e.execute(get("a"), 0)), Some(ErrorCode::NotFound));
         let v1 = version(&e.execute(set("a", "1"), 0));
         match e.execute(get("a"), 0) {
-            Reply::Value {
-                value,
-                version,
-                ttl_ms,
-            } => {
+            Reply::Value { value, version, ttl_ms } => {
                 assert_eq!(value, b("1"));
                 assert_eq!(version, v1);
                 assert_eq!(ttl_ms, None);
@@ -365,30 +362,11 @@ mod tests {
         let v2 = version(&e.execute(set("a", "22"), 0));
         assert!(v2 > v1);
         assert_eq!(e.stats().value_bytes, 3);
-        let del = e.execute(
-            Op::Delete {
-                key: b("a"),
-                condition: Condition::Always,
-            },
-            0,
-        );
+        let del = e.execute(Op::Delete { key: b("a"), condition: Condition::Always }, 0);
         assert_eq!(del, Reply::Deleted { version: v2 });
-        let again = e.execute(
-            Op::Delete {
-                key: b("a"),
-                condition: Condition::Always,
-            },
-            0,
-        );
+        let again = e.execute(Op::Delete { key: b("a"), condition: Condition::Always }, 0);
         assert_eq!(code(&again), Some(ErrorCode::NotFound));
-        assert_eq!(
-            e.stats(),
-            EngineStats {
-                keys: 0,
-                value_bytes: 0,
-                expired: 0
-            }
-        );
+        assert_eq!(e.stats(), EngineStats { keys: 0, value_bytes: 0, expired: 0 });
     }
 
     #[test]
@@ -430,12 +408,8 @@ mod tests {
     fn cas_by_value_and_version() {
         let mut e = MemEngine::new();
         let v = version(&e.execute(set("k", "a"), 0));
-        let cas = |expected, new: &str| Op::Cas {
-            key: b("k"),
-            expected,
-            new_value: b(new),
-            ttl_ms: 0,
-        };
+        let cas =
+            |expected, new: &str| Op::Cas { key: b("k"), expected, new_value: b(new), ttl_ms: 0 };
         assert_eq!(
             code(&e.execute(cas(Expected::Value(b("z")), "b"), 0)),
             Some(ErrorCode::ConditionFailed)
@@ -453,10 +427,7 @@ mod tests {
     fn delete_conditions() {
         let mut e = MemEngine::new();
         let v = version(&e.execute(set("k", "a"), 0));
-        let del = |c| Op::Delete {
-            key: b("k"),
-            condition: c,
-        };
+        let del = |c| Op::Delete { key: b("k"), condition: c };
         assert_eq!(
             code(&e.execute(del(Condition::IfVersion(v + 1)), 0)),
             Some(ErrorCode::ConditionFailed)
@@ -465,22 +436,14 @@ mod tests {
             code(&e.execute(del(Condition::IfValue(b("b"))), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        assert_eq!(
-            e.execute(del(Condition::IfValue(b("a"))), 0),
-            Reply::Deleted { version: v }
-        );
+        assert_eq!(e.execute(del(Condition::IfValue(b("a"))), 0), Reply::Deleted { version: v });
     }
 
     #[test]
     fn ttl_lazy_and_active() {
         let mut e = MemEngine::new();
         let with_ttl = |k: &str, ttl_ms| {
-            Op::Set(SetOp {
-                key: b(k),
-                value: b("v"),
-                ttl_ms,
-                ..Default::default()
-            })
+            Op::Set(SetOp { key: b(k), value: b("v"), ttl_ms, ..Default::default() })
         };
         e.execute(with_ttl("a", 100), 1_000);
         e.execute(with_ttl("b", 100), 1_000);
@@ -496,51 +459,25 @@ mod tests {
         assert_eq!(e.sweep_expired(1_200, 100), 1);
         assert_eq!(e.stats().keys, 1);
         assert_eq!(e.sweep_expired(1_500, 100), 1);
-        assert_eq!(
-            e.stats(),
-            EngineStats {
-                keys: 0,
-                value_bytes: 0,
-                expired: 3
-            }
-        );
+        assert_eq!(e.stats(), EngineStats { keys: 0, value_bytes: 0, expired: 3 });
     }
 
     #[test]
     fn overwrite_clears_or_keeps_ttl() {
         let mut e = MemEngine::new();
         e.execute(
-            Op::Set(SetOp {
-                key: b("k"),
-                value: b("v"),
-                ttl_ms: 100,
-                ..Default::default()
-            }),
+            Op::Set(SetOp { key: b("k"), value: b("v"), ttl_ms: 100, ..Default::default() }),
             0,
         );
         e.execute(
-            Op::Set(SetOp {
-                key: b("k"),
-                value: b("w"),
-                keep_ttl: true,
-                ..Default::default()
-            }),
+            Op::Set(SetOp { key: b("k"), value: b("w"), keep_ttl: true, ..Default::default() }),
             10,
         );
-        assert!(matches!(
-            e.execute(get("k"), 50),
-            Reply::Value {
-                ttl_ms: Some(50),
-                ..
-            }
-        ));
+        assert!(matches!(e.execute(get("k"), 50), Reply::Value { ttl_ms: Some(50), .. }));
         e.execute(set("k", "x"), 60);
         // The old ticket must not expire the rewritten key.
         assert_eq!(e.sweep_expired(1_000, 100), 0);
-        assert!(matches!(
-            e.execute(get("k"), 1_000),
-            Reply::Value { ttl_ms: None, .. }
-        ));
+        assert!(matches!(e.execute(get("k"), 1_000), Reply::Value { ttl_ms: None, .. }));
     }
 
     #[test]
@@ -559,5 +496,39 @@ mod tests {
         }
         assert_eq!(e.sweep_expired(5, 3), 3);
         assert_eq!(e.sweep_expired(5, 100), 7);
+    }
+
+    #[test]
+    fn refreshing_long_ttls_keeps_the_expiry_heap_bounded() {
+        let mut e = MemEngine::new();
+        for round in 0..50u64 {
+            for i in 0..100 {
+                let op = Op::Set(SetOp {
+                    key: b(&format!("session:{i}")),
+                    value: b("v"),
+                    ttl_ms: 1_800_000,
+                    ..Default::default()
+                });
+                e.execute(op, round);
+            }
+        }
+        assert!(e.expiry.len() <= 2 * 100 + EXPIRY_STALE_TICKETS_MAX, "{}", e.expiry.len());
+        assert_eq!(e.ttl_keys, 100);
+        // keep_ttl rewrites add no tickets at all.
+        let before = e.expiry.len();
+        for i in 0..100 {
+            let op = Op::Set(SetOp {
+                key: b(&format!("session:{i}")),
+                value: b("w"),
+                keep_ttl: true,
+                ..Default::default()
+            });
+            e.execute(op, 100);
+        }
+        assert_eq!(e.expiry.len(), before);
+        // Everything still expires on time, exactly once.
+        assert_eq!(e.sweep_expired(1_800_000 + 100, usize::MAX), 100);
+        assert_eq!(e.stats().keys, 0);
+        assert_eq!(e.ttl_keys, 0);
     }
 }

@@ -12,16 +12,9 @@ use crate::harness::{Node, Wire, b};
 /// After each bad case: a fresh connection still gets a correct answer.
 fn still_serving(node: &Node) {
     let mut w = node.wire();
-    let reply = w.call(Op::Set(SetOp {
-        key: b("alive"),
-        value: b("yes"),
-        ..Default::default()
-    }));
+    let reply = w.call(Op::Set(SetOp { key: b("alive"), value: b("yes"), ..Default::default() }));
     assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
-    assert!(matches!(
-        w.call(Op::Get { key: b("alive") }),
-        Reply::Value { .. }
-    ));
+    assert!(matches!(w.call(Op::Get { key: b("alive") }), Reply::Value { .. }));
 }
 
 fn expect_error_then_close(w: &mut Wire, code: ErrorCode) {
@@ -30,10 +23,7 @@ fn expect_error_then_close(w: &mut Wire, code: ErrorCode) {
         Reply::Error(e) => assert_eq!(e.code, code, "{e:?}"),
         other => panic!("expected {code:?}, got {other:?}"),
     }
-    assert!(
-        w.recv().is_none(),
-        "connection must close after a fatal frame"
-    );
+    assert!(w.recv().is_none(), "connection must close after a fatal frame");
 }
 
 #[test]
@@ -111,31 +101,15 @@ fn unknown_operation_is_answered_with_its_id() {
 
 #[test]
 fn oversized_key_and_value_keep_the_connection() {
-    let node = Node::start(&[
-        "--cores",
-        "2",
-        "--key-bytes-max",
-        "8",
-        "--value-bytes-max",
-        "16",
-    ]);
+    let node = Node::start(&["--cores", "2", "--key-bytes-max", "8", "--value-bytes-max", "16"]);
     let mut w = node.wire();
-    let long_key = Op::Get {
-        key: b("123456789"),
-    };
+    let long_key = Op::Get { key: b("123456789") };
     assert!(matches!(w.call(long_key), Reply::Error(e) if e.code == ErrorCode::TooLarge));
-    let long_value = Op::Set(SetOp {
-        key: b("k"),
-        value: b(&"x".repeat(17)),
-        ..Default::default()
-    });
+    let long_value =
+        Op::Set(SetOp { key: b("k"), value: b(&"x".repeat(17)), ..Default::default() });
     assert!(matches!(w.call(long_value), Reply::Error(e) if e.code == ErrorCode::TooLarge));
     // Same connection still works.
-    let ok = Op::Set(SetOp {
-        key: b("k"),
-        value: b("fits"),
-        ..Default::default()
-    });
+    let ok = Op::Set(SetOp { key: b("k"), value: b("fits"), ..Default::default() });
     assert!(matches!(w.call(ok), Reply::Written { .. }));
 }
 
@@ -154,11 +128,7 @@ fn frame_over_the_limit_closes() {
     let mut w = node.wire();
     let big = w.encode(
         1,
-        Op::Set(SetOp {
-            key: b("k"),
-            value: b(&"y".repeat(8000)),
-            ..Default::default()
-        }),
+        Op::Set(SetOp { key: b("k"), value: b(&"y".repeat(8000)), ..Default::default() }),
     );
     // Only the prefix is needed for the node to refuse; it must not wait for the body.
     w.stream.write_all(&big[..4]).unwrap();
@@ -215,9 +185,56 @@ fn mutated_frames_never_take_down_a_core() {
     }
     for core in 0..2 {
         let mut w = node.shard_wire(core);
-        assert!(
-            matches!(w.call(Op::Ping { payload: b("") }), Reply::Pong { .. }),
-            "core {core}"
-        );
+        assert!(matches!(w.call(Op::Ping { payload: b("") }), Reply::Pong { .. }), "core {core}");
     }
+}
+
+/// A client trickling a frame one byte at a time is cut off once the frame has been arriving
+/// for `partial_frame_timeout_ms`, however often bytes come.
+#[test]
+fn trickled_frame_times_out_from_its_start() {
+    let node = Node::start(&["--cores", "1", "--partial-frame-timeout-ms", "400"]);
+    let mut w = node.wire();
+    let frame = w.encode(1, Op::set(b("k"), b(&"z".repeat(200))));
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in frame.iter().take(100) {
+        if w.stream.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if started.elapsed() > std::time::Duration::from_secs(3) {
+            break;
+        }
+    }
+    if !closed {
+        expect_error_then_close(&mut w, ErrorCode::BadRequest);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "trickle was not cut off");
+    still_serving(&node);
+}
+
+/// A batch whose reply would exceed the frame limit is refused as a whole, not built.
+#[test]
+fn batch_reply_over_the_frame_limit_is_refused() {
+    let node = Node::start(&[
+        "--cores",
+        "2",
+        "--value-bytes-max",
+        "100000",
+        "--frame-bytes-max",
+        "1000000",
+    ]);
+    let mut w = node.wire();
+    assert!(matches!(w.call(Op::set(b("big"), b(&"x".repeat(100_000)))), Reply::Written { .. }));
+    let gets = |n| Op::Batch((0..n).map(|_| Op::get(b("big"))).collect());
+    match w.call(gets(20)) {
+        Reply::Error(e) => {
+            assert_eq!(e.code, ErrorCode::TooLarge);
+            assert!(e.message.contains("split the batch"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(w.call(gets(5)), Reply::Batch(r) if r.len() == 5));
 }

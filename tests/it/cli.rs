@@ -8,10 +8,7 @@ fn corekv(node: &Node, args: &[&str]) -> Output {
     let addr = node.addr.to_string();
     let mut full: Vec<&str> = args.to_vec();
     full.extend(["--addr", &addr]);
-    Command::new(env!("CARGO_BIN_EXE_corekv"))
-        .args(&full)
-        .output()
-        .expect("run corekv")
+    Command::new(env!("CARGO_BIN_EXE_corekv")).args(&full).output().expect("run corekv")
 }
 
 fn stdout(o: &Output) -> String {
@@ -35,12 +32,7 @@ fn get_set_del_cas_and_exit_codes() {
     assert!(String::from_utf8_lossy(&miss.stderr).contains("not found"));
 
     // cas by value: wrong expectation → 1, right → 0 and a new version
-    assert_eq!(
-        corekv(&node, &["cas", "greeting", "nope", "x"])
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(corekv(&node, &["cas", "greeting", "nope", "x"]).status.code(), Some(1));
     let cas = corekv(&node, &["cas", "greeting", "hello", "hi"]);
     assert_eq!(cas.status.code(), Some(0));
     let v2: u64 = stdout(&cas).trim().parse().unwrap();
@@ -48,39 +40,20 @@ fn get_set_del_cas_and_exit_codes() {
     // cas by version
     let stale = v1.to_string();
     assert_eq!(
-        corekv(&node, &["cas", "greeting", "--if-version", &stale, "x"])
-            .status
-            .code(),
+        corekv(&node, &["cas", "greeting", "--if-version", &stale, "x"]).status.code(),
         Some(1)
     );
     let fresh = v2.to_string();
     assert_eq!(
-        corekv(&node, &["cas", "greeting", "--if-version", &fresh, "hey"])
-            .status
-            .code(),
+        corekv(&node, &["cas", "greeting", "--if-version", &fresh, "hey"]).status.code(),
         Some(0)
     );
     assert_eq!(stdout(&corekv(&node, &["get", "greeting"])), "hey\n");
 
     // update and set-if-absent
-    assert_eq!(
-        corekv(&node, &["set", "fresh", "1", "--if-present"])
-            .status
-            .code(),
-        Some(1)
-    );
-    assert_eq!(
-        corekv(&node, &["set", "fresh", "1", "--if-absent"])
-            .status
-            .code(),
-        Some(0)
-    );
-    assert_eq!(
-        corekv(&node, &["set", "fresh", "2", "--if-absent"])
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(corekv(&node, &["set", "fresh", "1", "--if-present"]).status.code(), Some(1));
+    assert_eq!(corekv(&node, &["set", "fresh", "1", "--if-absent"]).status.code(), Some(0));
+    assert_eq!(corekv(&node, &["set", "fresh", "2", "--if-absent"]).status.code(), Some(1));
 
     assert_eq!(corekv(&node, &["del", "greeting"]).status.code(), Some(0));
     assert_eq!(corekv(&node, &["del", "greeting"]).status.code(), Some(1));
@@ -93,18 +66,10 @@ fn get_set_del_cas_and_exit_codes() {
 #[test]
 fn ttl_flag_and_meta() {
     let node = Node::start(&["--cores", "1"]);
-    assert_eq!(
-        corekv(&node, &["set", "t", "v", "--ttl-ms", "60000"])
-            .status
-            .code(),
-        Some(0)
-    );
+    assert_eq!(corekv(&node, &["set", "t", "v", "--ttl-ms", "60000"]).status.code(), Some(0));
     let get = corekv(&node, &["get", "t", "--meta"]);
     let meta = String::from_utf8_lossy(&get.stderr);
-    assert!(
-        meta.contains("ttl_ms=") && !meta.contains("ttl_ms=none"),
-        "{meta}"
-    );
+    assert!(meta.contains("ttl_ms=") && !meta.contains("ttl_ms=none"), "{meta}");
 }
 
 #[test]
@@ -118,17 +83,9 @@ fn value_from_stdin() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"line one\nline two")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"line one\nline two").unwrap();
     assert!(child.wait().unwrap().success());
-    assert_eq!(
-        stdout(&corekv(&node, &["get", "blob"])),
-        "line one\nline two\n"
-    );
+    assert_eq!(stdout(&corekv(&node, &["get", "blob"])), "line one\nline two\n");
 }
 
 #[test]

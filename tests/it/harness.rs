@@ -44,9 +44,7 @@ impl Node {
             .expect("spawn corekv");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
+        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
         let mut node = Node {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
@@ -91,9 +89,7 @@ impl Node {
     /// Sends SIGTERM and waits for the exit status (bounded).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         assert!(status.expect("kill").success());
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -126,16 +122,9 @@ pub struct Wire {
 impl Wire {
     pub fn connect(addr: SocketAddr) -> Wire {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream.set_nodelay(true).unwrap();
-        Wire {
-            stream,
-            buf: BytesMut::new(),
-            enc: Encoder::new(),
-            next_id: 1,
-        }
+        Wire { stream, buf: BytesMut::new(), enc: Encoder::new(), next_id: 1 }
     }
 
     pub fn encode(&mut self, id: u64, op: Op) -> BytesMut {

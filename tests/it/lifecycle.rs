@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::Command;
 
-use corekv_schema::codec::{Op, Reply, SetOp};
+use corekv_schema::codec::{ErrorCode, Op, Reply, SetOp};
 
 use crate::harness::{Node, b};
 
@@ -12,18 +12,12 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut node = Node::start(&["--cores", "2"]);
     let mut w = node.wire();
     let mut idle = node.wire();
-    assert!(matches!(
-        idle.call(Op::Ping { payload: b("") }),
-        Reply::Pong { .. }
-    ));
+    assert!(matches!(idle.call(Op::Ping { payload: b("") }), Reply::Pong { .. }));
     let n = 2000u64;
     let mut bytes = bytes::BytesMut::new();
     for i in 0..n {
-        let op = Op::Set(SetOp {
-            key: b(&format!("drain{i}")),
-            value: b("v"),
-            ..Default::default()
-        });
+        let op =
+            Op::Set(SetOp { key: b(&format!("drain{i}")), value: b("v"), ..Default::default() });
         bytes.extend_from_slice(&w.encode(i, op));
     }
     w.stream.write_all(&bytes).unwrap();
@@ -32,19 +26,19 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(first.id, 0);
     let pid = node.pid();
     let killer = std::thread::spawn(move || {
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap()
     });
     let mut answered = 1;
     while let Some(resp) = w.recv() {
+        if let Reply::Error(e) = &resp.reply {
+            // The node had part of a frame when it stopped: it says so, then closes.
+            assert_eq!(e.code, ErrorCode::ShuttingDown, "{e:?}");
+            assert_eq!(resp.id, 0);
+            assert!(w.recv().is_none(), "nothing may follow the shutdown notice");
+            break;
+        }
         assert_eq!(resp.id, answered, "drain must keep reply order");
-        assert!(
-            matches!(resp.reply, Reply::Written { .. }),
-            "{:?}",
-            resp.reply
-        );
+        assert!(matches!(resp.reply, Reply::Written { .. }), "{:?}", resp.reply);
         answered += 1;
     }
     killer.join().unwrap();
@@ -60,11 +54,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert!(
-        status.success(),
-        "exit status {status:?}; stderr: {}",
-        node.stderr()
-    );
+    assert!(status.success(), "exit status {status:?}; stderr: {}", node.stderr());
     node.child = None;
 }
 
@@ -76,11 +66,7 @@ fn sigterm_on_idle_node_exits_zero() {
 }
 
 fn run_serve(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_corekv"))
-        .arg("serve")
-        .args(args)
-        .output()
-        .expect("run corekv")
+    Command::new(env!("CARGO_BIN_EXE_corekv")).arg("serve").args(args).output().expect("run corekv")
 }
 
 #[test]
@@ -88,12 +74,8 @@ fn port_in_use_is_a_clear_error() {
     let node = Node::start(&["--cores", "1"]);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    let out = run_serve(&[
-        "--listen",
-        &node.addr.to_string(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let out =
+        run_serve(&["--listen", &node.addr.to_string(), "--data-dir", data.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -106,12 +88,7 @@ fn port_in_use_is_a_clear_error() {
 fn data_dir_in_use_is_a_clear_error() {
     let node = Node::start(&["--cores", "1"]);
     let data = node.dir.path().join("data");
-    let out = run_serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let out = run_serve(&["--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use by another corekv node"), "{stderr}");
@@ -137,11 +114,7 @@ fn bad_flags_and_config_are_refused() {
 fn config_file_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
-    std::fs::write(
-        &cfg,
-        "cores = 1\nnode_id = \"from-file\"\npartitions = 64\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "cores = 1\nnode_id = \"from-file\"\npartitions = 64\n").unwrap();
     let node = Node::start(&["--config", cfg.to_str().unwrap()]);
     let mut w = node.wire();
     match w.call(Op::Topology) {

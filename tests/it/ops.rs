@@ -34,15 +34,9 @@ fn written(r: &Reply) -> u64 {
 
 fn value(r: &Reply) -> (String, u64, Option<u64>) {
     match r {
-        Reply::Value {
-            value,
-            version,
-            ttl_ms,
-        } => (
-            String::from_utf8(value.to_vec()).unwrap(),
-            *version,
-            *ttl_ms,
-        ),
+        Reply::Value { value, version, ttl_ms } => {
+            (String::from_utf8(value.to_vec()).unwrap(), *version, *ttl_ms)
+        }
         other => panic!("expected Value, got {other:?}"),
     }
 }
@@ -70,22 +64,10 @@ fn every_operation_on_both_cores() {
         let v3 = written(&w.call(set(&k, "three")));
         assert_eq!(value(&w.call(get(&k))).0, "three");
         // delete: conditional miss, hit, then not found
-        let del = |c| Op::Delete {
-            key: b(&k),
-            condition: c,
-        };
-        assert_eq!(
-            err_code(&w.call(del(Condition::IfVersion(v2)))),
-            ErrorCode::ConditionFailed
-        );
-        assert_eq!(
-            w.call(del(Condition::IfVersion(v3))),
-            Reply::Deleted { version: v3 }
-        );
-        assert_eq!(
-            err_code(&w.call(del(Condition::Always))),
-            ErrorCode::NotFound
-        );
+        let del = |c| Op::Delete { key: b(&k), condition: c };
+        assert_eq!(err_code(&w.call(del(Condition::IfVersion(v2)))), ErrorCode::ConditionFailed);
+        assert_eq!(w.call(del(Condition::IfVersion(v3))), Reply::Deleted { version: v3 });
+        assert_eq!(err_code(&w.call(del(Condition::Always))), ErrorCode::NotFound);
     }
     assert!(w.call(Op::Ping { payload: b("hi") }) == Reply::Pong { payload: b("hi") });
     match w.call(Op::Topology) {
@@ -105,29 +87,19 @@ fn compare_and_set_by_value_and_by_version() {
     let mut w = node.wire();
     for core in 0..2u16 {
         let k = key_on_core("cas:", core, 2);
-        let cas = |expected, new: &str| Op::Cas {
-            key: b(&k),
-            expected,
-            new_value: b(new),
-            ttl_ms: 0,
-        };
+        let cas =
+            |expected, new: &str| Op::Cas { key: b(&k), expected, new_value: b(new), ttl_ms: 0 };
         // By version 0 = create only if absent.
         let v1 = written(&w.call(cas(Expected::Version(0), "a")));
         match w.call(cas(Expected::Value(b("wrong")), "b")) {
             Reply::Error(e) => {
                 assert_eq!(e.code, ErrorCode::ConditionFailed);
-                assert_eq!(
-                    e.current_version, v1,
-                    "failed CAS reports the current version"
-                );
+                assert_eq!(e.current_version, v1, "failed CAS reports the current version");
             }
             other => panic!("{other:?}"),
         }
         let v2 = written(&w.call(cas(Expected::Value(b("a")), "b")));
-        assert_eq!(
-            err_code(&w.call(cas(Expected::Version(v1), "c"))),
-            ErrorCode::ConditionFailed
-        );
+        assert_eq!(err_code(&w.call(cas(Expected::Version(v1), "c"))), ErrorCode::ConditionFailed);
         let v3 = written(&w.call(cas(Expected::Version(v2), "c")));
         assert_eq!(value(&w.call(get(&k))), ("c".into(), v3, None));
     }
@@ -139,30 +111,17 @@ fn ttl_expires_lazily_and_actively() {
     let mut w = node.wire();
     let short = key_on_core("ttl-short:", 1, 2);
     let long = key_on_core("ttl-long:", 0, 2);
-    let with_ttl = |k: &str, ttl_ms| {
-        Op::Set(SetOp {
-            key: b(k),
-            value: b("v"),
-            ttl_ms,
-            ..Default::default()
-        })
-    };
+    let with_ttl =
+        |k: &str, ttl_ms| Op::Set(SetOp { key: b(k), value: b("v"), ttl_ms, ..Default::default() });
     written(&w.call(with_ttl(&short, 300)));
     written(&w.call(with_ttl(&long, 60_000)));
     let (_, _, ttl) = value(&w.call(get(&short)));
-    assert!(
-        ttl.is_some_and(|t| t > 0 && t <= 300),
-        "remaining ttl {ttl:?}"
-    );
+    assert!(ttl.is_some_and(|t| t > 0 && t <= 300), "remaining ttl {ttl:?}");
     let (_, _, ttl) = value(&w.call(get(&long)));
     assert!(ttl.is_some_and(|t| t > 50_000), "remaining ttl {ttl:?}");
     // keep_ttl keeps it, a plain set clears it
-    let keep = Op::Set(SetOp {
-        key: b(&long),
-        value: b("w"),
-        keep_ttl: true,
-        ..Default::default()
-    });
+    let keep =
+        Op::Set(SetOp { key: b(&long), value: b("w"), keep_ttl: true, ..Default::default() });
     written(&w.call(keep));
     assert!(value(&w.call(get(&long))).2.is_some());
     written(&w.call(set(&long, "x")));
@@ -187,22 +146,14 @@ fn batch_fans_out_across_cores_and_keeps_order() {
     let node = Node::start(&["--cores", "2"]);
     let mut w = node.wire();
     let keys: Vec<String> = (0..40).map(|i| format!("batch:{i}")).collect();
-    let owners: Vec<u16> = keys
-        .iter()
-        .map(|k| corekv_schema::placement::core_of(k.as_bytes(), 1024, 2))
-        .collect();
-    assert!(
-        owners.contains(&0) && owners.contains(&1),
-        "keys must span both cores"
-    );
+    let owners: Vec<u16> =
+        keys.iter().map(|k| corekv_schema::placement::core_of(k.as_bytes(), 1024, 2)).collect();
+    assert!(owners.contains(&0) && owners.contains(&1), "keys must span both cores");
     let sets = keys.iter().map(|k| set(k, &format!("v-{k}"))).collect();
     match w.call(Op::Batch(sets)) {
         Reply::Batch(replies) => {
             assert_eq!(replies.len(), keys.len());
-            assert!(
-                replies.iter().all(|r| matches!(r, Reply::Written { .. })),
-                "{replies:?}"
-            );
+            assert!(replies.iter().all(|r| matches!(r, Reply::Written { .. })), "{replies:?}");
         }
         other => panic!("{other:?}"),
     }

@@ -22,9 +22,7 @@ fn replies_come_back_in_request_order() {
                 ..Default::default()
             })
         } else {
-            Op::Get {
-                key: b(&format!("p{}", i - 1)),
-            }
+            Op::Get { key: b(&format!("p{}", i - 1)) }
         };
         bytes.extend_from_slice(&w.encode(1000 + i, op));
     }
@@ -63,11 +61,7 @@ fn many_connections_pipelining_concurrently() {
                 for i in 0..500u64 {
                     let resp = w.recv().expect("reply");
                     assert_eq!(resp.id, i);
-                    assert!(
-                        matches!(resp.reply, Reply::Written { .. }),
-                        "{:?}",
-                        resp.reply
-                    );
+                    assert!(matches!(resp.reply, Reply::Written { .. }), "{:?}", resp.reply);
                 }
             })
         })
@@ -80,11 +74,47 @@ fn many_connections_pipelining_concurrently() {
         Reply::Stats(s) => {
             assert_eq!(s.cores.iter().map(|c| c.keys).sum::<u64>(), 4000);
             let bp: u64 = s.cores.iter().map(|c| c.backpressure_events).sum();
-            assert!(
-                bp > 0,
-                "a 4-message mesh under 8 pipelining clients must fill up: {s:?}"
-            );
+            assert!(bp > 0, "a 4-message mesh under 8 pipelining clients must fill up: {s:?}");
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A client that never stops sending cannot starve its core: another connection on the same
+/// core is still answered, and SIGTERM still drains and exits 0.
+#[test]
+fn a_flooding_client_does_not_starve_the_core() {
+    let mut node = Node::start(&["--cores", "1"]);
+    let flood = crate::harness::Wire::connect(node.addr);
+    let mut reader = flood.stream.try_clone().unwrap();
+    let mut writer = flood.stream.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let mut enc = corekv_schema::codec::Encoder::new();
+    let mut chunk = bytes::BytesMut::new();
+    for i in 0..256u64 {
+        let op = Op::set(b(&format!("flood{}", i % 64)), b("v"));
+        enc.request(&corekv_schema::codec::Request::new(i, op), &mut chunk);
+    }
+    let writer_thread = std::thread::spawn(move || {
+        while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let reader_thread = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while matches!(std::io::Read::read(&mut reader, &mut buf), Ok(n) if n > 0) {}
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut other = node.wire();
+    for _ in 0..20 {
+        assert!(matches!(other.call(Op::Ping { payload: b("") }), Reply::Pong { .. }));
+    }
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer_thread.join().unwrap();
+    reader_thread.join().unwrap();
 }

@@ -10,10 +10,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if path.is_dir() {
             if name != "target" && name != "generated" && !name.starts_with('.') {
                 rust_files(&path, out);
@@ -27,14 +24,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn sources() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in [
-        "src",
-        "schema/src",
-        "client/src",
-        "loadgen/src",
-        "tests",
-        "bench",
-    ] {
+    for dir in ["src", "schema/src", "client/src", "loadgen/src", "tests", "bench"] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 10, "tidy found too few files: {files:?}");
@@ -50,19 +40,12 @@ fn every_file_opens_with_a_module_doc() {
             !text.trim_start().starts_with("//!")
         })
         .collect();
-    assert!(
-        missing.is_empty(),
-        "files without a leading //! doc: {missing:?}"
-    );
+    assert!(missing.is_empty(), "files without a leading //! doc: {missing:?}");
 }
 
 #[test]
 fn no_stubs_or_debug_macros_and_short_lines() {
-    let banned = [
-        concat!("todo", "!("),
-        concat!("dbg", "!("),
-        concat!("unimplemented", "!("),
-    ];
+    let banned = [concat!("todo", "!("), concat!("dbg", "!("), concat!("unimplemented", "!(")];
     let mut problems = Vec::new();
     for path in sources() {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -86,11 +69,7 @@ fn storage_does_not_import_upward() {
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         for upward in ["crate::net", "crate::shard", "crate::node", "crate::cli"] {
-            assert!(
-                !text.contains(upward),
-                "{} imports {upward}",
-                path.display()
-            );
+            assert!(!text.contains(upward), "{} imports {upward}", path.display());
         }
     }
 }

@@ -20,10 +20,7 @@ pub struct Native {
 
 impl Default for Native {
     fn default() -> Native {
-        Native {
-            encoder: Encoder::new(),
-            frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
-        }
+        Native { encoder: Encoder::new(), frame_bytes_max: Limits::DEFAULT.frame_bytes_max }
     }
 }
 
@@ -32,15 +29,8 @@ impl Driver for Native {
         let key = Bytes::copy_from_slice(key);
         let op = match kind {
             OpKind::Get => Op::Get { key },
-            OpKind::Set => Op::Set(SetOp {
-                key,
-                value: value.clone(),
-                ..SetOp::default()
-            }),
-            OpKind::Del => Op::Delete {
-                key,
-                condition: Condition::Always,
-            },
+            OpKind::Set => Op::Set(SetOp { key, value: value.clone(), ..SetOp::default() }),
+            OpKind::Del => Op::Delete { key, condition: Condition::Always },
         };
         self.encoder.request(&Request::new(id, op), out);
     }
@@ -54,10 +44,7 @@ impl Driver for Native {
             return Ok(None);
         };
         let response = codec::decode_response(&frame)?;
-        Ok(Some(Reply {
-            id: Some(response.id),
-            outcome: outcome(kind, response.reply),
-        }))
+        Ok(Some(Reply { id: Some(response.id), outcome: outcome(kind, response.reply) }))
     }
 }
 
@@ -70,11 +57,9 @@ fn outcome(kind: OpKind, reply: WireReply) -> Outcome {
             Outcome::Miss
         }
         (_, WireReply::Error(e)) => Outcome::Error(e.to_string()),
-        (kind, other) => Outcome::Error(format!(
-            "unexpected reply to {}: {}",
-            kind.name(),
-            reply_name(&other)
-        )),
+        (kind, other) => {
+            Outcome::Error(format!("unexpected reply to {}: {}", kind.name(), reply_name(&other)))
+        }
     }
 }
 
@@ -112,12 +97,7 @@ mod tests {
             ops.push(codec::decode_request(&f, &Limits::DEFAULT).unwrap());
         }
         assert_eq!(ops.len(), 3);
-        assert_eq!(
-            ops[0].op,
-            Op::Get {
-                key: Bytes::from_static(b"k1")
-            }
-        );
+        assert_eq!(ops[0].op, Op::Get { key: Bytes::from_static(b"k1") });
         assert!(matches!(&ops[1].op, Op::Set(s) if s.value == value && s.key == "k2"));
         assert!(
             matches!(&ops[2].op, Op::Delete { key, condition: Condition::Always } if key == "k3")
@@ -129,31 +109,13 @@ mod tests {
     fn not_found_is_a_miss_and_other_errors_are_errors() {
         let mut d = Native::default();
         let mut buf = BytesMut::new();
-        respond(
-            1,
-            &WireReply::error(ErrorCode::NotFound, "absent"),
-            &mut buf,
-        );
-        respond(
-            2,
-            &WireReply::error(ErrorCode::NotFound, "absent"),
-            &mut buf,
-        );
-        respond(
-            3,
-            &WireReply::error(ErrorCode::Overloaded, "busy"),
-            &mut buf,
-        );
+        respond(1, &WireReply::error(ErrorCode::NotFound, "absent"), &mut buf);
+        respond(2, &WireReply::error(ErrorCode::NotFound, "absent"), &mut buf);
+        respond(3, &WireReply::error(ErrorCode::Overloaded, "busy"), &mut buf);
         respond(4, &WireReply::Written { version: 1 }, &mut buf);
         respond(5, &WireReply::Written { version: 1 }, &mut buf);
         let mut next = |kind| d.take_reply(&mut buf, kind).unwrap().unwrap();
-        assert_eq!(
-            next(OpKind::Get),
-            Reply {
-                id: Some(1),
-                outcome: Outcome::Miss
-            }
-        );
+        assert_eq!(next(OpKind::Get), Reply { id: Some(1), outcome: Outcome::Miss });
         assert_eq!(next(OpKind::Del).outcome, Outcome::Miss);
         assert!(matches!(next(OpKind::Get).outcome, Outcome::Error(m) if m.contains("overloaded")));
         assert_eq!(next(OpKind::Set).outcome, Outcome::Hit);
@@ -169,20 +131,11 @@ mod tests {
         let mut buf = BytesMut::from(&whole[..whole.len() - 1]);
         assert_eq!(d.take_reply(&mut buf, OpKind::Del), Ok(None));
         buf.extend_from_slice(&whole[whole.len() - 1..]);
-        assert_eq!(
-            d.take_reply(&mut buf, OpKind::Del).unwrap().unwrap().id,
-            Some(9)
-        );
+        assert_eq!(d.take_reply(&mut buf, OpKind::Del).unwrap().unwrap().id, Some(9));
         let mut garbage =
             BytesMut::from(&[12u8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12][..]);
-        assert!(matches!(
-            d.take_reply(&mut garbage, OpKind::Get),
-            Err(ProtocolError::Decode(_))
-        ));
+        assert!(matches!(d.take_reply(&mut garbage, OpKind::Get), Err(ProtocolError::Decode(_))));
         let mut huge = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
-        assert!(matches!(
-            d.take_reply(&mut huge, OpKind::Get),
-            Err(ProtocolError::Frame(_))
-        ));
+        assert!(matches!(d.take_reply(&mut huge, OpKind::Get), Err(ProtocolError::Frame(_))));
     }
 }

@@ -72,11 +72,7 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour, server: Arc<Server>)
                         Reply::Written { version: 1 }
                     }
                     Op::Get { key } => match map.get(&key) {
-                        Some(v) => Reply::Value {
-                            value: v.clone(),
-                            version: 1,
-                            ttl_ms: None,
-                        },
+                        Some(v) => Reply::Value { value: v.clone(), version: 1, ttl_ms: None },
                         None => Reply::error(ErrorCode::NotFound, "no such key"),
                     },
                     Op::Delete { key, .. } => match map.remove(&key) {
@@ -103,9 +99,7 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour, server: Arc<Server>)
 
 fn config(addr: SocketAddr, args: &[&str]) -> Config {
     let addr = addr.to_string();
-    let argv = ["corekv-loadgen", "--addr", &addr]
-        .into_iter()
-        .chain(args.iter().copied());
+    let argv = ["corekv-loadgen", "--addr", &addr].into_iter().chain(args.iter().copied());
     Config::from_cli(&Cli::parse_from(argv)).unwrap()
 }
 
@@ -135,10 +129,7 @@ async fn closed_loop_with_preload_completes_operations_without_errors() {
         ],
     );
     let summary = run(&cfg).await.unwrap();
-    assert!(
-        server.sets.load(Ordering::Relaxed) >= 1000,
-        "the preload sets every key"
-    );
+    assert!(server.sets.load(Ordering::Relaxed) >= 1000, "the preload sets every key");
     assert!(summary.count > 0);
     assert_eq!(summary.errors, 0, "{:?}", summary.first_error);
     assert!(summary.ops.get.count > summary.ops.set.count);
@@ -152,15 +143,7 @@ async fn closed_loop_with_preload_completes_operations_without_errors() {
     assert_eq!(json["config"]["connections"], 4);
     assert_eq!(json["config"]["preload"], true);
     for op in ["get", "set", "del"] {
-        for f in [
-            "count",
-            "ops_per_sec",
-            "p50_us",
-            "p90_us",
-            "p99_us",
-            "p999_us",
-            "max_us",
-        ] {
+        for f in ["count", "ops_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
             assert!(json["ops"][op][f].is_number(), "ops.{op}.{f}");
         }
     }
@@ -214,24 +197,12 @@ async fn dropped_connections_count_errors_reconnect_and_end_on_time() {
     let (addr, server) = fake_server(Behaviour::CloseAfter(200)).await;
     let cfg = config(
         addr,
-        &[
-            "--connections",
-            "2",
-            "--pipeline",
-            "4",
-            "--warmup",
-            "0",
-            "--duration",
-            "600ms",
-        ],
+        &["--connections", "2", "--pipeline", "4", "--warmup", "0", "--duration", "600ms"],
     );
     let started = std::time::Instant::now();
     let summary = run(&cfg).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(600) + GRACE);
-    assert!(
-        summary.errors > 0,
-        "requests in flight at each drop are errors"
-    );
+    assert!(summary.errors > 0, "requests in flight at each drop are errors");
     assert!(
         summary.count > 400,
         "connections came back after the first drop: {} ops",
@@ -245,16 +216,7 @@ async fn a_silent_server_cannot_hold_a_run_past_its_grace() {
     let (addr, _server) = fake_server(Behaviour::Silent).await;
     let cfg = config(
         addr,
-        &[
-            "--connections",
-            "3",
-            "--pipeline",
-            "5",
-            "--warmup",
-            "0",
-            "--duration",
-            "200ms",
-        ],
+        &["--connections", "3", "--pipeline", "5", "--warmup", "0", "--duration", "200ms"],
     );
     let started = std::time::Instant::now();
     let summary = run(&cfg).await.unwrap();
@@ -262,9 +224,6 @@ async fn a_silent_server_cannot_hold_a_run_past_its_grace() {
     assert!(elapsed >= Duration::from_millis(200) + GRACE, "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(1200) + GRACE, "{elapsed:?}");
     assert_eq!(summary.count, 0);
-    assert_eq!(
-        summary.errors, 15,
-        "every request in flight at the end is an error"
-    );
+    assert_eq!(summary.errors, 15, "every request in flight at the end is an error");
     assert!(summary.first_error.unwrap().contains("no reply"));
 }
