@@ -27,6 +27,21 @@ pub const CONNECTION_BATCH_REQUESTS_MAX: usize = 1024;
 // batch keeps one busy connection from filling it alone.
 const _: () = assert!(CONNECTION_BATCH_REQUESTS_MAX <= MESH_CAPACITY_MESSAGES_DEFAULT);
 
+/// How durable an acknowledged write is (per node; a request may ask for less).
+#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge a write only after its log record is fdatasync'ed (group commit)
+    #[default]
+    Sync,
+    /// Acknowledge at once; fdatasync the log every --fsync-interval-ms
+    Periodic,
+    /// Memory only: no log, nothing survives a restart
+    None,
+}
+
+pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
+
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServeArgs {
@@ -47,6 +62,16 @@ pub struct ServeArgs {
     /// [default: off]
     #[arg(long, value_name = "BASE")]
     pub shard_ports: Option<u16>,
+    /// When a write is acknowledged: after fdatasync (sync), at once with a timed
+    /// fdatasync (periodic), or never persisted (none) [default: sync]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub durability: Option<DurabilityMode>,
+    /// With --durability periodic: how often the log is fdatasync'ed [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub fsync_interval_ms: Option<u64>,
+    /// Start even if a log is corrupt in the middle: skip the damaged ranges, report them
+    #[arg(long)]
+    pub salvage: bool,
     /// Name of this node, reported in topology [default: the listen address]
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -89,6 +114,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    durability: Option<DurabilityMode>,
+    fsync_interval_ms: Option<u64>,
+    salvage: Option<bool>,
     cores: Option<usize>,
     data_dir: Option<PathBuf>,
     shard_ports: Option<u16>,
@@ -109,6 +137,9 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub durability: DurabilityMode,
+    pub fsync_interval_ms: u64,
+    pub salvage: bool,
     /// `None` = every CPU in this process's affinity mask.
     pub cores: Option<usize>,
     pub data_dir: PathBuf,
@@ -162,6 +193,12 @@ impl Config {
         };
         let config = Config {
             listen,
+            durability: args.durability.or(file.durability).unwrap_or_default(),
+            fsync_interval_ms: args
+                .fsync_interval_ms
+                .or(file.fsync_interval_ms)
+                .unwrap_or(FSYNC_INTERVAL_MS_DEFAULT),
+            salvage: args.salvage || file.salvage.unwrap_or(false),
             cores: args.cores.or(file.cores),
             data_dir: args
                 .data_dir
@@ -228,6 +265,9 @@ impl Config {
         }
         if self.mesh_capacity_messages == 0 {
             return Err(invalid("mesh_capacity_messages", 0, "must be at least 1"));
+        }
+        if self.fsync_interval_ms == 0 {
+            return Err(invalid("fsync_interval_ms", 0, "must be at least 1"));
         }
         if self.partial_frame_timeout_ms == 0 {
             return Err(invalid("partial_frame_timeout_ms", 0, "must be at least 1"));

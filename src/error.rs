@@ -25,6 +25,8 @@ pub enum NodeError {
          (ulimit -l, or LimitMEMLOCK in systemd; see tuning/README.md) or run as root"
     )]
     MemlockTooLow { limit_bytes: u64, needed_bytes: u64 },
+    #[error("data directory {path} was created with {found}; this node has {wanted}")]
+    Layout { path: PathBuf, found: String, wanted: String },
     #[error("core {core}: {message}")]
     Core { core: usize, message: String },
 }

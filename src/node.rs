@@ -28,12 +28,13 @@ use corekv_schema::placement::HASH_NAME;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::{Config, TTL_SWEEP_KEYS_MAX};
+use crate::config::{Config, DurabilityMode, TTL_SWEEP_KEYS_MAX};
 use crate::error::NodeError;
 use crate::shard::mesh::MeshBuilders;
 use crate::shard::{self, Core, NodeInfo};
 use crate::shutdown::{self, Shutdown};
-use crate::storage::MemEngine;
+use crate::storage::wal::{self, SyncMode, Wal};
+use crate::storage::{MemEngine, recovery};
 
 /// glommio refuses to start below this much locked memory (measured; see PLATFORM-NOTES).
 const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
@@ -59,6 +60,9 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         return Err(NodeError::TooManyCores { wanted: cores, available: cpus.len() });
     }
     let io_memory_bytes = raise_memlock(cores)?;
+    if config.durability != DurabilityMode::None {
+        check_layout(&config.data_dir, cores, config.partitions)?;
+    }
 
     let reserved = reserve_port(config.listen)?;
     let listen = reserved
@@ -86,6 +90,8 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     let node = Arc::new(NodeInfo {
         topology: OnceLock::new(),
         started: Instant::now(),
+        partitions: config.partitions,
+        limits: config.limits,
         partial_frame_timeout_ms: config.partial_frame_timeout_ms,
     });
     let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
@@ -218,13 +224,22 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     };
     let shard_port = shard_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
     let c = &boot.config;
+    let (engine, wal) = match open_storage(c, index) {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
+            return Err(e);
+        }
+    };
+    let flusher = wal
+        .as_ref()
+        .map(|(wal, first_segment)| glommio::spawn_local(wal.clone().run(*first_segment)));
     let core = Rc::new(Core::new(
         index as u16,
         boot.cores as u16,
-        c.partitions,
-        c.limits,
         boot.node.clone(),
-        Box::new(MemEngine::new()),
+        engine,
+        wal.map(|(wal, _)| wal),
         mesh,
     ));
     shard::spawn_mesh_tasks(&core, calls, answers);
@@ -266,7 +281,74 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     while boot.draining.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    // Last: write and sync what the log holds, and close the segment.
+    if let (Some(wal), Some(flusher)) = (&core.wal, flusher) {
+        wal.close();
+        flusher.await;
+        if let Some(e) = wal.failure() {
+            return Err(e.to_string());
+        }
+    }
     Ok(())
+}
+
+/// The engine for core `index`, recovered from its log, and the log to append to (with the
+/// number of the segment it will create), unless durability is `none`.
+type OpenedStorage = (Box<dyn crate::storage::Engine>, Option<(Rc<Wal>, u64)>);
+
+fn open_storage(c: &Config, index: usize) -> Result<OpenedStorage, String> {
+    let mut engine = MemEngine::new();
+    let dir = c.data_dir.join(format!("core-{index}"));
+    let mode = match c.durability {
+        DurabilityMode::None => {
+            if wal::segments(&dir).is_ok_and(|s| !s.is_empty()) {
+                tracing::warn!(dir = %dir.display(), "--durability none: existing log ignored");
+            }
+            return Ok((Box::new(engine), None));
+        }
+        DurabilityMode::Sync => SyncMode::Sync,
+        DurabilityMode::Periodic => SyncMode::Periodic { interval_ms: c.fsync_interval_ms },
+    };
+    let report = recovery::recover(&dir, &mut engine, c.salvage, shard::now_ms())
+        .map_err(|e| e.to_string())?;
+    let secs = report.elapsed.as_secs_f64().max(1e-6);
+    tracing::info!(
+        core = index,
+        segments = report.segments,
+        records = report.records,
+        mb = format!("{:.1}", report.bytes as f64 / 1e6),
+        ms = report.elapsed.as_millis() as u64,
+        records_per_sec = (report.records as f64 / secs) as u64,
+        mb_per_sec = format!("{:.1}", report.bytes as f64 / 1e6 / secs),
+        keys = crate::storage::Engine::stats(&engine).keys,
+        "recovered"
+    );
+    let wal = Wal::new(dir, mode, wal::SEGMENT_BYTES_MAX_DEFAULT);
+    Ok((Box::new(engine), Some((wal, report.next_segment))))
+}
+
+/// The data directory remembers the core count and partition count it was written with:
+/// keys are placed on cores by them, so a different count would look in the wrong log.
+fn check_layout(dir: &Path, cores: usize, partitions: u32) -> Result<(), NodeError> {
+    let path = dir.join("META");
+    let wanted = format!("format=1 cores={cores} partitions={partitions}");
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim() == wanted => Ok(()),
+        Ok(found) => Err(NodeError::Layout {
+            path: dir.to_path_buf(),
+            found: found.trim().to_string(),
+            wanted: format!("{wanted} (changing --cores needs a rebalance, not supported yet)"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let io = |source| NodeError::DataDir { path: dir.to_path_buf(), source };
+            let tmp = dir.join("META.tmp");
+            std::fs::write(&tmp, format!("{wanted}\n")).map_err(io)?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            File::open(dir).and_then(|f| f.sync_all()).map_err(io)
+        }
+        Err(source) => Err(NodeError::DataDir { path: dir.to_path_buf(), source }),
+    }
 }
 
 fn bind_listeners(

@@ -24,12 +24,13 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use corekv_schema::codec::{CoreStats, ErrorCode, Op, Reply, TopologyInfo};
+use corekv_schema::codec::{CoreStats, Durability, ErrorCode, Op, Reply, TopologyInfo};
 use corekv_schema::frame::Limits;
 use corekv_schema::placement;
 use slab::Slab;
 
 use crate::storage::Engine;
+use crate::storage::wal::Wal;
 pub use mesh::{Answer, Call, Done, Mesh, Work};
 
 /// Per-core counters: plain cells, summed over cores only when someone asks.
@@ -51,6 +52,8 @@ fn bump(c: &Cell<u64>) {
 pub struct NodeInfo {
     pub topology: OnceLock<TopologyInfo>,
     pub started: Instant,
+    pub partitions: u32,
+    pub limits: Limits,
     pub partial_frame_timeout_ms: u64,
 }
 
@@ -68,6 +71,8 @@ pub struct Core {
     pub counters: Counters,
     pub node: Arc<NodeInfo>,
     engine: RefCell<Box<dyn Engine>>,
+    /// The core's write-ahead log; `None` under `--durability none`.
+    pub wal: Option<Rc<Wal>>,
     mesh: Mesh,
     pending: RefCell<Slab<Pending>>,
 }
@@ -75,29 +80,39 @@ pub struct Core {
 /// A parsed request on its way to a reply; see the module doc.
 pub enum Slot {
     Ready(Reply),
+    /// Applied here; the reply waits until log record `seq` is durable.
+    Durable(Reply, u64),
     Remote(usize),
-    Batch { replies: Vec<Option<Reply>>, parts: Vec<(usize, Vec<usize>)> },
-    Stats { local: CoreStats, tokens: Vec<usize> },
+    /// `durable_seq`: the last log record of the local part to wait for.
+    Batch {
+        replies: Vec<Option<Reply>>,
+        parts: Vec<(usize, Vec<usize>)>,
+        durable_seq: Option<u64>,
+    },
+    Stats {
+        local: CoreStats,
+        tokens: Vec<usize>,
+    },
 }
 
 impl Core {
     pub fn new(
         index: u16,
         cores: u16,
-        partitions: u32,
-        limits: Limits,
         node: Arc<NodeInfo>,
         engine: Box<dyn Engine>,
+        wal: Option<Rc<Wal>>,
         mesh: Mesh,
     ) -> Core {
         Core {
             index,
             cores,
-            partitions,
-            limits,
+            partitions: node.partitions,
+            limits: node.limits,
             counters: Counters::default(),
             node,
             engine: RefCell::new(engine),
+            wal,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
         }
@@ -109,8 +124,12 @@ impl Core {
 
     /// Turns one request into a slot. Waits only when the mesh to the owning core is full,
     /// which is the back-pressure that stops the calling connection from reading.
-    pub async fn dispatch(&self, op: Op, now_ms: u64) -> Slot {
+    pub async fn dispatch(&self, op: Op, durability: Durability, now_ms: u64) -> Slot {
         bump(&self.counters.requests);
+        let wait = match self.ack_waits(durability) {
+            Ok(wait) => wait,
+            Err(reply) => return Slot::Ready(reply),
+        };
         match op {
             Op::Ping { payload } => Slot::Ready(Reply::Pong { payload }),
             Op::Topology => Slot::Ready(match self.node.topology.get() {
@@ -124,7 +143,7 @@ impl Core {
                 }
                 Slot::Stats { local: self.core_stats(), tokens }
             }
-            Op::Batch(ops) => self.dispatch_batch(ops, now_ms).await,
+            Op::Batch(ops) => self.dispatch_batch(ops, wait, now_ms).await,
             op => {
                 let Some(key) = op.key() else {
                     return Slot::Ready(Reply::error(
@@ -134,15 +153,39 @@ impl Core {
                 };
                 let owner = self.owner_of(key);
                 if owner == self.index {
-                    Slot::Ready(self.execute(op, now_ms))
+                    match self.apply(op, now_ms) {
+                        (reply, Some(seq)) if wait => Slot::Durable(reply, seq),
+                        (reply, _) => Slot::Ready(reply),
+                    }
                 } else {
-                    Slot::Remote(self.forward(owner, Work::One(op)).await)
+                    Slot::Remote(self.forward(owner, Work::One(op, wait)).await)
                 }
             }
         }
     }
 
-    async fn dispatch_batch(&self, ops: Vec<Op>, now_ms: u64) -> Slot {
+    /// Whether replies to writes must wait for the log, given what the request asked for.
+    /// A request may ask for less durability than the node gives, never for more.
+    fn ack_waits(&self, asked: Durability) -> Result<bool, Reply> {
+        let node_syncs = self.wal.as_ref().is_some_and(|w| w.acks_wait());
+        let more_than_node = |what: &str| {
+            Reply::error(
+                ErrorCode::BadRequest,
+                format!("durability {what} asked, but this node runs with less"),
+            )
+        };
+        match asked {
+            Durability::Default => Ok(node_syncs),
+            Durability::Memory => Ok(false),
+            Durability::Periodic if self.wal.is_some() => Ok(false),
+            Durability::Periodic => Err(more_than_node("periodic")),
+            Durability::Sync if node_syncs => Ok(true),
+            Durability::Sync => Err(more_than_node("sync")),
+        }
+    }
+
+    async fn dispatch_batch(&self, ops: Vec<Op>, wait: bool, now_ms: u64) -> Slot {
+        let mut durable_seq = None;
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(ops.len());
         let mut remote: Vec<(Vec<Op>, Vec<usize>)> =
             (0..self.cores).map(|_| (Vec::new(), Vec::new())).collect();
@@ -152,7 +195,13 @@ impl Core {
                     ErrorCode::BadRequest,
                     format!("{} is not allowed in a batch", op.name()),
                 )),
-                Some(owner) if owner == self.index => Some(self.execute(op, now_ms)),
+                Some(owner) if owner == self.index => {
+                    let (reply, seq) = self.apply(op, now_ms);
+                    if wait && seq.is_some() {
+                        durable_seq = seq;
+                    }
+                    Some(reply)
+                }
                 Some(owner) => {
                     let (ops, indices) = &mut remote[usize::from(owner)];
                     ops.push(op);
@@ -165,30 +214,61 @@ impl Core {
         let mut parts = Vec::new();
         for (target, (ops, indices)) in remote.into_iter().enumerate() {
             if !ops.is_empty() {
-                let token = self.forward(target as u16, Work::Many(ops)).await;
+                let token = self.forward(target as u16, Work::Many(ops, wait)).await;
                 parts.push((token, indices));
             }
         }
-        Slot::Batch { replies, parts }
+        Slot::Batch { replies, parts, durable_seq }
     }
 
-    /// Applies a single-key operation owned by this core.
-    pub fn execute(&self, op: Op, now_ms: u64) -> Reply {
+    /// Applies a single-key operation owned by this core and logs what it changed. Returns the
+    /// reply and, for a logged write, the log sequence number that makes it durable.
+    pub fn apply(&self, op: Op, now_ms: u64) -> (Reply, Option<u64>) {
         debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
-        self.engine.borrow_mut().execute(op, now_ms)
+        let is_read = matches!(op, Op::Get { .. });
+        if !is_read && let Some(e) = self.wal.as_ref().and_then(|w| w.failure()) {
+            return (Reply::error(ErrorCode::Unavailable, e.to_string()), None);
+        }
+        let applied = self.engine.borrow_mut().execute(op, now_ms);
+        match (applied.mutation, &self.wal) {
+            (Some(m), Some(wal)) => match wal.append(&m) {
+                Ok(seq) => (applied.reply, Some(seq)),
+                Err(e) => (Reply::error(ErrorCode::Unavailable, e.to_string()), None),
+            },
+            _ => (applied.reply, None),
+        }
     }
 
-    /// Runs work another core sent here.
-    pub fn execute_work(&self, work: Work) -> Done {
+    /// Runs work another core sent here. The second value, when set, is the log record the
+    /// answer must wait for.
+    pub fn execute_work(&self, work: Work) -> (Done, Option<u64>) {
         bump(&self.counters.forwarded_in);
         let now_ms = now_ms();
         match work {
-            Work::One(op) => Done::One(self.execute(op, now_ms)),
-            Work::Many(ops) => {
-                Done::Many(ops.into_iter().map(|op| self.execute(op, now_ms)).collect())
+            Work::One(op, wait) => {
+                let (reply, seq) = self.apply(op, now_ms);
+                (Done::One(reply), seq.filter(|_| wait))
             }
-            Work::Stats => Done::Stats(self.core_stats()),
+            Work::Many(ops, wait) => {
+                let mut last = None;
+                let replies = ops
+                    .into_iter()
+                    .map(|op| {
+                        let (reply, seq) = self.apply(op, now_ms);
+                        last = seq.or(last);
+                        reply
+                    })
+                    .collect();
+                (Done::Many(replies), last.filter(|_| wait))
+            }
+            Work::Stats => (Done::Stats(self.core_stats()), None),
         }
+    }
+
+    /// Waits until log record `seq` is durable; an error reply if the log failed.
+    pub async fn durable(&self, seq: u64) -> Result<(), Reply> {
+        let Some(wal) = &self.wal else { return Ok(()) };
+        wal.wait(seq).await.map_err(|e| Reply::error(ErrorCode::Unavailable, e.to_string()))
     }
 
     pub fn sweep_expired(&self, now_ms: u64, budget: usize) -> usize {
@@ -253,11 +333,25 @@ impl Core {
     pub async fn resolve(&self, slot: Slot) -> Reply {
         match slot {
             Slot::Ready(reply) => reply,
+            Slot::Durable(reply, seq) => match self.durable(seq).await {
+                Ok(()) => reply,
+                Err(failed) => failed,
+            },
             Slot::Remote(token) => match self.answer(token).await {
                 Done::One(reply) => reply,
                 other => unexpected(other),
             },
-            Slot::Batch { mut replies, parts } => {
+            Slot::Batch { mut replies, parts, durable_seq } => {
+                if let Some(seq) = durable_seq
+                    && let Err(failed) = self.durable(seq).await
+                {
+                    // Writes of the local part were not made durable: do not acknowledge them.
+                    for r in replies.iter_mut().flatten() {
+                        if matches!(r, Reply::Written { .. } | Reply::Deleted { .. }) {
+                            *r = failed.clone();
+                        }
+                    }
+                }
                 for (token, indices) in parts {
                     match self.answer(token).await {
                         Done::Many(answers) if answers.len() == indices.len() => {
@@ -363,6 +457,10 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Answers held back until their log records are durable, per peer; bounded so a peer that
+/// sends faster than the log syncs is slowed down rather than queued without limit.
+const DURABLE_ANSWERS_QUEUED_MAX: usize = 1024;
+
 /// Runs on each core for each peer: serves the peer's calls, and files its answers.
 pub fn spawn_mesh_tasks(
     core: &Rc<Core>,
@@ -370,14 +468,37 @@ pub fn spawn_mesh_tasks(
     answers: mesh::AnswerReceivers,
 ) {
     for (peer, rx) in calls {
-        let core = core.clone();
+        let peer = peer as u16;
+        type Held = (usize, Done, u64);
+        let (held_tx, held_rx) =
+            glommio::channels::local_channel::new_bounded::<Held>(DURABLE_ANSWERS_QUEUED_MAX);
+        let serving = core.clone();
         glommio::spawn_local(async move {
             while let Some(call) = rx.recv().await {
                 // A peer that always has calls queued must not starve this core.
                 glommio::yield_if_needed().await;
-                let done = core.execute_work(call.work);
-                let answer = Answer { token: call.token, done };
-                if core.mesh.answer(peer as u16, answer).await.is_err() {
+                let (done, seq) = serving.execute_work(call.work);
+                let sent = match seq {
+                    None => {
+                        serving.mesh.answer(peer, Answer { token: call.token, done }).await.is_ok()
+                    }
+                    // Answers are matched by token, so later answers may overtake held ones.
+                    Some(seq) => held_tx.send((call.token, done, seq)).await.is_ok(),
+                };
+                if !sent {
+                    break;
+                }
+            }
+        })
+        .detach();
+        let holding = core.clone();
+        glommio::spawn_local(async move {
+            while let Some((token, done, seq)) = held_rx.recv().await {
+                let done = match holding.durable(seq).await {
+                    Ok(()) => done,
+                    Err(failed) => Done::One(failed),
+                };
+                if holding.mesh.answer(peer, Answer { token, done }).await.is_err() {
                     break;
                 }
             }

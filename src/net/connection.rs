@@ -91,7 +91,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     match decode_request(&frame, &limits) {
                         Ok(request) => {
                             // Per request: a dispatch may have waited on a full mesh.
-                            let slot = core.dispatch(request.op, now_ms()).await;
+                            let slot =
+                                core.dispatch(request.op, request.durability, now_ms()).await;
                             slots.push((request.id, slot));
                         }
                         Err(e) => {

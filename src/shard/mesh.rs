@@ -12,18 +12,20 @@ use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
 /// What a core asks of another.
+/// What a core asks of another. The `bool` says whether the answer must wait until the
+/// writes are durable in the target's log.
 pub enum Work {
-    One(Op),
+    One(Op, bool),
     /// Part of a batch: the ops of one batch owned by the target, in batch order.
-    Many(Vec<Op>),
+    Many(Vec<Op>, bool),
     Stats,
 }
 
 impl Work {
     pub fn kind(&self) -> &'static str {
         match self {
-            Work::One(_) => "one",
-            Work::Many(_) => "many",
+            Work::One(..) => "one",
+            Work::Many(..) => "many",
             Work::Stats => "stats",
         }
     }

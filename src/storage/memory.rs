@@ -18,7 +18,8 @@ use bytes::Bytes;
 use corekv_schema::codec::{Condition, ErrorCode, Expected, Op, Reply, SetOp, WireError};
 use hashbrown::HashTable;
 
-use super::{Engine, EngineStats};
+use super::record::Mutation;
+use super::{Applied, Engine, EngineStats};
 
 /// One stored key. Key and value share one allocation (`data = key ++ value`): a lookup
 /// that finds the key has the value's first bytes in the same cache lines, and each key costs
@@ -147,7 +148,7 @@ impl MemEngine {
         not_found()
     }
 
-    fn set(&mut self, set: SetOp, now_ms: u64) -> Reply {
+    fn set(&mut self, set: SetOp, now_ms: u64) -> Applied {
         let hash = self.hash(&set.key);
         let MemEngine { table, hasher, expiry, ttl_keys, version_last, value_bytes, expired } =
             self;
@@ -160,7 +161,7 @@ impl MemEngine {
             hashbrown::hash_table::Entry::Vacant(_) => (None, false),
         };
         if let Err(failed) = check(&set.condition, current) {
-            return failed;
+            return Applied { reply: failed, mutation: None };
         }
         let expires_at_ms = if set.keep_ttl {
             current.map_or(0, |e| e.expires_at_ms)
@@ -172,6 +173,12 @@ impl MemEngine {
         *version_last += 1;
         let version = *version_last;
         let fresh = Entry::new(&set.key, &set.value, version, expires_at_ms);
+        let mutation = Mutation::Put {
+            data: fresh.data.clone(),
+            key_len: fresh.key_len as usize,
+            version,
+            expires_at_ms,
+        };
         *value_bytes += fresh.bytes();
         let mut ticketed = false;
         match entry {
@@ -202,7 +209,7 @@ impl MemEngine {
         if expiry.len() > 2 * *ttl_keys + EXPIRY_STALE_TICKETS_MAX {
             self.rebuild_expiry();
         }
-        Reply::Written { version }
+        Applied { reply: Reply::Written { version }, mutation: Some(mutation) }
     }
 
     /// Replaces the expiry heap with exactly one ticket per live key with a TTL.
@@ -217,10 +224,10 @@ impl MemEngine {
         self.expiry = BinaryHeap::from(tickets);
     }
 
-    fn delete(&mut self, key: &[u8], condition: &Condition, now_ms: u64) -> Reply {
+    fn delete(&mut self, key: &[u8], condition: &Condition, now_ms: u64) -> Applied {
         let hash = self.hash(key);
         let found = match self.table.find(hash, |e| e.key() == key) {
-            None => return not_found(),
+            None => return reply_only(not_found()),
             Some(e) if e.is_expired(now_ms) => None,
             Some(e) => Some(check(condition, Some(e))),
         };
@@ -229,15 +236,29 @@ impl MemEngine {
                 if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
                     self.expired += 1;
                 }
-                not_found()
+                reply_only(not_found())
             }
-            Some(Err(failed)) => failed,
+            Some(Err(failed)) => reply_only(failed),
             Some(Ok(())) => match self.remove_if(key, |_| false) {
-                Some(e) => Reply::Deleted { version: e.version },
-                None => not_found(),
+                Some(e) => {
+                    // The tombstone takes a fresh version: it must order after the put it
+                    // hides, and replay applies records in version order per key.
+                    self.version_last += 1;
+                    let key = Bytes::copy_from_slice(key);
+                    let mutation = Mutation::Delete { key, version: self.version_last };
+                    Applied {
+                        reply: Reply::Deleted { version: e.version },
+                        mutation: Some(mutation),
+                    }
+                }
+                None => reply_only(not_found()),
             },
         }
     }
+}
+
+fn reply_only(reply: Reply) -> Applied {
+    Applied { reply, mutation: None }
 }
 
 fn not_found() -> Reply {
@@ -264,9 +285,9 @@ fn check(condition: &Condition, current: Option<&Entry>) -> Result<(), Reply> {
 }
 
 impl Engine for MemEngine {
-    fn execute(&mut self, op: Op, now_ms: u64) -> Reply {
+    fn execute(&mut self, op: Op, now_ms: u64) -> Applied {
         match op {
-            Op::Get { key } => self.get(&key, now_ms),
+            Op::Get { key } => reply_only(self.get(&key, now_ms)),
             Op::Set(set) => self.set(set, now_ms),
             Op::Delete { key, condition } => self.delete(&key, &condition, now_ms),
             Op::Cas { key, expected, new_value, ttl_ms } => {
@@ -277,10 +298,58 @@ impl Engine for MemEngine {
                 let set = SetOp { key, value: new_value, ttl_ms, keep_ttl: false, condition };
                 self.set(set, now_ms)
             }
-            other => Reply::error(
+            other => reply_only(Reply::error(
                 ErrorCode::BadRequest,
                 format!("{} is not a single-key operation", other.name()),
-            ),
+            )),
+        }
+    }
+
+    fn replay(&mut self, m: Mutation, now_ms: u64) {
+        self.version_last = self.version_last.max(m.version());
+        match m {
+            Mutation::Delete { key, .. } => {
+                self.remove_if(&key, |_| false);
+            }
+            Mutation::Put { expires_at_ms, .. }
+                if expires_at_ms != 0 && expires_at_ms <= now_ms =>
+            {
+                // Expired while the node was down: it hides any older value of the key.
+                if self.remove_if(m.key(), |_| false).is_some() {
+                    self.expired += 1;
+                }
+            }
+            Mutation::Put { data, key_len, version, expires_at_ms } => {
+                let key_len32 = u32::try_from(key_len).expect("record key_len is a u32");
+                // Copy out of the segment buffer: a slice would keep the whole segment in memory.
+                let data = Bytes::copy_from_slice(&data);
+                let fresh = Entry { data, key_len: key_len32, version, expires_at_ms };
+                let hash = self.hash(fresh.key());
+                let hasher = &self.hasher;
+                let entry = self.table.entry(
+                    hash,
+                    |e| e.key() == fresh.key(),
+                    |e| hasher.hash_one(e.key()),
+                );
+                let key = Bytes::copy_from_slice(fresh.key());
+                self.value_bytes += fresh.bytes();
+                match entry {
+                    hashbrown::hash_table::Entry::Occupied(mut o) => {
+                        let old = std::mem::replace(o.get_mut(), fresh);
+                        self.value_bytes -= old.bytes();
+                        if old.expires_at_ms != 0 {
+                            self.ttl_keys -= 1;
+                        }
+                    }
+                    hashbrown::hash_table::Entry::Vacant(v) => {
+                        v.insert(fresh);
+                    }
+                }
+                if expires_at_ms != 0 {
+                    self.ttl_keys += 1;
+                    self.expiry.push(Reverse((expires_at_ms, key)));
+                }
+            }
         }
     }
 
@@ -331,6 +400,10 @@ mod tests {
         Op::get(b(k))
     }
 
+    fn run(e: &mut MemEngine, op: Op, now_ms: u64) -> Reply {
+        e.execute(op, now_ms).reply
+    }
+
     fn code(r: &Reply) -> Option<ErrorCode> {
         match r {
             Reply::Error(e) => Some(e.code),
@@ -349,9 +422,9 @@ mod tests {
     #[test]
     fn set_get_delete() {
         let mut e = MemEngine::new();
-        assert_eq!(code(&e.execute(get("a"), 0)), Some(ErrorCode::NotFound));
-        let v1 = version(&e.execute(set("a", "1"), 0));
-        match e.execute(get("a"), 0) {
+        assert_eq!(code(&run(&mut e, get("a"), 0)), Some(ErrorCode::NotFound));
+        let v1 = version(&run(&mut e, set("a", "1"), 0));
+        match run(&mut e, get("a"), 0) {
             Reply::Value { value, version, ttl_ms } => {
                 assert_eq!(value, b("1"));
                 assert_eq!(version, v1);
@@ -359,12 +432,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let v2 = version(&e.execute(set("a", "22"), 0));
+        let v2 = version(&run(&mut e, set("a", "22"), 0));
         assert!(v2 > v1);
         assert_eq!(e.stats().value_bytes, 3);
-        let del = e.execute(Op::Delete { key: b("a"), condition: Condition::Always }, 0);
+        let del = run(&mut e, Op::Delete { key: b("a"), condition: Condition::Always }, 0);
         assert_eq!(del, Reply::Deleted { version: v2 });
-        let again = e.execute(Op::Delete { key: b("a"), condition: Condition::Always }, 0);
+        let again = run(&mut e, Op::Delete { key: b("a"), condition: Condition::Always }, 0);
         assert_eq!(code(&again), Some(ErrorCode::NotFound));
         assert_eq!(e.stats(), EngineStats { keys: 0, value_bytes: 0, expired: 0 });
     }
@@ -373,33 +446,33 @@ mod tests {
     fn conditions() {
         let mut e = MemEngine::new();
         assert_eq!(
-            code(&e.execute(set_if("k", "x", Condition::IfPresent), 0)),
+            code(&run(&mut e, set_if("k", "x", Condition::IfPresent), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        let v1 = version(&e.execute(set_if("k", "a", Condition::IfAbsent), 0));
-        match e.execute(set_if("k", "b", Condition::IfAbsent), 0) {
+        let v1 = version(&run(&mut e, set_if("k", "a", Condition::IfAbsent), 0));
+        match run(&mut e, set_if("k", "b", Condition::IfAbsent), 0) {
             Reply::Error(err) => {
                 assert_eq!(err.code, ErrorCode::ConditionFailed);
                 assert_eq!(err.current_version, v1);
             }
             other => panic!("{other:?}"),
         }
-        let v2 = version(&e.execute(set_if("k", "b", Condition::IfPresent), 0));
+        let v2 = version(&run(&mut e, set_if("k", "b", Condition::IfPresent), 0));
         assert_eq!(
-            code(&e.execute(set_if("k", "c", Condition::IfVersion(v1)), 0)),
+            code(&run(&mut e, set_if("k", "c", Condition::IfVersion(v1)), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        let v3 = version(&e.execute(set_if("k", "c", Condition::IfVersion(v2)), 0));
+        let v3 = version(&run(&mut e, set_if("k", "c", Condition::IfVersion(v2)), 0));
         assert_eq!(
-            code(&e.execute(set_if("k", "d", Condition::IfValue(b("b"))), 0)),
+            code(&run(&mut e, set_if("k", "d", Condition::IfValue(b("b"))), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        version(&e.execute(set_if("k", "d", Condition::IfValue(b("c"))), 0));
+        version(&run(&mut e, set_if("k", "d", Condition::IfValue(b("c"))), 0));
         assert!(v3 > v2);
         // IfVersion(0) means "absent".
-        version(&e.execute(set_if("new", "1", Condition::IfVersion(0)), 0));
+        version(&run(&mut e, set_if("new", "1", Condition::IfVersion(0)), 0));
         assert_eq!(
-            code(&e.execute(set_if("new", "2", Condition::IfVersion(0)), 0)),
+            code(&run(&mut e, set_if("new", "2", Condition::IfVersion(0)), 0)),
             Some(ErrorCode::ConditionFailed)
         );
     }
@@ -407,36 +480,36 @@ mod tests {
     #[test]
     fn cas_by_value_and_version() {
         let mut e = MemEngine::new();
-        let v = version(&e.execute(set("k", "a"), 0));
+        let v = version(&run(&mut e, set("k", "a"), 0));
         let cas =
             |expected, new: &str| Op::Cas { key: b("k"), expected, new_value: b(new), ttl_ms: 0 };
         assert_eq!(
-            code(&e.execute(cas(Expected::Value(b("z")), "b"), 0)),
+            code(&run(&mut e, cas(Expected::Value(b("z")), "b"), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        let v2 = version(&e.execute(cas(Expected::Value(b("a")), "b"), 0));
+        let v2 = version(&run(&mut e, cas(Expected::Value(b("a")), "b"), 0));
         assert_eq!(
-            code(&e.execute(cas(Expected::Version(v), "c"), 0)),
+            code(&run(&mut e, cas(Expected::Version(v), "c"), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        version(&e.execute(cas(Expected::Version(v2), "c"), 0));
-        assert!(matches!(e.execute(get("k"), 0), Reply::Value { value, .. } if value == b("c")));
+        version(&run(&mut e, cas(Expected::Version(v2), "c"), 0));
+        assert!(matches!(run(&mut e, get("k"), 0), Reply::Value { value, .. } if value == b("c")));
     }
 
     #[test]
     fn delete_conditions() {
         let mut e = MemEngine::new();
-        let v = version(&e.execute(set("k", "a"), 0));
+        let v = version(&run(&mut e, set("k", "a"), 0));
         let del = |c| Op::Delete { key: b("k"), condition: c };
         assert_eq!(
-            code(&e.execute(del(Condition::IfVersion(v + 1)), 0)),
+            code(&run(&mut e, del(Condition::IfVersion(v + 1)), 0)),
             Some(ErrorCode::ConditionFailed)
         );
         assert_eq!(
-            code(&e.execute(del(Condition::IfValue(b("b"))), 0)),
+            code(&run(&mut e, del(Condition::IfValue(b("b"))), 0)),
             Some(ErrorCode::ConditionFailed)
         );
-        assert_eq!(e.execute(del(Condition::IfValue(b("a"))), 0), Reply::Deleted { version: v });
+        assert_eq!(run(&mut e, del(Condition::IfValue(b("a"))), 0), Reply::Deleted { version: v });
     }
 
     #[test]
@@ -445,15 +518,15 @@ mod tests {
         let with_ttl = |k: &str, ttl_ms| {
             Op::Set(SetOp { key: b(k), value: b("v"), ttl_ms, ..Default::default() })
         };
-        e.execute(with_ttl("a", 100), 1_000);
-        e.execute(with_ttl("b", 100), 1_000);
-        e.execute(with_ttl("c", 500), 1_000);
-        match e.execute(get("a"), 1_040) {
+        run(&mut e, with_ttl("a", 100), 1_000);
+        run(&mut e, with_ttl("b", 100), 1_000);
+        run(&mut e, with_ttl("c", 500), 1_000);
+        match run(&mut e, get("a"), 1_040) {
             Reply::Value { ttl_ms, .. } => assert_eq!(ttl_ms, Some(60)),
             other => panic!("{other:?}"),
         }
         // Lazy: reading at the expiry instant already misses.
-        assert_eq!(code(&e.execute(get("a"), 1_100)), Some(ErrorCode::NotFound));
+        assert_eq!(code(&run(&mut e, get("a"), 1_100)), Some(ErrorCode::NotFound));
         assert_eq!(e.stats().expired, 1);
         // Active: the sweep removes b, leaves c, and skips a's stale ticket.
         assert_eq!(e.sweep_expired(1_200, 100), 1);
@@ -465,26 +538,29 @@ mod tests {
     #[test]
     fn overwrite_clears_or_keeps_ttl() {
         let mut e = MemEngine::new();
-        e.execute(
+        run(
+            &mut e,
             Op::Set(SetOp { key: b("k"), value: b("v"), ttl_ms: 100, ..Default::default() }),
             0,
         );
-        e.execute(
+        run(
+            &mut e,
             Op::Set(SetOp { key: b("k"), value: b("w"), keep_ttl: true, ..Default::default() }),
             10,
         );
-        assert!(matches!(e.execute(get("k"), 50), Reply::Value { ttl_ms: Some(50), .. }));
-        e.execute(set("k", "x"), 60);
+        assert!(matches!(run(&mut e, get("k"), 50), Reply::Value { ttl_ms: Some(50), .. }));
+        run(&mut e, set("k", "x"), 60);
         // The old ticket must not expire the rewritten key.
         assert_eq!(e.sweep_expired(1_000, 100), 0);
-        assert!(matches!(e.execute(get("k"), 1_000), Reply::Value { ttl_ms: None, .. }));
+        assert!(matches!(run(&mut e, get("k"), 1_000), Reply::Value { ttl_ms: None, .. }));
     }
 
     #[test]
     fn sweep_respects_budget() {
         let mut e = MemEngine::new();
         for i in 0..10 {
-            e.execute(
+            run(
+                &mut e,
                 Op::Set(SetOp {
                     key: b(&format!("k{i}")),
                     value: b("v"),
@@ -509,7 +585,7 @@ mod tests {
                     ttl_ms: 1_800_000,
                     ..Default::default()
                 });
-                e.execute(op, round);
+                run(&mut e, op, round);
             }
         }
         assert!(e.expiry.len() <= 2 * 100 + EXPIRY_STALE_TICKETS_MAX, "{}", e.expiry.len());
@@ -523,7 +599,7 @@ mod tests {
                 keep_ttl: true,
                 ..Default::default()
             });
-            e.execute(op, 100);
+            run(&mut e, op, 100);
         }
         assert_eq!(e.expiry.len(), before);
         // Everything still expires on time, exactly once.

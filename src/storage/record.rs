@@ -1,0 +1,323 @@
+//! Log records: the byte layout of every mutation in a core's write-ahead log.
+//!
+//! ## Format (version 1, all integers little-endian)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | `crc32c` of bytes 4..`len` (everything after this field) |
+//! | 4 | 4 | `len`: bytes in the whole record, header included |
+//! | 8 | 1 | `kind`: 1 = put, 2 = delete (tombstone) |
+//! | 9 | 3 | reserved, zero |
+//! | 12 | 4 | `key_len` |
+//! | 16 | 8 | `version` |
+//! | 24 | 8 | `expires_at_ms`: Unix ms, 0 = never (always 0 for a delete) |
+//! | 32 | key_len | key |
+//! | 32 + key_len | len − 32 − key_len | value (empty for a delete) |
+//!
+//! Records follow each other with no padding. A segment may end in zero bytes (the unwritten
+//! remainder of its last direct-I/O block): an all-zero tail is a clean end. `len` is checked
+//! against [`RECORD_BYTES_MAX`] before anything is sized by it.
+//!
+//! Validity is asserted on both sides of the disk (TigerBeetle's pairing): [`encode`] checks the
+//! length it wrote and [`decode`] recomputes the crc and every field bound on read.
+
+use bytes::Bytes;
+
+pub const CRC_OFFSET: usize = 0;
+pub const LEN_OFFSET: usize = CRC_OFFSET + 4;
+pub const KIND_OFFSET: usize = LEN_OFFSET + 4;
+pub const RESERVED_OFFSET: usize = KIND_OFFSET + 1;
+pub const KEY_LEN_OFFSET: usize = RESERVED_OFFSET + 3;
+pub const VERSION_OFFSET: usize = KEY_LEN_OFFSET + 4;
+pub const EXPIRES_AT_OFFSET: usize = VERSION_OFFSET + 8;
+pub const HEADER_BYTES: usize = EXPIRES_AT_OFFSET + 8;
+
+// The header is what the table above says, and 8-byte fields stay 8-byte aligned in it.
+const _: () = assert!(HEADER_BYTES == 32);
+const _: () = assert!(VERSION_OFFSET.is_multiple_of(8) && EXPIRES_AT_OFFSET.is_multiple_of(8));
+
+/// Largest record accepted on read: a maximal key and value (see `frame::Limits`) fit with
+/// room to spare, and a corrupt `len` cannot make recovery read gigabytes.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
+
+pub const KIND_PUT: u8 = 1;
+pub const KIND_DELETE: u8 = 2;
+
+/// One logged mutation, as the engine produced it and recovery replays it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// `data` is key ++ value, `key_len` splits it (the engine's own entry layout).
+    Put {
+        data: Bytes,
+        key_len: usize,
+        version: u64,
+        expires_at_ms: u64,
+    },
+    Delete {
+        key: Bytes,
+        version: u64,
+    },
+}
+
+impl Mutation {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Mutation::Put { data, key_len, .. } => &data[..*key_len],
+            Mutation::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            Mutation::Put { version, .. } | Mutation::Delete { version, .. } => *version,
+        }
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        HEADER_BYTES
+            + match self {
+                Mutation::Put { data, .. } => data.len(),
+                Mutation::Delete { key, .. } => key.len(),
+            }
+    }
+}
+
+/// Appends the record for `m` to `out`.
+pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
+    let start = out.len();
+    let len = m.encoded_len();
+    assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes over RECORD_BYTES_MAX");
+    let (kind, key_len, version, expires_at_ms, body): (u8, usize, u64, u64, &[u8]) = match m {
+        Mutation::Put { data, key_len, version, expires_at_ms } => {
+            (KIND_PUT, *key_len, *version, *expires_at_ms, data)
+        }
+        Mutation::Delete { key, version } => (KIND_DELETE, key.len(), *version, 0, key),
+    };
+    out.extend_from_slice(&[0u8; 4]); // crc, filled below
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&(key_len as u32).to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&expires_at_ms.to_le_bytes());
+    out.extend_from_slice(body);
+    assert_eq!(out.len() - start, len, "record length");
+    let crc = crc32c::crc32c(&out[start + LEN_OFFSET..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Why the bytes at some offset are not a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Fewer bytes than the header, or than `len` says.
+    Incomplete,
+    /// `len`, `kind`, reserved bytes or `key_len` out of bounds.
+    BadHeader,
+    /// The crc does not match the bytes.
+    BadCrc { stored: u32, computed: u32 },
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Decodes the record at the start of `buf`. `source` is the buffer `buf` was sliced from,
+/// so keys and values come out as zero-copy slices of it.
+pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
+    let buf = &source[at..];
+    if buf.len() < HEADER_BYTES {
+        return Err(Invalid::Incomplete);
+    }
+    let len = u32_at(buf, LEN_OFFSET) as usize;
+    let kind = buf[KIND_OFFSET];
+    let key_len = u32_at(buf, KEY_LEN_OFFSET) as usize;
+    let header_ok = (HEADER_BYTES..=RECORD_BYTES_MAX).contains(&len)
+        && (kind == KIND_PUT || kind == KIND_DELETE)
+        && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0]
+        && key_len > 0
+        && key_len <= len - HEADER_BYTES
+        && (kind == KIND_PUT || key_len == len - HEADER_BYTES);
+    if !header_ok {
+        return Err(Invalid::BadHeader);
+    }
+    if buf.len() < len {
+        return Err(Invalid::Incomplete);
+    }
+    let stored = u32_at(buf, CRC_OFFSET);
+    let computed = crc32c::crc32c(&buf[LEN_OFFSET..len]);
+    if stored != computed {
+        return Err(Invalid::BadCrc { stored, computed });
+    }
+    let version = u64_at(buf, VERSION_OFFSET);
+    let body = source.slice(at + HEADER_BYTES..at + len);
+    let m = if kind == KIND_PUT {
+        let expires_at_ms = u64_at(buf, EXPIRES_AT_OFFSET);
+        Mutation::Put { data: body, key_len, version, expires_at_ms }
+    } else {
+        Mutation::Delete { key: body, version }
+    };
+    Ok((m, len))
+}
+
+/// How a segment's bytes end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Every byte was a record or zero padding after the last one.
+    Clean,
+    /// Bytes from `offset` on are not a record and no record follows them: a write cut short.
+    TornTail { offset: usize, invalid: Invalid },
+    /// The bytes at `offset` are not a record, yet a valid record starts at `resumes_at`.
+    Corrupt { offset: usize, invalid: Invalid, resumes_at: usize },
+}
+
+/// Walks the records of one segment, calling `apply` for each valid one, and says how it ends.
+/// With `salvage`, corruption is skipped (the walk resumes at the next valid record) and each
+/// skipped range is reported through `skipped`.
+pub fn scan(
+    segment: &Bytes,
+    salvage: bool,
+    mut apply: impl FnMut(Mutation, usize),
+    mut skipped: impl FnMut(usize, usize, Invalid),
+) -> Ending {
+    let mut at = 0;
+    loop {
+        if segment[at..].iter().all(|&b| b == 0) {
+            return Ending::Clean;
+        }
+        match decode(segment, at) {
+            Ok((m, len)) => {
+                apply(m, at);
+                at += len;
+            }
+            Err(invalid) => match next_valid(segment, at + 1) {
+                None => return Ending::TornTail { offset: at, invalid },
+                Some(resumes_at) if salvage => {
+                    skipped(at, resumes_at, invalid);
+                    at = resumes_at;
+                }
+                Some(resumes_at) => return Ending::Corrupt { offset: at, invalid, resumes_at },
+            },
+        }
+    }
+}
+
+/// The first offset at or after `from` where a valid record starts.
+fn next_valid(segment: &Bytes, from: usize) -> Option<usize> {
+    (from..segment.len().saturating_sub(HEADER_BYTES - 1)).find(|&at| decode(segment, at).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, version: u64, expires_at_ms: u64) -> Mutation {
+        let mut data = key.as_bytes().to_vec();
+        data.extend_from_slice(value.as_bytes());
+        Mutation::Put { data: Bytes::from(data), key_len: key.len(), version, expires_at_ms }
+    }
+
+    fn del(key: &str, version: u64) -> Mutation {
+        Mutation::Delete { key: Bytes::copy_from_slice(key.as_bytes()), version }
+    }
+
+    fn log(ms: &[Mutation]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in ms {
+            encode(m, &mut out);
+        }
+        out
+    }
+
+    fn replay(bytes: Vec<u8>, salvage: bool) -> (Vec<Mutation>, Ending, Vec<(usize, usize)>) {
+        let mut got = Vec::new();
+        let mut skips = Vec::new();
+        let ending =
+            scan(&Bytes::from(bytes), salvage, |m, _| got.push(m), |a, b, _| skips.push((a, b)));
+        (got, ending, skips)
+    }
+
+    #[test]
+    fn roundtrip_every_kind() {
+        let ms = vec![put("k", "v", 1, 0), put("key", "", 2, 99), del("k", 3)];
+        let (got, ending, _) = replay(log(&ms), false);
+        assert_eq!(got, ms);
+        assert_eq!(ending, Ending::Clean);
+        assert_eq!(log(&ms[..1]).len(), HEADER_BYTES + 2);
+    }
+
+    #[test]
+    fn zero_padding_is_a_clean_end() {
+        let ms = vec![put("a", "1", 1, 0)];
+        let mut bytes = log(&ms);
+        bytes.resize(4096, 0);
+        let (got, ending, _) = replay(bytes, false);
+        assert_eq!((got, ending), (ms, Ending::Clean));
+    }
+
+    #[test]
+    fn every_truncation_is_a_torn_tail_keeping_whole_records() {
+        let ms: Vec<_> = (0..5).map(|i| put(&format!("key{i}"), "value", i + 1, 0)).collect();
+        let bytes = log(&ms);
+        let record = bytes.len() / 5;
+        for cut in 1..bytes.len() {
+            let (got, ending, _) = replay(bytes[..cut].to_vec(), false);
+            assert_eq!(got.len(), cut / record, "cut {cut}");
+            if cut % record == 0 {
+                assert_eq!(ending, Ending::Clean, "cut {cut}");
+            } else {
+                assert!(
+                    matches!(ending, Ending::TornTail { offset, .. }
+                        if offset == cut / record * record),
+                    "cut {cut}: {ending:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_mid_log_is_corruption_and_salvage_skips_it() {
+        let ms: Vec<_> = (0..10).map(|i| put(&format!("key{i}"), "value", i + 1, 0)).collect();
+        let bytes = log(&ms);
+        let record = bytes.len() / 10;
+        for flip_at in [record * 4 + 1, record * 4 + 9, record * 4 + 40] {
+            let mut bad = bytes.clone();
+            bad[flip_at] ^= 0x10;
+            let (got, ending, _) = replay(bad.clone(), false);
+            assert_eq!(got.len(), 4, "flip at {flip_at}");
+            assert!(
+                matches!(ending, Ending::Corrupt { offset, resumes_at, .. }
+                    if offset == record * 4 && resumes_at == record * 5),
+                "flip at {flip_at}: {ending:?}"
+            );
+            let (got, ending, skips) = replay(bad, true);
+            assert_eq!(got.len(), 9);
+            assert_eq!(ending, Ending::Clean);
+            assert_eq!(skips, vec![(record * 4, record * 5)]);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_last_record_is_a_torn_tail() {
+        let ms: Vec<_> = (0..3).map(|i| put(&format!("k{i}"), "v", i + 1, 0)).collect();
+        let mut bytes = log(&ms);
+        let last = bytes.len() - 3;
+        bytes[last] ^= 1;
+        let (got, ending, _) = replay(bytes, false);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(ending, Ending::TornTail { invalid: Invalid::BadCrc { .. }, .. }));
+    }
+
+    #[test]
+    fn hostile_lengths_are_rejected_before_use() {
+        let mut bytes = log(&[put("k", "v", 1, 0)]);
+        bytes[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&Bytes::from(bytes), 0).unwrap_err(), Invalid::BadHeader);
+    }
+}
