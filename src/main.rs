@@ -49,8 +49,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 fn init_logging() {
+    // glommio logs an ERROR when it probes io_uring polling on the first direct-I/O file of a
+    // disk that does not support it (virtio, most cloud disks) and then carries on without it:
+    // harmless, so its reactor is quiet unless RUST_LOG asks for it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio::reactor=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -154,6 +154,15 @@ pub fn recover(
             }
         }
     }
+    // Segments newer than the last one with data hold only zeros (prepared by a log that
+    // crashed or stopped before using them): remove them, so they never look like a gap.
+    let keep = newest_with_data.map_or(0, |i| i + 1);
+    for (_, path) in &segments[keep..] {
+        std::fs::remove_file(path).map_err(io(path))?;
+    }
+    if let Some((seq, _)) = segments.get(keep) {
+        report.next_segment = *seq;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }

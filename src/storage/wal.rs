@@ -2,9 +2,8 @@
 //!
 //! What is durable when: [`Wal::append`] only encodes the record into memory and returns its
 //! sequence number. One flusher task per core takes everything appended so far, writes it
-//! through a glommio `DmaStreamWriter` (O_DIRECT, 4 KiB-aligned blocks) and, in `sync` mode,
-//! calls `fdatasync`; then every record up to that point is durable and [`Wal::wait`] returns
-//! for them. Writes that arrive while a flush is in progress share the next one: that is the
+//! with O_DIRECT in 4 KiB-aligned blocks ([`SegmentWriter`]) and calls `fdatasync`; then every
+//! record up to that point is durable and [`Wal::wait`] returns for them. Writes that arrive while a flush is in progress share the next one: that is the
 //! group commit, and why durable writes cost one `fdatasync` per batch instead of per write.
 //!
 //! - `sync`: a write is acknowledged only after the `fdatasync` covering its record returned.
@@ -26,19 +25,19 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use event_listener::Event;
-use futures_lite::AsyncWriteExt;
-use glommio::io::{DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 
 use super::record::{self, Mutation};
 
 /// Segment size at which the log moves to a new file.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
-/// DmaStreamWriter buffer: one flush writes in pieces of this size.
+/// Initial capacity of the pending-records buffer.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
+/// O_DIRECT granularity: offsets and lengths of every write are multiples of this.
 const DMA_ALIGN_BYTES: usize = 4096;
 
-// Direct I/O writes whole aligned blocks; the buffer must be made of them.
-const _: () = assert!(WRITE_BUFFER_BYTES.is_multiple_of(DMA_ALIGN_BYTES));
+// A segment is made of whole direct-I/O blocks.
+const _: () = assert!((SEGMENT_BYTES_MAX_DEFAULT as usize).is_multiple_of(DMA_ALIGN_BYTES));
 // A maximal record must fit in one segment, or the segment could never be closed.
 const _: () = assert!(record::RECORD_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX_DEFAULT);
 
@@ -59,6 +58,68 @@ pub struct WalStats {
     pub flushes: u64,
     pub records: u64,
     pub bytes: u64,
+}
+
+/// Appends bytes to one segment with O_DIRECT. Each [`SegmentWriter::write`] writes only the
+/// blocks it touches: the partial last block is kept in memory and rewritten, zero-padded,
+/// together with the new bytes, so a flush of a few hundred bytes costs one 4 KiB write.
+/// (glommio's `DmaStreamWriter` writes its whole buffer on every padded flush.)
+pub struct SegmentWriter {
+    file: DmaFile,
+    /// Bytes of records in the segment (the logical length).
+    len: u64,
+    /// The bytes of the last, partial block (`len % DMA_ALIGN_BYTES` of them).
+    tail: Vec<u8>,
+}
+
+impl SegmentWriter {
+    fn new(file: DmaFile) -> SegmentWriter {
+        SegmentWriter { file, len: 0, tail: Vec::with_capacity(DMA_ALIGN_BYTES) }
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.len
+    }
+
+    /// Writes `bytes` after what is already there (not yet synced).
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let start = self.len - self.tail.len() as u64;
+        debug_assert!(start.is_multiple_of(DMA_ALIGN_BYTES as u64));
+        let used = self.tail.len() + bytes.len();
+        let padded = used.div_ceil(DMA_ALIGN_BYTES) * DMA_ALIGN_BYTES;
+        let mut buf = self.file.alloc_dma_buffer(padded);
+        let out = buf.as_bytes_mut();
+        out[..self.tail.len()].copy_from_slice(&self.tail);
+        out[self.tail.len()..used].copy_from_slice(bytes);
+        out[used..].fill(0);
+        let written = self.file.write_at(buf, start).await.map_err(std::io::Error::from)?;
+        if written != padded {
+            return Err(std::io::Error::other(format!("short write: {written} of {padded}")));
+        }
+        self.len += bytes.len() as u64;
+        let tail_len = (self.len % DMA_ALIGN_BYTES as u64) as usize;
+        let keep_from = bytes.len().saturating_sub(tail_len);
+        let mut new_tail = Vec::with_capacity(DMA_ALIGN_BYTES);
+        if tail_len > bytes.len() {
+            // Still inside the old partial block.
+            new_tail.extend_from_slice(&self.tail);
+        }
+        new_tail.extend_from_slice(&bytes[keep_from..]);
+        debug_assert_eq!(new_tail.len(), tail_len);
+        self.tail = new_tail;
+        Ok(())
+    }
+
+    async fn sync(&self) -> std::io::Result<()> {
+        self.file.fdatasync().await.map_err(std::io::Error::from)
+    }
+
+    /// Cuts the zero padding after the last record, syncs and closes.
+    async fn close(self) -> std::io::Result<()> {
+        self.file.truncate(self.len).await.map_err(std::io::Error::from)?;
+        self.file.fdatasync().await.map_err(std::io::Error::from)?;
+        self.file.close().await.map_err(std::io::Error::from)
+    }
 }
 
 pub struct Wal {
@@ -171,27 +232,36 @@ impl Wal {
         self.progress.notify(usize::MAX);
     }
 
-    async fn open_segment(&self, seq: u64) -> std::io::Result<DmaStreamWriter> {
-        let path = self.dir.join(segment_name(seq));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+    /// Creates segment `seq`, allocated to its full size (reads of the unwritten part return
+    /// zeros, which recovery reads as "no more records"), and makes its directory entry
+    /// durable. Measured here (50 connections, sync mode): preallocating did a little better
+    /// than growing the file on every write, and zero-filling the next segment in the
+    /// background made the device cache flush behind it stall syncs for up to a second.
+    async fn prepare_segment(dir: PathBuf, seq: u64, bytes: u64) -> std::io::Result<SegmentWriter> {
+        let path = dir.join(segment_name(seq));
+        let named = |e: glommio::GlommioError<()>| {
+            std::io::Error::other(format!("{}: {e}", path.display()))
+        };
+        let file =
+            OpenOptions::new().write(true).create_new(true).dma_open(&path).await.map_err(named)?;
+        file.pre_allocate(bytes, false).await.map_err(named)?;
         // The new file's directory entry must be durable before records in it are acked.
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        Ok(DmaStreamWriterBuilder::new(file).with_buffer_size(WRITE_BUFFER_BYTES).build())
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(SegmentWriter::new(file))
     }
 
     /// The flusher: run as one task per core until [`Wal::close`]. `first_seq` is the number
     /// of the segment to create (one past the newest that recovery found).
     pub async fn run(self: Rc<Self>, first_seq: u64) {
         let mut seq = first_seq;
-        let mut writer = match self.open_segment(seq).await {
+        let size = self.segment_bytes_max;
+        let mut writer = match Self::prepare_segment(self.dir.clone(), seq, size).await {
             Ok(w) => w,
             Err(e) => return self.fail("creating a segment", e),
         };
+        // The next segment is prepared in the background while this one fills up.
+        let mut next =
+            Some(glommio::spawn_local(Self::prepare_segment(self.dir.clone(), seq + 1, size)));
         loop {
             match self.mode {
                 SyncMode::Sync => {
@@ -216,11 +286,11 @@ impl Wal {
             let batch = std::mem::take(&mut *self.pending.borrow_mut());
             let upto = self.appended_seq.get();
             if !batch.is_empty() {
-                if let Err(e) = writer.write_all(&batch).await {
+                if let Err(e) = writer.write(&batch).await {
                     return self.fail("write", e);
                 }
                 if let Err(e) = writer.sync().await {
-                    return self.fail("fdatasync", e.into());
+                    return self.fail("fdatasync", e);
                 }
                 let mut s = self.stats.get();
                 s.flushes += 1;
@@ -241,18 +311,106 @@ impl Wal {
                 if let Err(e) = writer.close().await {
                     self.fail("closing a segment", e);
                 }
+                // The prepared next segment holds no records: remove it rather than leave an
+                // empty preallocated file behind.
+                if let Some(task) = next.take()
+                    && let Ok(unused) = task.await
+                {
+                    let path = self.dir.join(segment_name(seq + 1));
+                    let _ = unused.file.close().await;
+                    let _ = std::fs::remove_file(path);
+                }
                 return;
             }
-            if writer.current_pos() >= self.segment_bytes_max {
+            // Roll before the next batch would run past the preallocated size.
+            if writer.bytes_written() + self.pending.borrow().len() as u64 > size {
                 if let Err(e) = writer.close().await {
                     return self.fail("closing a segment", e);
                 }
                 seq += 1;
-                writer = match self.open_segment(seq).await {
+                let prepared = match next.take() {
+                    Some(task) => task.await,
+                    None => Self::prepare_segment(self.dir.clone(), seq, size).await,
+                };
+                writer = match prepared {
                     Ok(w) => w,
                     Err(e) => return self.fail("creating a segment", e),
                 };
+                next = Some(glommio::spawn_local(Self::prepare_segment(
+                    self.dir.clone(),
+                    seq + 1,
+                    size,
+                )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: impl std::future::Future<Output = T> + 'static) -> T {
+        glommio::LocalExecutorBuilder::default().io_memory(1 << 20).make().expect("executor").run(f)
+    }
+
+    #[test]
+    fn segment_writer_appends_across_blocks_and_closes_to_the_exact_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg.log");
+        let p = path.clone();
+        let expected = run(async move {
+            let file = OpenOptions::new().write(true).create_new(true).dma_open(&p).await.unwrap();
+            let mut w = SegmentWriter::new(file);
+            let mut expected = Vec::new();
+            let mut x = 7u64;
+            // Sizes that stay inside a block, end on a boundary, and span several blocks.
+            for size in [1usize, 100, 3995, 4096, 10_000, 1, 4095, 8192, 33] {
+                let chunk: Vec<u8> = (0..size)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        (x >> 33) as u8 | 1
+                    })
+                    .collect();
+                w.write(&chunk).await.unwrap();
+                w.sync().await.unwrap();
+                expected.extend_from_slice(&chunk);
+                assert_eq!(w.bytes_written(), expected.len() as u64);
+                // Mid-life, the file holds the records then zero padding to a block boundary.
+                let on_disk = std::fs::read(&p).unwrap();
+                assert_eq!(&on_disk[..expected.len()], &expected[..]);
+                assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
+            }
+            w.close().await.unwrap();
+            expected
+        });
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn group_commit_acks_after_sync_and_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        run(async move {
+            let wal = Wal::new(d.clone(), SyncMode::Sync, SEGMENT_BYTES_MAX_DEFAULT);
+            let flusher = glommio::spawn_local(wal.clone().run(1));
+            let mut seqs = Vec::new();
+            for i in 0..100u64 {
+                let key = bytes::Bytes::from(format!("k{i}"));
+                seqs.push(wal.append(&Mutation::Delete { key, version: i + 1 }).unwrap());
+            }
+            wal.wait(*seqs.last().unwrap()).await.unwrap();
+            // 100 appends made before the flusher ran share a handful of flushes.
+            assert!(wal.stats().flushes <= 3, "{:?}", wal.stats());
+            assert_eq!(wal.stats().records, 100);
+            wal.close();
+            flusher.await;
+        });
+        let segs = segments(dir.path()).unwrap();
+        assert_eq!(segs.len(), 1);
+        let bytes = bytes::Bytes::from(std::fs::read(&segs[0].1).unwrap());
+        let mut n = 0;
+        let end = record::scan(&bytes, false, |_, _| n += 1, |_, _, _| {});
+        assert_eq!((n, end), (100, record::Ending::Clean));
     }
 }
