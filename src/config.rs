@@ -41,6 +41,8 @@ pub enum DurabilityMode {
 }
 
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
+/// Smallest log segment: below this, rolling to a new file would dominate the write path.
+pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
 
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -72,6 +74,10 @@ pub struct ServeArgs {
     /// Start even if a log is corrupt in the middle: skip the damaged ranges, report them
     #[arg(long)]
     pub salvage: bool,
+    /// Size at which a core's log moves on to a new segment file (preallocated)
+    /// [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes_max: Option<u64>,
     /// Name of this node, reported in topology [default: the listen address]
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -117,6 +123,7 @@ struct FileConfig {
     durability: Option<DurabilityMode>,
     fsync_interval_ms: Option<u64>,
     salvage: Option<bool>,
+    segment_bytes_max: Option<u64>,
     cores: Option<usize>,
     data_dir: Option<PathBuf>,
     shard_ports: Option<u16>,
@@ -140,6 +147,7 @@ pub struct Config {
     pub durability: DurabilityMode,
     pub fsync_interval_ms: u64,
     pub salvage: bool,
+    pub segment_bytes_max: u64,
     /// `None` = every CPU in this process's affinity mask.
     pub cores: Option<usize>,
     pub data_dir: PathBuf,
@@ -199,6 +207,10 @@ impl Config {
                 .or(file.fsync_interval_ms)
                 .unwrap_or(FSYNC_INTERVAL_MS_DEFAULT),
             salvage: args.salvage || file.salvage.unwrap_or(false),
+            segment_bytes_max: args
+                .segment_bytes_max
+                .or(file.segment_bytes_max)
+                .unwrap_or(crate::storage::wal::SEGMENT_BYTES_MAX_DEFAULT),
             cores: args.cores.or(file.cores),
             data_dir: args
                 .data_dir
@@ -265,6 +277,15 @@ impl Config {
         }
         if self.mesh_capacity_messages == 0 {
             return Err(invalid("mesh_capacity_messages", 0, "must be at least 1"));
+        }
+        if self.segment_bytes_max < SEGMENT_BYTES_MIN
+            || !self.segment_bytes_max.is_multiple_of(4096)
+        {
+            return Err(invalid(
+                "segment_bytes_max",
+                self.segment_bytes_max,
+                "must be a multiple of 4096, at least 1 MiB",
+            ));
         }
         if self.fsync_interval_ms == 0 {
             return Err(invalid("fsync_interval_ms", 0, "must be at least 1"));

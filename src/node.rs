@@ -323,7 +323,7 @@ fn open_storage(c: &Config, index: usize) -> Result<OpenedStorage, String> {
         keys = crate::storage::Engine::stats(&engine).keys,
         "recovered"
     );
-    let wal = Wal::new(dir, mode, wal::SEGMENT_BYTES_MAX_DEFAULT);
+    let wal = Wal::new(dir, mode, c.segment_bytes_max);
     Ok((Box::new(engine), Some((wal, report.next_segment))))
 }
 

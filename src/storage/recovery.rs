@@ -83,11 +83,13 @@ pub fn recover(
     for (i, ((_, path), bytes)) in segments.iter().zip(&contents).enumerate() {
         report.segments += 1;
         let mut skipped = Vec::new();
+        let mut records_end = 0usize;
         let ending = record::scan(
             bytes,
             salvage,
             |m, at| {
                 report.records += 1;
+                records_end = at + m.encoded_len();
                 engine.replay(m, now_ms);
                 if report.records.is_multiple_of(16_384) && Instant::now() >= progress_at {
                     let secs = progress_at.elapsed().as_secs_f64() + 1.0;
@@ -118,6 +120,11 @@ pub fn recover(
         }
         report.bytes += bytes.len() as u64;
         match ending {
+            // A segment left by a crash keeps its preallocated zeros: cut them so the next
+            // boot does not read them again (and the disk holds only records).
+            Ending::Clean if bytes.len() > records_end && Some(i) <= newest_with_data => {
+                truncate(path, records_end as u64).map_err(io(path))?;
+            }
             Ending::Clean => {}
             Ending::Corrupt { offset, invalid, resumes_at } => {
                 return Err(RecoveryError::Corrupt {

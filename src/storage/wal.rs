@@ -3,8 +3,9 @@
 //! What is durable when: [`Wal::append`] only encodes the record into memory and returns its
 //! sequence number. One flusher task per core takes everything appended so far, writes it
 //! with O_DIRECT in 4 KiB-aligned blocks ([`SegmentWriter`]) and calls `fdatasync`; then every
-//! record up to that point is durable and [`Wal::wait`] returns for them. Writes that arrive while a flush is in progress share the next one: that is the
-//! group commit, and why durable writes cost one `fdatasync` per batch instead of per write.
+//! record up to that point is durable and [`Wal::wait`] returns for them. Writes that arrive
+//! while a flush is in progress share the next one: that is the group commit, and why durable
+//! writes cost one `fdatasync` per batch instead of per write.
 //!
 //! - `sync`: a write is acknowledged only after the `fdatasync` covering its record returned.
 //! - `periodic`: acknowledged at once; the flusher writes and `fdatasync`s every

@@ -1,13 +1,17 @@
 //! Test harness: starts the real `corekv` binary on ephemeral ports and talks raw TCP.
 //!
-//! `Node` owns the child process and its data directory; dropping it kills the child, so a
-//! failing test never leaks a server. `Wire` is a minimal synchronous protocol speaker built
+//! `Node` owns the child process and (unless started with `start_at` on a directory the test
+//! keeps for restarts) its data directory; dropping it kills the child, so a failing test
+//! never leaks a server. `boot_failure` runs a node that is expected to refuse to start,
+//! bounded in time. `Wire` is a minimal synchronous protocol speaker built
 //! on the schema crate, independent of the client SDK, so the node is tested against the
 //! protocol itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -18,9 +22,28 @@ pub struct Node {
     pub child: Option<Child>,
     pub addr: SocketAddr,
     pub shard_ports: Vec<u16>,
-    pub dir: tempfile::TempDir,
-    pub stderr_path: std::path::PathBuf,
+    pub dir: NodeDir,
+    pub stderr_path: PathBuf,
 }
+
+/// Where a node keeps its files: a tempdir it owns (deleted on drop), or a directory the test
+/// owns so that several nodes can run on it one after another (restarts).
+pub enum NodeDir {
+    Owned(tempfile::TempDir),
+    At(PathBuf),
+}
+
+impl NodeDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            NodeDir::Owned(t) => t.path(),
+            NodeDir::At(p) => p,
+        }
+    }
+}
+
+/// How long a node may take to print its ready line (or fail) before the test gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Node {
     /// Starts a node with `--listen 127.0.0.1:0 --shard-ports 0` plus `extra` flags.
@@ -31,20 +54,32 @@ impl Node {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Node {
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corekv"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--shard-ports", "0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn corekv");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
+        Node::boot(NodeDir::Owned(dir), stderr_path, extra)
+    }
+
+    /// Starts a node on `dir/data`, which may hold the files of an earlier node (a restart).
+    /// `dir` is not deleted by the node; each boot writes its stderr to a new
+    /// `dir/stderr-<n>.log`, so `stderr()` shows this boot only.
+    pub fn start_at(dir: &Path, extra: &[&str]) -> Node {
+        let stderr_path = next_stderr_path(dir);
+        Node::boot(NodeDir::At(dir.to_path_buf()), stderr_path, extra)
+    }
+
+    /// The `--data-dir` the node was started with.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn boot(dir: NodeDir, stderr_path: PathBuf, extra: &[&str]) -> Node {
+        let (mut child, ready) = spawn_serve(dir.path(), &stderr_path, extra);
+        let line = match ready.recv_timeout(BOOT_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                String::new()
+            }
+        };
         let mut node = Node {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
@@ -102,6 +137,72 @@ impl Node {
     }
 }
 
+impl Node {
+    /// SIGKILL, then reap: the node gets no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+}
+
+/// Runs `corekv serve` on `dir/data` expecting it to refuse to boot; returns its exit code
+/// and stderr. If the node starts after all (prints its ready line) or is still running after
+/// 10 s, it is killed and the test fails.
+pub fn boot_failure(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let stderr_path = next_stderr_path(dir);
+    let (mut child, ready) = spawn_serve(dir, &stderr_path, extra);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            return (status.code(), stderr);
+        }
+        let started = matches!(ready.try_recv(), Ok(line) if line.starts_with("corekv ready"));
+        if started || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let what = if started { "started" } else { "neither started nor exited in 10 s" };
+            panic!("expected a boot failure, but the node {what}; flags {extra:?}; {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawns `corekv serve` on `dir/data` (with 1 MiB log segments); the receiver yields the
+/// first stdout line (the ready line), or an empty string when stdout closes first.
+fn spawn_serve(dir: &Path, stderr_path: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let stderr = std::fs::File::create(stderr_path).expect("stderr file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corekv"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--shard-ports", "0"])
+        // Small segments: tests roll segments often, and boots do not preallocate 64 MiB.
+        .args(["--segment-bytes-max", "1048576"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn corekv");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    (child, rx)
+}
+
+fn next_stderr_path(dir: &Path) -> PathBuf {
+    (0..)
+        .map(|n| dir.join(format!("stderr-{n}.log")))
+        .find(|p| !p.exists())
+        .expect("a free stderr file name")
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -157,6 +258,26 @@ impl Wire {
         }
     }
 
+    /// Like `call`, but `None` when the connection fails or closes (a node being killed).
+    pub fn try_call(&mut self, op: Op) -> Option<Reply> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = self.encode(id, op);
+        self.stream.write_all(&bytes).ok()?;
+        loop {
+            if let Some(frame) = take_frame(&mut self.buf, 64 << 20).ok()? {
+                let resp = decode_response(&frame).expect("decode response");
+                assert_eq!(resp.id, id);
+                return Some(resp.reply);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
     pub fn call(&mut self, op: Op) -> Reply {
         let id = self.send(op);
         let resp = self.recv().expect("connection closed");
@@ -175,4 +296,36 @@ pub fn key_on_core(prefix: &str, core: u16, cores: u16) -> String {
         .map(|i| format!("{prefix}{i}"))
         .find(|k| corekv_schema::placement::core_of(k.as_bytes(), 1024, cores) == core)
         .expect("some key lands on every core")
+}
+
+/// A small seeded PRNG (SplitMix64) so a failing random test can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `COREKV_TEST_SEED` when set, else from the clock; prints the seed so a
+    /// failing run (whose output cargo shows) can be replayed.
+    pub fn seeded(test: &str) -> Rng {
+        let seed = std::env::var("COREKV_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                now.expect("clock").as_nanos() as u64
+            });
+        eprintln!("{test}: seed {seed} (replay with COREKV_TEST_SEED={seed})");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
 }
