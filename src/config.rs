@@ -41,6 +41,7 @@ pub enum DurabilityMode {
 }
 
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
+pub const CHECKPOINT_INTERVAL_S_DEFAULT: u64 = 300;
 /// Smallest log segment: below this, rolling to a new file would dominate the write path.
 pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
 
@@ -74,6 +75,10 @@ pub struct ServeArgs {
     /// Start even if a log is corrupt in the middle: skip the damaged ranges, report them
     #[arg(long)]
     pub salvage: bool,
+    /// Checkpoint each core at least this often when it has new writes (also whenever its
+    /// log outgrows its live data) [default: 300]
+    #[arg(long, value_name = "S")]
+    pub checkpoint_interval_s: Option<u64>,
     /// Size at which a core's log moves on to a new segment file (preallocated)
     /// [default: 67108864]
     #[arg(long, value_name = "BYTES")]
@@ -124,6 +129,7 @@ struct FileConfig {
     fsync_interval_ms: Option<u64>,
     salvage: Option<bool>,
     segment_bytes_max: Option<u64>,
+    checkpoint_interval_s: Option<u64>,
     cores: Option<usize>,
     data_dir: Option<PathBuf>,
     shard_ports: Option<u16>,
@@ -148,6 +154,7 @@ pub struct Config {
     pub fsync_interval_ms: u64,
     pub salvage: bool,
     pub segment_bytes_max: u64,
+    pub checkpoint_interval_s: u64,
     /// `None` = every CPU in this process's affinity mask.
     pub cores: Option<usize>,
     pub data_dir: PathBuf,
@@ -211,6 +218,10 @@ impl Config {
                 .segment_bytes_max
                 .or(file.segment_bytes_max)
                 .unwrap_or(crate::storage::wal::SEGMENT_BYTES_MAX_DEFAULT),
+            checkpoint_interval_s: args
+                .checkpoint_interval_s
+                .or(file.checkpoint_interval_s)
+                .unwrap_or(CHECKPOINT_INTERVAL_S_DEFAULT),
             cores: args.cores.or(file.cores),
             data_dir: args
                 .data_dir

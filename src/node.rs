@@ -266,6 +266,10 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     }
     glommio::spawn_local(sweep_loop(core.clone(), c.ttl_sweep_interval_ms, local_stop.clone()))
         .detach();
+    if core.wal.is_some() {
+        let compact = compaction_loop(core.clone(), c.clone(), local_stop.clone());
+        glommio::spawn_local(compact).detach();
+    }
 
     local_stop.wait().await;
     let deadline = Instant::now() + Duration::from_millis(c.drain_timeout_ms);
@@ -312,10 +316,16 @@ fn open_storage(c: &Config, index: usize) -> Result<OpenedStorage, String> {
     let report = recovery::recover(&dir, &mut engine, c.salvage, shard::now_ms())
         .map_err(|e| e.to_string())?;
     let secs = report.elapsed.as_secs_f64().max(1e-6);
+    let (checkpoint_path, checkpoint_records) = match &report.checkpoint {
+        Some((path, records)) => (path.display().to_string(), *records),
+        None => ("none".to_string(), 0),
+    };
     tracing::info!(
         core = index,
+        checkpoint = %checkpoint_path,
+        checkpoint_records,
         segments = report.segments,
-        records = report.records,
+        log_records = report.records - checkpoint_records,
         mb = format!("{:.1}", report.bytes as f64 / 1e6),
         ms = report.elapsed.as_millis() as u64,
         records_per_sec = (report.records as f64 / secs) as u64,
@@ -367,6 +377,38 @@ fn bind_listeners(
     };
     Ok((main, shard))
 }
+
+/// Checkpoints (which compacts the log) when the log written since the last checkpoint
+/// exceeds the live data (so disk holds at most about twice the live data, plus a few
+/// segments), and every `checkpoint_interval_s` if anything was written.
+async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
+    let floor = 4 * c.segment_bytes_max;
+    let mut last = Instant::now();
+    while !stop.is_fired() {
+        glommio::timer::sleep(Duration::from_millis(COMPACTION_CHECK_MS)).await;
+        let Some((since, live)) = core.log_growth() else { return };
+        let grown = since > live.max(floor);
+        let due = since > 0 && last.elapsed().as_secs() >= c.checkpoint_interval_s;
+        if !(grown || due) || stop.is_fired() {
+            continue;
+        }
+        match core.checkpoint().await {
+            Ok(w) => tracing::info!(
+                core = core.index,
+                records = w.records,
+                bytes = w.bytes,
+                files_removed = w.files_removed,
+                log_bytes_replaced = since,
+                "checkpoint"
+            ),
+            Err(e) => tracing::warn!(core = core.index, error = %e, "checkpoint failed"),
+        }
+        last = Instant::now();
+    }
+}
+
+/// How often each core looks at whether its log needs a checkpoint.
+const COMPACTION_CHECK_MS: u64 = 500;
 
 async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
     while !stop.is_fired() {

@@ -29,8 +29,8 @@ use corekv_schema::frame::Limits;
 use corekv_schema::placement;
 use slab::Slab;
 
-use crate::storage::Engine;
 use crate::storage::wal::Wal;
+use crate::storage::{Engine, checkpoint};
 pub use mesh::{Answer, Call, Done, Mesh, Work};
 
 /// Per-core counters: plain cells, summed over cores only when someone asks.
@@ -71,6 +71,9 @@ pub struct Core {
     pub counters: Counters,
     pub node: Arc<NodeInfo>,
     engine: RefCell<Box<dyn Engine>>,
+    checkpointing: Cell<bool>,
+    /// Log bytes written when the last checkpoint started (compaction trigger).
+    log_bytes_at_checkpoint: Cell<u64>,
     /// The core's write-ahead log; `None` under `--durability none`.
     pub wal: Option<Rc<Wal>>,
     mesh: Mesh,
@@ -112,6 +115,8 @@ impl Core {
             counters: Counters::default(),
             node,
             engine: RefCell::new(engine),
+            checkpointing: Cell::new(false),
+            log_bytes_at_checkpoint: Cell::new(0),
             wal,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
@@ -269,6 +274,40 @@ impl Core {
     pub async fn durable(&self, seq: u64) -> Result<(), Reply> {
         let Some(wal) = &self.wal else { return Ok(()) };
         wal.wait(seq).await.map_err(|e| Reply::error(ErrorCode::Unavailable, e.to_string()))
+    }
+
+    /// Log bytes written since the last checkpoint, and the live bytes a checkpoint would hold:
+    /// the inputs of the compaction trigger.
+    pub fn log_growth(&self) -> Option<(u64, u64)> {
+        let wal = self.wal.as_ref()?;
+        let since = wal.stats().bytes - self.log_bytes_at_checkpoint.get();
+        Some((since, self.engine.borrow().stats().value_bytes))
+    }
+
+    /// Writes a checkpoint of this core and deletes the log it replaces. One at a time.
+    pub async fn checkpoint(&self) -> Result<checkpoint::Written, String> {
+        let Some(wal) = self.wal.clone() else {
+            return Err("--durability none keeps no log to checkpoint".into());
+        };
+        if self.checkpointing.replace(true) {
+            return Err("a checkpoint is already running on this core".into());
+        }
+        let result = async {
+            let bytes_before = wal.stats().bytes;
+            let seq = wal.roll().await.map_err(|e| e.to_string())?;
+            // Everything from here on is also in segment `seq` or later.
+            let entries = self.engine.borrow().snapshot(now_ms());
+            let dir = wal.dir().to_path_buf();
+            let written = glommio::executor()
+                .spawn_blocking(move || checkpoint::write(&dir, seq, entries))
+                .await
+                .map_err(|e| format!("checkpoint in {}: {e}", wal.dir().display()))?;
+            self.log_bytes_at_checkpoint.set(bytes_before);
+            Ok(written)
+        }
+        .await;
+        self.checkpointing.set(false);
+        result
     }
 
     pub fn sweep_expired(&self, now_ms: u64, budget: usize) -> usize {

@@ -12,6 +12,7 @@
 //! Time is passed in (`now_ms`, Unix milliseconds) rather than read here, so expiry is
 //! deterministic in tests and one clock read serves a whole batch of requests.
 
+pub mod checkpoint;
 pub mod memory;
 pub mod record;
 pub mod recovery;
@@ -51,6 +52,10 @@ pub trait Engine {
 
     /// Removes up to `budget` keys whose expiry is at or before `now_ms`; returns how many.
     fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize;
+
+    /// Every live key as a put mutation (for a checkpoint). Cheap per entry: values are shared,
+    /// not copied.
+    fn snapshot(&self, now_ms: u64) -> Vec<Mutation>;
 
     fn stats(&self) -> EngineStats;
 }

@@ -311,6 +311,7 @@ impl Engine for MemEngine {
             Mutation::Delete { key, .. } => {
                 self.remove_if(&key, |_| false);
             }
+            Mutation::Clock { .. } => {}
             Mutation::Put { expires_at_ms, .. }
                 if expires_at_ms != 0 && expires_at_ms <= now_ms =>
             {
@@ -369,6 +370,18 @@ impl Engine for MemEngine {
             }
         }
         removed
+    }
+
+    fn snapshot(&self, now_ms: u64) -> Vec<Mutation> {
+        let clock = Mutation::Clock { version: self.version_last };
+        std::iter::once(clock)
+            .chain(self.table.iter().filter(|e| !e.is_expired(now_ms)).map(|e| Mutation::Put {
+                data: e.data.clone(),
+                key_len: e.key_len as usize,
+                version: e.version,
+                expires_at_ms: e.expires_at_ms,
+            }))
+            .collect()
     }
 
     fn stats(&self) -> EngineStats {

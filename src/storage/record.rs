@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 0 | 4 | `crc32c` of bytes 4..`len` (everything after this field) |
 //! | 4 | 4 | `len`: bytes in the whole record, header included |
-//! | 8 | 1 | `kind`: 1 = put, 2 = delete (tombstone) |
+//! | 8 | 1 | `kind`: 1 put, 2 delete (tombstone), 3 clock (no key; highest version issued) |
 //! | 9 | 3 | reserved, zero |
 //! | 12 | 4 | `key_len` |
 //! | 16 | 8 | `version` |
@@ -42,6 +42,10 @@ pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
 pub const KIND_PUT: u8 = 1;
 pub const KIND_DELETE: u8 = 2;
+/// Carries only a version: the highest one the core has issued. A checkpoint starts with it,
+/// so versions keep growing after restart even when the key that held the highest one was
+/// deleted (otherwise a re-created key could reuse an old version and pass a stale CAS).
+pub const KIND_CLOCK: u8 = 3;
 
 /// One logged mutation, as the engine produced it and recovery replays it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +61,9 @@ pub enum Mutation {
         key: Bytes,
         version: u64,
     },
+    Clock {
+        version: u64,
+    },
 }
 
 impl Mutation {
@@ -64,12 +71,15 @@ impl Mutation {
         match self {
             Mutation::Put { data, key_len, .. } => &data[..*key_len],
             Mutation::Delete { key, .. } => key,
+            Mutation::Clock { .. } => &[],
         }
     }
 
     pub fn version(&self) -> u64 {
         match self {
-            Mutation::Put { version, .. } | Mutation::Delete { version, .. } => *version,
+            Mutation::Put { version, .. }
+            | Mutation::Delete { version, .. }
+            | Mutation::Clock { version } => *version,
         }
     }
 
@@ -78,6 +88,7 @@ impl Mutation {
             + match self {
                 Mutation::Put { data, .. } => data.len(),
                 Mutation::Delete { key, .. } => key.len(),
+                Mutation::Clock { .. } => 0,
             }
     }
 }
@@ -92,6 +103,7 @@ pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
             (KIND_PUT, *key_len, *version, *expires_at_ms, data)
         }
         Mutation::Delete { key, version } => (KIND_DELETE, key.len(), *version, 0, key),
+        Mutation::Clock { version } => (KIND_CLOCK, 0, *version, 0, &[]),
     };
     out.extend_from_slice(&[0u8; 4]); // crc, filled below
     out.extend_from_slice(&(len as u32).to_le_bytes());
@@ -138,12 +150,12 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
     let len = u32_at(buf, LEN_OFFSET) as usize;
     let kind = buf[KIND_OFFSET];
     let key_len = u32_at(buf, KEY_LEN_OFFSET) as usize;
-    let header_ok = (HEADER_BYTES..=RECORD_BYTES_MAX).contains(&len)
-        && (kind == KIND_PUT || kind == KIND_DELETE)
-        && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0]
+    let keyed = (HEADER_BYTES..=RECORD_BYTES_MAX).contains(&len)
         && key_len > 0
         && key_len <= len - HEADER_BYTES
-        && (kind == KIND_PUT || key_len == len - HEADER_BYTES);
+        && (kind == KIND_PUT || (kind == KIND_DELETE && key_len == len - HEADER_BYTES));
+    let clock = kind == KIND_CLOCK && key_len == 0 && len == HEADER_BYTES;
+    let header_ok = (keyed || clock) && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0];
     if !header_ok {
         return Err(Invalid::BadHeader);
     }
@@ -157,11 +169,13 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
     }
     let version = u64_at(buf, VERSION_OFFSET);
     let body = source.slice(at + HEADER_BYTES..at + len);
-    let m = if kind == KIND_PUT {
-        let expires_at_ms = u64_at(buf, EXPIRES_AT_OFFSET);
-        Mutation::Put { data: body, key_len, version, expires_at_ms }
-    } else {
-        Mutation::Delete { key: body, version }
+    let m = match kind {
+        KIND_PUT => {
+            let expires_at_ms = u64_at(buf, EXPIRES_AT_OFFSET);
+            Mutation::Put { data: body, key_len, version, expires_at_ms }
+        }
+        KIND_DELETE => Mutation::Delete { key: body, version },
+        _ => Mutation::Clock { version },
     };
     Ok((m, len))
 }
@@ -255,7 +269,12 @@ mod tests {
 
     #[test]
     fn roundtrip_every_kind() {
-        let ms = vec![put("k", "v", 1, 0), put("key", "", 2, 99), del("k", 3)];
+        let ms = vec![
+            put("k", "v", 1, 0),
+            put("key", "", 2, 99),
+            del("k", 3),
+            Mutation::Clock { version: 9 },
+        ];
         let (got, ending, _) = replay(log(&ms), false);
         assert_eq!(got, ms);
         assert_eq!(ending, Ending::Clean);

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Engine;
 use super::record::{self, Ending, Invalid};
-use super::wal;
+use super::{Engine, checkpoint, wal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -34,6 +33,11 @@ pub enum RecoveryError {
     )]
     Corrupt { path: PathBuf, offset: usize, invalid: Invalid, resumes_at: usize },
     #[error(
+        "checkpoint {path} is damaged at offset {offset} ({invalid:?}); refusing to start. \
+         Remove it to recover from the log segments that remain, if they reach back far enough"
+    )]
+    Checkpoint { path: PathBuf, offset: usize, invalid: Invalid },
+    #[error(
         "log corrupt in {path}: it ends early at offset {offset} ({invalid:?}) but newer \
          segments follow. Refusing to start; --salvage cuts it and keeps the rest"
     )]
@@ -43,6 +47,8 @@ pub enum RecoveryError {
 /// What recovery found and did, for the log and for tests.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The checkpoint loaded, if any, and the records it held.
+    pub checkpoint: Option<(PathBuf, u64)>,
     pub segments: usize,
     pub records: u64,
     pub bytes: u64,
@@ -67,10 +73,39 @@ pub fn recover(
         move |source| RecoveryError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let segments = wal::segments(dir).map_err(io(dir))?;
     let started = Instant::now();
-    let mut report =
-        Report { next_segment: segments.last().map_or(1, |(seq, _)| seq + 1), ..Report::default() };
+    let mut report = Report::default();
+    // The newest checkpoint holds everything before its segment number.
+    let mut replay_from = 0;
+    if let Some((seq, path)) = checkpoint::list(dir).map_err(io(dir))?.pop() {
+        let bytes = Bytes::from(std::fs::read(&path).map_err(io(&path))?);
+        let mut records = 0u64;
+        let ending = record::scan(
+            &bytes,
+            false,
+            |m, _| {
+                records += 1;
+                engine.replay(m, now_ms);
+            },
+            |_, _, _| {},
+        );
+        match ending {
+            Ending::Clean => {}
+            Ending::TornTail { offset, invalid } | Ending::Corrupt { offset, invalid, .. } => {
+                return Err(RecoveryError::Checkpoint { path, offset, invalid });
+            }
+        }
+        report.bytes += bytes.len() as u64;
+        report.records += records;
+        report.checkpoint = Some((path, records));
+        replay_from = seq;
+    }
+    let segments: Vec<_> = wal::segments(dir)
+        .map_err(io(dir))?
+        .into_iter()
+        .filter(|(seq, _)| *seq >= replay_from)
+        .collect();
+    report.next_segment = segments.last().map_or(replay_from.max(1), |(seq, _)| seq + 1);
     // Which segments hold any data: a torn tail is legal only in the newest of them.
     let mut contents = Vec::with_capacity(segments.len());
     for (_, path) in &segments {

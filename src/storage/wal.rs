@@ -136,6 +136,10 @@ pub struct Wal {
     /// Wakes waiters when `durable_seq` advances or the log fails.
     progress: Event,
     closing: Cell<bool>,
+    /// A checkpoint asked the flusher to start a new segment.
+    roll_requested: Cell<bool>,
+    /// The segment records are being appended to now.
+    segment: Cell<u64>,
     stats: Cell<WalStats>,
 }
 
@@ -174,6 +178,8 @@ impl Wal {
             work: Event::new(),
             progress: Event::new(),
             closing: Cell::new(false),
+            roll_requested: Cell::new(false),
+            segment: Cell::new(0),
             stats: Cell::new(WalStats::default()),
         })
     }
@@ -220,6 +226,34 @@ impl Wal {
         }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes everything appended so far durable, closes the current segment and starts a new
+    /// one; returns the new segment's number. Records appended after this returns are in that
+    /// segment or later ones: the cut a checkpoint needs.
+    pub async fn roll(&self) -> Result<u64, WalError> {
+        let before = self.segment.get();
+        self.roll_requested.set(true);
+        self.work.notify(1);
+        loop {
+            if self.segment.get() != before && !self.roll_requested.get() {
+                return Ok(self.segment.get());
+            }
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            let listener = self.progress.listen();
+            if (self.segment.get() != before && !self.roll_requested.get())
+                || self.failed.borrow().is_some()
+            {
+                continue;
+            }
+            listener.await;
+        }
+    }
+
     /// Asks the flusher to write what is pending, sync, close the segment and return.
     pub fn close(&self) {
         self.closing.set(true);
@@ -260,15 +294,21 @@ impl Wal {
             Ok(w) => w,
             Err(e) => return self.fail("creating a segment", e),
         };
+        self.segment.set(seq);
         // The next segment is prepared in the background while this one fills up.
         let mut next =
             Some(glommio::spawn_local(Self::prepare_segment(self.dir.clone(), seq + 1, size)));
         loop {
             match self.mode {
                 SyncMode::Sync => {
-                    while self.pending.borrow().is_empty() && !self.closing.get() {
+                    let idle = || {
+                        self.pending.borrow().is_empty()
+                            && !self.closing.get()
+                            && !self.roll_requested.get()
+                    };
+                    while idle() {
                         let listener = self.work.listen();
-                        if !self.pending.borrow().is_empty() || self.closing.get() {
+                        if !idle() {
                             break;
                         }
                         listener.await;
@@ -277,7 +317,7 @@ impl Wal {
                 SyncMode::Periodic { interval_ms } => {
                     let tick = glommio::timer::sleep(Duration::from_millis(interval_ms));
                     let closing = async {
-                        while !self.closing.get() {
+                        while !self.closing.get() && !self.roll_requested.get() {
                             self.work.listen().await;
                         }
                     };
@@ -323,8 +363,9 @@ impl Wal {
                 }
                 return;
             }
-            // Roll before the next batch would run past the preallocated size.
-            if writer.bytes_written() + self.pending.borrow().len() as u64 > size {
+            // Roll before the next batch would run past the preallocated size, or on request.
+            let rolling = self.roll_requested.get();
+            if rolling || writer.bytes_written() + self.pending.borrow().len() as u64 > size {
                 if let Err(e) = writer.close().await {
                     return self.fail("closing a segment", e);
                 }
@@ -342,6 +383,11 @@ impl Wal {
                     seq + 1,
                     size,
                 )));
+                self.segment.set(seq);
+                if rolling {
+                    self.roll_requested.set(false);
+                }
+                self.progress.notify(usize::MAX);
             }
         }
     }

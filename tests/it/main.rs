@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod compaction;
 mod durability;
 mod harness;
 mod lifecycle;

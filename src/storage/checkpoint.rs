@@ -1,0 +1,94 @@
+//! Checkpoints: a core's whole live state in one file, so restart replays only what follows.
+//!
+//! A checkpoint numbered `S` (`checkpoint-<S, 20 digits>.ckpt`) holds a clock record (the
+//! highest version issued) and one put record per live key, in the log's record format
+//! ([`super::record`]), as of a moment after the log rolled to segment `S`. Recovery loads the newest checkpoint and replays segments `S` and later;
+//! records in `S` that the checkpoint already reflects are re-applied harmlessly (same key,
+//! same version, same value). Once a checkpoint is durable, every older segment and checkpoint
+//! is deleted: that is also how the log is compacted, since the checkpoint is exactly the live
+//! data (tombstones and overwritten values are gone).
+//!
+//! Written to `<name>.tmp`, fsynced, renamed, and the directory fsynced, so a crash leaves
+//! either the old checkpoint or the new one, never half of one; stray `.tmp` files are removed.
+//! This runs on a blocking thread (glommio's `spawn_blocking`), off the core's executor.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Mutation};
+use super::wal;
+
+pub fn name(seq: u64) -> String {
+    format!("checkpoint-{seq:020}.ckpt")
+}
+
+/// Checkpoint files in `dir`, oldest first.
+pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("checkpoint-"))
+            .and_then(|n| n.strip_suffix(".ckpt"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            found.push((seq, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What one checkpoint wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub seq: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Older segment and checkpoint files deleted after it.
+    pub files_removed: u64,
+}
+
+/// Writes checkpoint `seq` from `entries`, makes it durable, then deletes what it replaces.
+pub fn write(dir: &Path, seq: u64, entries: Vec<Mutation>) -> std::io::Result<Written> {
+    let path = dir.join(name(seq));
+    let tmp = dir.join(format!("{}.tmp", name(seq)));
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut written = Written { seq, ..Written::default() };
+    for m in &entries {
+        debug_assert!(matches!(m, Mutation::Put { .. } | Mutation::Clock { .. }));
+        buf.clear();
+        record::encode(m, &mut buf);
+        out.write_all(&buf)?;
+        written.records += 1;
+        written.bytes += buf.len() as u64;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    written.files_removed = remove_replaced(dir, seq)?;
+    Ok(written)
+}
+
+/// Deletes segments and checkpoints older than checkpoint `seq`, and stray temp files.
+fn remove_replaced(dir: &Path, seq: u64) -> std::io::Result<u64> {
+    let mut removed = 0;
+    for (s, path) in wal::segments(dir)?.into_iter().chain(list(dir)?) {
+        if s < seq {
+            std::fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(removed)
+}
