@@ -2,7 +2,8 @@
 //!
 //! A checkpoint numbered `S` (`checkpoint-<S, 20 digits>.ckpt`) holds a clock record (the
 //! highest version issued) and one put record per live key, in the log's record format
-//! ([`super::record`]), as of a moment after the log rolled to segment `S`. Recovery loads the newest checkpoint and replays segments `S` and later;
+//! ([`super::record`]), as of a moment after the log rolled to segment `S`. Recovery loads
+//! the newest checkpoint and replays segments `S` and later;
 //! records in `S` that the checkpoint already reflects are re-applied harmlessly (same key,
 //! same version, same value). Once a checkpoint is durable, every older segment and checkpoint
 //! is deleted: that is also how the log is compacted, since the checkpoint is exactly the live
