@@ -317,4 +317,24 @@ mod tests {
         write_segment(dir.path(), 3, &[], 4096);
         assert_eq!(recover(dir.path(), &mut MemEngine::new(), false, 0).unwrap().torn.len(), 1);
     }
+
+    /// Backward compatibility: `testdata/segment-v1.log` was written by a real node of format
+    /// version 1 (sets, an overwrite, a far-future TTL, a hash-tagged key, a delete, a binary
+    /// value). A format change that cannot read it fails here; bump the format instead.
+    #[test]
+    fn reads_a_segment_written_by_format_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/storage/testdata");
+        std::fs::copy(fixture.join("segment-v1.log"), dir.path().join(format!("{:020}.log", 1)))
+            .unwrap();
+        let mut e = MemEngine::new();
+        let report = recover(dir.path(), &mut e, false, 1_800_000_000_000).unwrap();
+        assert_eq!((report.records, report.torn.len()), (7, 0));
+        assert_eq!(get(&mut e, "alpha"), Some((Bytes::from_static(b"uno"), 3)));
+        assert_eq!(get(&mut e, "beta"), None);
+        assert_eq!(get(&mut e, "gamma").map(|(v, _)| v), Some(Bytes::from_static(b"three")));
+        assert_eq!(get(&mut e, "user:{42}:name").map(|(v, _)| v), Some(Bytes::from_static(b"ada")));
+        assert_eq!(get(&mut e, "blob").map(|(v, _)| v), Some(Bytes::from_static(b"bin\0ary")));
+        assert_eq!(e.stats().keys, 4);
+    }
 }
