@@ -79,6 +79,26 @@ pub enum ClientCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Operator commands: checkpoint, backup.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Checkpoint every core now: restart then replays only what follows, and the log
+    /// shrinks to the live data.
+    Checkpoint {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a consistent copy of the node's data into DIR (a path on the node's machine,
+    /// absent or empty); `corekv serve --data-dir DIR` opens it.
+    Backup {
+        #[command(flatten)]
+        target: Target,
+        dir: String,
+    },
 }
 
 impl ClientCommand {
@@ -89,7 +109,9 @@ impl ClientCommand {
             | ClientCommand::Del { target, .. }
             | ClientCommand::Cas { target, .. }
             | ClientCommand::Ping { target }
-            | ClientCommand::Stats { target } => target,
+            | ClientCommand::Stats { target }
+            | ClientCommand::Admin(AdminCommand::Checkpoint { target })
+            | ClientCommand::Admin(AdminCommand::Backup { target, .. }) => target,
         }
     }
 }
@@ -214,6 +236,24 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
             }
             print_row(&mut out, "all", &total);
             let _ = writeln!(out, "uptime_ms {}", stats.uptime_ms);
+            for c in stats.cores.iter().filter(|c| !c.log_error.is_empty()) {
+                let _ =
+                    writeln!(out, "core {} log FAILED (writes refused): {}", c.core, c.log_error);
+            }
+        }
+        ClientCommand::Admin(admin) => {
+            let op = match admin {
+                AdminCommand::Checkpoint { .. } => corekv_client::Op::Checkpoint,
+                AdminCommand::Backup { dir, .. } => corekv_client::Op::Backup { dir },
+            };
+            match corekv_client::check(client.request(op)?)? {
+                corekv_client::Reply::AdminDone { message, records, bytes } => {
+                    let _ = writeln!(out, "{message}: {records} records, {bytes} bytes");
+                }
+                other => {
+                    return Err(Error::Protocol(format!("unexpected {} reply", other.name())));
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

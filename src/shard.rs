@@ -149,6 +149,10 @@ impl Core {
                 Slot::Stats { local: self.core_stats(), tokens }
             }
             Op::Batch(ops) => self.dispatch_batch(ops, wait, now_ms).await,
+            // Admin operations are rare and slow; they run to completion here, which holds up
+            // only this connection.
+            Op::Checkpoint => Slot::Ready(self.admin(|| Work::Checkpoint, "checkpoint").await),
+            Op::Backup { dir } => Slot::Ready(self.admin_backup(dir).await),
             op => {
                 let Some(key) = op.key() else {
                     return Slot::Ready(Reply::error(
@@ -267,7 +271,82 @@ impl Core {
                 (Done::Many(replies), last.filter(|_| wait))
             }
             Work::Stats => (Done::Stats(self.core_stats()), None),
+            Work::Checkpoint | Work::Backup(_) => {
+                debug_assert!(false, "admin work is run by run_admin");
+                (Done::Admin(Err("admin work on the synchronous path".into())), None)
+            }
         }
+    }
+
+    /// Runs an admin operation on this core.
+    pub async fn run_admin(&self, work: Work) -> Done {
+        let result = match work {
+            Work::Checkpoint => self.checkpoint().await.map(|w| (w.records, w.bytes)),
+            Work::Backup(dir) => self.backup(dir).await,
+            other => Err(format!("{} is not an admin operation", other.kind())),
+        };
+        Done::Admin(result)
+    }
+
+    /// Runs `work` on every core and sums what they did.
+    async fn admin(&self, work: impl Fn() -> Work, what: &str) -> Reply {
+        let mut tokens = Vec::new();
+        for target in (0..self.cores).filter(|&c| c != self.index) {
+            tokens.push(self.forward(target, work()).await);
+        }
+        let mut results = vec![self.run_admin(work()).await];
+        for token in tokens {
+            results.push(self.answer(token).await);
+        }
+        let (mut records, mut bytes, mut errors) = (0, 0, Vec::new());
+        for done in results {
+            match done {
+                Done::Admin(Ok((r, b))) => {
+                    records += r;
+                    bytes += b;
+                }
+                Done::Admin(Err(e)) => errors.push(e),
+                Done::One(Reply::Error(e)) => errors.push(e.message.into_owned()),
+                other => errors.push(format!("unexpected answer {}", other.kind())),
+            }
+        }
+        if !errors.is_empty() {
+            return Reply::error(
+                ErrorCode::Unavailable,
+                format!("{what} failed: {}", errors.join("; ")),
+            );
+        }
+        let message = format!("{what} done on {} cores", self.cores);
+        Reply::AdminDone { message, records, bytes }
+    }
+
+    async fn admin_backup(&self, dir: String) -> Reply {
+        let Some(wal) = &self.wal else {
+            return Reply::error(
+                ErrorCode::BadRequest,
+                "--durability none keeps no data to back up",
+            );
+        };
+        let target = match prepare_backup_dir(&dir, wal.dir()) {
+            Ok(t) => t,
+            Err(e) => return Reply::error(ErrorCode::BadRequest, e),
+        };
+        self.admin(|| Work::Backup(target.clone()), "backup").await
+    }
+
+    /// Checkpoints, then copies this core's checkpoint and the segments after it into
+    /// `target/core-<index>`.
+    async fn backup(&self, target: std::path::PathBuf) -> Result<(u64, u64), String> {
+        let Some(wal) = self.wal.clone() else { return Err("no log".into()) };
+        let written = self.checkpoint().await?;
+        let source = wal.dir().to_path_buf();
+        let current = wal.segment();
+        let dest = target.join(format!("core-{}", self.index));
+        glommio::executor()
+            .spawn_blocking(move || copy_backup(&source, &dest, written.seq, current))
+            .await
+            .map(|bytes| (written.records, bytes))
+            .map_err(|e| format!("backup to {}: {e}", target.display()))
     }
 
     /// Waits until log record `seq` is durable; an error reply if the log failed.
@@ -317,6 +396,7 @@ impl Core {
     pub fn core_stats(&self) -> CoreStats {
         let e = self.engine.borrow().stats();
         let c = &self.counters;
+        let log = self.wal.as_ref().map(|w| w.stats()).unwrap_or_default();
         CoreStats {
             core: self.index,
             keys: e.keys,
@@ -327,6 +407,15 @@ impl Core {
             expired: e.expired,
             backpressure_events: c.backpressure_events.get(),
             connections: c.connections.get(),
+            log_flushes: log.flushes,
+            log_records: log.records,
+            log_bytes: log.bytes,
+            log_error: self
+                .wal
+                .as_ref()
+                .and_then(|w| w.failure())
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -459,6 +548,46 @@ impl Core {
     }
 }
 
+/// Checks the backup target (absent or empty), creates it and copies the layout file.
+fn prepare_backup_dir(dir: &str, core_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let target = std::path::absolute(dir).map_err(|e| format!("backup dir {dir}: {e}"))?;
+    if target.exists() && std::fs::read_dir(&target).map_or(true, |mut d| d.next().is_some()) {
+        return Err(format!("backup dir {} exists and is not empty", target.display()));
+    }
+    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    if let Some(data_dir) = core_dir.parent() {
+        std::fs::copy(data_dir.join("META"), target.join("META"))
+            .map_err(|e| format!("copying META to {}: {e}", target.display()))?;
+    }
+    Ok(target)
+}
+
+/// Copies checkpoint `seq` and log segments `seq..=current` from `source` to `dest`, durably.
+/// The segment being written is copied as it stands: recovery treats its end like a crash's.
+fn copy_backup(
+    source: &std::path::Path,
+    dest: &std::path::Path,
+    seq: u64,
+    current: u64,
+) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dest)?;
+    let mut files = vec![source.join(checkpoint::name(seq))];
+    for (s, path) in crate::storage::wal::segments(source)? {
+        if (seq..=current).contains(&s) {
+            files.push(path);
+        }
+    }
+    let mut bytes = 0;
+    for from in files {
+        let Some(name) = from.file_name() else { continue };
+        let to = dest.join(name);
+        bytes += std::fs::copy(&from, &to)?;
+        std::fs::File::open(&to)?.sync_all()?;
+    }
+    std::fs::File::open(dest)?.sync_all()?;
+    Ok(bytes)
+}
+
 fn unexpected(done: Done) -> Reply {
     // A mismatched answer kind is a bug in this file, not bad input: say so loudly in tests.
     debug_assert!(false, "unexpected answer kind: {}", done.kind());
@@ -516,6 +645,16 @@ pub fn spawn_mesh_tasks(
             while let Some(call) = rx.recv().await {
                 // A peer that always has calls queued must not starve this core.
                 glommio::yield_if_needed().await;
+                if matches!(call.work, Work::Checkpoint | Work::Backup(_)) {
+                    // Slow: run it beside the loop so this peer's other calls go on.
+                    let admin = serving.clone();
+                    glommio::spawn_local(async move {
+                        let done = admin.run_admin(call.work).await;
+                        let _ = admin.mesh.answer(peer, Answer { token: call.token, done }).await;
+                    })
+                    .detach();
+                    continue;
+                }
                 let (done, seq) = serving.execute_work(call.work);
                 let sent = match seq {
                     None => {

@@ -30,22 +30,8 @@ pub struct SetOptions {
     pub condition: Condition,
 }
 
-/// Short name of a reply kind, for protocol error messages.
-fn kind(reply: &Reply) -> &'static str {
-    match reply {
-        Reply::Value { .. } => "value",
-        Reply::Written { .. } => "written",
-        Reply::Deleted { .. } => "deleted",
-        Reply::Pong { .. } => "pong",
-        Reply::Topology(_) => "topology",
-        Reply::Stats(_) => "stats",
-        Reply::Batch(_) => "batch",
-        Reply::Error(_) => "error",
-    }
-}
-
 fn unexpected(op: &str, reply: &Reply) -> Error {
-    Error::Protocol(format!("{op} was answered with a {} reply", kind(reply)))
+    Error::Protocol(format!("{op} was answered with a {} reply", reply.name()))
 }
 
 /// `get`: a miss is `Ok(None)`.

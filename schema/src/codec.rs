@@ -155,6 +155,12 @@ pub enum Op {
     },
     Topology,
     Stats,
+    /// Admin: checkpoint every core now.
+    Checkpoint,
+    /// Admin: write a consistent copy of the data to `dir` on the node's machine.
+    Backup {
+        dir: String,
+    },
 }
 
 impl Op {
@@ -180,7 +186,12 @@ impl Op {
         match self {
             Op::Get { key } | Op::Delete { key, .. } | Op::Cas { key, .. } => Some(key),
             Op::Set(set) => Some(&set.key),
-            Op::Batch(_) | Op::Ping { .. } | Op::Topology | Op::Stats => None,
+            Op::Batch(_)
+            | Op::Ping { .. }
+            | Op::Topology
+            | Op::Stats
+            | Op::Checkpoint
+            | Op::Backup { .. } => None,
         }
     }
 
@@ -195,6 +206,8 @@ impl Op {
             Op::Ping { .. } => "ping",
             Op::Topology => "topology",
             Op::Stats => "stats",
+            Op::Checkpoint => "checkpoint",
+            Op::Backup { .. } => "backup",
         }
     }
 }
@@ -234,6 +247,11 @@ pub struct CoreStats {
     pub expired: u64,
     pub backpressure_events: u64,
     pub connections: u64,
+    pub log_flushes: u64,
+    pub log_records: u64,
+    pub log_bytes: u64,
+    /// Empty while the log is healthy; the failure otherwise (writes are refused).
+    pub log_error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -284,9 +302,30 @@ pub enum Reply {
     Stats(StatsInfo),
     Batch(Vec<Reply>),
     Error(WireError),
+    /// An admin operation finished; counts summed over cores.
+    AdminDone {
+        message: String,
+        records: u64,
+        bytes: u64,
+    },
 }
 
 impl Reply {
+    /// Short name of the reply kind, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reply::Value { .. } => "value",
+            Reply::Written { .. } => "written",
+            Reply::Deleted { .. } => "deleted",
+            Reply::Pong { .. } => "pong",
+            Reply::Topology(_) => "topology",
+            Reply::Stats(_) => "stats",
+            Reply::Batch(_) => "batch",
+            Reply::Error(_) => "error",
+            Reply::AdminDone { .. } => "admin_done",
+        }
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Reply {
         Reply::Error(WireError::new(code, message))
     }
@@ -466,6 +505,15 @@ fn encode_op(fbb: &mut Fbb, op: &Op) -> (wire::Op, WIPOffset<UnionWIPOffset>) {
         Op::Stats => {
             (wire::Op::Stats, wire::Stats::create(fbb, &wire::StatsArgs {}).as_union_value())
         }
+        Op::Checkpoint => {
+            let c = wire::Checkpoint::create(fbb, &wire::CheckpointArgs {});
+            (wire::Op::Checkpoint, c.as_union_value())
+        }
+        Op::Backup { dir } => {
+            let dir = Some(fbb.create_string(dir));
+            let b = wire::Backup::create(fbb, &wire::BackupArgs { dir });
+            (wire::Op::Backup, b.as_union_value())
+        }
     }
 }
 
@@ -508,6 +556,8 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                 .cores
                 .iter()
                 .map(|c| {
+                    let log_error =
+                        (!c.log_error.is_empty()).then(|| fbb.create_string(&c.log_error));
                     let args = wire::CoreStatsArgs {
                         core: c.core,
                         keys: c.keys,
@@ -518,6 +568,10 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                         expired: c.expired,
                         backpressure_events: c.backpressure_events,
                         connections: c.connections,
+                        log_flushes: c.log_flushes,
+                        log_records: c.log_records,
+                        log_bytes: c.log_bytes,
+                        log_error,
                     };
                     wire::CoreStats::create(fbb, &args)
                 })
@@ -549,6 +603,11 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
             };
             (wire::Reply::Failure, wire::Failure::create(fbb, &args).as_union_value())
         }
+        Reply::AdminDone { message, records, bytes } => {
+            let message = Some(fbb.create_string(message));
+            let args = wire::AdminDoneArgs { message, records: *records, bytes: *bytes };
+            (wire::Reply::AdminDone, wire::AdminDone::create(fbb, &args).as_union_value())
+        }
     }
 }
 
@@ -579,6 +638,7 @@ trait OpCarrier<'a> {
     fn cas(&self) -> Option<wire::CompareAndSet<'a>>;
     fn batch(&self) -> Option<wire::Batch<'a>>;
     fn ping(&self) -> Option<wire::Ping<'a>>;
+    fn backup(&self) -> Option<wire::Backup<'a>>;
 }
 
 macro_rules! op_carrier {
@@ -605,6 +665,9 @@ macro_rules! op_carrier {
             fn ping(&self) -> Option<wire::Ping<'a>> {
                 self.op_as_ping()
             }
+            fn backup(&self) -> Option<wire::Backup<'a>> {
+                self.op_as_backup()
+            }
         }
     };
 }
@@ -622,6 +685,7 @@ trait ReplyCarrier<'a> {
     fn stats(&self) -> Option<wire::StatsInfo<'a>>;
     fn batch(&self) -> Option<wire::BatchResult<'a>>;
     fn failure(&self) -> Option<wire::Failure<'a>>;
+    fn admin_done(&self) -> Option<wire::AdminDone<'a>>;
 }
 
 macro_rules! reply_carrier {
@@ -653,6 +717,9 @@ macro_rules! reply_carrier {
             }
             fn failure(&self) -> Option<wire::Failure<'a>> {
                 self.reply_as_failure()
+            }
+            fn admin_done(&self) -> Option<wire::AdminDone<'a>> {
+                self.reply_as_admin_done()
             }
         }
     };
@@ -843,6 +910,11 @@ impl OpDecoder<'_> {
             }
             wire::Op::Topology => Op::Topology,
             wire::Op::Stats => Op::Stats,
+            wire::Op::Checkpoint => Op::Checkpoint,
+            wire::Op::Backup => {
+                let backup = c.backup().ok_or_else(|| missing(id, "backup"))?;
+                Op::Backup { dir: backup.dir().to_owned() }
+            }
             wire::Op::NONE => {
                 return Err(DecodeError::fatal(
                     Some(self.id),
@@ -918,6 +990,10 @@ fn decode_result<'a>(
                             expired: c.expired(),
                             backpressure_events: c.backpressure_events(),
                             connections: c.connections(),
+                            log_flushes: c.log_flushes(),
+                            log_records: c.log_records(),
+                            log_bytes: c.log_bytes(),
+                            log_error: c.log_error().unwrap_or_default().to_owned(),
                         })
                         .collect()
                 })
@@ -943,6 +1019,14 @@ fn decode_result<'a>(
                 message: Cow::Owned(e.message().unwrap_or_default().to_owned()),
                 current_version: e.current_version(),
             })
+        }
+        wire::Reply::AdminDone => {
+            let a = c.admin_done().ok_or_else(|| missing(id, "admin_done"))?;
+            Reply::AdminDone {
+                message: a.message().unwrap_or_default().to_owned(),
+                records: a.records(),
+                bytes: a.bytes(),
+            }
         }
         other => {
             return Err(DecodeError::fatal(Some(id), format!("unknown result {}", other.0)));
@@ -1018,6 +1102,8 @@ mod tests {
             Op::Ping { payload: b("hi") },
             Op::Topology,
             Op::Stats,
+            Op::Checkpoint,
+            Op::Backup { dir: "/tmp/backup".into() },
         ]
     }
 
@@ -1053,13 +1139,21 @@ mod tests {
             }),
             Reply::Stats(StatsInfo {
                 uptime_ms: 12,
-                cores: vec![CoreStats { core: 1, keys: 2, requests: 3, ..Default::default() }],
+                cores: vec![CoreStats {
+                    core: 1,
+                    keys: 2,
+                    requests: 3,
+                    log_flushes: 4,
+                    log_error: "disk full".into(),
+                    ..Default::default()
+                }],
             }),
             Reply::Error(WireError {
                 code: ErrorCode::ConditionFailed,
                 message: "nope".into(),
                 current_version: 8,
             }),
+            Reply::AdminDone { message: "ok".into(), records: 5, bytes: 6 },
         ];
         for r in &replies {
             assert_eq!(&roundtrip_reply(r), r);

@@ -19,6 +19,10 @@ pub enum Work {
     /// Part of a batch: the ops of one batch owned by the target, in batch order.
     Many(Vec<Op>, bool),
     Stats,
+    /// Admin: checkpoint now.
+    Checkpoint,
+    /// Admin: checkpoint, then copy this core's checkpoint and log into the directory.
+    Backup(std::path::PathBuf),
 }
 
 impl Work {
@@ -27,6 +31,8 @@ impl Work {
             Work::One(..) => "one",
             Work::Many(..) => "many",
             Work::Stats => "stats",
+            Work::Checkpoint => "checkpoint",
+            Work::Backup(_) => "backup",
         }
     }
 }
@@ -35,6 +41,8 @@ pub enum Done {
     One(Reply),
     Many(Vec<Reply>),
     Stats(CoreStats),
+    /// Records and bytes an admin operation wrote on that core, or why it failed.
+    Admin(Result<(u64, u64), String>),
 }
 
 impl Done {
@@ -43,6 +51,7 @@ impl Done {
             Done::One(_) => "one",
             Done::Many(_) => "many",
             Done::Stats(_) => "stats",
+            Done::Admin(_) => "admin",
         }
     }
 }

@@ -226,6 +226,11 @@ impl Wal {
         }
     }
 
+    /// The segment records are appended to now.
+    pub fn segment(&self) -> u64 {
+        self.segment.get()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

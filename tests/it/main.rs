@@ -1,9 +1,11 @@
 //! Integration tests, one binary: real `corekv` processes on ephemeral loopback ports.
 
+mod admin;
 mod bad_input;
 mod cli;
 mod compaction;
 mod durability;
+mod enospc;
 mod harness;
 mod lifecycle;
 mod ops;

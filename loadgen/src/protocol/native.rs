@@ -57,22 +57,11 @@ fn outcome(kind: OpKind, reply: WireReply) -> Outcome {
             Outcome::Miss
         }
         (_, WireReply::Error(e)) => Outcome::Error(e.to_string()),
-        (kind, other) => {
-            Outcome::Error(format!("unexpected reply to {}: {}", kind.name(), reply_name(&other)))
-        }
-    }
-}
-
-fn reply_name(reply: &WireReply) -> &'static str {
-    match reply {
-        WireReply::Value { .. } => "value",
-        WireReply::Written { .. } => "written",
-        WireReply::Deleted { .. } => "deleted",
-        WireReply::Pong { .. } => "pong",
-        WireReply::Topology(_) => "topology",
-        WireReply::Stats(_) => "stats",
-        WireReply::Batch(_) => "batch",
-        WireReply::Error(_) => "error",
+        (kind, other) => Outcome::Error(format!(
+            "unexpected reply to {}: {}",
+            kind.name(),
+            WireReply::name(&other)
+        )),
     }
 }
 

@@ -424,10 +424,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 8;
+pub const ENUM_MAX_OP: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 9] = [
+pub const ENUM_VALUES_OP: [Op; 11] = [
   Op::NONE,
   Op::Get,
   Op::Set,
@@ -437,6 +437,8 @@ pub const ENUM_VALUES_OP: [Op; 9] = [
   Op::Ping,
   Op::Topology,
   Op::Stats,
+  Op::Checkpoint,
+  Op::Backup,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -453,9 +455,11 @@ impl Op {
   pub const Ping: Self = Self(6);
   pub const Topology: Self = Self(7);
   pub const Stats: Self = Self(8);
+  pub const Checkpoint: Self = Self(9);
+  pub const Backup: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -466,6 +470,8 @@ impl Op {
     Self::Ping,
     Self::Topology,
     Self::Stats,
+    Self::Checkpoint,
+    Self::Backup,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -479,6 +485,8 @@ impl Op {
       Self::Ping => Some("Ping"),
       Self::Topology => Some("Topology"),
       Self::Stats => Some("Stats"),
+      Self::Checkpoint => Some("Checkpoint"),
+      Self::Backup => Some("Backup"),
       _ => None,
     }
   }
@@ -538,10 +546,10 @@ pub struct OpUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 8;
+pub const ENUM_MAX_REPLY: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 9] = [
+pub const ENUM_VALUES_REPLY: [Reply; 10] = [
   Reply::NONE,
   Reply::Value,
   Reply::Written,
@@ -551,6 +559,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 9] = [
   Reply::StatsInfo,
   Reply::BatchResult,
   Reply::Failure,
+  Reply::AdminDone,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -567,9 +576,10 @@ impl Reply {
   pub const StatsInfo: Self = Self(6);
   pub const BatchResult: Self = Self(7);
   pub const Failure: Self = Self(8);
+  pub const AdminDone: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Value,
@@ -580,6 +590,7 @@ impl Reply {
     Self::StatsInfo,
     Self::BatchResult,
     Self::Failure,
+    Self::AdminDone,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -593,6 +604,7 @@ impl Reply {
       Self::StatsInfo => Some("StatsInfo"),
       Self::BatchResult => Some("BatchResult"),
       Self::Failure => Some("Failure"),
+      Self::AdminDone => Some("AdminDone"),
       _ => None,
     }
   }
@@ -1533,6 +1545,184 @@ impl ::core::fmt::Debug for Stats<'_> {
       ds.finish()
   }
 }
+pub enum CheckpointOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Admin: every core writes a checkpoint now (and compacts its log).
+pub struct Checkpoint<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Checkpoint<'a> {
+  type Inner = Checkpoint<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Checkpoint<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Checkpoint { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args CheckpointArgs
+  ) -> ::flatbuffers::WIPOffset<Checkpoint<'bldr>> {
+    let mut builder = CheckpointBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Checkpoint<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CheckpointArgs {
+}
+impl<'a> Default for CheckpointArgs {
+  #[inline]
+  fn default() -> Self {
+    CheckpointArgs {
+    }
+  }
+}
+
+pub struct CheckpointBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CheckpointBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CheckpointBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CheckpointBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Checkpoint<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Checkpoint<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Checkpoint");
+      ds.finish()
+  }
+}
+pub enum BackupOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Admin: write a consistent copy of the node's data to `dir` (a path on the node's machine,
+/// absent or empty), which `corekv serve --data-dir dir` opens.
+pub struct Backup<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Backup<'a> {
+  type Inner = Backup<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Backup<'a> {
+  pub const VT_DIR: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Backup { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Backup<'bldr>> {
+    let mut builder = BackupBuilder::new(_fbb);
+    if let Some(x) = args.dir { builder.add_dir(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn dir(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Backup::VT_DIR, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Backup<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("dir", Self::VT_DIR, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupArgs<'a> {
+    pub dir: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for BackupArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupArgs {
+      dir: None, // required field
+    }
+  }
+}
+
+pub struct BackupBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_dir(&mut self, dir: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Backup::VT_DIR, dir);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Backup<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Backup::VT_DIR,"dir");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Backup<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Backup");
+      ds.field("dir", &self.dir());
+      ds.finish()
+  }
+}
 pub enum BatchItemOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1703,6 +1893,36 @@ impl<'a> BatchItem<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_checkpoint(&self) -> Option<Checkpoint<'a>> {
+    if self.op_type() == Op::Checkpoint {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Checkpoint::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_backup(&self) -> Option<Backup<'a>> {
+    if self.op_type() == Op::Backup {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Backup::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for BatchItem<'_> {
@@ -1721,6 +1941,8 @@ impl ::flatbuffers::Verifiable for BatchItem<'_> {
           Op::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ping>>("Op::Ping", pos),
           Op::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Topology>>("Op::Topology", pos),
           Op::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Op::Stats", pos),
+          Op::Checkpoint => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Checkpoint>>("Op::Checkpoint", pos),
+          Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
           _ => Ok(()),
         }
      })?
@@ -1826,6 +2048,20 @@ impl ::core::fmt::Debug for BatchItem<'_> {
         },
         Op::Stats => {
           if let Some(x) = self.op_as_stats() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Checkpoint => {
+          if let Some(x) = self.op_as_checkpoint() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Backup => {
+          if let Some(x) = self.op_as_backup() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2132,6 +2368,36 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_checkpoint(&self) -> Option<Checkpoint<'a>> {
+    if self.op_type() == Op::Checkpoint {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Checkpoint::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_backup(&self) -> Option<Backup<'a>> {
+    if self.op_type() == Op::Backup {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Backup::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2151,6 +2417,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ping>>("Op::Ping", pos),
           Op::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Topology>>("Op::Topology", pos),
           Op::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Op::Stats", pos),
+          Op::Checkpoint => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Checkpoint>>("Op::Checkpoint", pos),
+          Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
           _ => Ok(()),
         }
      })?
@@ -2277,6 +2545,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Stats => {
           if let Some(x) = self.op_as_stats() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Checkpoint => {
+          if let Some(x) = self.op_as_checkpoint() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Backup => {
+          if let Some(x) = self.op_as_backup() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2904,6 +3186,10 @@ impl<'a> CoreStats<'a> {
   pub const VT_EXPIRED: ::flatbuffers::VOffsetT = 16;
   pub const VT_BACKPRESSURE_EVENTS: ::flatbuffers::VOffsetT = 18;
   pub const VT_CONNECTIONS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_LOG_FLUSHES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_LOG_RECORDS: ::flatbuffers::VOffsetT = 24;
+  pub const VT_LOG_BYTES: ::flatbuffers::VOffsetT = 26;
+  pub const VT_LOG_ERROR: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2912,9 +3198,12 @@ impl<'a> CoreStats<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args CoreStatsArgs
+    args: &'args CoreStatsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CoreStats<'bldr>> {
     let mut builder = CoreStatsBuilder::new(_fbb);
+    builder.add_log_bytes(args.log_bytes);
+    builder.add_log_records(args.log_records);
+    builder.add_log_flushes(args.log_flushes);
     builder.add_connections(args.connections);
     builder.add_backpressure_events(args.backpressure_events);
     builder.add_expired(args.expired);
@@ -2923,6 +3212,7 @@ impl<'a> CoreStats<'a> {
     builder.add_requests(args.requests);
     builder.add_value_bytes(args.value_bytes);
     builder.add_keys(args.keys);
+    if let Some(x) = args.log_error { builder.add_log_error(x); }
     builder.add_core(args.core);
     builder.finish()
   }
@@ -2991,6 +3281,36 @@ impl<'a> CoreStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(CoreStats::VT_CONNECTIONS, Some(0)).unwrap()}
   }
+  /// Write-ahead log: flushes (each one fdatasync), records and bytes written since start.
+  #[inline]
+  pub fn log_flushes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_LOG_FLUSHES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log_records(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_LOG_RECORDS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_LOG_BYTES, Some(0)).unwrap()}
+  }
+  /// Set when the log failed: this core refuses writes until restart.
+  #[inline]
+  pub fn log_error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoreStats::VT_LOG_ERROR, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CoreStats<'_> {
@@ -3008,11 +3328,15 @@ impl ::flatbuffers::Verifiable for CoreStats<'_> {
      .visit_field::<u64>("expired", Self::VT_EXPIRED, false)?
      .visit_field::<u64>("backpressure_events", Self::VT_BACKPRESSURE_EVENTS, false)?
      .visit_field::<u64>("connections", Self::VT_CONNECTIONS, false)?
+     .visit_field::<u64>("log_flushes", Self::VT_LOG_FLUSHES, false)?
+     .visit_field::<u64>("log_records", Self::VT_LOG_RECORDS, false)?
+     .visit_field::<u64>("log_bytes", Self::VT_LOG_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("log_error", Self::VT_LOG_ERROR, false)?
      .finish();
     Ok(())
   }
 }
-pub struct CoreStatsArgs {
+pub struct CoreStatsArgs<'a> {
     pub core: u16,
     pub keys: u64,
     pub value_bytes: u64,
@@ -3022,8 +3346,12 @@ pub struct CoreStatsArgs {
     pub expired: u64,
     pub backpressure_events: u64,
     pub connections: u64,
+    pub log_flushes: u64,
+    pub log_records: u64,
+    pub log_bytes: u64,
+    pub log_error: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
-impl<'a> Default for CoreStatsArgs {
+impl<'a> Default for CoreStatsArgs<'a> {
   #[inline]
   fn default() -> Self {
     CoreStatsArgs {
@@ -3036,6 +3364,10 @@ impl<'a> Default for CoreStatsArgs {
       expired: 0,
       backpressure_events: 0,
       connections: 0,
+      log_flushes: 0,
+      log_records: 0,
+      log_bytes: 0,
+      log_error: None,
     }
   }
 }
@@ -3082,6 +3414,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoreStatsBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(CoreStats::VT_CONNECTIONS, connections, 0);
   }
   #[inline]
+  pub fn add_log_flushes(&mut self, log_flushes: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_LOG_FLUSHES, log_flushes, 0);
+  }
+  #[inline]
+  pub fn add_log_records(&mut self, log_records: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_LOG_RECORDS, log_records, 0);
+  }
+  #[inline]
+  pub fn add_log_bytes(&mut self, log_bytes: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_LOG_BYTES, log_bytes, 0);
+  }
+  #[inline]
+  pub fn add_log_error(&mut self, log_error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoreStats::VT_LOG_ERROR, log_error);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoreStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CoreStatsBuilder {
@@ -3108,6 +3456,10 @@ impl ::core::fmt::Debug for CoreStats<'_> {
       ds.field("expired", &self.expired());
       ds.field("backpressure_events", &self.backpressure_events());
       ds.field("connections", &self.connections());
+      ds.field("log_flushes", &self.log_flushes());
+      ds.field("log_records", &self.log_records());
+      ds.field("log_bytes", &self.log_bytes());
+      ds.field("log_error", &self.log_error());
       ds.finish()
   }
 }
@@ -3221,6 +3573,137 @@ impl ::core::fmt::Debug for StatsInfo<'_> {
     let mut ds = f.debug_struct("StatsInfo");
       ds.field("uptime_ms", &self.uptime_ms());
       ds.field("cores", &self.cores());
+      ds.finish()
+  }
+}
+pub enum AdminDoneOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Result of an admin operation, summed over cores.
+pub struct AdminDone<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AdminDone<'a> {
+  type Inner = AdminDone<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AdminDone<'a> {
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RECORDS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AdminDone { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AdminDoneArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AdminDone<'bldr>> {
+    let mut builder = AdminDoneBuilder::new(_fbb);
+    builder.add_bytes(args.bytes);
+    builder.add_records(args.records);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AdminDone::VT_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn records(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AdminDone::VT_RECORDS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AdminDone::VT_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AdminDone<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u64>("records", Self::VT_RECORDS, false)?
+     .visit_field::<u64>("bytes", Self::VT_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AdminDoneArgs<'a> {
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub records: u64,
+    pub bytes: u64,
+}
+impl<'a> Default for AdminDoneArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AdminDoneArgs {
+      message: None,
+      records: 0,
+      bytes: 0,
+    }
+  }
+}
+
+pub struct AdminDoneBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AdminDoneBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AdminDone::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_records(&mut self, records: u64) {
+    self.fbb_.push_slot::<u64>(AdminDone::VT_RECORDS, records, 0);
+  }
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: u64) {
+    self.fbb_.push_slot::<u64>(AdminDone::VT_BYTES, bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AdminDoneBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AdminDoneBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AdminDone<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AdminDone<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AdminDone");
+      ds.field("message", &self.message());
+      ds.field("records", &self.records());
+      ds.field("bytes", &self.bytes());
       ds.finish()
   }
 }
@@ -3393,6 +3876,21 @@ impl<'a> ResultItem<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_admin_done(&self) -> Option<AdminDone<'a>> {
+    if self.reply_type() == Reply::AdminDone {
+      self.reply().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AdminDone::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ResultItem<'_> {
@@ -3411,6 +3909,7 @@ impl ::flatbuffers::Verifiable for ResultItem<'_> {
           Reply::StatsInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatsInfo>>("Reply::StatsInfo", pos),
           Reply::BatchResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchResult>>("Reply::BatchResult", pos),
           Reply::Failure => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Failure>>("Reply::Failure", pos),
+          Reply::AdminDone => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AdminDone>>("Reply::AdminDone", pos),
           _ => Ok(()),
         }
      })?
@@ -3516,6 +4015,13 @@ impl ::core::fmt::Debug for ResultItem<'_> {
         },
         Reply::Failure => {
           if let Some(x) = self.reply_as_failure() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::AdminDone => {
+          if let Some(x) = self.reply_as_admin_done() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -3935,6 +4441,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_admin_done(&self) -> Option<AdminDone<'a>> {
+    if self.reply_type() == Reply::AdminDone {
+      self.reply().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AdminDone::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3954,6 +4475,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::StatsInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatsInfo>>("Reply::StatsInfo", pos),
           Reply::BatchResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchResult>>("Reply::BatchResult", pos),
           Reply::Failure => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Failure>>("Reply::Failure", pos),
+          Reply::AdminDone => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AdminDone>>("Reply::AdminDone", pos),
           _ => Ok(()),
         }
      })?
@@ -4066,6 +4588,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::Failure => {
           if let Some(x) = self.reply_as_failure() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::AdminDone => {
+          if let Some(x) = self.reply_as_admin_done() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
