@@ -339,8 +339,10 @@ impl Core {
     async fn backup(&self, target: std::path::PathBuf) -> Result<(u64, u64), String> {
         let Some(wal) = self.wal.clone() else { return Err("no log".into()) };
         let written = self.checkpoint().await?;
+        // Roll once more so every segment to copy is closed: copying the one being written
+        // could catch a later block of a write before an earlier one.
+        let current = wal.roll().await.map_err(|e| e.to_string())? - 1;
         let source = wal.dir().to_path_buf();
-        let current = wal.segment();
         let dest = target.join(format!("core-{}", self.index));
         glommio::executor()
             .spawn_blocking(move || copy_backup(&source, &dest, written.seq, current))
@@ -368,8 +370,10 @@ impl Core {
         let Some(wal) = self.wal.clone() else {
             return Err("--durability none keeps no log to checkpoint".into());
         };
-        if self.checkpointing.replace(true) {
-            return Err("a checkpoint is already running on this core".into());
+        // One at a time: an admin request arriving during an automatic checkpoint waits for
+        // it, then takes its own (it must cover writes acknowledged before it was asked).
+        while self.checkpointing.replace(true) {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
         }
         let result = async {
             let bytes_before = wal.stats().bytes;
@@ -562,18 +566,18 @@ fn prepare_backup_dir(dir: &str, core_dir: &std::path::Path) -> Result<std::path
     Ok(target)
 }
 
-/// Copies checkpoint `seq` and log segments `seq..=current` from `source` to `dest`, durably.
-/// The segment being written is copied as it stands: recovery treats its end like a crash's.
+/// Copies checkpoint `seq` and the closed log segments `seq..=last` from `source` to `dest`,
+/// durably.
 fn copy_backup(
     source: &std::path::Path,
     dest: &std::path::Path,
     seq: u64,
-    current: u64,
+    last: u64,
 ) -> std::io::Result<u64> {
     std::fs::create_dir_all(dest)?;
     let mut files = vec![source.join(checkpoint::name(seq))];
     for (s, path) in crate::storage::wal::segments(source)? {
-        if (seq..=current).contains(&s) {
+        if (seq..=last).contains(&s) {
             files.push(path);
         }
     }
