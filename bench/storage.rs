@@ -11,10 +11,8 @@ use corekv::storage::wal::{SyncMode, Wal};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn put(i: u64) -> Mutation {
-    let mut data = format!("key:{i:046}").into_bytes();
-    data.truncate(50);
-    data.extend_from_slice(&[b'v'; 500]);
-    Mutation::Put { data: Bytes::from(data), key_len: 50, version: i + 1, expires_at_ms: 0 }
+    let key = format!("key:{i:046}");
+    Mutation::put(&key.as_bytes()[..50], &[b'v'; 500], i + 1, 0)
 }
 
 fn bench(c: &mut Criterion) {

@@ -25,21 +25,7 @@ pub fn name(seq: u64) -> String {
 
 /// Checkpoint files in `dir`, oldest first.
 pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("checkpoint-"))
-            .and_then(|n| n.strip_suffix(".ckpt"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(seq) = seq {
-            found.push((seq, path));
-        }
-    }
-    found.sort();
-    Ok(found)
+    wal::numbered_files(dir, "checkpoint-", ".ckpt")
 }
 
 /// What one checkpoint wrote.

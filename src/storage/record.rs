@@ -67,6 +67,14 @@ pub enum Mutation {
 }
 
 impl Mutation {
+    /// A put of `key` = `value` (copied into one buffer, the engine's entry layout).
+    pub fn put(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> Mutation {
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        Mutation::Put { data: Bytes::from(data), key_len: key.len(), version, expires_at_ms }
+    }
+
     pub fn key(&self) -> &[u8] {
         match self {
             Mutation::Put { data, key_len, .. } => &data[..*key_len],
@@ -242,9 +250,7 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value: &str, version: u64, expires_at_ms: u64) -> Mutation {
-        let mut data = key.as_bytes().to_vec();
-        data.extend_from_slice(value.as_bytes());
-        Mutation::Put { data: Bytes::from(data), key_len: key.len(), version, expires_at_ms }
+        Mutation::put(key.as_bytes(), value.as_bytes(), version, expires_at_ms)
     }
 
     fn del(key: &str, version: u64) -> Mutation {

@@ -223,9 +223,7 @@ mod tests {
     use corekv_schema::codec::{Op, Reply};
 
     fn put(key: &str, value: &str, version: u64, expires_at_ms: u64) -> Mutation {
-        let mut data = key.as_bytes().to_vec();
-        data.extend_from_slice(value.as_bytes());
-        Mutation::Put { data: Bytes::from(data), key_len: key.len(), version, expires_at_ms }
+        Mutation::put(key.as_bytes(), value.as_bytes(), version, expires_at_ms)
     }
 
     fn write_segment(dir: &Path, seq: u64, ms: &[Mutation], pad_to: usize) -> PathBuf {

@@ -149,13 +149,23 @@ fn segment_name(seq: u64) -> String {
 
 /// Segment files in `dir`, oldest first.
 pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    numbered_files(dir, "", ".log")
+}
+
+/// Files in `dir` named `<prefix><number><suffix>`, by number.
+pub(crate) fn numbered_files(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let seq = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(seq) = seq {
             found.push((seq, path));
