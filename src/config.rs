@@ -283,6 +283,15 @@ impl Config {
                 "must exceed key_bytes_max + value_bytes_max + 1024",
             ));
         }
+        // A value must fit in one log record, or writing it would be a bug that aborts the node.
+        let record_bytes = l.key_bytes_max.saturating_add(l.value_bytes_max).saturating_add(32);
+        if record_bytes > crate::storage::record::RECORD_BYTES_MAX {
+            return Err(invalid(
+                "value_bytes_max",
+                l.value_bytes_max,
+                "key_bytes_max + value_bytes_max must stay under 64 MiB (one log record)",
+            ));
+        }
         if l.batch_ops_max == 0 {
             return Err(invalid("batch_ops_max", 0, "must be at least 1"));
         }

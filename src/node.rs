@@ -401,7 +401,12 @@ async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
                 log_bytes_replaced = since,
                 "checkpoint"
             ),
-            Err(e) => tracing::warn!(core = core.index, error = %e, "checkpoint failed"),
+            Err(e) => {
+                tracing::warn!(core = core.index, error = %e, "checkpoint failed; retrying later");
+                // Each attempt rolls the log (a new preallocated segment): do not turn a full
+                // disk into a storm of rolls.
+                glommio::timer::sleep(Duration::from_secs(CHECKPOINT_RETRY_S)).await;
+            }
         }
         last = Instant::now();
     }
@@ -409,6 +414,8 @@ async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
 
 /// How often each core looks at whether its log needs a checkpoint.
 const COMPACTION_CHECK_MS: u64 = 500;
+/// Pause after a failed checkpoint before the next attempt.
+const CHECKPOINT_RETRY_S: u64 = 30;
 
 async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
     while !stop.is_fired() {

@@ -338,17 +338,24 @@ impl Core {
     /// `target/core-<index>`.
     async fn backup(&self, target: std::path::PathBuf) -> Result<(u64, u64), String> {
         let Some(wal) = self.wal.clone() else { return Err("no log".into()) };
-        let written = self.checkpoint().await?;
-        // Roll once more so every segment to copy is closed: copying the one being written
-        // could catch a later block of a write before an earlier one.
-        let current = wal.roll().await.map_err(|e| e.to_string())? - 1;
-        let source = wal.dir().to_path_buf();
-        let dest = target.join(format!("core-{}", self.index));
-        glommio::executor()
-            .spawn_blocking(move || copy_backup(&source, &dest, written.seq, current))
-            .await
-            .map(|bytes| (written.records, bytes))
-            .map_err(|e| format!("backup to {}: {e}", target.display()))
+        // Hold the guard through the copy: a checkpoint meanwhile would delete what we copy.
+        self.checkpoint_guard().await;
+        let result = async {
+            let written = self.checkpoint_locked(&wal).await?;
+            // Roll once more so every segment to copy is closed: copying the one being
+            // written could catch a later block of a write before an earlier one.
+            let last = wal.roll().await.map_err(|e| e.to_string())? - 1;
+            let source = wal.dir().to_path_buf();
+            let dest = target.join(format!("core-{}", self.index));
+            glommio::executor()
+                .spawn_blocking(move || copy_backup(&source, &dest, written.seq, last))
+                .await
+                .map(|bytes| (written.records, bytes))
+                .map_err(|e| format!("backup to {}: {e}", target.display()))
+        }
+        .await;
+        self.checkpointing.set(false);
+        result
     }
 
     /// Waits until log record `seq` is durable; an error reply if the log failed.
@@ -370,27 +377,35 @@ impl Core {
         let Some(wal) = self.wal.clone() else {
             return Err("--durability none keeps no log to checkpoint".into());
         };
-        // One at a time: an admin request arriving during an automatic checkpoint waits for
-        // it, then takes its own (it must cover writes acknowledged before it was asked).
+        self.checkpoint_guard().await;
+        let result = self.checkpoint_locked(&wal).await;
+        self.checkpointing.set(false);
+        result
+    }
+
+    /// One checkpoint (or backup) at a time per core: a second one waits for the first.
+    async fn checkpoint_guard(&self) {
         while self.checkpointing.replace(true) {
             glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let result = async {
-            let bytes_before = wal.stats().bytes;
-            let seq = wal.roll().await.map_err(|e| e.to_string())?;
-            // Everything from here on is also in segment `seq` or later.
-            let entries = self.engine.borrow().snapshot(now_ms());
-            let dir = wal.dir().to_path_buf();
-            let written = glommio::executor()
-                .spawn_blocking(move || checkpoint::write(&dir, seq, entries))
-                .await
-                .map_err(|e| format!("checkpoint in {}: {e}", wal.dir().display()))?;
-            self.log_bytes_at_checkpoint.set(bytes_before);
-            Ok(written)
-        }
-        .await;
-        self.checkpointing.set(false);
-        result
+    }
+
+    async fn checkpoint_locked(&self, wal: &Rc<Wal>) -> Result<checkpoint::Written, String> {
+        let bytes_before = wal.stats().bytes;
+        let seq = wal.roll().await.map_err(|e| e.to_string())?;
+        // Everything from here on is also in segment `seq` or later.
+        let entries = self.engine.borrow().snapshot(now_ms());
+        // The snapshot may hold writes still pending in the log: the checkpoint must not make
+        // durable what the log has not (a failed flush, or a crash that keeps only part of
+        // segment `seq`, would otherwise rebuild a state that never existed).
+        wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
+        let dir = wal.dir().to_path_buf();
+        let written = glommio::executor()
+            .spawn_blocking(move || checkpoint::write(&dir, seq, entries))
+            .await
+            .map_err(|e| format!("checkpoint in {}: {e}", wal.dir().display()))?;
+        self.log_bytes_at_checkpoint.set(bytes_before);
+        Ok(written)
     }
 
     pub fn sweep_expired(&self, now_ms: u64, budget: usize) -> usize {
@@ -581,6 +596,12 @@ fn copy_backup(
             files.push(path);
         }
     }
+    if files.len() as u64 != last - seq + 2 {
+        return Err(std::io::Error::other(format!(
+            "segments {seq}..={last} are not all present in {}",
+            source.display()
+        )));
+    }
     let mut bytes = 0;
     for from in files {
         let Some(name) = from.file_name() else { continue };
@@ -589,6 +610,9 @@ fn copy_backup(
         std::fs::File::open(&to)?.sync_all()?;
     }
     std::fs::File::open(dest)?.sync_all()?;
+    if let Some(parent) = dest.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
     Ok(bytes)
 }
 

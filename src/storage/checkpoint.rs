@@ -40,9 +40,23 @@ pub struct Written {
 
 /// Writes checkpoint `seq` from `entries`, makes it durable, then deletes what it replaces.
 pub fn write(dir: &Path, seq: u64, entries: Vec<Mutation>) -> std::io::Result<Written> {
-    let path = dir.join(name(seq));
     let tmp = dir.join(format!("{}.tmp", name(seq)));
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let result = write_inner(dir, seq, &tmp, entries);
+    if result.is_err() {
+        // A failed checkpoint (say, a full disk) must not keep the space it took.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_inner(
+    dir: &Path,
+    seq: u64,
+    tmp: &Path,
+    entries: Vec<Mutation>,
+) -> std::io::Result<Written> {
+    let path = dir.join(name(seq));
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
     let mut buf = Vec::with_capacity(64 << 10);
     let mut written = Written { seq, ..Written::default() };
     for m in &entries {
@@ -56,7 +70,7 @@ pub fn write(dir: &Path, seq: u64, entries: Vec<Mutation>) -> std::io::Result<Wr
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     written.files_removed = remove_replaced(dir, seq)?;
     Ok(written)

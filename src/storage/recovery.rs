@@ -38,6 +38,11 @@ pub enum RecoveryError {
     )]
     Checkpoint { path: PathBuf, offset: usize, invalid: Invalid },
     #[error(
+        "log segment {missing} is missing from {dir}: later writes cannot be replayed in order. \
+         Refusing to start; --salvage replays what is there"
+    )]
+    Gap { dir: PathBuf, missing: u64 },
+    #[error(
         "log corrupt in {path}: it ends early at offset {offset} ({invalid:?}) but newer \
          segments follow. Refusing to start; --salvage cuts it and keeps the rest"
     )]
@@ -72,7 +77,13 @@ pub fn recover(
         let path = path.to_path_buf();
         move |source| RecoveryError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // The new directory's entry must be durable before segments in it are trusted.
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(io(parent))?;
+        }
+    }
     let started = Instant::now();
     let mut report = Report::default();
     // The newest checkpoint holds everything before its segment number.
@@ -106,6 +117,20 @@ pub fn recover(
         .filter(|(seq, _)| *seq >= replay_from)
         .collect();
     report.next_segment = segments.last().map_or(replay_from.max(1), |(seq, _)| seq + 1);
+    // Segments are numbered consecutively from the checkpoint's: a gap means a lost file.
+    let mut expected = segments.first().map(|(seq, _)| *seq);
+    if replay_from > 0 && expected.is_some_and(|first| first != replay_from) && !salvage {
+        return Err(RecoveryError::Gap { dir: dir.to_path_buf(), missing: replay_from });
+    }
+    for (seq, _) in &segments {
+        if expected != Some(*seq) && !salvage {
+            return Err(RecoveryError::Gap {
+                dir: dir.to_path_buf(),
+                missing: expected.unwrap_or(0),
+            });
+        }
+        expected = Some(seq + 1);
+    }
     // Which segments hold any data: a torn tail is legal only in the newest of them.
     let mut contents = Vec::with_capacity(segments.len());
     for (_, path) in &segments {
@@ -311,8 +336,7 @@ mod tests {
         let err = recover(dir.path(), &mut MemEngine::new(), false, 0).unwrap_err();
         assert!(matches!(err, RecoveryError::TornMiddle { .. }), "{err}");
         // An empty newer segment (a boot that wrote nothing) does not count as data.
-        std::fs::remove_file(dir.path().join(format!("{:020}.log", 2))).unwrap();
-        write_segment(dir.path(), 3, &[], 4096);
+        write_segment(dir.path(), 2, &[], 4096);
         assert_eq!(recover(dir.path(), &mut MemEngine::new(), false, 0).unwrap().torn.len(), 1);
     }
 
@@ -334,5 +358,15 @@ mod tests {
         assert_eq!(get(&mut e, "user:{42}:name").map(|(v, _)| v), Some(Bytes::from_static(b"ada")));
         assert_eq!(get(&mut e, "blob").map(|(v, _)| v), Some(Bytes::from_static(b"bin\0ary")));
         assert_eq!(e.stats().keys, 4);
+    }
+
+    #[test]
+    fn a_missing_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, &[put("a", "1", 1, 0)], 0);
+        write_segment(dir.path(), 3, &[put("b", "2", 2, 0)], 0);
+        let err = recover(dir.path(), &mut MemEngine::new(), false, 0).unwrap_err();
+        assert!(matches!(err, RecoveryError::Gap { missing: 2, .. }), "{err}");
+        assert!(recover(dir.path(), &mut MemEngine::new(), true, 0).is_ok());
     }
 }

@@ -207,10 +207,20 @@ impl Wal {
         self.mode == SyncMode::Sync
     }
 
+    /// The sequence number of the last record appended.
+    pub fn appended(&self) -> u64 {
+        self.appended_seq.get()
+    }
+
     /// Encodes `m` for the next flush; returns its sequence number.
     pub fn append(&self, m: &Mutation) -> Result<u64, WalError> {
         if let Some(e) = self.failure() {
             return Err(e);
+        }
+        if self.closing.get() {
+            // The flusher may already have written its last batch: refuse rather than accept
+            // a record nobody will write.
+            return Err(WalError(Rc::from("the log is closing (node shutting down)")));
         }
         record::encode(m, &mut self.pending.borrow_mut());
         let seq = self.appended_seq.get() + 1;
