@@ -135,6 +135,15 @@ impl Core {
             Ok(wait) => wait,
             Err(reply) => return Slot::Ready(reply),
         };
+        // When acks do not wait for the log (periodic mode, or a request asking for less),
+        // nothing else stops writers from outrunning the disk: hold this connection until
+        // the log has caught up below its bound.
+        if let Some(wal) = &self.wal
+            && wal.pending_bytes() > LOG_PENDING_BYTES_MAX
+        {
+            bump(&self.counters.backpressure_events);
+            let _ = wal.wait(wal.appended()).await;
+        }
         match op {
             Op::Ping { payload } => Slot::Ready(Reply::Pong { payload }),
             Op::Topology => Slot::Ready(match self.node.topology.get() {
@@ -652,6 +661,9 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Log bytes appended but not yet flushed beyond which new requests wait for the log.
+const LOG_PENDING_BYTES_MAX: usize = 64 << 20;
 
 /// Answers held back until their log records are durable, per peer; bounded so a peer that
 /// sends faster than the log syncs is slowed down rather than queued without limit.

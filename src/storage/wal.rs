@@ -207,6 +207,11 @@ impl Wal {
         self.mode == SyncMode::Sync
     }
 
+    /// Bytes appended and not yet handed to the disk.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
     /// The sequence number of the last record appended.
     pub fn appended(&self) -> u64 {
         self.appended_seq.get()
