@@ -131,16 +131,20 @@ pub fn recover(
         }
         expected = Some(seq + 1);
     }
-    // Which segments hold any data: a torn tail is legal only in the newest of them.
-    let mut contents = Vec::with_capacity(segments.len());
-    for (_, path) in &segments {
-        let bytes = std::fs::read(path).map_err(io(path))?;
-        contents.push(Bytes::from(bytes));
+    // Which segments hold any data: a torn tail is legal only in the newest of them. Found
+    // from the newest end (usually the first file looked at), so that replay then holds one
+    // segment in memory at a time.
+    let mut newest_with_data = None;
+    for (i, (_, path)) in segments.iter().enumerate().rev() {
+        if has_data(path).map_err(io(path))? {
+            newest_with_data = Some(i);
+            break;
+        }
     }
-    let newest_with_data = contents.iter().rposition(|b| b.iter().any(|&x| x != 0));
     let mut progress_at = Instant::now() + Duration::from_secs(1);
     let (mut progress_records, mut progress_bytes) = (0u64, 0u64);
-    for (i, ((_, path), bytes)) in segments.iter().zip(&contents).enumerate() {
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let bytes = &Bytes::from(std::fs::read(path).map_err(io(path))?);
         report.segments += 1;
         let mut skipped = Vec::new();
         let mut records_end = 0usize;
@@ -232,6 +236,22 @@ pub fn recover(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Whether the file holds any non-zero byte (preallocated and unused segments do not).
+fn has_data(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(true);
+        }
+    }
 }
 
 fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
