@@ -21,7 +21,7 @@ bin=target/release
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 port() { echo $((20000 + RANDOM % 20000)); }
-wait_ready() { for _ in $(seq 600); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_ready() { for _ in $(seq 12000); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 echo "== 1. durable SET, 50 connections x pipeline 1, ${secs}s" >&2
 p=$(port)

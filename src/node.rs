@@ -41,7 +41,6 @@ const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 /// glommio's own default io_memory per executor; we never ask for more.
 const IO_MEMORY_BYTES_MAX: usize = 10 << 20;
 const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
-const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the boot thread learns from each core.
 struct CoreReport {
@@ -124,9 +123,10 @@ pub fn run(config: Config) -> Result<(), NodeError> {
 
     let mut shard_ports = vec![0u16; cores];
     let mut failure = None;
-    let boot_deadline = Instant::now() + BOOT_TIMEOUT;
+    // No timeout: recovering a large log takes as long as it takes (each core logs its replay
+    // progress), and every core reports success or failure, or the process aborts on a panic.
     for _ in 0..cores {
-        match report_rx.recv_timeout(boot_deadline.saturating_duration_since(Instant::now())) {
+        match report_rx.recv() {
             Ok(CoreReport { index, shard_port, result: Ok(()) }) => {
                 shard_ports[index] = shard_port.unwrap_or(0);
             }
@@ -136,8 +136,8 @@ pub fn run(config: Config) -> Result<(), NodeError> {
             }
             Err(_) => {
                 failure = Some(NodeError::Core {
-                    core: usize::MAX,
-                    message: "a core did not start within 30 s".into(),
+                    core: 0,
+                    message: "a core stopped during boot without reporting why".into(),
                 });
                 break;
             }
@@ -245,12 +245,10 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     shard::spawn_mesh_tasks(&core, calls, answers);
     let _ = boot.report.send(CoreReport { index, shard_port, result: Ok(()) });
 
-    // Serve only once every core is up, so Topology is never half-known. The boot thread
-    // gives up (and sets `stop`) at BOOT_TIMEOUT; the margin here only guards against a boot
-    // thread that died without saying so.
-    let deadline = Instant::now() + BOOT_TIMEOUT + Duration::from_secs(5);
+    // Serve only once every core is up (others may still be replaying their logs), so
+    // Topology is never half-known. The boot thread sets `stop` if any core failed.
     while boot.node.topology.get().is_none() {
-        if boot.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+        if boot.stop.load(Ordering::Relaxed) {
             boot.draining.fetch_sub(1, Ordering::AcqRel);
             return Err("stopped before every core had started".into());
         }
