@@ -374,4 +374,28 @@ mod tests {
         let err = Config::load(&ServeArgs { frame_bytes_max: Some(100), ..Default::default() });
         assert!(err.unwrap_err().to_string().contains("frame_bytes_max"));
     }
+
+    /// The shipped example must stay loadable: every key in it, commented or not, is real.
+    #[test]
+    fn tuning_example_config_parses_with_every_key_enabled() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/corekv.toml.example");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let as_is = dir.path().join("as-is.toml");
+        std::fs::write(&as_is, &text).unwrap();
+        Config::load(&ServeArgs { config: Some(as_is), ..Default::default() }).unwrap();
+        // Uncomment every `#key = value` line: each must be a known key with a valid value.
+        let enabled: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let all = dir.path().join("all.toml");
+        std::fs::write(&all, enabled).unwrap();
+        let c = Config::load(&ServeArgs { config: Some(all), ..Default::default() });
+        assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
+    }
 }
