@@ -151,10 +151,7 @@ impl Core {
                 None => Reply::error(ErrorCode::Unavailable, "node is still starting"),
             }),
             Op::Stats => {
-                let mut tokens = Vec::with_capacity(usize::from(self.cores) - 1);
-                for target in (0..self.cores).filter(|&c| c != self.index) {
-                    tokens.push(self.forward(target, Work::Stats).await);
-                }
+                let tokens = self.forward_to_others(|| Work::Stats).await;
                 Slot::Stats { local: self.core_stats(), tokens }
             }
             Op::Batch(ops) => self.dispatch_batch(ops, wait, now_ms).await,
@@ -299,10 +296,7 @@ impl Core {
 
     /// Runs `work` on every core and sums what they did.
     async fn admin(&self, work: impl Fn() -> Work, what: &str) -> Reply {
-        let mut tokens = Vec::new();
-        for target in (0..self.cores).filter(|&c| c != self.index) {
-            tokens.push(self.forward(target, work()).await);
-        }
+        let tokens = self.forward_to_others(&work).await;
         let mut results = vec![self.run_admin(work()).await];
         for token in tokens {
             results.push(self.answer(token).await);
@@ -357,7 +351,7 @@ impl Core {
             let source = wal.dir().to_path_buf();
             let dest = target.join(format!("core-{}", self.index));
             glommio::executor()
-                .spawn_blocking(move || copy_backup(&source, &dest, written.seq, last))
+                .spawn_blocking(move || checkpoint::copy(&source, &dest, written.seq, last))
                 .await
                 .map(|bytes| (written.records, bytes))
                 .map_err(|e| format!("backup to {}: {e}", target.display()))
@@ -445,6 +439,15 @@ impl Core {
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
         }
+    }
+
+    /// Sends `work()` to every other core; the tokens their answers will be filed under.
+    async fn forward_to_others(&self, work: impl Fn() -> Work) -> Vec<usize> {
+        let mut tokens = Vec::with_capacity(usize::from(self.cores) - 1);
+        for target in (0..self.cores).filter(|&c| c != self.index) {
+            tokens.push(self.forward(target, work()).await);
+        }
+        tokens
     }
 
     /// Sends work to `target` and returns the token its answer will be filed under.
@@ -588,41 +591,6 @@ fn prepare_backup_dir(dir: &str, core_dir: &std::path::Path) -> Result<std::path
             .map_err(|e| format!("copying META to {}: {e}", target.display()))?;
     }
     Ok(target)
-}
-
-/// Copies checkpoint `seq` and the closed log segments `seq..=last` from `source` to `dest`,
-/// durably.
-fn copy_backup(
-    source: &std::path::Path,
-    dest: &std::path::Path,
-    seq: u64,
-    last: u64,
-) -> std::io::Result<u64> {
-    std::fs::create_dir_all(dest)?;
-    let mut files = vec![source.join(checkpoint::name(seq))];
-    for (s, path) in crate::storage::wal::segments(source)? {
-        if (seq..=last).contains(&s) {
-            files.push(path);
-        }
-    }
-    if files.len() as u64 != last - seq + 2 {
-        return Err(std::io::Error::other(format!(
-            "segments {seq}..={last} are not all present in {}",
-            source.display()
-        )));
-    }
-    let mut bytes = 0;
-    for from in files {
-        let Some(name) = from.file_name() else { continue };
-        let to = dest.join(name);
-        bytes += std::fs::copy(&from, &to)?;
-        std::fs::File::open(&to)?.sync_all()?;
-    }
-    std::fs::File::open(dest)?.sync_all()?;
-    if let Some(parent) = dest.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(bytes)
 }
 
 fn unexpected(done: Done) -> Reply {

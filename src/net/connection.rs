@@ -161,25 +161,27 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
         match outcome {
             ReadOutcome::Data(n) => input.extend_from_slice(&chunk[..n]),
             ReadOutcome::Shutdown | ReadOutcome::Closed if input.is_empty() => return,
+            // Part of a frame is left: say why we close, if the peer still listens.
             ReadOutcome::Shutdown => {
-                // Requests not yet fully read are not executed; say so before closing.
                 let reply = Reply::error(
                     ErrorCode::ShuttingDown,
                     "node is shutting down; requests after the last reply were not executed",
                 );
-                encoder.response(0, &reply, &mut output);
-                let _ = stream.write_all(&output).await;
-                return;
+                return last_word(&mut stream, &mut encoder, &reply).await;
             }
             ReadOutcome::Closed | ReadOutcome::Stalled => {
-                // The peer stopped mid-frame: say why before closing, if it still listens.
                 let reply = Reply::error(ErrorCode::BadRequest, "truncated frame");
-                encoder.response(0, &reply, &mut output);
-                let _ = stream.write_all(&output).await;
-                return;
+                return last_word(&mut stream, &mut encoder, &reply).await;
             }
         }
     }
+}
+
+/// Sends one final error frame (id 0) before the connection closes; a failure to send is moot.
+async fn last_word(stream: &mut TcpStream, encoder: &mut Encoder, reply: &Reply) {
+    let mut out = BytesMut::new();
+    encoder.response(0, reply, &mut out);
+    let _ = stream.write_all(&out).await;
 }
 
 /// Reads what is available. An idle connection gives way to shutdown; a half-received frame

@@ -93,3 +93,33 @@ fn remove_replaced(dir: &Path, seq: u64) -> std::io::Result<u64> {
     }
     Ok(removed)
 }
+
+/// Copies checkpoint `seq` and the closed log segments `seq..=last` from `source` to `dest`,
+/// durably.
+pub fn copy(source: &Path, dest: &Path, seq: u64, last: u64) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dest)?;
+    let mut files = vec![source.join(name(seq))];
+    for (s, path) in wal::segments(source)? {
+        if (seq..=last).contains(&s) {
+            files.push(path);
+        }
+    }
+    if files.len() as u64 != last - seq + 2 {
+        return Err(std::io::Error::other(format!(
+            "segments {seq}..={last} are not all present in {}",
+            source.display()
+        )));
+    }
+    let mut bytes = 0;
+    for from in files {
+        let Some(name) = from.file_name() else { continue };
+        let to = dest.join(name);
+        bytes += std::fs::copy(&from, &to)?;
+        std::fs::File::open(&to)?.sync_all()?;
+    }
+    std::fs::File::open(dest)?.sync_all()?;
+    if let Some(parent) = dest.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(bytes)
+}

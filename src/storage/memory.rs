@@ -150,8 +150,7 @@ impl MemEngine {
 
     fn set(&mut self, set: SetOp, now_ms: u64) -> Applied {
         let hash = self.hash(&set.key);
-        let MemEngine { table, hasher, expiry, ttl_keys, version_last, value_bytes, expired } =
-            self;
+        let MemEngine { table, hasher, version_last, expired, .. } = self;
         let entry = table.entry(hash, |e| e.key() == &set.key[..], |e| hasher.hash_one(e.key()));
         let (current, was_expired) = match &entry {
             hashbrown::hash_table::Entry::Occupied(o) => {
@@ -179,37 +178,54 @@ impl MemEngine {
             version,
             expires_at_ms,
         };
-        *value_bytes += fresh.bytes();
-        let mut ticketed = false;
-        match entry {
+        let fresh_bytes = fresh.bytes();
+        let old = match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
                 if was_expired {
                     *expired += 1;
                 }
-                let old = std::mem::replace(o.get_mut(), fresh);
-                *value_bytes -= old.bytes();
-                if old.expires_at_ms != 0 {
-                    *ttl_keys -= 1;
-                }
-                // keep_ttl (or the same deadline): the old ticket still describes this entry.
-                ticketed = old.expires_at_ms == expires_at_ms && !was_expired;
+                Some(std::mem::replace(o.get_mut(), fresh))
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(fresh);
+                None
+            }
+        };
+        // An expired old entry's ticket may already have fired: the key gets a new one.
+        self.stored(&set.key, old.as_ref(), fresh_bytes, expires_at_ms, !was_expired);
+        Applied { reply: Reply::Written { version }, mutation: Some(mutation) }
+    }
+
+    /// Bookkeeping after an entry of `fresh_bytes` expiring at `expires_at_ms` was stored for
+    /// `key` in place of `old`: byte and TTL counts, and an expiry ticket unless the old one
+    /// is still pending (`old_ticket_live`) and describes the entry (same deadline, as with
+    /// keep_ttl). Shared by writes and replay so the two cannot drift apart.
+    fn stored(
+        &mut self,
+        key: &[u8],
+        old: Option<&Entry>,
+        fresh_bytes: u64,
+        expires_at_ms: u64,
+        old_ticket_live: bool,
+    ) {
+        self.value_bytes += fresh_bytes;
+        if let Some(old) = old {
+            self.value_bytes -= old.bytes();
+            if old.expires_at_ms != 0 {
+                self.ttl_keys -= 1;
             }
         }
         if expires_at_ms != 0 {
-            *ttl_keys += 1;
-            if !ticketed {
+            self.ttl_keys += 1;
+            if !old_ticket_live || old.is_none_or(|o| o.expires_at_ms != expires_at_ms) {
                 // The ticket owns a copy of the key, not a slice of `data`: a stale ticket
                 // must not keep an overwritten value alive until its old expiry time.
-                expiry.push(Reverse((expires_at_ms, Bytes::copy_from_slice(&set.key))));
+                self.expiry.push(Reverse((expires_at_ms, Bytes::copy_from_slice(key))));
             }
         }
-        if expiry.len() > 2 * *ttl_keys + EXPIRY_STALE_TICKETS_MAX {
+        if self.expiry.len() > 2 * self.ttl_keys + EXPIRY_STALE_TICKETS_MAX {
             self.rebuild_expiry();
         }
-        Applied { reply: Reply::Written { version }, mutation: Some(mutation) }
     }
 
     /// Replaces the expiry heap with exactly one ticket per live key with a TTL.
@@ -324,6 +340,7 @@ impl Engine for MemEngine {
                 let key_len32 = u32::try_from(key_len).expect("record key_len is a u32");
                 // Copy out of the segment buffer: a slice would keep the whole segment in memory.
                 let data = Bytes::copy_from_slice(&data);
+                let key = data.slice(..key_len);
                 let fresh = Entry { data, key_len: key_len32, version, expires_at_ms };
                 let hash = self.hash(fresh.key());
                 let hasher = &self.hasher;
@@ -332,24 +349,17 @@ impl Engine for MemEngine {
                     |e| e.key() == fresh.key(),
                     |e| hasher.hash_one(e.key()),
                 );
-                let key = Bytes::copy_from_slice(fresh.key());
-                self.value_bytes += fresh.bytes();
-                match entry {
+                let fresh_bytes = fresh.bytes();
+                let old = match entry {
                     hashbrown::hash_table::Entry::Occupied(mut o) => {
-                        let old = std::mem::replace(o.get_mut(), fresh);
-                        self.value_bytes -= old.bytes();
-                        if old.expires_at_ms != 0 {
-                            self.ttl_keys -= 1;
-                        }
+                        Some(std::mem::replace(o.get_mut(), fresh))
                     }
                     hashbrown::hash_table::Entry::Vacant(v) => {
                         v.insert(fresh);
+                        None
                     }
-                }
-                if expires_at_ms != 0 {
-                    self.ttl_keys += 1;
-                    self.expiry.push(Reverse((expires_at_ms, key)));
-                }
+                };
+                self.stored(&key, old.as_ref(), fresh_bytes, expires_at_ms, true);
             }
         }
     }
@@ -619,5 +629,24 @@ mod tests {
         assert_eq!(e.sweep_expired(1_800_000 + 100, usize::MAX), 100);
         assert_eq!(e.stats().keys, 0);
         assert_eq!(e.ttl_keys, 0);
+    }
+
+    /// Replay goes through the same bookkeeping as writes: refreshed TTLs in a long log do not
+    /// grow the expiry heap without bound, and byte counts match a table built by writes.
+    #[test]
+    fn replay_shares_write_bookkeeping() {
+        let mut replayed = MemEngine::new();
+        let mut version = 0;
+        for round in 0..50u64 {
+            for i in 0..100 {
+                version += 1;
+                let key = format!("session:{i}");
+                let m = Mutation::put(key.as_bytes(), b"v", version, 1_800_000 + round);
+                replayed.replay(m, 0);
+            }
+        }
+        assert!(replayed.expiry.len() <= 2 * 100 + EXPIRY_STALE_TICKETS_MAX);
+        assert_eq!(replayed.ttl_keys, 100);
+        assert_eq!(replayed.stats().value_bytes, 100 * ("session:0".len() as u64 + 1) + 90);
     }
 }
