@@ -167,8 +167,8 @@ pub struct Connection<D> {
     setup: Setup,
     driver: D,
     inflight: VecDeque<Pending>,
-    next_id: u64,
-    /// Requests started so far; the open-loop schedule index of the next one.
+    /// Requests started so far; the open-loop schedule index of the next one, and the id of
+    /// the last one sent (ids start at 1).
     seq: u64,
     exhausted: bool,
     key: Vec<u8>,
@@ -183,7 +183,6 @@ impl<D: Driver + Default> Connection<D> {
         Connection {
             driver: D::default(),
             inflight: VecDeque::with_capacity(setup.window),
-            next_id: 1,
             seq: 0,
             exhausted: false,
             key: vec![0; setup.key_format.size_bytes()],
@@ -360,9 +359,8 @@ impl<D: Driver + Default> Connection<D> {
                 break;
             };
             self.setup.key_format.write(key_index, &mut self.key);
-            let id = self.next_id;
-            self.next_id += 1;
             self.seq += 1;
+            let id = self.seq;
             self.driver.encode(id, kind, &self.key, &self.setup.value, out);
             self.inflight.push_back(Pending { id, kind, start });
         }
