@@ -123,15 +123,21 @@ impl Node {
 
     /// Sends SIGTERM and waits for the exit status (bounded).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let pid = self.pid();
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         assert!(status.expect("kill").success());
+        self.wait_exit()
+    }
+
+    /// Waits (bounded) for a node that was told to stop, and reaps it.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "node did not exit after SIGTERM");
+            assert!(Instant::now() < deadline, "node did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
