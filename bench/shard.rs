@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use corekv::storage::{Engine, MemEngine};
+use corekv::storage::{Engine, MemEngine, NoLog};
 use corekv_schema::codec::{Op, SetOp};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -20,8 +20,12 @@ fn bench(c: &mut Criterion) {
     let value = Bytes::from(vec![b'v'; 500]);
     let mut engine = MemEngine::new();
     for i in 0..KEYS {
-        engine
-            .execute(Op::Set(SetOp { key: key(i), value: value.clone(), ..Default::default() }), 0);
+        engine.execute(
+            Op::Set(SetOp { key: key(i), value: value.clone(), ..Default::default() }),
+            0,
+            &mut NoLog,
+            None,
+        );
     }
     let keys: Vec<Bytes> = (0..4096).map(|i| key(i * 241 % KEYS)).collect();
     let missing: Vec<Bytes> = (0..4096).map(|i| key(KEYS + i)).collect();
@@ -29,13 +33,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("shard/get_hit", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            black_box(engine.execute(Op::Get { key: keys[i].clone() }, 0))
+            black_box(engine.execute(Op::Get { key: keys[i].clone() }, 0, &mut NoLog, None))
         })
     });
     c.bench_function("shard/get_miss", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            black_box(engine.execute(Op::Get { key: missing[i].clone() }, 0))
+            black_box(engine.execute(Op::Get { key: missing[i].clone() }, 0, &mut NoLog, None))
         })
     });
     c.bench_function("shard/set_overwrite", |b| {
@@ -43,7 +47,7 @@ fn bench(c: &mut Criterion) {
             i = (i + 1) & 4095;
             let op =
                 Op::Set(SetOp { key: keys[i].clone(), value: value.clone(), ..Default::default() });
-            black_box(engine.execute(op, 0))
+            black_box(engine.execute(op, 0, &mut NoLog, None))
         })
     });
 }

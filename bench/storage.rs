@@ -63,15 +63,15 @@ fn bench(c: &mut Criterion) {
             std::fs::create_dir_all(&path).expect("run dir");
             let records = records.clone();
             executor.run(async move {
-                let wal = Wal::new(path, SyncMode::Sync, 64 << 20);
-                let flusher = glommio::spawn_local(wal.clone().run(1));
-                let warm = wal.append(&records[0]).expect("append");
+                let wal = Wal::new(path, SyncMode::Sync, 64 << 20, 1);
+                let flusher = glommio::spawn_local(wal.clone().run());
+                let (warm, _) = wal.append(&records[0]).expect("append");
                 wal.wait(warm).await.expect("durable");
                 let started = std::time::Instant::now();
                 for _ in 0..iters {
                     let mut last = 0;
                     for r in &records {
-                        last = wal.append(r).expect("append");
+                        last = wal.append(r).expect("append").0;
                     }
                     wal.wait(last).await.expect("durable");
                 }

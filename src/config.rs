@@ -44,6 +44,12 @@ pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
 pub const CHECKPOINT_INTERVAL_S_DEFAULT: u64 = 300;
 /// Smallest log segment: below this, rolling to a new file would dominate the write path.
 pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
+/// Largest log segment: record offsets in the index are 32-bit.
+pub const SEGMENT_BYTES_MAX: u64 = (1 << 32) - 4096;
+pub const COMPACTION_LIVE_RATIO_DEFAULT: f64 = 0.5;
+pub const COMPACTION_BYTES_PER_S_DEFAULT: u64 = 64 << 20;
+/// Cache when the machine's memory cannot be read.
+const CACHE_BYTES_FALLBACK: u64 = 1 << 30;
 
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -83,6 +89,19 @@ pub struct ServeArgs {
     /// [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes_max: Option<u64>,
+    /// Memory for values, shared out over the cores; a value beyond it stays on disk only
+    /// and is read back with direct I/O (keys and the index always stay in memory). Ignored
+    /// with --durability none [default: half of the machine's memory]
+    #[arg(long, value_name = "BYTES")]
+    pub cache_bytes: Option<u64>,
+    /// Rewrite a log segment once less than this fraction of it is current values
+    /// (disk use stays within about 1 / ratio of the live data) [default: 0.5]
+    #[arg(long, value_name = "RATIO")]
+    pub compaction_live_ratio: Option<f64>,
+    /// Most bytes per second compaction reads and rewrites on each core, so foreground
+    /// requests keep the disk [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub compaction_bytes_per_s: Option<u64>,
     /// Name of this node, reported in topology [default: the listen address]
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -130,6 +149,9 @@ struct FileConfig {
     salvage: Option<bool>,
     segment_bytes_max: Option<u64>,
     checkpoint_interval_s: Option<u64>,
+    cache_bytes: Option<u64>,
+    compaction_live_ratio: Option<f64>,
+    compaction_bytes_per_s: Option<u64>,
     cores: Option<usize>,
     data_dir: Option<PathBuf>,
     shard_ports: Option<u16>,
@@ -155,6 +177,10 @@ pub struct Config {
     pub salvage: bool,
     pub segment_bytes_max: u64,
     pub checkpoint_interval_s: u64,
+    /// For the whole node; each core gets its share.
+    pub cache_bytes: u64,
+    pub compaction_live_ratio: f64,
+    pub compaction_bytes_per_s: u64,
     /// `None` = every CPU in this process's affinity mask.
     pub cores: Option<usize>,
     pub data_dir: PathBuf,
@@ -222,6 +248,18 @@ impl Config {
                 .checkpoint_interval_s
                 .or(file.checkpoint_interval_s)
                 .unwrap_or(CHECKPOINT_INTERVAL_S_DEFAULT),
+            cache_bytes: args
+                .cache_bytes
+                .or(file.cache_bytes)
+                .unwrap_or_else(|| memory_bytes().map_or(CACHE_BYTES_FALLBACK, |m| m / 2)),
+            compaction_live_ratio: args
+                .compaction_live_ratio
+                .or(file.compaction_live_ratio)
+                .unwrap_or(COMPACTION_LIVE_RATIO_DEFAULT),
+            compaction_bytes_per_s: args
+                .compaction_bytes_per_s
+                .or(file.compaction_bytes_per_s)
+                .unwrap_or(COMPACTION_BYTES_PER_S_DEFAULT),
             cores: args.cores.or(file.cores),
             data_dir: args
                 .data_dir
@@ -307,6 +345,27 @@ impl Config {
                 "must be a multiple of 4096, at least 1 MiB",
             ));
         }
+        if self.segment_bytes_max > SEGMENT_BYTES_MAX {
+            return Err(invalid(
+                "segment_bytes_max",
+                self.segment_bytes_max,
+                "must be under 4 GiB",
+            ));
+        }
+        if !(self.compaction_live_ratio > 0.0 && self.compaction_live_ratio < 1.0) {
+            return Err(invalid(
+                "compaction_live_ratio",
+                self.compaction_live_ratio,
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if self.compaction_bytes_per_s < 1 << 20 {
+            return Err(invalid(
+                "compaction_bytes_per_s",
+                self.compaction_bytes_per_s,
+                "must be at least 1 MiB/s, or compaction could fall behind any write load",
+            ));
+        }
         if self.fsync_interval_ms == 0 {
             return Err(invalid("fsync_interval_ms", 0, "must be at least 1"));
         }
@@ -318,6 +377,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The machine's memory (MemTotal), if /proc says.
+fn memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -224,22 +224,29 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     };
     let shard_port = shard_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
     let c = &boot.config;
-    let (engine, wal) = match open_storage(c, index) {
+    let (engine, wal) = match open_storage(c, index, boot.cores) {
         Ok(opened) => opened,
         Err(e) => {
             let _ = boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
             return Err(e);
         }
     };
-    let flusher = wal
-        .as_ref()
-        .map(|(wal, first_segment)| glommio::spawn_local(wal.clone().run(*first_segment)));
+    if let Some((wal, _, kept)) = &wal
+        && let Err(e) = wal.open_existing(kept).await
+    {
+        let e = format!("opening the log: {e}");
+        let _ = boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
+        return Err(e);
+    }
+    let flusher = wal.as_ref().map(|(wal, _, _)| glommio::spawn_local(wal.clone().run()));
+    let checkpoint_seq = wal.as_ref().map_or(0, |(_, seq, _)| *seq);
     let core = Rc::new(Core::new(
         index as u16,
         boot.cores as u16,
         boot.node.clone(),
         engine,
-        wal.map(|(wal, _)| wal),
+        wal.map(|(wal, _, _)| wal),
+        checkpoint_seq,
         mesh,
     ));
     shard::spawn_mesh_tasks(&core, calls, answers);
@@ -266,7 +273,17 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         .detach();
     if core.wal.is_some() {
         let compact = compaction_loop(core.clone(), c.clone(), local_stop.clone());
-        glommio::spawn_local(compact).detach();
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(COMPACTION_SHARES),
+            glommio::Latency::NotImportant,
+            "compaction",
+        );
+        match glommio::spawn_local_into(compact, queue) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => tracing::error!(core = index, error = %e, "compaction not started"),
+        }
     }
 
     local_stop.wait().await;
@@ -294,23 +311,25 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     Ok(())
 }
 
-/// The engine for core `index`, recovered from its log, and the log to append to (with the
-/// number of the segment it will create), unless durability is `none`.
-type OpenedStorage = (Box<dyn crate::storage::Engine>, Option<(Rc<Wal>, u64)>);
+/// The engine for core `index`, recovered from its log, and, unless durability is `none`, the
+/// log to append to, the newest checkpoint's segment number and the segments recovery kept.
+type OpenedStorage =
+    (Box<dyn crate::storage::Engine>, Option<(Rc<Wal>, u64, Vec<(u64, std::path::PathBuf)>)>);
 
-fn open_storage(c: &Config, index: usize) -> Result<OpenedStorage, String> {
-    let mut engine = MemEngine::new();
+fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage, String> {
     let dir = c.data_dir.join(format!("core-{index}"));
     let mode = match c.durability {
         DurabilityMode::None => {
             if wal::segments(&dir).is_ok_and(|s| !s.is_empty()) {
                 tracing::warn!(dir = %dir.display(), "--durability none: existing log ignored");
             }
-            return Ok((Box::new(engine), None));
+            // Nothing is logged, so every value stays in memory.
+            return Ok((Box::new(MemEngine::new()), None));
         }
         DurabilityMode::Sync => SyncMode::Sync,
         DurabilityMode::Periodic => SyncMode::Periodic { interval_ms: c.fsync_interval_ms },
     };
+    let mut engine = MemEngine::with_cache(c.cache_bytes / cores as u64);
     let report = recovery::recover(&dir, &mut engine, c.salvage, shard::now_ms())
         .map_err(|e| e.to_string())?;
     let secs = report.elapsed.as_secs_f64().max(1e-6);
@@ -329,10 +348,12 @@ fn open_storage(c: &Config, index: usize) -> Result<OpenedStorage, String> {
         records_per_sec = (report.records as f64 / secs) as u64,
         mb_per_sec = format!("{:.1}", report.bytes as f64 / 1e6 / secs),
         keys = crate::storage::Engine::stats(&engine).keys,
+        cached_bytes = crate::storage::Engine::stats(&engine).cached_bytes,
         "recovered"
     );
-    let wal = Wal::new(dir, mode, c.segment_bytes_max);
-    Ok((Box::new(engine), Some((wal, report.next_segment))))
+    let checkpoint_seq = report.checkpoint_seq;
+    let wal = Wal::new(dir, mode, c.segment_bytes_max, report.next_segment);
+    Ok((Box::new(engine), Some((wal, checkpoint_seq, report.kept))))
 }
 
 /// The data directory remembers the core count and partition count it was written with:
@@ -376,44 +397,76 @@ fn bind_listeners(
     Ok((main, shard))
 }
 
-/// Checkpoints (which compacts the log) when the log written since the last checkpoint
-/// exceeds the live data (so disk holds at most about twice the live data, plus a few
-/// segments), and every `checkpoint_interval_s` if anything was written.
+/// Checkpoints when the log written since the last checkpoint exceeds that checkpoint's size
+/// (and a floor of a few segments), and every `checkpoint_interval_s` if anything was written;
+/// then compacts: segments before the checkpoint whose live ratio fell below
+/// `compaction_live_ratio` are rewritten, one at a time, at a bounded rate. Runs in a task
+/// queue with a small CPU share, so foreground requests go first.
 async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
     let floor = 4 * c.segment_bytes_max;
     let mut last = Instant::now();
     while !stop.is_fired() {
         glommio::timer::sleep(Duration::from_millis(COMPACTION_CHECK_MS)).await;
-        let Some((since, live)) = core.log_growth() else { return };
-        let grown = since > live.max(floor);
+        let Some((since, checkpoint_bytes)) = core.log_growth() else { return };
+        let grown = since > checkpoint_bytes.max(floor);
         let due = since > 0 && last.elapsed().as_secs() >= c.checkpoint_interval_s;
-        if !(grown || due) || stop.is_fired() {
-            continue;
+        if (grown || due) && !stop.is_fired() {
+            match core.checkpoint().await {
+                Ok(w) => tracing::info!(
+                    core = core.index,
+                    records = w.records,
+                    bytes = w.bytes,
+                    log_bytes_since = since,
+                    "checkpoint"
+                ),
+                Err(e) => {
+                    let core_index = core.index;
+                    tracing::warn!(core = core_index, error = %e, "checkpoint failed; retrying later");
+                    // Each attempt rolls the log (a new preallocated segment): do not turn a
+                    // full disk into a storm of rolls.
+                    glommio::timer::sleep(Duration::from_secs(CHECKPOINT_RETRY_S)).await;
+                }
+            }
+            last = Instant::now();
         }
-        match core.checkpoint().await {
-            Ok(w) => tracing::info!(
-                core = core.index,
-                records = w.records,
-                bytes = w.bytes,
-                files_removed = w.files_removed,
-                log_bytes_replaced = since,
-                "checkpoint"
-            ),
-            Err(e) => {
-                tracing::warn!(core = core.index, error = %e, "checkpoint failed; retrying later");
-                // Each attempt rolls the log (a new preallocated segment): do not turn a full
-                // disk into a storm of rolls.
-                glommio::timer::sleep(Duration::from_secs(CHECKPOINT_RETRY_S)).await;
+        // Compact until no covered segment is below the ratio (or shutdown).
+        while !stop.is_fired() {
+            match core.compact(c.compaction_live_ratio, c.compaction_bytes_per_s).await {
+                Ok(done) if done.segment.is_none() => {
+                    if done.segments_removed > 0 {
+                        tracing::info!(
+                            core = core.index,
+                            segments_removed = done.segments_removed,
+                            "compaction: removed log segments with no current values"
+                        );
+                    }
+                    break;
+                }
+                Ok(done) => tracing::info!(
+                    core = core.index,
+                    segment = done.segment,
+                    records_moved = done.records_moved,
+                    bytes_moved = done.bytes_moved,
+                    segments_removed = done.segments_removed,
+                    "compaction"
+                ),
+                Err(e) => {
+                    let core_index = core.index;
+                    tracing::warn!(core = core_index, error = %e, "compaction failed; retrying later");
+                    glommio::timer::sleep(Duration::from_secs(CHECKPOINT_RETRY_S)).await;
+                    break;
+                }
             }
         }
-        last = Instant::now();
     }
 }
 
-/// How often each core looks at whether its log needs a checkpoint.
+/// How often each core looks at whether its log needs a checkpoint or compaction.
 const COMPACTION_CHECK_MS: u64 = 500;
-/// Pause after a failed checkpoint before the next attempt.
+/// Pause after a failed checkpoint or compaction before the next attempt.
 const CHECKPOINT_RETRY_S: u64 = 30;
+/// CPU shares of the compaction task queue (the default queue has 1000).
+const COMPACTION_SHARES: usize = 100;
 
 async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
     while !stop.is_fired() {

@@ -7,8 +7,12 @@
 //! is collecting answers (two meshes, no cycle of waits).
 //!
 //! A request becomes a [`Slot`] as soon as it is parsed: `Ready` when this core owns the key
-//! (applied immediately, in arrival order), `Remote` when it was forwarded, `Batch`/`Stats`
-//! when it fans out. A connection resolves its slots in request order, which gives in-order
+//! (applied immediately, in arrival order), `Fetch` when it read a value that is on disk only
+//! (the value as of that moment; its bytes are read with direct I/O while later requests go
+//! on), `Remote` when it was forwarded, `Batch`/`Stats` when it fans out. An operation that
+//! compares against a value on disk only (CAS by value) reads it before the connection's next
+//! request is applied, so one connection's requests still apply in order. A connection
+//! resolves its slots in request order, which gives in-order
 //! replies under pipelining while forwarded requests run concurrently.
 //!
 //! Placement is `corekv_schema::placement`: key → partition (crc32c, hash tags) → core
@@ -29,8 +33,12 @@ use corekv_schema::frame::Limits;
 use corekv_schema::placement;
 use slab::Slab;
 
+use bytes::Bytes;
+use glommio::io::DmaFile;
+
+use crate::storage::record::{self, Loc, Mutation};
 use crate::storage::wal::Wal;
-use crate::storage::{Engine, checkpoint};
+use crate::storage::{Applied, Engine, Fetch, Log, checkpoint};
 pub use mesh::{Answer, Call, Done, Mesh, Work};
 
 /// Per-core counters: plain cells, summed over cores only when someone asks.
@@ -41,10 +49,46 @@ pub struct Counters {
     pub forwarded_in: Cell<u64>,
     pub backpressure_events: Cell<u64>,
     pub connections: Cell<u64>,
+    pub fetches: Cell<u64>,
+    pub compacted_bytes: Cell<u64>,
+    pub segments_removed: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
+}
+
+fn bump_by(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+/// Sleeps while `bytes` done since `started` run ahead of `bytes_per_s`.
+async fn pace(started: Instant, bytes: u64, bytes_per_s: u64) {
+    let due = std::time::Duration::from_secs_f64(bytes as f64 / bytes_per_s.max(1) as f64);
+    match due.checked_sub(started.elapsed()) {
+        Some(ahead) if ahead > std::time::Duration::from_millis(1) => {
+            glommio::timer::sleep(ahead).await;
+        }
+        _ => glommio::yield_if_needed().await,
+    }
+}
+
+/// Reads a whole segment with direct I/O, in chunks paced to `bytes_per_s`.
+async fn read_whole(file: &DmaFile, bytes_per_s: u64) -> std::io::Result<Bytes> {
+    const CHUNK: usize = 1 << 20;
+    let size = file.file_size().await.map_err(std::io::Error::from)?;
+    let mut out = Vec::with_capacity(size as usize);
+    let started = Instant::now();
+    while (out.len() as u64) < size {
+        let want = CHUNK.min((size - out.len() as u64) as usize);
+        let read = file.read_at(out.len() as u64, want).await.map_err(std::io::Error::from)?;
+        if read.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&read);
+        pace(started, out.len() as u64, bytes_per_s).await;
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Node-wide facts every core reads; fixed once boot has bound every listener.
@@ -71,9 +115,15 @@ pub struct Core {
     pub counters: Counters,
     pub node: Arc<NodeInfo>,
     engine: RefCell<Box<dyn Engine>>,
+    /// A checkpoint, backup or compaction is running (one at a time).
     checkpointing: Cell<bool>,
-    /// Log bytes written when the last checkpoint started (compaction trigger).
+    /// Log bytes written when the last checkpoint started (checkpoint trigger).
     log_bytes_at_checkpoint: Cell<u64>,
+    /// The newest checkpoint's segment number (0: none). Segments before it are read only
+    /// through the checkpoint's index, so compaction may rewrite them and drop tombstones.
+    checkpoint_seq: Cell<u64>,
+    /// Bytes the newest checkpoint took: the next one waits for at least that much new log.
+    checkpoint_bytes: Cell<u64>,
     /// The core's write-ahead log; `None` under `--durability none`.
     pub wal: Option<Rc<Wal>>,
     mesh: Mesh,
@@ -85,17 +135,73 @@ pub enum Slot {
     Ready(Reply),
     /// Applied here; the reply waits until log record `seq` is durable.
     Durable(Reply, u64),
+    /// A read applied here whose value is read from the log.
+    Fetch(FetchIo),
     Remote(usize),
-    /// `durable_seq`: the last log record of the local part to wait for.
+    /// `durable_seq`: the last log record of the local part to wait for; `fetches`: local
+    /// reads whose values are read from the log.
     Batch {
         replies: Vec<Option<Reply>>,
         parts: Vec<(usize, Vec<usize>)>,
         durable_seq: Option<u64>,
+        fetches: Vec<(usize, FetchIo)>,
     },
     Stats {
         local: CoreStats,
         tokens: Vec<usize>,
     },
+}
+
+/// What applying an operation here gave: a reply, or a value to read from the log first.
+pub enum Answered {
+    Reply(Reply),
+    Fetch(FetchIo),
+}
+
+/// A read of a value from the log. The file is taken when the read is applied, so a segment
+/// compaction deletes meanwhile stays readable; `None` when the segment was not open yet (its
+/// record is not durable yet either, and the read waits for both).
+pub struct FetchIo {
+    fetch: Fetch,
+    file: Option<Rc<DmaFile>>,
+}
+
+/// Work another core sent, done here: the answer, the log record it waits for, and reads
+/// still to do (by reply index) before it can be sent.
+pub struct Worked {
+    pub done: Done,
+    pub seq: Option<u64>,
+    pub fetches: Vec<(usize, FetchIo)>,
+}
+
+/// The engine's view of this core's log: appends go to the write-ahead log, and the last
+/// one's sequence number is what the reply must wait for.
+struct CoreLog<'a> {
+    wal: Option<&'a Wal>,
+    last: Option<u64>,
+}
+
+impl Log for CoreLog<'_> {
+    fn append(&mut self, m: &Mutation) -> Result<Option<Loc>, String> {
+        let Some(wal) = self.wal else { return Ok(None) };
+        let (seq, loc) = wal.append(m).map_err(|e| e.to_string())?;
+        self.last = Some(seq);
+        Ok(Some(loc))
+    }
+
+    fn is_durable(&self, loc: Loc) -> bool {
+        self.wal.is_some_and(|w| w.is_durable(loc))
+    }
+}
+
+/// What one compaction pass did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Compacted {
+    /// The segment rewritten, if one was below the live ratio.
+    pub segment: Option<u64>,
+    pub records_moved: u64,
+    pub bytes_moved: u64,
+    pub segments_removed: u64,
 }
 
 impl Core {
@@ -105,6 +211,7 @@ impl Core {
         node: Arc<NodeInfo>,
         engine: Box<dyn Engine>,
         wal: Option<Rc<Wal>>,
+        checkpoint_seq: u64,
         mesh: Mesh,
     ) -> Core {
         Core {
@@ -117,6 +224,8 @@ impl Core {
             engine: RefCell::new(engine),
             checkpointing: Cell::new(false),
             log_bytes_at_checkpoint: Cell::new(0),
+            checkpoint_seq: Cell::new(checkpoint_seq),
+            checkpoint_bytes: Cell::new(0),
             wal,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
@@ -168,9 +277,10 @@ impl Core {
                 };
                 let owner = self.owner_of(key);
                 if owner == self.index {
-                    match self.apply(op, now_ms) {
-                        (reply, Some(seq)) if wait => Slot::Durable(reply, seq),
-                        (reply, _) => Slot::Ready(reply),
+                    match self.apply(op, now_ms).await {
+                        (Answered::Reply(reply), Some(seq)) if wait => Slot::Durable(reply, seq),
+                        (Answered::Reply(reply), _) => Slot::Ready(reply),
+                        (Answered::Fetch(f), _) => Slot::Fetch(f),
                     }
                 } else {
                     Slot::Remote(self.forward(owner, Work::One(op, wait)).await)
@@ -201,6 +311,7 @@ impl Core {
 
     async fn dispatch_batch(&self, ops: Vec<Op>, wait: bool, now_ms: u64) -> Slot {
         let mut durable_seq = None;
+        let mut fetches = Vec::new();
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(ops.len());
         let mut remote: Vec<(Vec<Op>, Vec<usize>)> =
             (0..self.cores).map(|_| (Vec::new(), Vec::new())).collect();
@@ -211,11 +322,17 @@ impl Core {
                     format!("{} is not allowed in a batch", op.name()),
                 )),
                 Some(owner) if owner == self.index => {
-                    let (reply, seq) = self.apply(op, now_ms);
+                    let (answered, seq) = self.apply(op, now_ms).await;
                     if wait && seq.is_some() {
                         durable_seq = seq;
                     }
-                    Some(reply)
+                    match answered {
+                        Answered::Reply(reply) => Some(reply),
+                        Answered::Fetch(f) => {
+                            fetches.push((i, f));
+                            None
+                        }
+                    }
                 }
                 Some(owner) => {
                     let (ops, indices) = &mut remote[usize::from(owner)];
@@ -233,47 +350,143 @@ impl Core {
                 parts.push((token, indices));
             }
         }
-        Slot::Batch { replies, parts, durable_seq }
+        Slot::Batch { replies, parts, durable_seq, fetches }
     }
 
     /// Applies a single-key operation owned by this core and logs what it changed. Returns the
-    /// reply and, for a logged write, the log sequence number that makes it durable.
-    pub fn apply(&self, op: Op, now_ms: u64) -> (Reply, Option<u64>) {
+    /// answer and, for a logged write, the log sequence number that makes it durable. Waits
+    /// only when the operation compares against a value that is on disk only.
+    pub async fn apply(&self, mut op: Op, now_ms: u64) -> (Answered, Option<u64>) {
         debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
         let is_read = matches!(op, Op::Get { .. });
         if !is_read && let Some(e) = self.wal.as_ref().and_then(|w| w.failure()) {
-            return (Reply::error(ErrorCode::Unavailable, e.to_string()), None);
+            return (Answered::Reply(Reply::error(ErrorCode::Unavailable, e.to_string())), None);
         }
-        let applied = self.engine.borrow_mut().execute(op, now_ms);
-        match (applied.mutation, &self.wal) {
-            (Some(m), Some(wal)) => match wal.append(&m) {
-                Ok(seq) => (applied.reply, Some(seq)),
-                Err(e) => (Reply::error(ErrorCode::Unavailable, e.to_string()), None),
-            },
-            _ => (applied.reply, None),
+        let mut fetched: Option<(Loc, Bytes)> = None;
+        loop {
+            let mut log = CoreLog { wal: self.wal.as_deref(), last: None };
+            let value = fetched.as_ref().map(|(loc, v)| (*loc, &v[..]));
+            let applied = self.engine.borrow_mut().execute(op, now_ms, &mut log, value);
+            match applied {
+                Applied::Done(reply) => return (Answered::Reply(reply), log.last),
+                Applied::Fetch(fetch) => {
+                    let file = self.wal.as_ref().and_then(|w| w.reader(fetch.loc.segment()));
+                    return (Answered::Fetch(FetchIo { fetch, file }), None);
+                }
+                // The key may change while the value is read: then the engine asks again.
+                Applied::NeedValue(back, loc) => match self.read_put(loc, None).await {
+                    Ok((data, key_len, _)) => {
+                        fetched = Some((loc, data.slice(key_len..)));
+                        op = back;
+                    }
+                    Err(reply) => return (Answered::Reply(reply), None),
+                },
+            }
         }
     }
 
-    /// Runs work another core sent here. The second value, when set, is the log record the
-    /// answer must wait for.
-    pub fn execute_work(&self, work: Work) -> (Done, Option<u64>) {
+    /// Reads the put record at `loc` from the log (waiting first if it is not durable yet) and
+    /// checks it: `(key ++ value, key_len, version)`.
+    async fn read_put(
+        &self,
+        loc: Loc,
+        file: Option<Rc<DmaFile>>,
+    ) -> Result<(Bytes, usize, u64), Reply> {
+        let Some(wal) = &self.wal else {
+            return Err(Reply::error(ErrorCode::Internal, "a value without a log to read it from"));
+        };
+        let unavailable = |e: String| Reply::error(ErrorCode::Unavailable, e);
+        if !wal.is_durable(loc) {
+            wal.wait(wal.appended()).await.map_err(|e| unavailable(e.to_string()))?;
+        }
+        let Some(file) = file.or_else(|| wal.reader(loc.segment())) else {
+            return Err(Reply::error(
+                ErrorCode::Internal,
+                format!("log segment {} is not open", loc.segment()),
+            ));
+        };
+        bump(&self.counters.fetches);
+        let at = || {
+            format!(
+                "log segment {} of {} at offset {}",
+                loc.segment(),
+                wal.dir().display(),
+                loc.offset
+            )
+        };
+        let read = file
+            .read_at(u64::from(loc.offset), loc.len as usize)
+            .await
+            .map_err(|e| unavailable(format!("reading {}: {e}", at())))?;
+        if read.len() != loc.len as usize {
+            return Err(unavailable(format!(
+                "short read of {}: {} of {}",
+                at(),
+                read.len(),
+                loc.len
+            )));
+        }
+        let bytes = Bytes::copy_from_slice(&read);
+        match record::decode(&bytes, 0) {
+            Ok((Mutation::Put { data, key_len, version, .. }, _)) => Ok((data, key_len, version)),
+            Ok(_) => Err(Reply::error(ErrorCode::Internal, format!("{} is not a put", at()))),
+            Err(invalid) => {
+                tracing::error!(record = %at(), ?invalid, "damaged record read back from the log");
+                Err(Reply::error(ErrorCode::Internal, format!("{} is damaged ({invalid:?})", at())))
+            }
+        }
+    }
+
+    /// Reads a fetched value and answers with it; keeps it in the cache if there is room.
+    async fn resolve_fetch(&self, f: FetchIo) -> Reply {
+        let fetch = f.fetch;
+        match self.read_put(fetch.loc, f.file).await {
+            Ok((data, key_len, version))
+                if version == fetch.version && key_len == fetch.key_len as usize =>
+            {
+                let value = data.slice(key_len..);
+                let log = CoreLog { wal: self.wal.as_deref(), last: None };
+                self.engine.borrow_mut().cache_fetched(&data[..key_len], fetch.loc, &value, &log);
+                Reply::Value { value, version, ttl_ms: fetch.ttl_ms }
+            }
+            Ok((_, _, version)) => Reply::error(
+                ErrorCode::Internal,
+                format!(
+                    "log segment {} at offset {} holds version {version}, the index says {}",
+                    fetch.loc.segment(),
+                    fetch.loc.offset,
+                    fetch.version
+                ),
+            ),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Runs work another core sent here.
+    pub async fn execute_work(&self, work: Work) -> Worked {
         bump(&self.counters.forwarded_in);
         let now_ms = now_ms();
-        match work {
+        let mut fetches = Vec::new();
+        let mut answer = |i: usize, answered: Answered| match answered {
+            Answered::Reply(reply) => reply,
+            Answered::Fetch(f) => {
+                fetches.push((i, f));
+                Reply::error(ErrorCode::Internal, "value not read")
+            }
+        };
+        let (done, seq) = match work {
             Work::One(op, wait) => {
-                let (reply, seq) = self.apply(op, now_ms);
-                (Done::One(reply), seq.filter(|_| wait))
+                let (answered, seq) = self.apply(op, now_ms).await;
+                (Done::One(answer(0, answered)), seq.filter(|_| wait))
             }
             Work::Many(ops, wait) => {
                 let mut last = None;
-                let replies = ops
-                    .into_iter()
-                    .map(|op| {
-                        let (reply, seq) = self.apply(op, now_ms);
-                        last = seq.or(last);
-                        reply
-                    })
-                    .collect();
+                let mut replies = Vec::with_capacity(ops.len());
+                for (i, op) in ops.into_iter().enumerate() {
+                    let (answered, seq) = self.apply(op, now_ms).await;
+                    last = seq.or(last);
+                    replies.push(answer(i, answered));
+                }
                 (Done::Many(replies), last.filter(|_| wait))
             }
             Work::Stats => (Done::Stats(self.core_stats()), None),
@@ -281,7 +494,27 @@ impl Core {
                 debug_assert!(false, "admin work is run by run_admin");
                 (Done::Admin(Err("admin work on the synchronous path".into())), None)
             }
+        };
+        Worked { done, seq, fetches }
+    }
+
+    /// Finishes work whose answer waits for the log or for reads.
+    async fn finish(&self, worked: Worked) -> Done {
+        let Worked { mut done, seq, fetches } = worked;
+        if let Some(seq) = seq
+            && let Err(failed) = self.durable(seq).await
+        {
+            return Done::One(failed);
         }
+        for (i, f) in fetches {
+            let reply = self.resolve_fetch(f).await;
+            match &mut done {
+                Done::One(r) => *r = reply,
+                Done::Many(replies) => replies[i] = reply,
+                _ => {}
+            }
+        }
+        done
     }
 
     /// Runs an admin operation on this core.
@@ -337,7 +570,7 @@ impl Core {
         self.admin(|| Work::Backup(target.clone()), "backup").await
     }
 
-    /// Checkpoints, then copies this core's checkpoint and the segments after it into
+    /// Checkpoints, then copies this core's checkpoint and every segment up to it into
     /// `target/core-<index>`.
     async fn backup(&self, target: std::path::PathBuf) -> Result<(u64, u64), String> {
         let Some(wal) = self.wal.clone() else { return Err("no log".into()) };
@@ -350,8 +583,11 @@ impl Core {
             let last = wal.roll().await.map_err(|e| e.to_string())? - 1;
             let source = wal.dir().to_path_buf();
             let dest = target.join(format!("core-{}", self.index));
+            let segments = wal.segment_numbers();
             glommio::executor()
-                .spawn_blocking(move || checkpoint::copy(&source, &dest, written.seq, last))
+                .spawn_blocking(move || {
+                    checkpoint::copy(&source, &dest, written.seq, last, &segments)
+                })
                 .await
                 .map(|bytes| (written.records, bytes))
                 .map_err(|e| format!("backup to {}: {e}", target.display()))
@@ -367,15 +603,15 @@ impl Core {
         wal.wait(seq).await.map_err(|e| Reply::error(ErrorCode::Unavailable, e.to_string()))
     }
 
-    /// Log bytes written since the last checkpoint, and the live bytes a checkpoint would hold:
-    /// the inputs of the compaction trigger.
+    /// Log bytes written since the last checkpoint, and the size of that checkpoint: the
+    /// inputs of the checkpoint trigger.
     pub fn log_growth(&self) -> Option<(u64, u64)> {
         let wal = self.wal.as_ref()?;
         let since = wal.stats().bytes - self.log_bytes_at_checkpoint.get();
-        Some((since, self.engine.borrow().stats().value_bytes))
+        Some((since, self.checkpoint_bytes.get()))
     }
 
-    /// Writes a checkpoint of this core and deletes the log it replaces. One at a time.
+    /// Writes a checkpoint of this core (and deletes older checkpoints). One at a time.
     pub async fn checkpoint(&self) -> Result<checkpoint::Written, String> {
         let Some(wal) = self.wal.clone() else {
             return Err("--durability none keeps no log to checkpoint".into());
@@ -408,7 +644,94 @@ impl Core {
             .await
             .map_err(|e| format!("checkpoint in {}: {e}", wal.dir().display()))?;
         self.log_bytes_at_checkpoint.set(bytes_before);
+        self.checkpoint_seq.set(seq);
+        self.checkpoint_bytes.set(written.bytes);
         Ok(written)
+    }
+
+    /// One compaction pass: deletes the segments before the newest checkpoint that hold no
+    /// current value, then rewrites the one with the lowest live ratio below `live_ratio`
+    /// (its current puts are appended again, everything else in it is dropped) and deletes
+    /// it. Moves at most `bytes_per_s` so foreground writes keep the disk.
+    pub async fn compact(&self, live_ratio: f64, bytes_per_s: u64) -> Result<Compacted, String> {
+        let Some(wal) = self.wal.clone() else { return Ok(Compacted::default()) };
+        self.checkpoint_guard().await;
+        let result = self.compact_locked(&wal, live_ratio, bytes_per_s).await;
+        self.checkpointing.set(false);
+        result
+    }
+
+    async fn compact_locked(
+        &self,
+        wal: &Rc<Wal>,
+        live_ratio: f64,
+        bytes_per_s: u64,
+    ) -> Result<Compacted, String> {
+        let covered = self.checkpoint_seq.get();
+        let mut done = Compacted::default();
+        let usage = self.engine.borrow().segments();
+        for (seg, _) in usage.iter().filter(|(seg, u)| *seg < covered && u.live == 0) {
+            self.remove_segment(wal, *seg).await?;
+            done.segments_removed += 1;
+        }
+        let sparsest = usage
+            .iter()
+            .filter(|(seg, u)| *seg < covered && u.live > 0)
+            .map(|(seg, u)| (*seg, u.live as f64 / u.total.max(1) as f64))
+            .filter(|(_, ratio)| *ratio < live_ratio)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((seg, _)) = sparsest else { return Ok(done) };
+        done.segment = Some(seg);
+        let Some(file) = wal.reader(seg) else {
+            return Err(format!("log segment {seg} is not open"));
+        };
+        let bytes = read_whole(&file, bytes_per_s)
+            .await
+            .map_err(|e| format!("reading log segment {seg}: {e}"))?;
+        let mut puts = Vec::new();
+        let ending = record::scan(
+            &bytes,
+            false,
+            |m, at| {
+                if matches!(m, Mutation::Put { .. }) {
+                    puts.push((m, at));
+                }
+            },
+            |_, _, _| {},
+        );
+        if ending != record::Ending::Clean {
+            return Err(format!("log segment {seg} is damaged ({ending:?}); not compacting it"));
+        }
+        let started = std::time::Instant::now();
+        let mut last = None;
+        for (m, at) in puts {
+            let from = Loc::new(seg, at as u64, m.encoded_len());
+            let mut log = CoreLog { wal: Some(wal), last: None };
+            if self.engine.borrow_mut().relocate(&m, from, &mut log)? {
+                last = log.last.or(last);
+                done.records_moved += 1;
+                done.bytes_moved += u64::from(from.len);
+                pace(started, done.bytes_moved, bytes_per_s).await;
+            }
+        }
+        if let Some(seq) = last {
+            wal.wait(seq).await.map_err(|e| e.to_string())?;
+        }
+        bump_by(&self.counters.compacted_bytes, done.bytes_moved);
+        let still_live =
+            self.engine.borrow().segments().iter().any(|(s, u)| *s == seg && u.live > 0);
+        if !still_live {
+            self.remove_segment(wal, seg).await?;
+            done.segments_removed += 1;
+        }
+        Ok(done)
+    }
+
+    async fn remove_segment(&self, wal: &Wal, seg: u64) -> Result<(), String> {
+        wal.remove_segment(seg).await.map_err(|e| format!("deleting log segment {seg}: {e}"))?;
+        self.engine.borrow_mut().forget_segment(seg);
+        bump(&self.counters.segments_removed);
+        Ok(())
     }
 
     pub fn sweep_expired(&self, now_ms: u64, budget: usize) -> usize {
@@ -438,6 +761,13 @@ impl Core {
                 .and_then(|w| w.failure())
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
+            cached_bytes: e.cached_bytes,
+            evicted: e.evicted,
+            fetches: c.fetches.get(),
+            log_disk_bytes: e.log_total_bytes,
+            log_live_bytes: e.log_live_bytes,
+            compacted_bytes: c.compacted_bytes.get(),
+            segments_removed: c.segments_removed.get(),
         }
     }
 
@@ -496,11 +826,15 @@ impl Core {
                 Ok(()) => reply,
                 Err(failed) => failed,
             },
+            Slot::Fetch(f) => self.resolve_fetch(f).await,
             Slot::Remote(token) => match self.answer(token).await {
                 Done::One(reply) => reply,
                 other => unexpected(other),
             },
-            Slot::Batch { mut replies, parts, durable_seq } => {
+            Slot::Batch { mut replies, parts, durable_seq, fetches } => {
+                for (i, f) in fetches {
+                    replies[i] = Some(self.resolve_fetch(f).await);
+                }
                 if let Some(seq) = durable_seq
                     && let Err(failed) = self.durable(seq).await
                 {
@@ -663,13 +997,26 @@ pub fn spawn_mesh_tasks(
                     .detach();
                     continue;
                 }
-                let (done, seq) = serving.execute_work(call.work);
-                let sent = match seq {
-                    None => {
-                        serving.mesh.answer(peer, Answer { token: call.token, done }).await.is_ok()
+                let worked = serving.execute_work(call.work).await;
+                let token = call.token;
+                let sent = match worked {
+                    Worked { done, seq: None, fetches } if fetches.is_empty() => {
+                        serving.mesh.answer(peer, Answer { token, done }).await.is_ok()
                     }
                     // Answers are matched by token, so later answers may overtake held ones.
-                    Some(seq) => held_tx.send((call.token, done, seq)).await.is_ok(),
+                    Worked { done, seq: Some(seq), fetches } if fetches.is_empty() => {
+                        held_tx.send((token, done, seq)).await.is_ok()
+                    }
+                    // Reads from the log run beside the loop, concurrently.
+                    worked => {
+                        let core = serving.clone();
+                        glommio::spawn_local(async move {
+                            let done = core.finish(worked).await;
+                            let _ = core.mesh.answer(peer, Answer { token, done }).await;
+                        })
+                        .detach();
+                        true
+                    }
                 };
                 if !sent {
                     break;

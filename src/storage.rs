@@ -3,11 +3,16 @@
 //! An [`Engine`] is owned by exactly one core and is never shared, so it takes `&mut self` and
 //! needs no locks. It applies one operation at a time, in arrival order, and returns the reply.
 //!
-//! Durability: `execute` applies the operation to the in-memory index at once (so later
-//! operations on the same core see it) and returns the [`Mutation`] it made; the shard appends
-//! that to the core's write-ahead log ([`wal`]) and holds the reply until the log says the
-//! record is durable (group commit: all writes that arrive during one flush share the next
-//! `fdatasync`). On start, [`recovery`] replays the log into a fresh engine.
+//! Durability: `execute` appends the record of a write to the core's write-ahead log
+//! ([`wal`]) through the [`Log`] it is given, then applies it to memory (so later operations
+//! on the same core see it); the shard holds the reply until the log says the record is
+//! durable (group commit: all writes that arrive during one flush share the next
+//! `fdatasync`). On start, [`recovery`] loads the newest checkpoint and replays the log after
+//! it into a fresh engine.
+//!
+//! Values live in the log: the index keeps each key's location, version and expiry, and the
+//! value itself only while it fits the cache budget. A read of a value that left memory comes
+//! back as [`Applied::Fetch`] and the shard reads the record with direct I/O.
 //!
 //! Time is passed in (`now_ms`, Unix milliseconds) rather than read here, so expiry is
 //! deterministic in tests and one clock read serves a whole batch of requests.
@@ -21,13 +26,51 @@ pub mod wal;
 use corekv_schema::codec::{Op, Reply};
 
 pub use memory::MemEngine;
-pub use record::Mutation;
+pub use record::{Loc, Mutation};
 
-/// What applying one operation did: the reply, and the mutation to log if state changed.
+/// The log an engine writes through while it applies a write. The engine appends *before*
+/// it changes memory, so a write the log refused is never seen by a later read.
+pub trait Log {
+    /// Appends `m`; where it landed, or `None` when nothing is logged (`--durability none`).
+    fn append(&mut self, m: &Mutation) -> Result<Option<Loc>, String>;
+    /// Whether the record at `loc` is durable: only then may its value leave memory.
+    fn is_durable(&self, loc: Loc) -> bool;
+}
+
+/// The log of `--durability none`: nothing is written, every value stays in memory.
+pub struct NoLog;
+
+impl Log for NoLog {
+    fn append(&mut self, _: &Mutation) -> Result<Option<Loc>, String> {
+        Ok(None)
+    }
+
+    fn is_durable(&self, _: Loc) -> bool {
+        false
+    }
+}
+
+/// A read whose value is on disk only: read the put record at `loc` and answer with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub loc: Loc,
+    pub key_len: u32,
+    pub version: u64,
+    /// Remaining time to live when the read was applied.
+    pub ttl_ms: Option<u64>,
+}
+
+/// What applying one operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Applied {
-    pub reply: Reply,
-    pub mutation: Option<Mutation>,
+pub enum Applied {
+    /// The reply; any change is already in memory and appended to the log.
+    Done(Reply),
+    /// A `Get` of a value that is on disk only; the result is as of this moment (later writes
+    /// do not change it), the bytes just have to be read.
+    Fetch(Fetch),
+    /// The operation compares against a value that is on disk only: read the put record at
+    /// `Loc`, then execute the operation (given back) again with that value.
+    NeedValue(Op, Loc),
 }
 
 /// Counters an engine reports; summed over cores by `Stats`.
@@ -38,24 +81,66 @@ pub struct EngineStats {
     pub value_bytes: u64,
     /// Keys removed because their TTL passed (lazily on access or by the sweep).
     pub expired: u64,
+    /// Bytes of values held in memory (the cache); the rest are read from the log.
+    pub cached_bytes: u64,
+    /// Values dropped from memory to keep the cache within its budget.
+    pub evicted: u64,
+    /// Record bytes in log segments, and how many of them are current puts.
+    pub log_total_bytes: u64,
+    pub log_live_bytes: u64,
+}
+
+/// How much of one log segment is still the current value of some key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentUse {
+    pub total: u64,
+    pub live: u64,
 }
 
 pub trait Engine {
-    /// Applies a single-key operation (`Get`, `Set`, `Delete`, `Cas`) and returns its reply and,
-    /// when it changed state, the mutation the log must record. Other operations are answered
-    /// with `BadRequest`: the shard handles them.
-    fn execute(&mut self, op: Op, now_ms: u64) -> Applied;
+    /// Applies a single-key operation (`Get`, `Set`, `Delete`, `Cas`), logging any change
+    /// through `log`. `fetched` is the value read for an earlier [`Applied::NeedValue`].
+    /// Other operations are answered with `BadRequest`: the shard handles them.
+    fn execute(
+        &mut self,
+        op: Op,
+        now_ms: u64,
+        log: &mut dyn Log,
+        fetched: Option<(Loc, &[u8])>,
+    ) -> Applied;
 
-    /// Re-applies a logged mutation during recovery (versions and expiry as logged; a put
-    /// whose expiry has passed removes the key instead).
-    fn replay(&mut self, m: Mutation, now_ms: u64);
+    /// Re-applies a record during recovery: a log record found at `loc`, or a checkpoint
+    /// record (`loc` is `None`). A put whose expiry has passed removes the key instead.
+    fn replay(&mut self, m: Mutation, loc: Option<Loc>, now_ms: u64);
+
+    /// Records the size of a segment recovery kept but did not replay (the checkpoint
+    /// covers it; its live bytes come from the checkpoint's index records).
+    fn note_segment(&mut self, segment: u64, bytes: u64);
 
     /// Removes up to `budget` keys whose expiry is at or before `now_ms`; returns how many.
     fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize;
 
-    /// Every live key as a put mutation (for a checkpoint). Cheap per entry: values are shared,
-    /// not copied.
+    /// Every live key for a checkpoint: an index record where its put is in the log, the put
+    /// itself where it is not. Cheap per entry: keys and values are shared, not copied.
     fn snapshot(&self, now_ms: u64) -> Vec<Mutation>;
+
+    /// Keeps a value read from `loc` in memory, if the key still lives there and the cache has
+    /// room (making room by dropping other values whose records are durable).
+    fn cache_fetched(&mut self, key: &[u8], loc: Loc, value: &[u8], log: &dyn Log);
+
+    /// Compaction: if `m` (a put found at `from`) is still its key's current value, appends it
+    /// again through `log` and points the key there. Whether it moved.
+    fn relocate(&mut self, m: &Mutation, from: Loc, log: &mut dyn Log) -> Result<bool, String>;
+
+    /// Per-segment totals and live bytes, oldest segment first.
+    fn segments(&self) -> Vec<(u64, SegmentUse)>;
+
+    /// Forgets a segment that holds no live data (compaction deleted it).
+    fn forget_segment(&mut self, segment: u64);
+
+    /// Salvage: removes every key whose value lives in `segment` (a file that is gone);
+    /// returns how many.
+    fn drop_segment_keys(&mut self, segment: u64) -> u64;
 
     fn stats(&self) -> EngineStats;
 }

@@ -252,6 +252,18 @@ pub struct CoreStats {
     pub log_bytes: u64,
     /// Empty while the log is healthy; the failure otherwise (writes are refused).
     pub log_error: String,
+    /// Bytes of values held in memory; the rest are read from the log.
+    pub cached_bytes: u64,
+    /// Values dropped from memory to keep the cache within --cache-bytes.
+    pub evicted: u64,
+    /// Values read back from the log with direct I/O.
+    pub fetches: u64,
+    /// Record bytes in the log's segments, and how many of them are current values.
+    pub log_disk_bytes: u64,
+    pub log_live_bytes: u64,
+    /// Compaction: record bytes moved, and segments deleted.
+    pub compacted_bytes: u64,
+    pub segments_removed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -572,6 +584,13 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                         log_records: c.log_records,
                         log_bytes: c.log_bytes,
                         log_error,
+                        cached_bytes: c.cached_bytes,
+                        evicted: c.evicted,
+                        fetches: c.fetches,
+                        log_disk_bytes: c.log_disk_bytes,
+                        log_live_bytes: c.log_live_bytes,
+                        compacted_bytes: c.compacted_bytes,
+                        segments_removed: c.segments_removed,
                     };
                     wire::CoreStats::create(fbb, &args)
                 })
@@ -994,6 +1013,13 @@ fn decode_result<'a>(
                             log_records: c.log_records(),
                             log_bytes: c.log_bytes(),
                             log_error: c.log_error().unwrap_or_default().to_owned(),
+                            cached_bytes: c.cached_bytes(),
+                            evicted: c.evicted(),
+                            fetches: c.fetches(),
+                            log_disk_bytes: c.log_disk_bytes(),
+                            log_live_bytes: c.log_live_bytes(),
+                            compacted_bytes: c.compacted_bytes(),
+                            segments_removed: c.segments_removed(),
                         })
                         .collect()
                 })
@@ -1145,6 +1171,8 @@ mod tests {
                     requests: 3,
                     log_flushes: 4,
                     log_error: "disk full".into(),
+                    cached_bytes: 5,
+                    segments_removed: 6,
                     ..Default::default()
                 }],
             }),

@@ -1,13 +1,17 @@
-//! Checkpoints: a core's whole live state in one file, so restart replays only what follows.
+//! Checkpoints: a core's whole index in one file, so restart replays only what follows.
 //!
 //! A checkpoint numbered `S` (`checkpoint-<S, 20 digits>.ckpt`) holds a clock record (the
-//! highest version issued) and one put record per live key, in the log's record format
-//! ([`super::record`]), as of a moment after the log rolled to segment `S`. Recovery loads
-//! the newest checkpoint and replays segments `S` and later;
-//! records in `S` that the checkpoint already reflects are re-applied harmlessly (same key,
-//! same version, same value). Once a checkpoint is durable, every older segment and checkpoint
-//! is deleted: that is also how the log is compacted, since the checkpoint is exactly the live
-//! data (tombstones and overwritten values are gone).
+//! highest version issued) and one record per live key in the log's record format
+//! ([`super::record`]): an index record (key, version, expiry and where the key's put lives in
+//! the log) or, for a value that was never logged, the put itself. It is taken as of a moment
+//! after the log rolled to segment `S`. Recovery loads the newest checkpoint and replays
+//! segments `S` and later; records in `S` that the checkpoint already reflects are re-applied
+//! harmlessly (same key, same version, same place).
+//!
+//! Segments before `S` are not replayed, but they still hold the values the index points at,
+//! so a checkpoint deletes only older checkpoints. Compaction deletes old segments once none
+//! of their records is current; tombstones in them are dropped then, which is safe because no
+//! recovery reads those segments except through the checkpoint's index.
 //!
 //! Written to `<name>.tmp`, fsynced, renamed, and the directory fsynced, so a crash leaves
 //! either the old checkpoint or the new one, never half of one; stray `.tmp` files are removed.
@@ -34,7 +38,7 @@ pub struct Written {
     pub seq: u64,
     pub records: u64,
     pub bytes: u64,
-    /// Older segment and checkpoint files deleted after it.
+    /// Older checkpoint files deleted after it.
     pub files_removed: u64,
 }
 
@@ -60,7 +64,10 @@ fn write_inner(
     let mut buf = Vec::with_capacity(64 << 10);
     let mut written = Written { seq, ..Written::default() };
     for m in &entries {
-        debug_assert!(matches!(m, Mutation::Put { .. } | Mutation::Clock { .. }));
+        debug_assert!(matches!(
+            m,
+            Mutation::Index { .. } | Mutation::Put { .. } | Mutation::Clock { .. }
+        ));
         buf.clear();
         record::encode(m, &mut buf);
         out.write_all(&buf)?;
@@ -76,10 +83,10 @@ fn write_inner(
     Ok(written)
 }
 
-/// Deletes segments and checkpoints older than checkpoint `seq`, and stray temp files.
+/// Deletes checkpoints older than checkpoint `seq`, and stray temp files.
 fn remove_replaced(dir: &Path, seq: u64) -> std::io::Result<u64> {
     let mut removed = 0;
-    for (s, path) in wal::segments(dir)?.into_iter().chain(list(dir)?) {
+    for (s, path) in list(dir)? {
         if s < seq {
             std::fs::remove_file(path)?;
             removed += 1;
@@ -94,21 +101,28 @@ fn remove_replaced(dir: &Path, seq: u64) -> std::io::Result<u64> {
     Ok(removed)
 }
 
-/// Copies checkpoint `seq` and the closed log segments `seq..=last` from `source` to `dest`,
-/// durably.
-pub fn copy(source: &Path, dest: &Path, seq: u64, last: u64) -> std::io::Result<u64> {
+/// Copies checkpoint `seq` and the closed log segments up to `last` (`segments`: those the
+/// log holds) from `source` to `dest`, durably.
+pub fn copy(
+    source: &Path,
+    dest: &Path,
+    seq: u64,
+    last: u64,
+    segments: &[u64],
+) -> std::io::Result<u64> {
     std::fs::create_dir_all(dest)?;
     let mut files = vec![source.join(name(seq))];
-    for (s, path) in wal::segments(source)? {
-        if (seq..=last).contains(&s) {
-            files.push(path);
+    let on_disk = wal::segments(source)?;
+    for s in segments.iter().filter(|s| **s <= last) {
+        match on_disk.iter().find(|(n, _)| n == s) {
+            Some((_, path)) => files.push(path.clone()),
+            None => {
+                return Err(std::io::Error::other(format!(
+                    "segment {s} is not in {}",
+                    source.display()
+                )));
+            }
         }
-    }
-    if files.len() as u64 != last - seq + 2 {
-        return Err(std::io::Error::other(format!(
-            "segments {seq}..={last} are not all present in {}",
-            source.display()
-        )));
     }
     let mut bytes = 0;
     for from in files {

@@ -1,66 +1,103 @@
-//! `MemEngine`: the in-memory shard engine (hashbrown + ahash), values held in RAM.
+//! `MemEngine`: the shard engine's index (hashbrown + ahash) and its value cache.
 //!
-//! Semantics every engine must keep (the durable engine reuses this file's tests):
+//! Each key maps to an [`Entry`]: version, expiry, where its put record lives in the log, and
+//! the value itself while it is cached. Values are cached within a byte budget; beyond it the
+//! CLOCK policy (second chance: a value read since the hand last passed it stays) drops values
+//! whose records are durable, and reads of those come back as [`Applied::Fetch`]. Under
+//! `--durability none` nothing has a location, so every value stays in memory.
+//!
+//! The engine also keeps, per log segment, how many record bytes it holds and how many of them
+//! are some key's current put: compaction picks segments by that live ratio.
+//!
+//! Semantics every engine must keep:
 //! - a key's version is assigned from one per-core counter, so it only grows, per key too;
 //! - an expired key is absent for every operation, and is removed when touched (lazy expiry)
 //!   or by [`Engine::sweep_expired`] (active expiry);
 //! - `IfVersion(0)` holds exactly when the key is absent, so "create if absent" can be said
 //!   with a version too;
-//! - a failed condition reports the key's current version (0 when absent).
+//! - a failed condition reports the key's current version (0 when absent);
+//! - a write the log refused changes nothing.
 //!
 //! Stored keys and values are copied out of the request frame: a `Bytes` slice would pin the
 //! whole receive buffer in memory for as long as the value lives.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use bytes::Bytes;
 use corekv_schema::codec::{Condition, ErrorCode, Expected, Op, Reply, SetOp, WireError};
 use hashbrown::HashTable;
 
-use super::record::Mutation;
-use super::{Applied, Engine, EngineStats};
+use super::record::{HEADER_BYTES, Loc, Mutation};
+use super::{Applied, Engine, EngineStats, Fetch, Log, SegmentUse};
 
-/// One stored key. Key and value share one allocation (`data = key ++ value`): a lookup
-/// that finds the key has the value's first bytes in the same cache lines, and each key costs
-/// one heap block instead of two.
+/// One stored key. Key and cached value share one allocation (`data = key ++ value`): a
+/// lookup that finds the key has the value's first bytes in the same cache lines, and each key
+/// costs one heap block instead of two. When the value is not cached, `data` is the key alone.
 #[derive(Clone, Debug)]
 struct Entry {
     data: Bytes,
     key_len: u32,
+    value_len: u32,
+    /// The put record in the log; `None` only when nothing is logged (or for an entry from
+    /// an old checkpoint that held values).
+    loc: Option<Loc>,
     version: u64,
     /// Unix ms at which the key expires; 0 = never.
     expires_at_ms: u64,
+    /// Read since the CLOCK hand last passed (second chance).
+    referenced: bool,
 }
 
 impl Entry {
-    fn new(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> Entry {
-        let mut data = Vec::with_capacity(key.len() + value.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value);
-        // Keys are bounded by `key_bytes_max`, far below u32::MAX.
-        let key_len = u32::try_from(key.len()).expect("key length fits u32");
-        Entry { data: Bytes::from(data), key_len, version, expires_at_ms }
+    fn new(data: Bytes, key_len: usize, loc: Option<Loc>, version: u64, expires: u64) -> Entry {
+        // Keys and values are bounded by the frame limits, far below u32::MAX.
+        let key_len32 = u32::try_from(key_len).expect("key length fits u32");
+        let value_len = u32::try_from(data.len() - key_len).expect("value length fits u32");
+        Entry {
+            data,
+            key_len: key_len32,
+            value_len,
+            loc,
+            version,
+            expires_at_ms: expires,
+            referenced: false,
+        }
     }
 
     fn key(&self) -> &[u8] {
         &self.data[..self.key_len as usize]
     }
 
-    fn value(&self) -> Bytes {
-        self.data.slice(self.key_len as usize..)
+    fn cached(&self) -> bool {
+        self.data.len() == (self.key_len + self.value_len) as usize
     }
 
-    fn value_eq(&self, other: &[u8]) -> bool {
-        self.data[self.key_len as usize..] == *other
+    fn value(&self) -> Bytes {
+        debug_assert!(self.cached());
+        self.data.slice(self.key_len as usize..)
     }
 
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
     }
 
+    /// Payload bytes (key and value), whether or not the value is cached.
     fn bytes(&self) -> u64 {
-        self.data.len() as u64
+        u64::from(self.key_len) + u64::from(self.value_len)
+    }
+
+    fn cached_bytes(&self) -> u64 {
+        if self.cached() { u64::from(self.value_len) } else { 0 }
+    }
+
+    fn fetch(&self, now_ms: u64) -> Option<Fetch> {
+        Some(Fetch {
+            loc: self.loc?,
+            key_len: self.key_len,
+            version: self.version,
+            ttl_ms: (self.expires_at_ms != 0).then(|| self.expires_at_ms - now_ms),
+        })
     }
 }
 
@@ -70,6 +107,8 @@ type ExpiryTicket = Reverse<(u64, Bytes)>;
 
 /// Stale tickets allowed beyond the live keys with a TTL before the heap is rebuilt.
 const EXPIRY_STALE_TICKETS_MAX: usize = 1024;
+/// Stale CLOCK slots allowed beyond the cached entries before the ring is rebuilt.
+const CLOCK_STALE_SLOTS_MAX: usize = 1024;
 
 pub struct MemEngine {
     /// Entries keyed by their own `key`, hashed with `hasher`. A raw `HashTable` rather than a
@@ -83,6 +122,15 @@ pub struct MemEngine {
     expiry: BinaryHeap<ExpiryTicket>,
     /// Live entries with an expiry (what the heap would hold with no stale tickets).
     ttl_keys: usize,
+    /// The CLOCK: hashes of entries whose value was cached when pushed, oldest first. Slots go
+    /// stale when the entry is overwritten or dropped; the ring is rebuilt once they
+    /// outnumber the cached entries.
+    clock: VecDeque<u64>,
+    cached_entries: usize,
+    cache_budget: u64,
+    cached_bytes: u64,
+    evicted: u64,
+    segments: BTreeMap<u64, SegmentUse>,
     version_last: u64,
     value_bytes: u64,
     expired: u64,
@@ -94,13 +142,33 @@ impl Default for MemEngine {
     }
 }
 
+/// Why a condition could not be decided or did not hold.
+enum Unmet {
+    Reply(Reply),
+    /// It compares against a value that is on disk only.
+    NeedValue(Loc),
+}
+
 impl MemEngine {
+    /// An engine that caches every value.
     pub fn new() -> MemEngine {
+        MemEngine::with_cache(u64::MAX)
+    }
+
+    /// An engine that keeps at most `cache_budget` bytes of values in memory (values whose
+    /// records are not durable yet, and values that were never logged, always stay).
+    pub fn with_cache(cache_budget: u64) -> MemEngine {
         MemEngine {
             table: HashTable::new(),
             hasher: ahash::RandomState::new(),
             expiry: BinaryHeap::new(),
             ttl_keys: 0,
+            clock: VecDeque::new(),
+            cached_entries: 0,
+            cache_budget,
+            cached_bytes: 0,
+            evicted: 0,
+            segments: BTreeMap::new(),
             version_last: 0,
             value_bytes: 0,
             expired: 0,
@@ -111,7 +179,7 @@ impl MemEngine {
         self.hasher.hash_one(key)
     }
 
-    /// Removes `key` if present and expired (or if `version` matches, for the sweep).
+    /// Removes `key` unless `keep` says otherwise, with all bookkeeping.
     fn remove_if(&mut self, key: &[u8], keep: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
         let hash = self.hash(key);
         let Ok(found) = self.table.find_entry(hash, |e| e.key() == key) else {
@@ -121,100 +189,66 @@ impl MemEngine {
             return None;
         }
         let (entry, _) = found.remove();
+        self.unstored(&entry);
+        Some(entry)
+    }
+
+    /// Counts that `entry` left the table (removed or replaced).
+    fn unstored(&mut self, entry: &Entry) {
         self.value_bytes -= entry.bytes();
         if entry.expires_at_ms != 0 {
             self.ttl_keys -= 1;
         }
-        Some(entry)
+        if entry.cached() {
+            self.cached_bytes -= entry.cached_bytes();
+            self.cached_entries -= 1;
+        }
+        if let Some(loc) = entry.loc
+            && let Some(s) = self.segments.get_mut(&loc.segment())
+        {
+            s.live -= u64::from(loc.len);
+        }
     }
 
-    fn get(&mut self, key: &[u8], now_ms: u64) -> Reply {
-        let hash = self.hash(key);
-        match self.table.find(hash, |e| e.key() == key) {
-            None => return not_found(),
-            Some(e) if !e.is_expired(now_ms) => {
-                return Reply::Value {
-                    value: e.value(),
-                    version: e.version,
-                    ttl_ms: (e.expires_at_ms != 0).then(|| e.expires_at_ms - now_ms),
-                };
+    /// Counts a record of the log at `loc`; `live` when it is now some key's current put.
+    fn logged(&mut self, loc: Option<Loc>, live: bool) {
+        if let Some(loc) = loc {
+            let s = self.segments.entry(loc.segment()).or_default();
+            s.total += u64::from(loc.len);
+            if live {
+                s.live += u64::from(loc.len);
             }
-            Some(_) => {}
         }
-        // Lazy expiry: the key was found dead; drop it now.
-        if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
-            self.expired += 1;
-        }
-        not_found()
     }
 
-    fn set(&mut self, set: SetOp, now_ms: u64) -> Applied {
-        let hash = self.hash(&set.key);
-        let MemEngine { table, hasher, version_last, expired, .. } = self;
-        let entry = table.entry(hash, |e| e.key() == &set.key[..], |e| hasher.hash_one(e.key()));
-        let (current, was_expired) = match &entry {
-            hashbrown::hash_table::Entry::Occupied(o) => {
-                let e = o.get();
-                if e.is_expired(now_ms) { (None, true) } else { (Some(e), false) }
-            }
-            hashbrown::hash_table::Entry::Vacant(_) => (None, false),
-        };
-        if let Err(failed) = check(&set.condition, current) {
-            return Applied { reply: failed, mutation: None };
-        }
-        let expires_at_ms = if set.keep_ttl {
-            current.map_or(0, |e| e.expires_at_ms)
-        } else if set.ttl_ms > 0 {
-            now_ms.saturating_add(set.ttl_ms)
-        } else {
-            0
-        };
-        *version_last += 1;
-        let version = *version_last;
-        let fresh = Entry::new(&set.key, &set.value, version, expires_at_ms);
-        let mutation = Mutation::Put {
-            data: fresh.data.clone(),
-            key_len: fresh.key_len as usize,
-            version,
-            expires_at_ms,
-        };
-        let fresh_bytes = fresh.bytes();
-        let old = match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                if was_expired {
-                    *expired += 1;
-                }
-                Some(std::mem::replace(o.get_mut(), fresh))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(fresh);
-                None
-            }
-        };
-        // An expired old entry's ticket may already have fired: the key gets a new one.
-        self.stored(&set.key, old.as_ref(), fresh_bytes, expires_at_ms, !was_expired);
-        Applied { reply: Reply::Written { version }, mutation: Some(mutation) }
-    }
-
-    /// Bookkeeping after an entry of `fresh_bytes` expiring at `expires_at_ms` was stored for
-    /// `key` in place of `old`: byte and TTL counts, and an expiry ticket unless the old one
-    /// is still pending (`old_ticket_live`) and describes the entry (same deadline, as with
-    /// keep_ttl). Shared by writes and replay so the two cannot drift apart.
+    /// Counts that `fresh` (stored for `key`, hashed `hash`) replaced `old`: bytes, TTLs,
+    /// cache and an expiry ticket unless the old one is still pending (`old_ticket_live`) and
+    /// describes the entry (same deadline, as with keep_ttl). Shared by writes and replay so
+    /// the two cannot drift apart.
     fn stored(
         &mut self,
         key: &[u8],
+        hash: u64,
         old: Option<&Entry>,
-        fresh_bytes: u64,
-        expires_at_ms: u64,
+        fresh: &Entry,
         old_ticket_live: bool,
     ) {
-        self.value_bytes += fresh_bytes;
         if let Some(old) = old {
-            self.value_bytes -= old.bytes();
-            if old.expires_at_ms != 0 {
-                self.ttl_keys -= 1;
+            self.unstored(old);
+        }
+        self.value_bytes += fresh.bytes();
+        if let Some(loc) = fresh.loc {
+            // A checkpoint's index records come before the segments they point into are known.
+            self.segments.entry(loc.segment()).or_default().live += u64::from(loc.len);
+        }
+        if fresh.cached() {
+            self.cached_bytes += fresh.cached_bytes();
+            self.cached_entries += 1;
+            if fresh.loc.is_some() {
+                self.clock.push_back(hash);
             }
         }
+        let expires_at_ms = fresh.expires_at_ms;
         if expires_at_ms != 0 {
             self.ttl_keys += 1;
             if !old_ticket_live || old.is_none_or(|o| o.expires_at_ms != expires_at_ms) {
@@ -240,128 +274,318 @@ impl MemEngine {
         self.expiry = BinaryHeap::from(tickets);
     }
 
-    fn delete(&mut self, key: &[u8], condition: &Condition, now_ms: u64) -> Applied {
+    /// Drops cached values (CLOCK order) until the cache is within budget. A value whose
+    /// record is not durable yet stays: the log could not give it back.
+    fn evict(&mut self, log: &dyn Log) {
+        if self.clock.len() > 2 * self.cached_entries + CLOCK_STALE_SLOTS_MAX {
+            let clock = self
+                .table
+                .iter()
+                .filter(|e| e.cached() && e.loc.is_some())
+                .map(|e| self.hasher.hash_one(e.key()))
+                .collect();
+            self.clock = clock;
+        }
+        // Each slot is looked at at most twice per call (second chance), so a cache full of
+        // values that cannot leave yet does not spin.
+        let mut steps = 2 * self.clock.len();
+        while self.cached_bytes > self.cache_budget && steps > 0 {
+            steps -= 1;
+            let Some(hash) = self.clock.pop_front() else { break };
+            let hasher = &self.hasher;
+            let found = self.table.find_mut(hash, |e| {
+                e.cached() && e.loc.is_some() && hasher.hash_one(e.key()) == hash
+            });
+            let Some(e) = found else { continue };
+            let durable = e.loc.is_some_and(|loc| log.is_durable(loc));
+            if e.referenced || !durable {
+                e.referenced = false;
+                self.clock.push_back(hash);
+                continue;
+            }
+            let freed = e.cached_bytes();
+            e.data = e.data.slice(..e.key_len as usize);
+            // A slice would keep the whole key ++ value block alive: copy the key out.
+            e.data = Bytes::copy_from_slice(&e.data);
+            self.cached_bytes -= freed;
+            self.cached_entries -= 1;
+            self.evicted += 1;
+        }
+    }
+
+    fn get(&mut self, key: &[u8], now_ms: u64) -> Applied {
         let hash = self.hash(key);
-        let found = match self.table.find(hash, |e| e.key() == key) {
-            None => return reply_only(not_found()),
-            Some(e) if e.is_expired(now_ms) => None,
-            Some(e) => Some(check(condition, Some(e))),
+        match self.table.find_mut(hash, |e| e.key() == key) {
+            None => return Applied::Done(not_found()),
+            Some(e) if !e.is_expired(now_ms) => {
+                e.referenced = true;
+                if e.cached() {
+                    return Applied::Done(Reply::Value {
+                        value: e.value(),
+                        version: e.version,
+                        ttl_ms: (e.expires_at_ms != 0).then(|| e.expires_at_ms - now_ms),
+                    });
+                }
+                let fetch = e.fetch(now_ms).expect("an entry without its value has a location");
+                return Applied::Fetch(fetch);
+            }
+            Some(_) => {}
+        }
+        // Lazy expiry: the key was found dead; drop it now.
+        if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
+            self.expired += 1;
+        }
+        Applied::Done(not_found())
+    }
+
+    fn set(
+        &mut self,
+        set: SetOp,
+        now_ms: u64,
+        log: &mut dyn Log,
+        fetched: Option<(Loc, &[u8])>,
+    ) -> Applied {
+        let hash = self.hash(&set.key);
+        let MemEngine { table, hasher, version_last, expired, .. } = self;
+        let entry = table.entry(hash, |e| e.key() == &set.key[..], |e| hasher.hash_one(e.key()));
+        let (current, was_expired) = match &entry {
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let e = o.get();
+                if e.is_expired(now_ms) { (None, true) } else { (Some(e), false) }
+            }
+            hashbrown::hash_table::Entry::Vacant(_) => (None, false),
         };
-        match found {
+        match check(&set.condition, current, fetched) {
+            Ok(()) => {}
+            Err(Unmet::Reply(failed)) => return Applied::Done(failed),
+            Err(Unmet::NeedValue(loc)) => return Applied::NeedValue(Op::Set(set), loc),
+        }
+        let expires_at_ms = if set.keep_ttl {
+            current.map_or(0, |e| e.expires_at_ms)
+        } else if set.ttl_ms > 0 {
+            now_ms.saturating_add(set.ttl_ms)
+        } else {
+            0
+        };
+        let version = *version_last + 1;
+        let mutation = Mutation::put(&set.key, &set.value, version, expires_at_ms);
+        let loc = match log.append(&mutation) {
+            Ok(loc) => loc,
+            Err(e) => return Applied::Done(Reply::error(ErrorCode::Unavailable, e)),
+        };
+        *version_last = version;
+        let Mutation::Put { data, .. } = mutation else { unreachable!("built as a put") };
+        let fresh = Entry::new(data, set.key.len(), loc, version, expires_at_ms);
+        let old = match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                if was_expired {
+                    *expired += 1;
+                }
+                Some(std::mem::replace(o.get_mut(), fresh.clone()))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(fresh.clone());
+                None
+            }
+        };
+        self.logged(loc, false);
+        // An expired old entry's ticket may already have fired: the key gets a new one.
+        self.stored(&set.key, hash, old.as_ref(), &fresh, !was_expired);
+        if self.cached_bytes > self.cache_budget {
+            self.evict(log);
+        }
+        Applied::Done(Reply::Written { version })
+    }
+
+    fn delete(
+        &mut self,
+        key: Bytes,
+        condition: Condition,
+        now_ms: u64,
+        log: &mut dyn Log,
+        fetched: Option<(Loc, &[u8])>,
+    ) -> Applied {
+        let hash = self.hash(&key);
+        let found = match self.table.find(hash, |e| e.key() == &key[..]) {
+            None => return Applied::Done(not_found()),
+            Some(e) if e.is_expired(now_ms) => None,
+            Some(e) => Some(check(&condition, Some(e), fetched).map(|()| e.version)),
+        };
+        let old_version = match found {
             None => {
-                if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
+                if self.remove_if(&key, |e| !e.is_expired(now_ms)).is_some() {
                     self.expired += 1;
                 }
-                reply_only(not_found())
+                return Applied::Done(not_found());
             }
-            Some(Err(failed)) => reply_only(failed),
-            Some(Ok(())) => match self.remove_if(key, |_| false) {
-                Some(e) => {
-                    // The tombstone takes a fresh version: it must order after the put it
-                    // hides, and replay applies records in version order per key.
-                    self.version_last += 1;
-                    let key = Bytes::copy_from_slice(key);
-                    let mutation = Mutation::Delete { key, version: self.version_last };
-                    Applied {
-                        reply: Reply::Deleted { version: e.version },
-                        mutation: Some(mutation),
-                    }
-                }
-                None => reply_only(not_found()),
-            },
-        }
+            Some(Err(Unmet::Reply(failed))) => return Applied::Done(failed),
+            Some(Err(Unmet::NeedValue(loc))) => {
+                return Applied::NeedValue(Op::Delete { key, condition }, loc);
+            }
+            Some(Ok(v)) => v,
+        };
+        // The tombstone takes a fresh version: it must order after the put it hides, and
+        // replay applies records in version order per key.
+        let version = self.version_last + 1;
+        let mutation = Mutation::Delete { key, version };
+        let loc = match log.append(&mutation) {
+            Ok(loc) => loc,
+            Err(e) => return Applied::Done(Reply::error(ErrorCode::Unavailable, e)),
+        };
+        self.version_last = version;
+        self.logged(loc, false);
+        self.remove_if(mutation.key(), |_| false);
+        Applied::Done(Reply::Deleted { version: old_version })
+    }
+
+    /// Stores a replayed put (from the log at `loc`, or from a checkpoint).
+    fn replay_put(
+        &mut self,
+        data: Bytes,
+        key_len: usize,
+        loc: Option<Loc>,
+        version: u64,
+        expires: u64,
+    ) {
+        let hash = self.hash(&data[..key_len]);
+        let value_len = (data.len() - key_len) as u64;
+        // Cache while there is room (no eviction during replay: later records would only
+        // push out earlier ones). Copied out of the segment buffer either way: a slice would
+        // keep the whole segment in memory.
+        let keep_value = loc.is_none() || self.cached_bytes + value_len <= self.cache_budget;
+        let fresh = if keep_value {
+            Entry::new(Bytes::copy_from_slice(&data), key_len, loc, version, expires)
+        } else {
+            let mut e = Entry::new(data.clone(), key_len, loc, version, expires);
+            e.data = Bytes::copy_from_slice(&data[..key_len]);
+            e
+        };
+        self.insert_replayed(hash, fresh);
+    }
+
+    fn insert_replayed(&mut self, hash: u64, fresh: Entry) {
+        let hasher = &self.hasher;
+        let entry =
+            self.table.entry(hash, |e| e.key() == fresh.key(), |e| hasher.hash_one(e.key()));
+        let old = match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(std::mem::replace(o.get_mut(), fresh.clone()))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(fresh.clone());
+                None
+            }
+        };
+        let key = Bytes::copy_from_slice(fresh.key());
+        self.stored(&key, hash, old.as_ref(), &fresh, true);
     }
 }
 
-fn reply_only(reply: Reply) -> Applied {
-    Applied { reply, mutation: None }
+/// Whether `condition` holds for `current`; the error reply when it does not, or the value
+/// to read first when it compares against one that is on disk only (`fetched` is that value
+/// once read; it counts only if the key still lives where it was read from).
+fn check(
+    condition: &Condition,
+    current: Option<&Entry>,
+    fetched: Option<(Loc, &[u8])>,
+) -> Result<(), Unmet> {
+    let holds = match condition {
+        Condition::Always => true,
+        Condition::IfAbsent => current.is_none(),
+        Condition::IfPresent => current.is_some(),
+        Condition::IfVersion(v) => current.map_or(0, |e| e.version) == *v,
+        Condition::IfValue(expected) => match current {
+            None => false,
+            Some(e) if e.cached() => e.data[e.key_len as usize..] == expected[..],
+            Some(e) => match (e.loc, fetched) {
+                (Some(at), Some((read_at, value))) if at == read_at => value == &expected[..],
+                // A different length cannot be equal: no need to read.
+                _ if e.value_len as usize != expected.len() => false,
+                (Some(at), _) => return Err(Unmet::NeedValue(at)),
+                (None, _) => false,
+            },
+        },
+    };
+    if holds {
+        return Ok(());
+    }
+    Err(Unmet::Reply(Reply::Error(WireError {
+        code: ErrorCode::ConditionFailed,
+        message: "condition failed".into(),
+        current_version: current.map_or(0, |e| e.version),
+    })))
 }
 
 fn not_found() -> Reply {
     Reply::error(ErrorCode::NotFound, "key not found")
 }
 
-/// Whether `condition` holds for `current`; the error reply when it does not.
-fn check(condition: &Condition, current: Option<&Entry>) -> Result<(), Reply> {
-    let holds = match condition {
-        Condition::Always => true,
-        Condition::IfAbsent => current.is_none(),
-        Condition::IfPresent => current.is_some(),
-        Condition::IfVersion(v) => current.map_or(0, |e| e.version) == *v,
-        Condition::IfValue(expected) => current.is_some_and(|e| e.value_eq(expected)),
-    };
-    if holds {
-        return Ok(());
-    }
-    Err(Reply::Error(WireError {
-        code: ErrorCode::ConditionFailed,
-        message: "condition failed".into(),
-        current_version: current.map_or(0, |e| e.version),
-    }))
-}
-
 impl Engine for MemEngine {
-    fn execute(&mut self, op: Op, now_ms: u64) -> Applied {
+    fn execute(
+        &mut self,
+        op: Op,
+        now_ms: u64,
+        log: &mut dyn Log,
+        fetched: Option<(Loc, &[u8])>,
+    ) -> Applied {
         match op {
-            Op::Get { key } => reply_only(self.get(&key, now_ms)),
-            Op::Set(set) => self.set(set, now_ms),
-            Op::Delete { key, condition } => self.delete(&key, &condition, now_ms),
+            Op::Get { key } => self.get(&key, now_ms),
+            Op::Set(set) => self.set(set, now_ms, log, fetched),
+            Op::Delete { key, condition } => self.delete(key, condition, now_ms, log, fetched),
             Op::Cas { key, expected, new_value, ttl_ms } => {
                 let condition = match expected {
                     Expected::Value(v) => Condition::IfValue(v),
                     Expected::Version(v) => Condition::IfVersion(v),
                 };
                 let set = SetOp { key, value: new_value, ttl_ms, keep_ttl: false, condition };
-                self.set(set, now_ms)
+                self.set(set, now_ms, log, fetched)
             }
-            other => reply_only(Reply::error(
+            other => Applied::Done(Reply::error(
                 ErrorCode::BadRequest,
                 format!("{} is not a single-key operation", other.name()),
             )),
         }
     }
 
-    fn replay(&mut self, m: Mutation, now_ms: u64) {
+    fn replay(&mut self, m: Mutation, loc: Option<Loc>, now_ms: u64) {
         self.version_last = self.version_last.max(m.version());
         match m {
             Mutation::Delete { key, .. } => {
+                self.logged(loc, false);
                 self.remove_if(&key, |_| false);
             }
-            Mutation::Clock { .. } => {}
-            Mutation::Put { expires_at_ms, .. }
+            Mutation::Clock { .. } => self.logged(loc, false),
+            Mutation::Put { expires_at_ms, .. } | Mutation::Index { expires_at_ms, .. }
                 if expires_at_ms != 0 && expires_at_ms <= now_ms =>
             {
+                self.logged(loc, false);
                 // Expired while the node was down: it hides any older value of the key.
                 if self.remove_if(m.key(), |_| false).is_some() {
                     self.expired += 1;
                 }
             }
             Mutation::Put { data, key_len, version, expires_at_ms } => {
-                let key_len32 = u32::try_from(key_len).expect("record key_len is a u32");
-                // Copy out of the segment buffer: a slice would keep the whole segment in memory.
-                let data = Bytes::copy_from_slice(&data);
-                let key = data.slice(..key_len);
-                let fresh = Entry { data, key_len: key_len32, version, expires_at_ms };
-                let hash = self.hash(fresh.key());
-                let hasher = &self.hasher;
-                let entry = self.table.entry(
-                    hash,
-                    |e| e.key() == fresh.key(),
-                    |e| hasher.hash_one(e.key()),
+                self.logged(loc, false);
+                self.replay_put(data, key_len, loc, version, expires_at_ms);
+            }
+            Mutation::Index { key, version, expires_at_ms, loc: at } => {
+                let hash = self.hash(&key);
+                let mut fresh = Entry::new(
+                    Bytes::copy_from_slice(&key),
+                    key.len(),
+                    Some(at),
+                    version,
+                    expires_at_ms,
                 );
-                let fresh_bytes = fresh.bytes();
-                let old = match entry {
-                    hashbrown::hash_table::Entry::Occupied(mut o) => {
-                        Some(std::mem::replace(o.get_mut(), fresh))
-                    }
-                    hashbrown::hash_table::Entry::Vacant(v) => {
-                        v.insert(fresh);
-                        None
-                    }
-                };
-                self.stored(&key, old.as_ref(), fresh_bytes, expires_at_ms, true);
+                // The value is in the log: only its length is known here.
+                fresh.value_len = at.len - (HEADER_BYTES + key.len()) as u32;
+                self.insert_replayed(hash, fresh);
             }
         }
+    }
+
+    fn note_segment(&mut self, segment: u64, bytes: u64) {
+        self.segments.entry(segment).or_default().total = bytes;
     }
 
     fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize {
@@ -384,14 +608,82 @@ impl Engine for MemEngine {
 
     fn snapshot(&self, now_ms: u64) -> Vec<Mutation> {
         let clock = Mutation::Clock { version: self.version_last };
-        std::iter::once(clock)
-            .chain(self.table.iter().filter(|e| !e.is_expired(now_ms)).map(|e| Mutation::Put {
+        let entries = self.table.iter().filter(|e| !e.is_expired(now_ms)).map(|e| match e.loc {
+            Some(loc) => Mutation::Index {
+                key: e.data.slice(..e.key_len as usize),
+                version: e.version,
+                expires_at_ms: e.expires_at_ms,
+                loc,
+            },
+            None => Mutation::Put {
                 data: e.data.clone(),
                 key_len: e.key_len as usize,
                 version: e.version,
                 expires_at_ms: e.expires_at_ms,
-            }))
-            .collect()
+            },
+        });
+        std::iter::once(clock).chain(entries).collect()
+    }
+
+    fn cache_fetched(&mut self, key: &[u8], loc: Loc, value: &[u8], log: &dyn Log) {
+        if self.cache_budget == 0 {
+            return;
+        }
+        let hash = self.hash(key);
+        let Some(e) = self.table.find_mut(hash, |e| e.key() == key) else { return };
+        if e.loc != Some(loc) || e.cached() || value.len() != e.value_len as usize {
+            return;
+        }
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        e.data = Bytes::from(data);
+        self.cached_bytes += value.len() as u64;
+        self.cached_entries += 1;
+        self.clock.push_back(hash);
+        if self.cached_bytes > self.cache_budget {
+            self.evict(log);
+        }
+    }
+
+    fn relocate(&mut self, m: &Mutation, from: Loc, log: &mut dyn Log) -> Result<bool, String> {
+        let key = m.key();
+        let hash = self.hash(key);
+        let current = self.table.find(hash, |e| e.key() == key);
+        if current.is_none_or(|e| e.loc != Some(from)) {
+            return Ok(false);
+        }
+        let Some(to) = log.append(m)? else { return Ok(false) };
+        let e = self.table.find_mut(hash, |e| e.key() == key).expect("found just above");
+        e.loc = Some(to);
+        if let Some(s) = self.segments.get_mut(&from.segment()) {
+            s.live -= u64::from(from.len);
+        }
+        self.logged(Some(to), true);
+        Ok(true)
+    }
+
+    fn segments(&self) -> Vec<(u64, SegmentUse)> {
+        self.segments.iter().map(|(s, u)| (*s, *u)).collect()
+    }
+
+    fn forget_segment(&mut self, segment: u64) {
+        let gone = self.segments.remove(&segment);
+        debug_assert!(gone.is_none_or(|u| u.live == 0), "forgot segment {segment} with live data");
+    }
+
+    fn drop_segment_keys(&mut self, segment: u64) -> u64 {
+        let keys: Vec<Bytes> = self
+            .table
+            .iter()
+            .filter(|e| e.loc.is_some_and(|l| l.segment() == segment))
+            .map(|e| Bytes::copy_from_slice(e.key()))
+            .collect();
+        for key in &keys {
+            self.remove_if(key, |_| false);
+        }
+        self.segments.remove(&segment);
+        keys.len() as u64
     }
 
     fn stats(&self) -> EngineStats {
@@ -399,6 +691,10 @@ impl Engine for MemEngine {
             keys: self.table.len() as u64,
             value_bytes: self.value_bytes,
             expired: self.expired,
+            cached_bytes: self.cached_bytes,
+            evicted: self.evicted,
+            log_total_bytes: self.segments.values().map(|s| s.total).sum(),
+            log_live_bytes: self.segments.values().map(|s| s.live).sum(),
         }
     }
 }
@@ -406,6 +702,7 @@ impl Engine for MemEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::NoLog;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -424,7 +721,10 @@ mod tests {
     }
 
     fn run(e: &mut MemEngine, op: Op, now_ms: u64) -> Reply {
-        e.execute(op, now_ms).reply
+        match e.execute(op, now_ms, &mut NoLog, None) {
+            Applied::Done(reply) => reply,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn code(r: &Reply) -> Option<ErrorCode> {
@@ -462,7 +762,7 @@ mod tests {
         assert_eq!(del, Reply::Deleted { version: v2 });
         let again = run(&mut e, Op::Delete { key: b("a"), condition: Condition::Always }, 0);
         assert_eq!(code(&again), Some(ErrorCode::NotFound));
-        assert_eq!(e.stats(), EngineStats { keys: 0, value_bytes: 0, expired: 0 });
+        assert_eq!(e.stats(), EngineStats::default());
     }
 
     #[test]
@@ -555,7 +855,7 @@ mod tests {
         assert_eq!(e.sweep_expired(1_200, 100), 1);
         assert_eq!(e.stats().keys, 1);
         assert_eq!(e.sweep_expired(1_500, 100), 1);
-        assert_eq!(e.stats(), EngineStats { keys: 0, value_bytes: 0, expired: 3 });
+        assert_eq!(e.stats(), EngineStats { expired: 3, ..EngineStats::default() });
     }
 
     #[test]
@@ -642,11 +942,212 @@ mod tests {
                 version += 1;
                 let key = format!("session:{i}");
                 let m = Mutation::put(key.as_bytes(), b"v", version, 1_800_000 + round);
-                replayed.replay(m, 0);
+                replayed.replay(m, None, 0);
             }
         }
         assert!(replayed.expiry.len() <= 2 * 100 + EXPIRY_STALE_TICKETS_MAX);
         assert_eq!(replayed.ttl_keys, 100);
         assert_eq!(replayed.stats().value_bytes, 100 * ("session:0".len() as u64 + 1) + 90);
+    }
+
+    /// A log in memory: records get consecutive locations in segment `segment`; records up
+    /// to `durable` (and every earlier segment) are durable.
+    #[derive(Default)]
+    struct MemLog {
+        records: Vec<(Loc, Mutation)>,
+        segment: u64,
+        end: u64,
+        durable: u64,
+        refuse: bool,
+    }
+
+    impl MemLog {
+        fn new() -> MemLog {
+            MemLog { segment: 1, ..MemLog::default() }
+        }
+
+        fn value_at(&self, loc: Loc) -> Bytes {
+            match self.records.iter().find(|(l, _)| *l == loc) {
+                Some((_, Mutation::Put { data, key_len, .. })) => data.slice(*key_len..),
+                other => panic!("no put at {loc:?}: {other:?}"),
+            }
+        }
+    }
+
+    impl Log for MemLog {
+        fn append(&mut self, m: &Mutation) -> Result<Option<Loc>, String> {
+            if self.refuse {
+                return Err("disk full".into());
+            }
+            let loc = Loc::new(self.segment, self.end, m.encoded_len());
+            self.end += m.encoded_len() as u64;
+            self.records.push((loc, m.clone()));
+            Ok(Some(loc))
+        }
+
+        fn is_durable(&self, loc: Loc) -> bool {
+            loc.segment() < self.segment || loc.end() <= self.durable
+        }
+    }
+
+    fn failed_with(applied: &Applied, code: ErrorCode) -> bool {
+        matches!(applied, Applied::Done(Reply::Error(w)) if w.code == code)
+    }
+
+    fn exec(e: &mut MemEngine, log: &mut MemLog, op: Op) -> Applied {
+        e.execute(op, 0, log, None)
+    }
+
+    #[test]
+    fn cache_stays_within_budget_and_cold_values_are_fetched() {
+        let mut e = MemEngine::with_cache(1_000);
+        let mut log = MemLog::new();
+        let value = |i: usize| b(&format!("{i:0100}"));
+        for i in 0..100 {
+            exec(&mut e, &mut log, Op::set(b(&format!("k{i}")), value(i)));
+        }
+        // Nothing is durable yet: every value must stay.
+        assert_eq!(e.stats().cached_bytes, 100 * 100);
+        log.durable = log.end;
+        exec(&mut e, &mut log, Op::set(b("last"), value(0)));
+        let stats = e.stats();
+        assert!(stats.cached_bytes <= 1_000 + 100, "{stats:?}");
+        assert!(stats.evicted >= 89, "{stats:?}");
+        assert_eq!(stats.value_bytes, stats.log_live_bytes - 101 * HEADER_BYTES as u64);
+        let mut fetched = 0;
+        for i in 0..100 {
+            let key = b(&format!("k{i}"));
+            match exec(&mut e, &mut log, Op::get(key.clone())) {
+                Applied::Done(Reply::Value { value: v, .. }) => assert_eq!(v, value(i)),
+                Applied::Fetch(f) => {
+                    fetched += 1;
+                    assert_eq!(log.value_at(f.loc), value(i));
+                    assert_eq!(f.key_len as usize, key.len());
+                    e.cache_fetched(&key, f.loc, &log.value_at(f.loc), &log);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(fetched >= 89, "{fetched}");
+        assert!(e.stats().cached_bytes <= 1_000 + 100, "{:?}", e.stats());
+    }
+
+    #[test]
+    fn compare_by_value_reads_a_cold_value_first() {
+        let mut e = MemEngine::with_cache(0);
+        let mut log = MemLog::new();
+        exec(&mut e, &mut log, Op::set(b("k"), b("old")));
+        log.durable = log.end;
+        exec(&mut e, &mut log, Op::set(b("other"), b("x")));
+        assert_eq!(e.stats().cached_bytes, 1, "only the not-yet-durable value stays");
+        let cas = |expected: &str| Op::Cas {
+            key: b("k"),
+            expected: Expected::Value(b(expected)),
+            new_value: b("new"),
+            ttl_ms: 0,
+        };
+        // A different length cannot match: decided without reading.
+        let short = exec(&mut e, &mut log, cas("ol"));
+        assert!(failed_with(&short, ErrorCode::ConditionFailed));
+        for (expected, wins) in [("odd", false), ("old", true)] {
+            let Applied::NeedValue(op, loc) = exec(&mut e, &mut log, cas(expected)) else {
+                panic!("a cold compare must ask for the value");
+            };
+            let value = log.value_at(loc);
+            match e.execute(op, 0, &mut log, Some((loc, &value))) {
+                Applied::Done(Reply::Written { .. }) => assert!(wins, "{expected}"),
+                Applied::Done(Reply::Error(w)) => {
+                    assert!(!wins, "{expected}");
+                    assert_eq!(w.code, ErrorCode::ConditionFailed);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            exec(&mut e, &mut log, Op::get(b("k"))),
+            Applied::Done(Reply::Value { value, .. }) if value == b("new")
+        ));
+    }
+
+    #[test]
+    fn a_write_the_log_refuses_changes_nothing() {
+        let mut e = MemEngine::new();
+        let mut log = MemLog::new();
+        exec(&mut e, &mut log, Op::set(b("k"), b("v1")));
+        log.refuse = true;
+        let refused = exec(&mut e, &mut log, Op::set(b("k"), b("v2")));
+        assert!(failed_with(&refused, ErrorCode::Unavailable));
+        let refused =
+            exec(&mut e, &mut log, Op::Delete { key: b("k"), condition: Condition::Always });
+        assert!(failed_with(&refused, ErrorCode::Unavailable));
+        assert!(matches!(
+            exec(&mut e, &mut log, Op::get(b("k"))),
+            Applied::Done(Reply::Value { value, version: 1, .. }) if value == b("v1")
+        ));
+    }
+
+    #[test]
+    fn relocate_moves_only_current_puts_and_tracks_live_bytes() {
+        let mut e = MemEngine::new();
+        let mut log = MemLog::new();
+        exec(&mut e, &mut log, Op::set(b("a"), b("1")));
+        exec(&mut e, &mut log, Op::set(b("b"), b("2")));
+        exec(&mut e, &mut log, Op::set(b("a"), b("3")));
+        exec(&mut e, &mut log, Op::Delete { key: b("b"), condition: Condition::Always });
+        exec(&mut e, &mut log, Op::set(b("c"), b("4")));
+        let rec = (HEADER_BYTES + 2) as u64;
+        let seg1 = e.segments()[0].1;
+        assert_eq!(seg1, SegmentUse { total: 5 * rec - 1, live: 2 * rec });
+        // Compact segment 1 into segment 2.
+        let old = std::mem::take(&mut log.records);
+        log.segment = 2;
+        log.end = 0;
+        let moved: Vec<bool> = old
+            .iter()
+            .filter(|(_, m)| matches!(m, Mutation::Put { .. }))
+            .map(|(loc, m)| e.relocate(m, *loc, &mut log).unwrap())
+            .collect();
+        assert_eq!(moved, [false, false, true, true]);
+        assert_eq!(
+            e.segments(),
+            [
+                (1, SegmentUse { total: 5 * rec - 1, live: 0 }),
+                (2, SegmentUse { total: 2 * rec, live: 2 * rec }),
+            ]
+        );
+        e.forget_segment(1);
+        assert!(matches!(
+            exec(&mut e, &mut log, Op::get(b("a"))),
+            Applied::Done(Reply::Value { value, .. }) if value == b("3")
+        ));
+        // A checkpoint then points at the new places.
+        let snap = e.snapshot(0);
+        assert!(snap.iter().all(|m| match m {
+            Mutation::Index { loc, .. } => loc.segment() == 2,
+            Mutation::Clock { version } => *version == 5,
+            other => panic!("{other:?}"),
+        }));
+    }
+
+    /// A checkpoint's index records come back cold, with the right lengths, and values are
+    /// fetched from where they point.
+    #[test]
+    fn index_records_replay_cold() {
+        let mut e = MemEngine::new();
+        let mut log = MemLog::new();
+        exec(&mut e, &mut log, Op::set(b("key"), b("value")));
+        let snap = e.snapshot(0);
+        let mut restored = MemEngine::new();
+        for m in snap {
+            restored.replay(m, None, 0);
+        }
+        let stats = restored.stats();
+        assert_eq!((stats.keys, stats.value_bytes, stats.cached_bytes), (1, 8, 0));
+        assert_eq!(stats.log_live_bytes, (HEADER_BYTES + 8) as u64);
+        let Applied::Fetch(f) = exec(&mut restored, &mut log, Op::get(b("key"))) else {
+            panic!("a restored value is read from the log");
+        };
+        assert_eq!(log.value_at(f.loc), b("value"));
+        assert_eq!(f.version, 1);
     }
 }

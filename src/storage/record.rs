@@ -6,13 +6,17 @@
 //! |---|---|---|
 //! | 0 | 4 | `crc32c` of bytes 4..`len` (everything after this field) |
 //! | 4 | 4 | `len`: bytes in the whole record, header included |
-//! | 8 | 1 | `kind`: 1 put, 2 delete (tombstone), 3 clock (no key; highest version issued) |
+//! | 8 | 1 | `kind`: 1 put, 2 delete, 3 clock (no key; highest version), 4 index (checkpoints) |
 //! | 9 | 3 | reserved, zero |
 //! | 12 | 4 | `key_len` |
 //! | 16 | 8 | `version` |
 //! | 24 | 8 | `expires_at_ms`: Unix ms, 0 = never (always 0 for a delete) |
 //! | 32 | key_len | key |
 //! | 32 + key_len | len − 32 − key_len | value (empty for a delete) |
+//!
+//! An index record (kind 4) says where a key's current put lives instead of carrying its
+//! value: its value field is exactly 12 bytes, `segment` (u32), `offset` (u32) and `len` (u32)
+//! of that put record. Only checkpoints hold index records; a log segment never does.
 //!
 //! Records follow each other with no padding. A segment may end in zero bytes (the unwritten
 //! remainder of its last direct-I/O block): an all-zero tail is a clean end. `len` is checked
@@ -46,6 +50,40 @@ pub const KIND_DELETE: u8 = 2;
 /// so versions keep growing after restart even when the key that held the highest one was
 /// deleted (otherwise a re-created key could reuse an old version and pass a stale CAS).
 pub const KIND_CLOCK: u8 = 3;
+/// Checkpoints only: a key, its version and expiry, and where its put record lives.
+pub const KIND_INDEX: u8 = 4;
+/// Bytes of an index record's location field.
+pub const LOC_BYTES: usize = 12;
+
+/// Where a record lives in a core's log: segment number (from 1), byte offset, length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc {
+    pub segment: std::num::NonZeroU32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Loc {
+    pub fn new(segment: u64, offset: u64, len: usize) -> Loc {
+        // Segment numbers start at 1; offsets and lengths are bounded by the segment size,
+        // which the config keeps under 4 GiB.
+        let segment = u32::try_from(segment).ok().and_then(std::num::NonZeroU32::new);
+        Loc {
+            segment: segment.expect("segment number in 1..=u32::MAX"),
+            offset: u32::try_from(offset).expect("segment offset fits u32"),
+            len: u32::try_from(len).expect("record length fits u32"),
+        }
+    }
+
+    pub fn segment(&self) -> u64 {
+        u64::from(self.segment.get())
+    }
+
+    /// Offset one past the record's last byte.
+    pub fn end(&self) -> u64 {
+        u64::from(self.offset) + u64::from(self.len)
+    }
+}
 
 /// One logged mutation, as the engine produced it and recovery replays it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +102,13 @@ pub enum Mutation {
     Clock {
         version: u64,
     },
+    /// A key whose value lives in the log at `loc` (checkpoints only).
+    Index {
+        key: Bytes,
+        version: u64,
+        expires_at_ms: u64,
+        loc: Loc,
+    },
 }
 
 impl Mutation {
@@ -78,7 +123,7 @@ impl Mutation {
     pub fn key(&self) -> &[u8] {
         match self {
             Mutation::Put { data, key_len, .. } => &data[..*key_len],
-            Mutation::Delete { key, .. } => key,
+            Mutation::Delete { key, .. } | Mutation::Index { key, .. } => key,
             Mutation::Clock { .. } => &[],
         }
     }
@@ -87,6 +132,7 @@ impl Mutation {
         match self {
             Mutation::Put { version, .. }
             | Mutation::Delete { version, .. }
+            | Mutation::Index { version, .. }
             | Mutation::Clock { version } => *version,
         }
     }
@@ -96,6 +142,7 @@ impl Mutation {
             + match self {
                 Mutation::Put { data, .. } => data.len(),
                 Mutation::Delete { key, .. } => key.len(),
+                Mutation::Index { key, .. } => key.len() + LOC_BYTES,
                 Mutation::Clock { .. } => 0,
             }
     }
@@ -106,13 +153,23 @@ pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
     let start = out.len();
     let len = m.encoded_len();
     assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes over RECORD_BYTES_MAX");
-    let (kind, key_len, version, expires_at_ms, body): (u8, usize, u64, u64, &[u8]) = match m {
-        Mutation::Put { data, key_len, version, expires_at_ms } => {
-            (KIND_PUT, *key_len, *version, *expires_at_ms, data)
-        }
-        Mutation::Delete { key, version } => (KIND_DELETE, key.len(), *version, 0, key),
-        Mutation::Clock { version } => (KIND_CLOCK, 0, *version, 0, &[]),
-    };
+    let loc_bytes;
+    let (kind, key_len, version, expires_at_ms, body, tail): (u8, usize, u64, u64, &[u8], &[u8]) =
+        match m {
+            Mutation::Put { data, key_len, version, expires_at_ms } => {
+                (KIND_PUT, *key_len, *version, *expires_at_ms, data, &[])
+            }
+            Mutation::Delete { key, version } => (KIND_DELETE, key.len(), *version, 0, key, &[]),
+            Mutation::Clock { version } => (KIND_CLOCK, 0, *version, 0, &[], &[]),
+            Mutation::Index { key, version, expires_at_ms, loc } => {
+                let mut b = [0u8; LOC_BYTES];
+                b[..4].copy_from_slice(&loc.segment.get().to_le_bytes());
+                b[4..8].copy_from_slice(&loc.offset.to_le_bytes());
+                b[8..].copy_from_slice(&loc.len.to_le_bytes());
+                loc_bytes = b;
+                (KIND_INDEX, key.len(), *version, *expires_at_ms, key, &loc_bytes[..])
+            }
+        };
     out.extend_from_slice(&[0u8; 4]); // crc, filled below
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&[kind, 0, 0, 0]);
@@ -120,6 +177,7 @@ pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&expires_at_ms.to_le_bytes());
     out.extend_from_slice(body);
+    out.extend_from_slice(tail);
     assert_eq!(out.len() - start, len, "record length");
     let crc = crc32c::crc32c(&out[start + LEN_OFFSET..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
@@ -161,7 +219,9 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
     let keyed = (HEADER_BYTES..=RECORD_BYTES_MAX).contains(&len)
         && key_len > 0
         && key_len <= len - HEADER_BYTES
-        && (kind == KIND_PUT || (kind == KIND_DELETE && key_len == len - HEADER_BYTES));
+        && (kind == KIND_PUT
+            || (kind == KIND_DELETE && key_len == len - HEADER_BYTES)
+            || (kind == KIND_INDEX && key_len + LOC_BYTES == len - HEADER_BYTES));
     let clock = kind == KIND_CLOCK && key_len == 0 && len == HEADER_BYTES;
     let header_ok = (keyed || clock) && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0];
     if !header_ok {
@@ -183,6 +243,13 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
             Mutation::Put { data: body, key_len, version, expires_at_ms }
         }
         KIND_DELETE => Mutation::Delete { key: body, version },
+        KIND_INDEX => {
+            let at = HEADER_BYTES + key_len;
+            let segment = std::num::NonZeroU32::new(u32_at(buf, at)).ok_or(Invalid::BadHeader)?;
+            let loc = Loc { segment, offset: u32_at(buf, at + 4), len: u32_at(buf, at + 8) };
+            let expires_at_ms = u64_at(buf, EXPIRES_AT_OFFSET);
+            Mutation::Index { key: body.slice(..key_len), version, expires_at_ms, loc }
+        }
         _ => Mutation::Clock { version },
     };
     Ok((m, len))
@@ -280,6 +347,12 @@ mod tests {
             put("key", "", 2, 99),
             del("k", 3),
             Mutation::Clock { version: 9 },
+            Mutation::Index {
+                key: Bytes::from_static(b"idx"),
+                version: 7,
+                expires_at_ms: 5,
+                loc: Loc::new(3, 4096, 77),
+            },
         ];
         let (got, ending, _) = replay(log(&ms), false);
         assert_eq!(got, ms);

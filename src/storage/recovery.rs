@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::record::{self, Ending, Invalid};
+use super::record::{self, Ending, Invalid, Loc};
 use super::{Engine, checkpoint, wal};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,8 @@ pub enum RecoveryError {
     Corrupt { path: PathBuf, offset: usize, invalid: Invalid, resumes_at: usize },
     #[error(
         "checkpoint {path} is damaged at offset {offset} ({invalid:?}); refusing to start. \
-         Remove it to recover from the log segments that remain, if they reach back far enough"
+         Restore the data directory from a backup (segments before a checkpoint are \
+         compacted, so the log alone cannot rebuild what it held)"
     )]
     Checkpoint { path: PathBuf, offset: usize, invalid: Invalid },
     #[error(
@@ -42,6 +43,11 @@ pub enum RecoveryError {
          Refusing to start; --salvage replays what is there"
     )]
     Gap { dir: PathBuf, missing: u64 },
+    #[error(
+        "log segment {missing} is missing from {dir}, but the checkpoint says {keys_bytes} bytes \
+         of current values live there. Refusing to start; --salvage drops those keys"
+    )]
+    Missing { dir: PathBuf, missing: u64, keys_bytes: u64 },
     #[error(
         "log corrupt in {path}: it ends early at offset {offset} ({invalid:?}) but newer \
          segments follow. Refusing to start; --salvage cuts it and keeps the rest"
@@ -64,6 +70,12 @@ pub struct Report {
     pub salvaged: Vec<(PathBuf, usize, usize)>,
     /// The sequence number for the next segment the log will create.
     pub next_segment: u64,
+    /// Every segment left after recovery, oldest first: values are read from them.
+    pub kept: Vec<(u64, PathBuf)>,
+    /// Keys dropped by salvage because the segment holding their values is gone.
+    pub keys_dropped: u64,
+    /// The loaded checkpoint's segment number (0: none).
+    pub checkpoint_seq: u64,
 }
 
 /// Replays every segment in `dir` into `engine`. Creates `dir` if missing.
@@ -96,7 +108,7 @@ pub fn recover(
             false,
             |m, _| {
                 records += 1;
-                engine.replay(m, now_ms);
+                engine.replay(m, None, now_ms);
             },
             |_, _, _| {},
         );
@@ -109,13 +121,17 @@ pub fn recover(
         report.bytes += bytes.len() as u64;
         report.records += records;
         report.checkpoint = Some((path, records));
+        report.checkpoint_seq = seq;
         replay_from = seq;
     }
-    let segments: Vec<_> = wal::segments(dir)
-        .map_err(io(dir))?
-        .into_iter()
-        .filter(|(seq, _)| *seq >= replay_from)
-        .collect();
+    // Segments before the checkpoint are not replayed: the checkpoint's index records point
+    // into them, so they stay, and only their sizes are needed (for compaction).
+    let (older, segments): (Vec<_>, Vec<_>) =
+        wal::segments(dir).map_err(io(dir))?.into_iter().partition(|(seq, _)| *seq < replay_from);
+    for (seq, path) in &older {
+        let bytes = std::fs::metadata(path).map_err(io(path))?.len();
+        engine.note_segment(*seq, bytes);
+    }
     report.next_segment = segments.last().map_or(replay_from.max(1), |(seq, _)| seq + 1);
     // Segments are numbered consecutively from the checkpoint's: a gap means a lost file.
     let mut expected = segments.first().map(|(seq, _)| *seq);
@@ -143,7 +159,7 @@ pub fn recover(
     }
     let mut progress_at = Instant::now() + Duration::from_secs(1);
     let (mut progress_records, mut progress_bytes) = (0u64, 0u64);
-    for (i, (_, path)) in segments.iter().enumerate() {
+    for (i, (seq, path)) in segments.iter().enumerate() {
         let bytes = &Bytes::from(std::fs::read(path).map_err(io(path))?);
         report.segments += 1;
         let mut skipped = Vec::new();
@@ -153,8 +169,9 @@ pub fn recover(
             salvage,
             |m, at| {
                 report.records += 1;
-                records_end = at + m.encoded_len();
-                engine.replay(m, now_ms);
+                let len = m.encoded_len();
+                records_end = at + len;
+                engine.replay(m, Some(Loc::new(*seq, at as u64, len)), now_ms);
                 if report.records.is_multiple_of(16_384) && Instant::now() >= progress_at {
                     let secs = progress_at.elapsed().as_secs_f64() + 1.0;
                     let records = report.records - progress_records;
@@ -234,6 +251,27 @@ pub fn recover(
     if let Some((seq, _)) = segments.get(keep) {
         report.next_segment = *seq;
     }
+    report.kept = older.into_iter().chain(segments.into_iter().take(keep)).collect();
+    // Every current value must live in a segment that is there.
+    for (seq, usage) in engine.segments() {
+        if usage.live == 0 || report.kept.iter().any(|(s, _)| *s == seq) {
+            continue;
+        }
+        if !salvage {
+            return Err(RecoveryError::Missing {
+                dir: dir.to_path_buf(),
+                missing: seq,
+                keys_bytes: usage.live,
+            });
+        }
+        let dropped = engine.drop_segment_keys(seq);
+        tracing::warn!(
+            segment = seq,
+            keys = dropped,
+            "salvage: dropped keys whose segment is gone"
+        );
+        report.keys_dropped += dropped;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -264,7 +302,7 @@ fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::storage::record::{Mutation, encode};
-    use crate::storage::{EngineStats, MemEngine};
+    use crate::storage::{Applied, Engine, MemEngine, NoLog};
     use corekv_schema::codec::{Op, Reply};
 
     fn put(key: &str, value: &str, version: u64, expires_at_ms: u64) -> Mutation {
@@ -285,8 +323,8 @@ mod tests {
     }
 
     fn get(e: &mut MemEngine, key: &str) -> Option<(Bytes, u64)> {
-        match e.execute(Op::get(Bytes::copy_from_slice(key.as_bytes())), 0).reply {
-            Reply::Value { value, version, .. } => Some((value, version)),
+        match e.execute(Op::get(Bytes::copy_from_slice(key.as_bytes())), 0, &mut NoLog, None) {
+            Applied::Done(Reply::Value { value, version, .. }) => Some((value, version)),
             _ => None,
         }
     }
@@ -304,10 +342,14 @@ mod tests {
         assert_eq!(get(&mut e, "a"), None);
         assert_eq!(get(&mut e, "b"), Some((Bytes::from_static(b"3"), 3)));
         assert_eq!(get(&mut e, "t"), None, "expired while down");
-        assert_eq!(e.stats(), EngineStats { keys: 1, value_bytes: 2, expired: 0 });
+        let stats = e.stats();
+        assert_eq!((stats.keys, stats.value_bytes, stats.expired), (1, 2, 0));
+        // Segment 1 holds nothing current any more; segment 2 holds b's put.
+        let usage: Vec<_> = e.segments().into_iter().map(|(s, u)| (s, u.live)).collect();
+        assert_eq!(usage, [(1, 0), (2, (record::HEADER_BYTES + 2) as u64)]);
         // New writes continue above every logged version.
-        let next = e.execute(Op::set(Bytes::from_static(b"c"), Bytes::new()), 0).reply;
-        assert_eq!(next, Reply::Written { version: 6 });
+        let next = e.execute(Op::set(Bytes::from_static(b"c"), Bytes::new()), 0, &mut NoLog, None);
+        assert_eq!(next, Applied::Done(Reply::Written { version: 6 }));
     }
 
     #[test]
@@ -388,5 +430,46 @@ mod tests {
         let err = recover(dir.path(), &mut MemEngine::new(), false, 0).unwrap_err();
         assert!(matches!(err, RecoveryError::Gap { missing: 2, .. }), "{err}");
         assert!(recover(dir.path(), &mut MemEngine::new(), true, 0).is_ok());
+    }
+
+    /// A checkpoint's index records point into segments before it: those are kept (not
+    /// replayed), and a checkpoint pointing into a segment that is gone refuses to start.
+    #[test]
+    fn checkpoint_index_points_into_kept_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = put("a", "1", 1, 0);
+        let a_len = a.encoded_len();
+        write_segment(dir.path(), 1, &[a, put("b", "2", 2, 0)], 0);
+        let index = |key: &'static [u8], version, offset| Mutation::Index {
+            key: Bytes::from_static(key),
+            version,
+            expires_at_ms: 0,
+            loc: Loc::new(1, offset, a_len),
+        };
+        let ckpt =
+            vec![Mutation::Clock { version: 2 }, index(b"a", 1, 0), index(b"b", 2, a_len as u64)];
+        crate::storage::checkpoint::write(dir.path(), 2, ckpt).unwrap();
+        write_segment(dir.path(), 2, &[put("c", "3", 3, 0)], 0);
+        let mut e = MemEngine::new();
+        let report = recover(dir.path(), &mut e, false, 0).unwrap();
+        assert_eq!((report.records, report.segments, report.next_segment), (4, 1, 3));
+        assert_eq!(report.kept.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+        let Applied::Fetch(f) = e.execute(Op::get(Bytes::from_static(b"b")), 0, &mut NoLog, None)
+        else {
+            panic!("b's value is in segment 1");
+        };
+        assert_eq!(f.loc, Loc::new(1, a_len as u64, a_len));
+        assert_eq!(get(&mut e, "c"), Some((Bytes::from_static(b"3"), 3)));
+        let usage = e.segments();
+        assert_eq!(usage[0].1.total, 2 * a_len as u64);
+        assert_eq!(usage[0].1.live, 2 * a_len as u64);
+
+        std::fs::remove_file(dir.path().join(format!("{:020}.log", 1))).unwrap();
+        let err = recover(dir.path(), &mut MemEngine::new(), false, 0).unwrap_err();
+        assert!(matches!(err, RecoveryError::Missing { missing: 1, .. }), "{err}");
+        let mut e = MemEngine::new();
+        let report = recover(dir.path(), &mut e, true, 0).unwrap();
+        assert_eq!(report.keys_dropped, 2);
+        assert_eq!(e.stats().keys, 1);
     }
 }

@@ -292,6 +292,41 @@ impl Wire {
     }
 }
 
+/// Every core's stats.
+pub fn core_stats(w: &mut Wire) -> Vec<corekv_schema::codec::CoreStats> {
+    match w.call(Op::Stats) {
+        Reply::Stats(s) => s.cores,
+        other => panic!("stats: {other:?}"),
+    }
+}
+
+/// One counter summed over cores.
+pub fn stat_sum(w: &mut Wire, field: fn(&corekv_schema::codec::CoreStats) -> u64) -> u64 {
+    core_stats(w).iter().map(field).sum()
+}
+
+/// Resident memory of process `pid`, from /proc.
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Bytes of every file under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+    }
+    total
+}
+
 pub fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }

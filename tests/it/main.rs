@@ -2,6 +2,7 @@
 
 mod admin;
 mod bad_input;
+mod cache;
 mod cli;
 mod compaction;
 mod durability;

@@ -3190,6 +3190,13 @@ impl<'a> CoreStats<'a> {
   pub const VT_LOG_RECORDS: ::flatbuffers::VOffsetT = 24;
   pub const VT_LOG_BYTES: ::flatbuffers::VOffsetT = 26;
   pub const VT_LOG_ERROR: ::flatbuffers::VOffsetT = 28;
+  pub const VT_CACHED_BYTES: ::flatbuffers::VOffsetT = 30;
+  pub const VT_EVICTED: ::flatbuffers::VOffsetT = 32;
+  pub const VT_FETCHES: ::flatbuffers::VOffsetT = 34;
+  pub const VT_LOG_DISK_BYTES: ::flatbuffers::VOffsetT = 36;
+  pub const VT_LOG_LIVE_BYTES: ::flatbuffers::VOffsetT = 38;
+  pub const VT_COMPACTED_BYTES: ::flatbuffers::VOffsetT = 40;
+  pub const VT_SEGMENTS_REMOVED: ::flatbuffers::VOffsetT = 42;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3201,6 +3208,13 @@ impl<'a> CoreStats<'a> {
     args: &'args CoreStatsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CoreStats<'bldr>> {
     let mut builder = CoreStatsBuilder::new(_fbb);
+    builder.add_segments_removed(args.segments_removed);
+    builder.add_compacted_bytes(args.compacted_bytes);
+    builder.add_log_live_bytes(args.log_live_bytes);
+    builder.add_log_disk_bytes(args.log_disk_bytes);
+    builder.add_fetches(args.fetches);
+    builder.add_evicted(args.evicted);
+    builder.add_cached_bytes(args.cached_bytes);
     builder.add_log_bytes(args.log_bytes);
     builder.add_log_records(args.log_records);
     builder.add_log_flushes(args.log_flushes);
@@ -3311,6 +3325,60 @@ impl<'a> CoreStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoreStats::VT_LOG_ERROR, None)}
   }
+  /// Bytes of values held in memory; the rest are read from the log.
+  #[inline]
+  pub fn cached_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_CACHED_BYTES, Some(0)).unwrap()}
+  }
+  /// Values dropped from memory to keep the cache within --cache-bytes.
+  #[inline]
+  pub fn evicted(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_EVICTED, Some(0)).unwrap()}
+  }
+  /// Values read back from the log with direct I/O.
+  #[inline]
+  pub fn fetches(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_FETCHES, Some(0)).unwrap()}
+  }
+  /// Record bytes in the log's segments, and how many of them are current values.
+  #[inline]
+  pub fn log_disk_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_LOG_DISK_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log_live_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_LOG_LIVE_BYTES, Some(0)).unwrap()}
+  }
+  /// Compaction: record bytes moved, and segments deleted.
+  #[inline]
+  pub fn compacted_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_COMPACTED_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn segments_removed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_SEGMENTS_REMOVED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CoreStats<'_> {
@@ -3332,6 +3400,13 @@ impl ::flatbuffers::Verifiable for CoreStats<'_> {
      .visit_field::<u64>("log_records", Self::VT_LOG_RECORDS, false)?
      .visit_field::<u64>("log_bytes", Self::VT_LOG_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("log_error", Self::VT_LOG_ERROR, false)?
+     .visit_field::<u64>("cached_bytes", Self::VT_CACHED_BYTES, false)?
+     .visit_field::<u64>("evicted", Self::VT_EVICTED, false)?
+     .visit_field::<u64>("fetches", Self::VT_FETCHES, false)?
+     .visit_field::<u64>("log_disk_bytes", Self::VT_LOG_DISK_BYTES, false)?
+     .visit_field::<u64>("log_live_bytes", Self::VT_LOG_LIVE_BYTES, false)?
+     .visit_field::<u64>("compacted_bytes", Self::VT_COMPACTED_BYTES, false)?
+     .visit_field::<u64>("segments_removed", Self::VT_SEGMENTS_REMOVED, false)?
      .finish();
     Ok(())
   }
@@ -3350,6 +3425,13 @@ pub struct CoreStatsArgs<'a> {
     pub log_records: u64,
     pub log_bytes: u64,
     pub log_error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub cached_bytes: u64,
+    pub evicted: u64,
+    pub fetches: u64,
+    pub log_disk_bytes: u64,
+    pub log_live_bytes: u64,
+    pub compacted_bytes: u64,
+    pub segments_removed: u64,
 }
 impl<'a> Default for CoreStatsArgs<'a> {
   #[inline]
@@ -3368,6 +3450,13 @@ impl<'a> Default for CoreStatsArgs<'a> {
       log_records: 0,
       log_bytes: 0,
       log_error: None,
+      cached_bytes: 0,
+      evicted: 0,
+      fetches: 0,
+      log_disk_bytes: 0,
+      log_live_bytes: 0,
+      compacted_bytes: 0,
+      segments_removed: 0,
     }
   }
 }
@@ -3430,6 +3519,34 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoreStatsBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoreStats::VT_LOG_ERROR, log_error);
   }
   #[inline]
+  pub fn add_cached_bytes(&mut self, cached_bytes: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_CACHED_BYTES, cached_bytes, 0);
+  }
+  #[inline]
+  pub fn add_evicted(&mut self, evicted: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_EVICTED, evicted, 0);
+  }
+  #[inline]
+  pub fn add_fetches(&mut self, fetches: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_FETCHES, fetches, 0);
+  }
+  #[inline]
+  pub fn add_log_disk_bytes(&mut self, log_disk_bytes: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_LOG_DISK_BYTES, log_disk_bytes, 0);
+  }
+  #[inline]
+  pub fn add_log_live_bytes(&mut self, log_live_bytes: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_LOG_LIVE_BYTES, log_live_bytes, 0);
+  }
+  #[inline]
+  pub fn add_compacted_bytes(&mut self, compacted_bytes: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_COMPACTED_BYTES, compacted_bytes, 0);
+  }
+  #[inline]
+  pub fn add_segments_removed(&mut self, segments_removed: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_SEGMENTS_REMOVED, segments_removed, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoreStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CoreStatsBuilder {
@@ -3460,6 +3577,13 @@ impl ::core::fmt::Debug for CoreStats<'_> {
       ds.field("log_records", &self.log_records());
       ds.field("log_bytes", &self.log_bytes());
       ds.field("log_error", &self.log_error());
+      ds.field("cached_bytes", &self.cached_bytes());
+      ds.field("evicted", &self.evicted());
+      ds.field("fetches", &self.fetches());
+      ds.field("log_disk_bytes", &self.log_disk_bytes());
+      ds.field("log_live_bytes", &self.log_live_bytes());
+      ds.field("compacted_bytes", &self.compacted_bytes());
+      ds.field("segments_removed", &self.segments_removed());
       ds.finish()
   }
 }
