@@ -420,8 +420,8 @@ async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
                     "checkpoint"
                 ),
                 Err(e) => {
-                    let core_index = core.index;
-                    tracing::warn!(core = core_index, error = %e, "checkpoint failed; retrying later");
+                    let what = "checkpoint failed; retrying later";
+                    tracing::warn!(core = core.index, error = %e, "{what}");
                     // Each attempt rolls the log (a new preallocated segment): do not turn a
                     // full disk into a storm of rolls.
                     glommio::timer::sleep(Duration::from_secs(CHECKPOINT_RETRY_S)).await;
@@ -451,8 +451,8 @@ async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
                     "compaction"
                 ),
                 Err(e) => {
-                    let core_index = core.index;
-                    tracing::warn!(core = core_index, error = %e, "compaction failed; retrying later");
+                    let what = "compaction failed; retrying later";
+                    tracing::warn!(core = core.index, error = %e, "{what}");
                     glommio::timer::sleep(Duration::from_secs(CHECKPOINT_RETRY_S)).await;
                     break;
                 }
