@@ -670,8 +670,16 @@ impl Core {
         let covered = self.checkpoint_seq.get();
         let mut done = Compacted::default();
         let usage = self.engine.borrow().segments();
-        for (seg, _) in usage.iter().filter(|(seg, u)| *seg < covered && u.live == 0) {
-            self.remove_segment(wal, *seg).await?;
+        // Segments before the checkpoint with nothing current in them, including ones that
+        // never held a record (a roll right before a stop).
+        let dead: Vec<u64> = wal
+            .segment_numbers()
+            .into_iter()
+            .filter(|seg| *seg < covered)
+            .filter(|seg| usage.iter().find(|(s, _)| s == seg).is_none_or(|(_, u)| u.live == 0))
+            .collect();
+        for seg in dead {
+            self.remove_segment(wal, seg).await?;
             done.segments_removed += 1;
         }
         let sparsest = usage
