@@ -5,7 +5,10 @@
 #     `appendfsync always` driven by redis-benchmark with the same shape;
 #  2. recovery: KEYS keys (default 1M) written, node stopped, restart timed to its ready line,
 #     with the replay rate the node logs;
-#  3. memory: RSS per key with every value cached (this engine keeps values in memory).
+#  3. memory: RSS per key with every value cached, and restarted with `--cache-bytes 0` (values
+#     on disk only), with GET throughput and latency when every read goes to the disk;
+#  4. compaction under an overwrite load (100k keys, sync mode): foreground SET rate and
+#     latency, and the data directory's size, with compaction on (live ratio 0.5) and off.
 # usage: bench/durable.sh [SECONDS] [KEYS]     (needs redis-server, redis-benchmark)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,10 +75,39 @@ taskset -c 0 "$bin/corekv" serve --cores 1 --listen "127.0.0.1:$p" --data-dir "$
   >"$work/big2.out" 2>"$work/big2.err" &
 node=$!; pids+=("$node"); wait_ready "$work/big2.out"
 s1=$(date +%s.%N)
+rss2_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node/status")
+kill "$node"; wait "$node" 2>/dev/null || true
+# Values on disk only: nothing cached, every GET reads its record with direct I/O.
+taskset -c 0 "$bin/corekv" serve --cores 1 --listen "127.0.0.1:$p" --data-dir "$work/big" \
+  --cache-bytes 0 >"$work/big3.out" 2>"$work/big3.err" &
+node=$!; pids+=("$node"); wait_ready "$work/big3.out"
+rss3_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node/status")
+taskset -c 1 "$bin/corekv-loadgen" --addr "127.0.0.1:$p" --keys "$keys" --mix get=1 \
+  --connections 50 --duration "$secs" --warmup 1 2>/dev/null >"$work/cold.txt"
 kill "$node"; wait "$node" 2>/dev/null || true
 echo
 echo "keys: $keys (50 B keys, 500 B values); data dir after the load: $((disk / 1000000)) MB"
 awk -v s="$s0" -v e="$s1" 'BEGIN{printf "restart to ready: %.2f s\n", e-s}'
 grep -o 'recovered.*' "$work/big2.err" | sed 's/^/  /'
-awk -v r="$rss_kb" -v k="$keys" 'BEGIN{printf "RSS with all values cached: %.0f MB, %.0f B per key\n", r/1024, r*1024/k}'
+awk -v r="$rss_kb" -v k="$keys" 'BEGIN{printf "RSS after the load, values cached: %.0f MB, %.0f B per key\n", r/1024, r*1024/k}'
+awk -v r="$rss2_kb" -v k="$keys" 'BEGIN{printf "RSS after restart (log tail cached, rest on disk): %.0f MB, %.0f B per key\n", r/1024, r*1024/k}'
+awk -v r="$rss3_kb" -v k="$keys" 'BEGIN{printf "RSS after restart, values on disk only: %.0f MB, %.0f B per key\n", r/1024, r*1024/k}'
+awk '$1=="get" {printf "GET from disk (50 conns x P1): %.0f ops/s, p50 %s us, p99 %s us, p99.9 %s us\n", $3, $4, $6, $7}' "$work/cold.txt"
+
+echo "== 4. compaction under overwrite load, ${secs}s each" >&2
+printf '\n%-16s %10s %8s %8s %9s %9s %10s\n' compaction ops_per_sec p50_us p99_us p99.9_us disk_MB live_MB
+for mode in on off; do
+  ratio=0.5; [ "$mode" = off ] && ratio=0.000001
+  p=$(port)
+  taskset -c 0 "$bin/corekv" serve --cores 1 --listen "127.0.0.1:$p" --data-dir "$work/c-$mode" \
+    --segment-bytes-max 8388608 --compaction-live-ratio "$ratio" \
+    >"$work/c-$mode.out" 2>"$work/c-$mode.err" &
+  node=$!; pids+=("$node"); wait_ready "$work/c-$mode.out"
+  taskset -c 1 "$bin/corekv-loadgen" --addr "127.0.0.1:$p" --keys 100000 --preload --mix set=1 \
+    --connections 50 --duration "$secs" --warmup 1 2>/dev/null >"$work/c-$mode.txt"
+  live=$("$bin/corekv" stats --addr "127.0.0.1:$p" | awk '/log_live_bytes/ {t=1; next} t && $1=="all" {print $6}')
+  disk=$(du -sb "$work/c-$mode" | awk '{print $1}')
+  kill "$node"; wait "$node" 2>/dev/null || true
+  awk -v m="$mode" -v d="$disk" -v l="$live" '$1=="set" {printf "%-16s %10.0f %8s %8s %9s %9.0f %10.0f\n", m, $3, $4, $6, $7, d/1e6, l/1e6}' "$work/c-$mode.txt"
+done
 echo "($(date -u +%F), $(nproc) CPUs)"

@@ -235,6 +235,30 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
                 total.connections += c.connections;
             }
             print_row(&mut out, "all", &total);
+            let _ = writeln!(
+                out,
+                "{:>5} {:>12} {:>10} {:>10} {:>14} {:>14} {:>15} {:>12}",
+                "core",
+                "cached_bytes",
+                "evicted",
+                "fetches",
+                "log_disk_bytes",
+                "log_live_bytes",
+                "compacted_bytes",
+                "segs_removed"
+            );
+            let mut total = corekv_client::CoreStats::default();
+            for c in &stats.cores {
+                print_storage_row(&mut out, &c.core.to_string(), c);
+                total.cached_bytes += c.cached_bytes;
+                total.evicted += c.evicted;
+                total.fetches += c.fetches;
+                total.log_disk_bytes += c.log_disk_bytes;
+                total.log_live_bytes += c.log_live_bytes;
+                total.compacted_bytes += c.compacted_bytes;
+                total.segments_removed += c.segments_removed;
+            }
+            print_storage_row(&mut out, "all", &total);
             let _ = writeln!(out, "uptime_ms {}", stats.uptime_ms);
             for c in stats.cores.iter().filter(|c| !c.log_error.is_empty()) {
                 let _ =
@@ -257,6 +281,20 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_storage_row(out: &mut impl Write, label: &str, c: &corekv_client::CoreStats) {
+    let _ = writeln!(
+        out,
+        "{label:>5} {:>12} {:>10} {:>10} {:>14} {:>14} {:>15} {:>12}",
+        c.cached_bytes,
+        c.evicted,
+        c.fetches,
+        c.log_disk_bytes,
+        c.log_live_bytes,
+        c.compacted_bytes,
+        c.segments_removed
+    );
 }
 
 fn print_row(out: &mut impl Write, label: &str, c: &corekv_client::CoreStats) {
