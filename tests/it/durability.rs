@@ -458,7 +458,8 @@ fn kill9_under_sync_load_loses_no_acknowledged_write() {
     // the log itself (direct I/O), not from what replay cached.
     let cached = ["--cores", "2", "--durability", "sync"];
     let on_disk = ["--cores", "2", "--durability", "sync", "--cache-bytes", "0"];
-    let flags = |iteration: u64| if iteration % 2 == 0 { &cached[..] } else { &on_disk[..] };
+    let flags =
+        |iteration: u64| if iteration.is_multiple_of(2) { &cached[..] } else { &on_disk[..] };
     // key → (iteration, counter) of its last acknowledged write; values order the same way.
     let mut expected: HashMap<String, (u64, u64)> = HashMap::new();
     let mut acked_total = 0;
@@ -505,7 +506,7 @@ fn kill9_under_sync_load_loses_no_acknowledged_write() {
                 "{story}: found {value}, which was never sent for this key"
             );
         }
-        if (iteration + 1) % 2 == 1 && expected.len() > 100 {
+        if !(iteration + 1).is_multiple_of(2) && expected.len() > 100 {
             let fetches = crate::harness::stat_sum(&mut w, |c| c.fetches);
             assert!(fetches > 0, "iteration {iteration}: no value was read from the log");
         }
