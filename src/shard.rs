@@ -671,13 +671,19 @@ impl Core {
         let mut done = Compacted::default();
         let usage = self.engine.borrow().segments();
         // Segments before the checkpoint with nothing current in them, including ones that
-        // never held a record (a roll right before a stop).
+        // never held a record (a roll right before a stop). Nothing new ever points into a
+        // segment before the checkpoint, so once dead it stays dead; but the records that
+        // emptied it (overwrites, deletes) may not be durable yet, and until they are, a
+        // crash would bring back a checkpoint pointing into the deleted file.
         let dead: Vec<u64> = wal
             .segment_numbers()
             .into_iter()
             .filter(|seg| *seg < covered)
             .filter(|seg| usage.iter().find(|(s, _)| s == seg).is_none_or(|(_, u)| u.live == 0))
             .collect();
+        if !dead.is_empty() {
+            wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
+        }
         for seg in dead {
             self.remove_segment(wal, seg).await?;
             done.segments_removed += 1;
@@ -711,23 +717,21 @@ impl Core {
             return Err(format!("log segment {seg} is damaged ({ending:?}); not compacting it"));
         }
         let started = std::time::Instant::now();
-        let mut last = None;
         for (m, at) in puts {
             let from = Loc::new(seg, at as u64, m.encoded_len());
             let mut log = CoreLog { wal: Some(wal), last: None };
             if self.engine.borrow_mut().relocate(&m, from, &mut log)? {
-                last = log.last.or(last);
                 done.records_moved += 1;
                 done.bytes_moved += u64::from(from.len);
                 pace(started, done.bytes_moved, bytes_per_s).await;
             }
         }
-        if let Some(seq) = last {
-            wal.wait(seq).await.map_err(|e| e.to_string())?;
-        }
         bump_by(&self.counters.compacted_bytes, done.bytes_moved);
         let still_live =
             self.engine.borrow().segments().iter().any(|(s, u)| *s == seg && u.live > 0);
+        // Wait for the moved copies and for whatever else emptied the segment meanwhile
+        // (everything appended up to now), then delete it.
+        wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
         if !still_live {
             self.remove_segment(wal, seg).await?;
             done.segments_removed += 1;

@@ -138,9 +138,9 @@ pub trait Engine {
     /// Forgets a segment that holds no live data (compaction deleted it).
     fn forget_segment(&mut self, segment: u64);
 
-    /// Salvage: removes every key whose value lives in `segment` (a file that is gone);
-    /// returns how many.
-    fn drop_segment_keys(&mut self, segment: u64) -> u64;
+    /// Removes every key whose value lives in `segment` (a file that is gone), or only those
+    /// with an expiry; returns how many.
+    fn drop_segment_keys(&mut self, segment: u64, expiring_only: bool) -> u64;
 
     fn stats(&self) -> EngineStats;
 }

@@ -73,6 +73,12 @@ impl Entry {
         self.data.len() == (self.key_len + self.value_len) as usize
     }
 
+    /// Whether the value is in memory and could leave it: it has a place in the log, and is
+    /// not empty (an empty value is always "cached", so dropping it would change nothing).
+    fn evictable(&self) -> bool {
+        self.value_len > 0 && self.loc.is_some() && self.cached()
+    }
+
     fn value(&self) -> Bytes {
         debug_assert!(self.cached());
         self.data.slice(self.key_len as usize..)
@@ -109,6 +115,8 @@ type ExpiryTicket = Reverse<(u64, Bytes)>;
 const EXPIRY_STALE_TICKETS_MAX: usize = 1024;
 /// Stale CLOCK slots allowed beyond the cached entries before the ring is rebuilt.
 const CLOCK_STALE_SLOTS_MAX: usize = 1024;
+/// Most CLOCK slots one eviction pass looks at.
+const EVICT_STEPS_MAX: usize = 4096;
 
 pub struct MemEngine {
     /// Entries keyed by their own `key`, hashed with `hasher`. A raw `HashTable` rather than a
@@ -244,7 +252,7 @@ impl MemEngine {
         if fresh.cached() {
             self.cached_bytes += fresh.cached_bytes();
             self.cached_entries += 1;
-            if fresh.loc.is_some() {
+            if fresh.evictable() {
                 self.clock.push_back(hash);
             }
         }
@@ -281,21 +289,21 @@ impl MemEngine {
             let clock = self
                 .table
                 .iter()
-                .filter(|e| e.cached() && e.loc.is_some())
+                .filter(|e| e.evictable())
                 .map(|e| self.hasher.hash_one(e.key()))
                 .collect();
             self.clock = clock;
         }
-        // Each slot is looked at at most twice per call (second chance), so a cache full of
-        // values that cannot leave yet does not spin.
-        let mut steps = 2 * self.clock.len();
+        // Each slot is looked at at most twice per call (second chance), and at most
+        // EVICT_STEPS_MAX slots per call, so a cache full of values that cannot leave yet
+        // (not durable) costs each write a bounded amount; later writes try again.
+        let mut steps = (2 * self.clock.len()).min(EVICT_STEPS_MAX);
         while self.cached_bytes > self.cache_budget && steps > 0 {
             steps -= 1;
             let Some(hash) = self.clock.pop_front() else { break };
             let hasher = &self.hasher;
-            let found = self.table.find_mut(hash, |e| {
-                e.cached() && e.loc.is_some() && hasher.hash_one(e.key()) == hash
-            });
+            let found =
+                self.table.find_mut(hash, |e| e.evictable() && hasher.hash_one(e.key()) == hash);
             let Some(e) = found else { continue };
             let durable = e.loc.is_some_and(|loc| log.is_durable(loc));
             if e.referenced || !durable {
@@ -577,7 +585,8 @@ impl Engine for MemEngine {
                     version,
                     expires_at_ms,
                 );
-                // The value is in the log: only its length is known here.
+                // The value is in the log: only its length is known here (`decode` checked
+                // that the record is long enough for the key).
                 fresh.value_len = at.len - (HEADER_BYTES + key.len()) as u32;
                 self.insert_replayed(hash, fresh);
             }
@@ -672,17 +681,20 @@ impl Engine for MemEngine {
         debug_assert!(gone.is_none_or(|u| u.live == 0), "forgot segment {segment} with live data");
     }
 
-    fn drop_segment_keys(&mut self, segment: u64) -> u64 {
+    fn drop_segment_keys(&mut self, segment: u64, expiring_only: bool) -> u64 {
         let keys: Vec<Bytes> = self
             .table
             .iter()
             .filter(|e| e.loc.is_some_and(|l| l.segment() == segment))
+            .filter(|e| !expiring_only || e.expires_at_ms != 0)
             .map(|e| Bytes::copy_from_slice(e.key()))
             .collect();
         for key in &keys {
             self.remove_if(key, |_| false);
         }
-        self.segments.remove(&segment);
+        if self.segments.get(&segment).is_some_and(|u| u.live == 0) {
+            self.segments.remove(&segment);
+        }
         keys.len() as u64
     }
 
@@ -1149,5 +1161,25 @@ mod tests {
         };
         assert_eq!(log.value_at(f.loc), b("value"));
         assert_eq!(f.version, 1);
+    }
+
+    /// An empty value is always "in memory": it never enters the CLOCK, so eviction cannot
+    /// count it twice, and the cache's counts stay those of the table.
+    #[test]
+    fn empty_values_are_never_evicted() {
+        let mut e = MemEngine::with_cache(0);
+        let mut log = MemLog::new();
+        exec(&mut e, &mut log, Op::set(b("empty"), b("")));
+        exec(&mut e, &mut log, Op::set(b("x"), b("1")));
+        log.durable = log.end;
+        for round in 0..3 {
+            exec(&mut e, &mut log, Op::set(b(&format!("y{round}")), b("v")));
+            log.durable = log.end;
+        }
+        assert_eq!(e.stats().evicted, 3, "x, y0 and y1; never the empty value");
+        exec(&mut e, &mut log, Op::Delete { key: b("empty"), condition: Condition::Always });
+        let cached = e.table.iter().filter(|x| x.cached()).count();
+        assert_eq!(e.cached_entries, cached);
+        assert_eq!(e.stats().cached_bytes, 1, "y2, not durable when written");
     }
 }

@@ -247,6 +247,12 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
             let at = HEADER_BYTES + key_len;
             let segment = std::num::NonZeroU32::new(u32_at(buf, at)).ok_or(Invalid::BadHeader)?;
             let loc = Loc { segment, offset: u32_at(buf, at + 4), len: u32_at(buf, at + 8) };
+            // The put it points at holds at least a header and this key.
+            if (loc.len as usize) < HEADER_BYTES + key_len
+                || loc.offset.checked_add(loc.len).is_none()
+            {
+                return Err(Invalid::BadHeader);
+            }
             let expires_at_ms = u64_at(buf, EXPIRES_AT_OFFSET);
             Mutation::Index { key: body.slice(..key_len), version, expires_at_ms, loc }
         }
@@ -338,6 +344,20 @@ mod tests {
         let ending =
             scan(&Bytes::from(bytes), salvage, |m, _| got.push(m), |a, b, _| skips.push((a, b)));
         (got, ending, skips)
+    }
+
+    /// An index record pointing at fewer bytes than a put of its key could take is refused,
+    /// not turned into a negative value length.
+    #[test]
+    fn an_index_record_too_short_for_its_key_is_invalid() {
+        let m = Mutation::Index {
+            key: Bytes::from_static(b"a-long-key"),
+            version: 1,
+            expires_at_ms: 0,
+            loc: Loc::new(1, 0, HEADER_BYTES + 3),
+        };
+        let bytes = Bytes::from(log(&[m]));
+        assert_eq!(decode(&bytes, 0).unwrap_err(), Invalid::BadHeader);
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub fn recover(
     let (mut progress_records, mut progress_bytes) = (0u64, 0u64);
     for (i, (seq, path)) in segments.iter().enumerate() {
         let bytes = &Bytes::from(std::fs::read(path).map_err(io(path))?);
+        // Locations in the index are (u32 segment from 1, u32 offset).
+        if *seq == 0 || *seq > u64::from(u32::MAX) || bytes.len() as u64 > u64::from(u32::MAX) {
+            return Err(RecoveryError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(
+                    "segment number or size out of range (numbers 1..=4294967295, under 4 GiB)",
+                ),
+            });
+        }
         report.segments += 1;
         let mut skipped = Vec::new();
         let mut records_end = 0usize;
@@ -257,14 +266,30 @@ pub fn recover(
         if usage.live == 0 || report.kept.iter().any(|(s, _)| *s == seq) {
             continue;
         }
+        // A key with a TTL that expired before its segment was compacted away leaves no
+        // tombstone; its index record is skipped as expired, unless the clock now reads an
+        // earlier time than it did then. Such keys are dropped, not counted as lost.
+        let expired = engine.drop_segment_keys(seq, true);
+        if expired > 0 {
+            tracing::warn!(
+                segment = seq,
+                keys = expired,
+                "dropped keys with a TTL whose segment is gone (expired before a clock step back?)"
+            );
+        }
+        let live =
+            engine.segments().into_iter().find(|(s, _)| *s == seq).map_or(0, |(_, u)| u.live);
+        if live == 0 {
+            continue;
+        }
         if !salvage {
             return Err(RecoveryError::Missing {
                 dir: dir.to_path_buf(),
                 missing: seq,
-                keys_bytes: usage.live,
+                keys_bytes: live,
             });
         }
-        let dropped = engine.drop_segment_keys(seq);
+        let dropped = engine.drop_segment_keys(seq, false);
         tracing::warn!(
             segment = seq,
             keys = dropped,
