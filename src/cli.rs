@@ -209,56 +209,8 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
         }
         ClientCommand::Stats { .. } => {
             let stats = client.stats()?;
-            let _ = writeln!(
-                out,
-                "{:>5} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9} {:>8} {:>6}",
-                "core",
-                "keys",
-                "value_bytes",
-                "requests",
-                "fwd_out",
-                "fwd_in",
-                "expired",
-                "backpr",
-                "conns"
-            );
-            let mut total = corekv_client::CoreStats::default();
-            for c in &stats.cores {
-                print_row(&mut out, &c.core.to_string(), c);
-                total.keys += c.keys;
-                total.value_bytes += c.value_bytes;
-                total.requests += c.requests;
-                total.forwarded_out += c.forwarded_out;
-                total.forwarded_in += c.forwarded_in;
-                total.expired += c.expired;
-                total.backpressure_events += c.backpressure_events;
-                total.connections += c.connections;
-            }
-            print_row(&mut out, "all", &total);
-            let _ = writeln!(
-                out,
-                "{:>5} {:>12} {:>10} {:>10} {:>14} {:>14} {:>15} {:>12}",
-                "core",
-                "cached_bytes",
-                "evicted",
-                "fetches",
-                "log_disk_bytes",
-                "log_live_bytes",
-                "compacted_bytes",
-                "segs_removed"
-            );
-            let mut total = corekv_client::CoreStats::default();
-            for c in &stats.cores {
-                print_storage_row(&mut out, &c.core.to_string(), c);
-                total.cached_bytes += c.cached_bytes;
-                total.evicted += c.evicted;
-                total.fetches += c.fetches;
-                total.log_disk_bytes += c.log_disk_bytes;
-                total.log_live_bytes += c.log_live_bytes;
-                total.compacted_bytes += c.compacted_bytes;
-                total.segments_removed += c.segments_removed;
-            }
-            print_storage_row(&mut out, "all", &total);
+            print_table(&mut out, &stats.cores, REQUEST_COLUMNS);
+            print_table(&mut out, &stats.cores, STORAGE_COLUMNS);
             let _ = writeln!(out, "uptime_ms {}", stats.uptime_ms);
             for c in stats.cores.iter().filter(|c| !c.log_error.is_empty()) {
                 let _ =
@@ -283,31 +235,46 @@ fn execute(command: ClientCommand) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_storage_row(out: &mut impl Write, label: &str, c: &corekv_client::CoreStats) {
-    let _ = writeln!(
-        out,
-        "{label:>5} {:>12} {:>10} {:>10} {:>14} {:>14} {:>15} {:>12}",
-        c.cached_bytes,
-        c.evicted,
-        c.fetches,
-        c.log_disk_bytes,
-        c.log_live_bytes,
-        c.compacted_bytes,
-        c.segments_removed
-    );
-}
+type Column = (&'static str, fn(&corekv_client::CoreStats) -> u64);
 
-fn print_row(out: &mut impl Write, label: &str, c: &corekv_client::CoreStats) {
-    let _ = writeln!(
-        out,
-        "{label:>5} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9} {:>8} {:>6}",
-        c.keys,
-        c.value_bytes,
-        c.requests,
-        c.forwarded_out,
-        c.forwarded_in,
-        c.expired,
-        c.backpressure_events,
-        c.connections
-    );
+const REQUEST_COLUMNS: &[Column] = &[
+    ("keys", |c| c.keys),
+    ("value_bytes", |c| c.value_bytes),
+    ("requests", |c| c.requests),
+    ("fwd_out", |c| c.forwarded_out),
+    ("fwd_in", |c| c.forwarded_in),
+    ("expired", |c| c.expired),
+    ("backpr", |c| c.backpressure_events),
+    ("conns", |c| c.connections),
+];
+
+const STORAGE_COLUMNS: &[Column] = &[
+    ("cached_bytes", |c| c.cached_bytes),
+    ("evicted", |c| c.evicted),
+    ("fetches", |c| c.fetches),
+    ("log_disk_bytes", |c| c.log_disk_bytes),
+    ("log_live_bytes", |c| c.log_live_bytes),
+    ("compacted_bytes", |c| c.compacted_bytes),
+    ("segs_removed", |c| c.segments_removed),
+];
+
+/// One row per core and an `all` row of sums; each column as wide as its name (at least 10).
+fn print_table(out: &mut impl Write, cores: &[corekv_client::CoreStats], columns: &[Column]) {
+    let width = |name: &str| name.len().max(10);
+    let mut line = format!("{:>5}", "core");
+    for (name, _) in columns {
+        line += &format!(" {name:>w$}", w = width(name));
+    }
+    let _ = writeln!(out, "{line}");
+    let rows =
+        cores.iter().map(|c| (c.core.to_string(), columns.iter().map(|(_, f)| f(c)).collect()));
+    let all = ("all".to_string(), columns.iter().map(|(_, f)| cores.iter().map(f).sum()).collect());
+    for (label, values) in rows.chain([all]) {
+        let values: Vec<u64> = values;
+        let mut line = format!("{label:>5}");
+        for ((name, _), v) in columns.iter().zip(values) {
+            line += &format!(" {v:>w$}", w = width(name));
+        }
+        let _ = writeln!(out, "{line}");
+    }
 }
