@@ -12,6 +12,8 @@ use corekv_schema::placement::PARTITIONS_DEFAULT;
 use serde::Deserialize;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7379";
+/// Where redis-cli and other Redis clients connect (`off` disables it).
+pub const RESP_LISTEN_DEFAULT: &str = "127.0.0.1:7380";
 pub const DATA_DIR_DEFAULT: &str = "corekv-data";
 /// Messages buffered per direction between two cores before senders wait (back-pressure).
 pub const MESH_CAPACITY_MESSAGES_DEFAULT: usize = 1024;
@@ -85,6 +87,10 @@ pub struct ServeArgs {
     /// log outgrows its live data) [default: 300]
     #[arg(long, value_name = "S")]
     pub checkpoint_interval_s: Option<u64>,
+    /// Also speak the Redis protocol (RESP2) here, on every core; `off` to disable
+    /// [default: 127.0.0.1:7380]
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub resp_listen: Option<String>,
     /// Size at which a core's log moves on to a new segment file (preallocated)
     /// [default: 67108864]
     #[arg(long, value_name = "BYTES")]
@@ -144,6 +150,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    resp_listen: Option<String>,
     durability: Option<DurabilityMode>,
     fsync_interval_ms: Option<u64>,
     salvage: Option<bool>,
@@ -172,6 +179,8 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `None`: the Redis protocol is off.
+    pub resp_listen: Option<SocketAddr>,
     pub durability: DurabilityMode,
     pub fsync_interval_ms: u64,
     pub salvage: bool,
@@ -219,6 +228,15 @@ impl Config {
         let listen_text =
             args.listen.clone().or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen = resolve_addr(&listen_text).map_err(|r| invalid("listen", &listen_text, &r))?;
+        let resp_text = args
+            .resp_listen
+            .clone()
+            .or(file.resp_listen)
+            .unwrap_or_else(|| RESP_LISTEN_DEFAULT.to_string());
+        let resp_listen = match resp_text.as_str() {
+            "off" => None,
+            text => Some(resolve_addr(text).map_err(|r| invalid("resp_listen", text, &r))?),
+        };
         let d = Limits::DEFAULT;
         let limits = Limits {
             key_bytes_max: args.key_bytes_max.or(file.key_bytes_max).unwrap_or(d.key_bytes_max),
@@ -234,6 +252,7 @@ impl Config {
         };
         let config = Config {
             listen,
+            resp_listen,
             durability: args.durability.or(file.durability).unwrap_or_default(),
             fsync_interval_ms: args
                 .fsync_interval_ms

@@ -4,18 +4,20 @@
 //!
 //! - [`config`]: flags, the TOML file, defaults and every limit.
 //! - [`node`]: boot (pin cores, bind, publish topology) and graceful shutdown.
-//! - [`net`]: per-core accept loops and pipelined connections.
+//! - [`net`]: per-core accept loops and pipelined connections (native and Redis protocol).
+//! - [`resp`]: the Redis protocol (RESP2): parsing, and Redis commands over native operations.
 //! - [`shard`]: `Core`, everything one core owns; routing to the owning core over the
 //!   bounded channel mesh ([`shard::mesh`]).
-//! - [`storage`]: the `Engine` seam; [`storage::MemEngine`] today, a log-backed engine next.
+//! - [`storage`]: the `Engine` seam, [`storage::MemEngine`] (index and value cache), the
+//!   write-ahead log, recovery, checkpoints.
 //! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
 //! - [`cli`]: the `corekv get|set|del|cas|ping|stats` client commands.
 //!
 //! # Dependency rule
 //!
-//! `storage` imports only `config`, `error` and the schema crate. `shard` wires storage to the
-//! mesh. `net` reaches data only through `shard::Core`. `node` wires everything at boot. The
-//! `tidy` integration test checks these imports.
+//! `storage` imports only `config`, `error` and the schema crate; `resp` only the schema
+//! crate. `shard` wires storage to the mesh. `net` reaches data only through `shard::Core`.
+//! `node` wires everything at boot. The `tidy` integration test checks these imports.
 //!
 //! # Threading
 //!
@@ -27,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod net;
 pub mod node;
+pub mod resp;
 pub mod shard;
 pub mod shutdown;
 pub mod storage;

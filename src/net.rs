@@ -5,6 +5,7 @@
 //! cross-core hop. `net` reaches data only through [`crate::shard::Core`].
 
 pub mod connection;
+pub mod resp;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,8 +16,20 @@ use glommio::net::TcpListener;
 use crate::shard::Core;
 use crate::shutdown::Shutdown;
 
+/// Which protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Native,
+    Resp,
+}
+
 /// Accepts until shutdown, spawning one task per connection on this core.
-pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, shutdown: Rc<Shutdown>) {
+pub async fn accept_loop(
+    core: Rc<Core>,
+    listener: TcpListener,
+    protocol: Protocol,
+    shutdown: Rc<Shutdown>,
+) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             shutdown.wait().await;
@@ -26,8 +39,15 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, shutdown: Rc<Shu
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                let task = connection::serve(core.clone(), stream, shutdown.clone());
-                glommio::spawn_local(task).detach();
+                let (core, shutdown) = (core.clone(), shutdown.clone());
+                match protocol {
+                    Protocol::Native => {
+                        glommio::spawn_local(connection::serve(core, stream, shutdown)).detach();
+                    }
+                    Protocol::Resp => {
+                        glommio::spawn_local(resp::serve(core, stream, shutdown)).detach();
+                    }
+                }
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on the error.

@@ -30,6 +30,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{Config, DurabilityMode, TTL_SWEEP_KEYS_MAX};
 use crate::error::NodeError;
+use crate::net::Protocol;
 use crate::shard::mesh::MeshBuilders;
 use crate::shard::{self, Core, NodeInfo};
 use crate::shutdown::{self, Shutdown};
@@ -68,6 +69,18 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         .local_addr()
         .and_then(|a| a.as_socket().ok_or_else(|| std::io::Error::other("not an IP address")))
         .map_err(|source| listen_err(config.listen, source))?;
+    let reserved_resp = config.resp_listen.map(reserve_port).transpose()?;
+    let resp = match (&reserved_resp, config.resp_listen) {
+        (Some(socket), Some(asked)) => Some(
+            socket
+                .local_addr()
+                .and_then(|a| {
+                    a.as_socket().ok_or_else(|| std::io::Error::other("not an IP address"))
+                })
+                .map_err(|source| listen_err(asked, source))?,
+        ),
+        _ => None,
+    };
     if let Some(base) = config.shard_ports.filter(|&b| b != 0) {
         for i in 0..cores {
             let port = u16::try_from(usize::from(base) + i).map_err(|_| NodeError::Listen {
@@ -102,6 +115,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
             config: config.clone(),
             cores,
             listen,
+            resp,
             node: node.clone(),
             meshes: meshes.clone(),
             stop: stop.clone(),
@@ -151,6 +165,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         return Err(err);
     }
     drop(reserved);
+    drop(reserved_resp);
 
     let topology = TopologyInfo {
         node_id: config.node_id.clone().unwrap_or_else(|| listen.to_string()),
@@ -162,12 +177,15 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     let _ = node.topology.set(topology);
     let ports: Vec<String> = shard_ports.iter().map(u16::to_string).collect();
     println!(
-        "corekv ready native={listen} shard_ports={} cores={cores} data_dir={} pid={}",
+        "corekv ready native={listen} shard_ports={} resp={} cores={cores} data_dir={} pid={}",
         if config.shard_ports.is_some() { ports.join(",") } else { "off".into() },
+        resp.map_or("off".to_string(), |a| a.to_string()),
         config.data_dir.display(),
         std::process::id()
     );
-    tracing::info!(%listen, cores, "serving; SIGINT or SIGTERM drains and exits");
+    let resp_text = resp.map_or("off".to_string(), |a| a.to_string());
+    let what = "serving; SIGINT or SIGTERM drains and exits";
+    tracing::info!(%listen, resp = %resp_text, cores, "{what}");
 
     let mut first_err = None;
     for (i, h) in handles.into_iter().enumerate() {
@@ -194,6 +212,7 @@ struct CoreBoot {
     config: Config,
     cores: usize,
     listen: SocketAddr,
+    resp: Option<SocketAddr>,
     node: Arc<NodeInfo>,
     meshes: MeshBuilders,
     stop: Arc<AtomicBool>,
@@ -214,7 +233,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         }
     };
     let listeners = bind_listeners(&boot, index);
-    let (main_listener, shard_listener) = match listeners {
+    let (main_listener, shard_listener, resp_listener) = match listeners {
         Ok(l) => l,
         Err(e) => {
             let _ =
@@ -264,10 +283,14 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
 
     let local_stop = Rc::new(Shutdown::default());
     glommio::spawn_local(shutdown::watch(boot.stop.clone(), local_stop.clone())).detach();
-    glommio::spawn_local(crate::net::accept_loop(core.clone(), main_listener, local_stop.clone()))
-        .detach();
-    if let Some(l) = shard_listener {
-        glommio::spawn_local(crate::net::accept_loop(core.clone(), l, local_stop.clone())).detach();
+    let listeners = [
+        Some((main_listener, Protocol::Native)),
+        shard_listener.map(|l| (l, Protocol::Native)),
+        resp_listener.map(|l| (l, Protocol::Resp)),
+    ];
+    for (listener, protocol) in listeners.into_iter().flatten() {
+        let accept = crate::net::accept_loop(core.clone(), listener, protocol, local_stop.clone());
+        glommio::spawn_local(accept).detach();
     }
     glommio::spawn_local(sweep_loop(core.clone(), c.ttl_sweep_interval_ms, local_stop.clone()))
         .detach();
@@ -380,10 +403,10 @@ fn check_layout(dir: &Path, cores: usize, partitions: u32) -> Result<(), NodeErr
     }
 }
 
-fn bind_listeners(
-    boot: &CoreBoot,
-    index: usize,
-) -> Result<(TcpListener, Option<TcpListener>), String> {
+/// This core's listeners: the shared native port, its own shard port, the shared Redis port.
+type Listeners = (TcpListener, Option<TcpListener>, Option<TcpListener>);
+
+fn bind_listeners(boot: &CoreBoot, index: usize) -> Result<Listeners, String> {
     let main = TcpListener::bind(boot.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", boot.listen))?;
     let shard = match boot.config.shard_ports {
@@ -394,7 +417,13 @@ fn bind_listeners(
             Some(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
         }
     };
-    Ok((main, shard))
+    let resp = match boot.resp {
+        None => None,
+        Some(addr) => {
+            Some(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
+        }
+    };
+    Ok((main, shard, resp))
 }
 
 /// Checkpoints when the log written since the last checkpoint exceeds that checkpoint's size

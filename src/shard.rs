@@ -780,6 +780,7 @@ impl Core {
             log_live_bytes: e.log_live_bytes,
             compacted_bytes: c.compacted_bytes.get(),
             segments_removed: c.segments_removed.get(),
+            ttl_keys: e.ttl_keys,
         }
     }
 

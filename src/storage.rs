@@ -88,6 +88,8 @@ pub struct EngineStats {
     /// Record bytes in log segments, and how many of them are current puts.
     pub log_total_bytes: u64,
     pub log_live_bytes: u64,
+    /// Keys with a TTL.
+    pub ttl_keys: u64,
 }
 
 /// How much of one log segment is still the current value of some key.

@@ -264,6 +264,8 @@ pub struct CoreStats {
     /// Compaction: record bytes moved, and segments deleted.
     pub compacted_bytes: u64,
     pub segments_removed: u64,
+    /// Keys with a TTL.
+    pub ttl_keys: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -591,6 +593,7 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
                         log_live_bytes: c.log_live_bytes,
                         compacted_bytes: c.compacted_bytes,
                         segments_removed: c.segments_removed,
+                        ttl_keys: c.ttl_keys,
                     };
                     wire::CoreStats::create(fbb, &args)
                 })
@@ -1020,6 +1023,7 @@ fn decode_result<'a>(
                             log_live_bytes: c.log_live_bytes(),
                             compacted_bytes: c.compacted_bytes(),
                             segments_removed: c.segments_removed(),
+                            ttl_keys: c.ttl_keys(),
                         })
                         .collect()
                 })

@@ -37,17 +37,17 @@ use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::shard::{Core, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Replies are written out once this much has accumulated, even mid-batch.
-const OUTPUT_FLUSH_BYTES: usize = 1024 * 1024;
+pub(super) const OUTPUT_FLUSH_BYTES: usize = 1024 * 1024;
 /// Buffers (and the encoder) that grew past this for one huge reply are released after use.
-const BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
+pub(super) const BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
 /// Keeps the per-core connection gauge right on every exit path.
-struct ConnectionGauge(Rc<Core>);
+pub(super) struct ConnectionGauge(Rc<Core>);
 
 impl ConnectionGauge {
-    fn new(core: Rc<Core>) -> ConnectionGauge {
+    pub(super) fn new(core: Rc<Core>) -> ConnectionGauge {
         let c = &core.counters.connections;
         c.set(c.get() + 1);
         ConnectionGauge(core)
@@ -61,7 +61,7 @@ impl Drop for ConnectionGauge {
     }
 }
 
-enum ReadOutcome {
+pub(super) enum ReadOutcome {
     Data(usize),
     Closed,
     Shutdown,
@@ -186,7 +186,7 @@ async fn last_word(stream: &mut TcpStream, encoder: &mut Encoder, reply: &Reply)
 
 /// Reads what is available. An idle connection gives way to shutdown; a half-received frame
 /// must complete by `deadline` (and also gives way to shutdown).
-async fn read(
+pub(super) async fn read(
     stream: &mut TcpStream,
     chunk: &mut [u8],
     deadline: Option<Instant>,

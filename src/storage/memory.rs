@@ -707,6 +707,7 @@ impl Engine for MemEngine {
             evicted: self.evicted,
             log_total_bytes: self.segments.values().map(|s| s.total).sum(),
             log_live_bytes: self.segments.values().map(|s| s.live).sum(),
+            ttl_keys: self.ttl_keys as u64,
         }
     }
 }

@@ -11,5 +11,6 @@ mod harness;
 mod lifecycle;
 mod ops;
 mod pipeline;
+mod resp;
 mod sdk;
 mod tidy;

@@ -62,6 +62,20 @@ fn no_stubs_or_debug_macros_and_short_lines() {
 }
 
 #[test]
+fn resp_does_not_import_upward() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![root.join("resp.rs")];
+    rust_files(&root.join("resp"), &mut files);
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for upward in ["crate::net", "crate::shard", "crate::node", "crate::cli", "crate::storage"]
+        {
+            assert!(!text.contains(upward), "{} imports {upward}", path.display());
+        }
+    }
+}
+
+#[test]
 fn storage_does_not_import_upward() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = vec![root.join("storage.rs")];

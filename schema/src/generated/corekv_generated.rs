@@ -3197,6 +3197,7 @@ impl<'a> CoreStats<'a> {
   pub const VT_LOG_LIVE_BYTES: ::flatbuffers::VOffsetT = 38;
   pub const VT_COMPACTED_BYTES: ::flatbuffers::VOffsetT = 40;
   pub const VT_SEGMENTS_REMOVED: ::flatbuffers::VOffsetT = 42;
+  pub const VT_TTL_KEYS: ::flatbuffers::VOffsetT = 44;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3208,6 +3209,7 @@ impl<'a> CoreStats<'a> {
     args: &'args CoreStatsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CoreStats<'bldr>> {
     let mut builder = CoreStatsBuilder::new(_fbb);
+    builder.add_ttl_keys(args.ttl_keys);
     builder.add_segments_removed(args.segments_removed);
     builder.add_compacted_bytes(args.compacted_bytes);
     builder.add_log_live_bytes(args.log_live_bytes);
@@ -3379,6 +3381,14 @@ impl<'a> CoreStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(CoreStats::VT_SEGMENTS_REMOVED, Some(0)).unwrap()}
   }
+  /// Keys with a TTL.
+  #[inline]
+  pub fn ttl_keys(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoreStats::VT_TTL_KEYS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CoreStats<'_> {
@@ -3407,6 +3417,7 @@ impl ::flatbuffers::Verifiable for CoreStats<'_> {
      .visit_field::<u64>("log_live_bytes", Self::VT_LOG_LIVE_BYTES, false)?
      .visit_field::<u64>("compacted_bytes", Self::VT_COMPACTED_BYTES, false)?
      .visit_field::<u64>("segments_removed", Self::VT_SEGMENTS_REMOVED, false)?
+     .visit_field::<u64>("ttl_keys", Self::VT_TTL_KEYS, false)?
      .finish();
     Ok(())
   }
@@ -3432,6 +3443,7 @@ pub struct CoreStatsArgs<'a> {
     pub log_live_bytes: u64,
     pub compacted_bytes: u64,
     pub segments_removed: u64,
+    pub ttl_keys: u64,
 }
 impl<'a> Default for CoreStatsArgs<'a> {
   #[inline]
@@ -3457,6 +3469,7 @@ impl<'a> Default for CoreStatsArgs<'a> {
       log_live_bytes: 0,
       compacted_bytes: 0,
       segments_removed: 0,
+      ttl_keys: 0,
     }
   }
 }
@@ -3547,6 +3560,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoreStatsBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(CoreStats::VT_SEGMENTS_REMOVED, segments_removed, 0);
   }
   #[inline]
+  pub fn add_ttl_keys(&mut self, ttl_keys: u64) {
+    self.fbb_.push_slot::<u64>(CoreStats::VT_TTL_KEYS, ttl_keys, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoreStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CoreStatsBuilder {
@@ -3584,6 +3601,7 @@ impl ::core::fmt::Debug for CoreStats<'_> {
       ds.field("log_live_bytes", &self.log_live_bytes());
       ds.field("compacted_bytes", &self.compacted_bytes());
       ds.field("segments_removed", &self.segments_removed());
+      ds.field("ttl_keys", &self.ttl_keys());
       ds.finish()
   }
 }

@@ -1,0 +1,342 @@
+//! One Redis (RESP2) connection: the native connection's loop (`connection.rs`) with Redis
+//! commands in and Redis replies out.
+//!
+//! Every complete command already buffered (up to `CONNECTION_BATCH_REQUESTS_MAX`) is planned
+//! and dispatched in order: single-key and batch operations become slots (local ones applied
+//! at once, remote ones forwarded and run concurrently); a read-modify-write command runs to
+//! completion in its place, so the commands after it see its effect. Replies are then
+//! rendered in order and written with one call. Bytes that are not RESP get
+//! `-ERR Protocol error: ...` and the connection closes, as Redis does; a command left
+//! half-sent for `partial_frame_timeout_ms` is answered the same way.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use corekv_schema::codec::{Condition, Durability, ErrorCode, Op, Reply, SetOp, StatsInfo};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::connection::{
+    BUFFER_KEEP_BYTES, ConnectionGauge, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, read,
+};
+use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
+use crate::resp::command::{self, Plan, Render, Session, StatsView};
+use crate::resp::out;
+use crate::resp::parse::{self, ProtocolError};
+use crate::resp::rmw::{self, Rmw, Step, Ttl};
+use crate::shard::{Core, Slot, now_ms};
+use crate::shutdown::Shutdown;
+
+/// Client ids, unique in the process (CLIENT ID, HELLO).
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Longest inline command line (Redis's limit too).
+const INLINE_BYTES_MAX: usize = 64 * 1024;
+/// Attempts of a read-modify-write before giving up on a key that keeps changing.
+const RMW_ATTEMPTS_MAX: usize = 1000;
+
+/// A command on its way to a reply.
+enum Pending {
+    Ready(Vec<u8>),
+    Slot(Slot, Render),
+    Stats(Slot, StatsView),
+}
+
+/// A pending reply, and whether it goes out in RESP3 (as of when the command was read).
+type Queued = (Pending, bool);
+
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>) {
+    let _gauge = ConnectionGauge::new(core.clone());
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let limits = core.limits;
+    let parse_limits = parse::Limits {
+        bulk_bytes_max: limits.frame_bytes_max,
+        // A key per argument, two for MSET, plus options.
+        args_max: 2 * limits.batch_ops_max + 16,
+        inline_bytes_max: INLINE_BYTES_MAX,
+    };
+    let mut session = Session {
+        id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        addr: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ..Session::default()
+    };
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut pending: Vec<Queued> = Vec::with_capacity(64);
+    let mut reply = Vec::new();
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        glommio::yield_if_needed().await;
+        let mut close = false;
+        while pending.len() < CONNECTION_BATCH_REQUESTS_MAX {
+            let args = match parse::parse_command(&mut input, &parse_limits) {
+                Ok(Some(args)) => args,
+                Ok(None) => break,
+                Err(ProtocolError(message)) => {
+                    let reply =
+                        out::with(|o| out::error(o, &format!("ERR Protocol error: {message}")));
+                    pending.push((Pending::Ready(reply), session.resp3));
+                    close = true;
+                    break;
+                }
+            };
+            partial_since = None;
+            if args.is_empty() {
+                continue;
+            }
+            let now = now_ms();
+            let next = match command::plan(args, &mut session, &limits, now) {
+                Plan::Reply(reply) => Pending::Ready(reply),
+                Plan::Op(op, render) => {
+                    let slot = core.dispatch(op, Durability::Default, now).await;
+                    Pending::Slot(slot, render)
+                }
+                Plan::Rmw(key, rmw) => Pending::Ready(
+                    read_modify_write(&core, key, &rmw, limits.value_bytes_max).await,
+                ),
+                Plan::Stats(view) => {
+                    let slot = core.dispatch(Op::Stats, Durability::Default, now).await;
+                    Pending::Stats(slot, view)
+                }
+                Plan::Quit => {
+                    pending.push((Pending::Ready(out::with(out::ok)), session.resp3));
+                    close = true;
+                    break;
+                }
+            };
+            pending.push((next, session.resp3));
+        }
+        if !pending.is_empty() {
+            for (p, resp3) in pending.drain(..) {
+                reply.clear();
+                match p {
+                    Pending::Ready(r) => reply.extend_from_slice(&r),
+                    Pending::Slot(slot, render) => {
+                        command::render(render, core.resolve(slot).await, &mut reply);
+                    }
+                    Pending::Stats(slot, view) => {
+                        render_stats(&core, &session, view, core.resolve(slot).await, &mut reply);
+                    }
+                }
+                if resp3 {
+                    out::to_resp3(&reply, &mut output);
+                } else {
+                    output.extend_from_slice(&reply);
+                }
+                if output.len() >= OUTPUT_FLUSH_BYTES {
+                    if stream.write_all(&output).await.is_err() {
+                        return;
+                    }
+                    output.clear();
+                }
+            }
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+            if output.capacity() > BUFFER_KEEP_BYTES {
+                output = Vec::with_capacity(READ_CHUNK_BYTES);
+            }
+            if close {
+                return;
+            }
+            continue;
+        }
+        if input.is_empty() && input.capacity() > BUFFER_KEEP_BYTES {
+            input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
+        let deadline = if input.is_empty() {
+            None
+        } else {
+            let since = *partial_since.get_or_insert_with(Instant::now);
+            Some(since + Duration::from_millis(core.node.partial_frame_timeout_ms))
+        };
+        let outcome = if shutdown.is_fired() {
+            ReadOutcome::Shutdown
+        } else {
+            read(&mut stream, &mut chunk, deadline, &shutdown).await
+        };
+        match outcome {
+            ReadOutcome::Data(n) => input.extend_from_slice(&chunk[..n]),
+            ReadOutcome::Closed => return,
+            ReadOutcome::Shutdown if input.is_empty() => return,
+            ReadOutcome::Shutdown => {
+                let reply = out::with(|o| {
+                    out::error(o, "ERR node is shutting down; the unfinished command was not run")
+                });
+                let _ = stream.write_all(&reply).await;
+                return;
+            }
+            ReadOutcome::Stalled => {
+                let reply = out::with(|o| {
+                    out::error(o, "ERR Protocol error: command not completed in time")
+                });
+                let _ = stream.write_all(&reply).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Runs a read-modify-write: read the key, compute, write on condition that the key still
+/// has the version read; again from the read if it changed meanwhile.
+async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize) -> Vec<u8> {
+    let error = |message: String| out::with(|o| out::error(o, &message));
+    for _ in 0..RMW_ATTEMPTS_MAX {
+        let now = now_ms();
+        let read = Op::Get { key: key.clone() };
+        let (current, version) =
+            match core.resolve(core.dispatch(read, Durability::Default, now).await).await {
+                Reply::Value { value, version, ttl_ms } => (Some((value, ttl_ms)), version),
+                Reply::Error(e) if e.code == ErrorCode::NotFound => (None, 0),
+                Reply::Error(e) => return error(format!("ERR {}", e.message)),
+                other => return error(format!("ERR unexpected reply {}", other.name())),
+            };
+        let step = rmw::step(rmw, current.as_ref().map(|(v, t)| (v, *t)), now, value_max);
+        let (write, reply) = match step {
+            Step::Done(reply) => return reply,
+            Step::Write { value, ttl, reply } => {
+                let (ttl_ms, keep_ttl) = match ttl {
+                    Ttl::Keep => (0, true),
+                    Ttl::Clear => (0, false),
+                    Ttl::At(at) => ((at - now as i64).max(1) as u64, false),
+                };
+                let condition = Condition::IfVersion(version);
+                let set = SetOp { key: key.clone(), value, ttl_ms, keep_ttl, condition };
+                (Op::Set(set), reply)
+            }
+            Step::Delete(reply) => {
+                let delete =
+                    Op::Delete { key: key.clone(), condition: Condition::IfVersion(version) };
+                (delete, reply)
+            }
+        };
+        match core.resolve(core.dispatch(write, Durability::Default, now).await).await {
+            Reply::Written { .. } | Reply::Deleted { .. } => return reply,
+            // Someone wrote the key in between: read it again.
+            Reply::Error(e)
+                if matches!(e.code, ErrorCode::ConditionFailed | ErrorCode::NotFound) => {}
+            Reply::Error(e) => return error(format!("ERR {}", e.message)),
+            other => return error(format!("ERR unexpected reply {}", other.name())),
+        }
+    }
+    error(format!("ERR the key changed {RMW_ATTEMPTS_MAX} times while this command ran; retry"))
+}
+
+/// DBSIZE and INFO, from every core's stats.
+fn render_stats(core: &Core, session: &Session, view: StatsView, reply: Reply, o: &mut Vec<u8>) {
+    let stats = match reply {
+        Reply::Stats(s) => s,
+        Reply::Error(e) => return out::error(o, &format!("ERR {}", e.message)),
+        other => return out::error(o, &format!("ERR unexpected reply {}", other.name())),
+    };
+    match view {
+        StatsView::DbSize => out::int(o, stats.cores.iter().map(|c| c.keys).sum::<u64>() as i64),
+        StatsView::Info(sections) => {
+            let text = info(core, session, &stats, &sections);
+            out::bulk(o, text.as_bytes());
+        }
+    }
+}
+
+/// The INFO text: `# Section` headers, `field:value` lines, CRLF line ends.
+fn info(core: &Core, session: &Session, stats: &StatsInfo, sections: &[String]) -> String {
+    let wanted = |name: &str| {
+        sections.is_empty()
+            || sections
+                .iter()
+                .any(|s| s == name || s == "all" || s == "everything" || s == "default")
+    };
+    let sum =
+        |f: fn(&corekv_schema::codec::CoreStats) -> u64| -> u64 { stats.cores.iter().map(f).sum() };
+    let mut text = String::new();
+    let mut section = |name: &str, title: &str, fields: Vec<(&str, String)>| {
+        if wanted(name) {
+            if !text.is_empty() {
+                text += "\r\n";
+            }
+            text += &format!("# {title}\r\n");
+            for (k, v) in fields {
+                text += &format!("{k}:{v}\r\n");
+            }
+        }
+    };
+    let rss = rss_bytes();
+    section(
+        "server",
+        "Server",
+        vec![
+            ("redis_version", command::REDIS_VERSION.to_string()),
+            ("corekv_version", env!("CARGO_PKG_VERSION").to_string()),
+            ("redis_mode", "standalone".into()),
+            ("os", std::env::consts::OS.into()),
+            ("arch_bits", "64".into()),
+            ("process_id", std::process::id().to_string()),
+            ("uptime_in_seconds", (stats.uptime_ms / 1000).to_string()),
+            ("cores", core.cores.to_string()),
+        ],
+    );
+    section(
+        "clients",
+        "Clients",
+        vec![
+            ("connected_clients", sum(|c| c.connections).to_string()),
+            ("client_id", session.id.to_string()),
+        ],
+    );
+    section(
+        "memory",
+        "Memory",
+        vec![
+            ("used_memory", rss.to_string()),
+            ("used_memory_human", format!("{:.2}M", rss as f64 / (1 << 20) as f64)),
+            ("used_memory_rss", rss.to_string()),
+            ("cached_value_bytes", sum(|c| c.cached_bytes).to_string()),
+        ],
+    );
+    let log_error = stats.cores.iter().any(|c| !c.log_error.is_empty());
+    section(
+        "persistence",
+        "Persistence",
+        vec![
+            ("loading", "0".into()),
+            ("aof_enabled", u8::from(core.wal.is_some()).to_string()),
+            ("aof_last_write_status", if log_error { "err" } else { "ok" }.into()),
+            ("log_disk_bytes", sum(|c| c.log_disk_bytes).to_string()),
+            ("log_live_bytes", sum(|c| c.log_live_bytes).to_string()),
+            ("log_flushes", sum(|c| c.log_flushes).to_string()),
+        ],
+    );
+    section(
+        "stats",
+        "Stats",
+        vec![
+            ("total_commands_processed", sum(|c| c.requests).to_string()),
+            ("expired_keys", sum(|c| c.expired).to_string()),
+            ("evicted_keys", "0".into()),
+            ("forwarded_requests", sum(|c| c.forwarded_out).to_string()),
+        ],
+    );
+    let keys = sum(|c| c.keys);
+    let expires = sum(|c| c.ttl_keys);
+    let db0 = if keys > 0 {
+        vec![("db0", format!("keys={keys},expires={expires},avg_ttl=0"))]
+    } else {
+        Vec::new()
+    };
+    section("keyspace", "Keyspace", db0);
+    text
+}
+
+/// This process's resident memory (for INFO), from /proc.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}

@@ -1,0 +1,717 @@
+//! Redis commands: each one planned over native operations, and native replies rendered the
+//! way Redis answers (the Redis command docs are the spec; differences are listed in the
+//! README).
+//!
+//! Names are matched case-insensitively; wrong arity, syntax and type errors use Redis's
+//! wording, since clients and scripts match on it. Keys and values are checked against the
+//! node's limits here, before anything is dispatched.
+
+use bytes::Bytes;
+use corekv_schema::codec::{Condition, ErrorCode, Op, Reply, SetOp, WireError};
+use corekv_schema::frame::Limits;
+
+use super::out;
+use super::rmw::{self, Rmw, Ttl, When};
+
+/// What one connection remembers between commands.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub id: u64,
+    pub name: Option<Bytes>,
+    pub addr: String,
+    /// The last command's name, for CLIENT INFO.
+    pub last: String,
+    /// The client switched to RESP3 with `HELLO 3`.
+    pub resp3: bool,
+}
+
+/// What a command asks the node for.
+#[derive(Debug)]
+pub enum Plan {
+    /// Answered already (encoded).
+    Reply(Vec<u8>),
+    /// One native operation (often a `Batch`), rendered by `Render`.
+    Op(Op, Render),
+    /// A read-modify-write on one key.
+    Rmw(Bytes, Rmw),
+    /// Answered from the node's stats.
+    Stats(StatsView),
+    /// Answer `+OK`, then close the connection.
+    Quit,
+}
+
+#[derive(Debug)]
+pub enum StatsView {
+    DbSize,
+    /// `INFO` with the sections asked for (lowercase; empty: the default set).
+    Info(Vec<String>),
+}
+
+/// How a native reply becomes a Redis reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Render {
+    /// The value, or nil.
+    Bulk,
+    /// `+OK`, or nil when the condition (NX, XX, IFEQ) failed.
+    SetOk,
+    /// `:1` written, `:0` condition failed.
+    Bool,
+    /// `Batch[Get, Set]`: the old value or nil (SET ... GET, GETSET).
+    OldValue,
+    /// `Delete` or `Batch` of them: how many existed.
+    Deleted,
+    /// `Batch` of `Get`: how many exist.
+    Existing,
+    /// `Batch` of `Get`: an array of values or nils.
+    Values,
+    /// `Batch` of `Set`: `+OK`.
+    AllOk,
+    Strlen,
+    Range(i64, i64),
+    Ttl {
+        ms: bool,
+    },
+    Type,
+}
+
+/// Commands this node knows, with Redis's arity (negative: at least that many arguments,
+/// the name included). `COMMAND` and `COMMAND COUNT` answer from this table.
+pub const COMMANDS: &[(&str, i64)] = &[
+    ("append", 3),
+    ("client", -2),
+    ("command", -1),
+    ("dbsize", 1),
+    ("decr", 2),
+    ("decrby", 3),
+    ("del", -2),
+    ("echo", 2),
+    ("exists", -2),
+    ("expire", -3),
+    ("expireat", -3),
+    ("get", 2),
+    ("getdel", 2),
+    ("getex", -2),
+    ("getrange", 4),
+    ("getset", 3),
+    ("hello", -1),
+    ("incr", 2),
+    ("incrby", 3),
+    ("incrbyfloat", 3),
+    ("info", -1),
+    ("mget", -2),
+    ("mset", -3),
+    ("persist", 2),
+    ("pexpire", -3),
+    ("pexpireat", -3),
+    ("ping", -1),
+    ("psetex", 4),
+    ("pttl", 2),
+    ("quit", -1),
+    ("select", 2),
+    ("set", -3),
+    ("setex", 4),
+    ("setnx", 3),
+    ("setrange", 4),
+    ("strlen", 2),
+    ("ttl", 2),
+    ("type", 2),
+    ("unlink", -2),
+];
+
+/// Commands of Redis's string and keyspace families that this version does not run yet.
+const NOT_YET: &[&str] = &["msetnx", "scan", "flushdb", "flushall", "keys", "rename"];
+
+fn reply_error(message: &str) -> Plan {
+    Plan::Reply(out::with(|o| out::error(o, message)))
+}
+
+fn syntax() -> Plan {
+    reply_error("ERR syntax error")
+}
+
+fn not_integer() -> Plan {
+    reply_error(rmw::NOT_AN_INTEGER)
+}
+
+fn invalid_expire(cmd: &str) -> Plan {
+    reply_error(&format!("ERR invalid expire time in '{cmd}' command"))
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+/// Plans one command. `args[0]` is the name.
+pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u64) -> Plan {
+    let Some(first) = args.first() else { return Plan::Reply(Vec::new()) };
+    let name = lower(first);
+    session.last.clone_from(&name);
+    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+        if NOT_YET.contains(&name.as_str()) {
+            return reply_error(&format!("ERR '{name}' is not supported by corekv yet"));
+        }
+        let mut message =
+            format!("ERR unknown command '{}', with args beginning with: ", lossy(first));
+        for a in args.iter().skip(1).take(8) {
+            message += &format!("'{}' ", lossy(a));
+        }
+        return reply_error(&message);
+    };
+    let n = args.len() as i64;
+    if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
+        return reply_error(&format!("ERR wrong number of arguments for '{name}' command"));
+    }
+    // Keys are the arguments a command names as keys; check them (and values) up front.
+    if let Some(problem) = check_sizes(&name, &args, limits) {
+        return reply_error(&problem);
+    }
+    let key = || args[1].clone();
+    match name.as_str() {
+        "ping" => match args.len() {
+            1 => Plan::Reply(out::with(|o| out::simple(o, "PONG"))),
+            2 => Plan::Reply(out::with(|o| out::bulk(o, &args[1]))),
+            _ => reply_error("ERR wrong number of arguments for 'ping' command"),
+        },
+        "echo" => Plan::Reply(out::with(|o| out::bulk(o, &args[1]))),
+        "quit" => Plan::Quit,
+        "select" => match rmw::parse_i64(&args[1]) {
+            Some(0) => Plan::Reply(out::with(out::ok)),
+            Some(_) => reply_error("ERR DB index is out of range"),
+            None => not_integer(),
+        },
+        "hello" => hello(&args, session),
+        "command" => command(&args),
+        "client" => client(&args, session),
+        "info" => Plan::Stats(StatsView::Info(args[1..].iter().map(|a| lower(a)).collect())),
+        "dbsize" => Plan::Stats(StatsView::DbSize),
+        "get" => Plan::Op(Op::Get { key: key() }, Render::Bulk),
+        "type" => Plan::Op(Op::Get { key: key() }, Render::Type),
+        "strlen" => Plan::Op(Op::Get { key: key() }, Render::Strlen),
+        "ttl" | "pttl" => Plan::Op(Op::Get { key: key() }, Render::Ttl { ms: name == "pttl" }),
+        "getrange" => match (rmw::parse_i64(&args[2]), rmw::parse_i64(&args[3])) {
+            (Some(s), Some(e)) => Plan::Op(Op::Get { key: key() }, Render::Range(s, e)),
+            _ => not_integer(),
+        },
+        "set" => set(&args, now_ms),
+        "setnx" => {
+            let op = Op::set_if(key(), args[2].clone(), Condition::IfAbsent);
+            Plan::Op(op, Render::Bool)
+        }
+        "setex" | "psetex" => {
+            let Some(t) = rmw::parse_i64(&args[2]) else { return not_integer() };
+            let ms = if name == "setex" { t.checked_mul(1000) } else { Some(t) };
+            match ms {
+                Some(ms) if ms > 0 => {
+                    let set = SetOp {
+                        key: key(),
+                        value: args[3].clone(),
+                        ttl_ms: ms as u64,
+                        ..SetOp::default()
+                    };
+                    Plan::Op(Op::Set(set), Render::SetOk)
+                }
+                _ => invalid_expire(&name),
+            }
+        }
+        "getset" => Plan::Op(
+            Op::Batch(vec![Op::Get { key: key() }, Op::set(key(), args[2].clone())]),
+            Render::OldValue,
+        ),
+        "getdel" => Plan::Op(
+            Op::Batch(vec![
+                Op::Get { key: key() },
+                Op::Delete { key: key(), condition: Condition::Always },
+            ]),
+            Render::OldValue,
+        ),
+        "getex" => getex(&args, now_ms),
+        "del" | "unlink" => {
+            let ops = args[1..]
+                .iter()
+                .map(|k| Op::Delete { key: k.clone(), condition: Condition::Always })
+                .collect();
+            Plan::Op(Op::Batch(ops), Render::Deleted)
+        }
+        "exists" => {
+            let ops = args[1..].iter().map(|k| Op::Get { key: k.clone() }).collect();
+            Plan::Op(Op::Batch(ops), Render::Existing)
+        }
+        "mget" => {
+            let ops = args[1..].iter().map(|k| Op::Get { key: k.clone() }).collect();
+            Plan::Op(Op::Batch(ops), Render::Values)
+        }
+        "mset" => {
+            if args.len().is_multiple_of(2) {
+                return reply_error("ERR wrong number of arguments for 'mset' command");
+            }
+            let ops = args[1..].chunks(2).map(|kv| Op::set(kv[0].clone(), kv[1].clone())).collect();
+            Plan::Op(Op::Batch(ops), Render::AllOk)
+        }
+        "incr" => Plan::Rmw(key(), Rmw::IncrBy(1)),
+        "decr" => Plan::Rmw(key(), Rmw::IncrBy(-1)),
+        "incrby" | "decrby" => match rmw::parse_i64(&args[2]) {
+            Some(by) if name == "incrby" => Plan::Rmw(key(), Rmw::IncrBy(by)),
+            Some(by) => match by.checked_neg() {
+                Some(neg) => Plan::Rmw(key(), Rmw::IncrBy(neg)),
+                None => reply_error("ERR decrement would overflow"),
+            },
+            None => not_integer(),
+        },
+        "incrbyfloat" => match rmw::parse_f64(&args[2]) {
+            Some(by) if by.is_finite() => Plan::Rmw(key(), Rmw::IncrByFloat(by)),
+            _ => reply_error(rmw::NOT_A_FLOAT),
+        },
+        "append" => Plan::Rmw(key(), Rmw::Append(args[2].clone())),
+        "setrange" => match rmw::parse_i64(&args[2]) {
+            Some(offset) if offset >= 0 => {
+                if offset as u64 + args[3].len() as u64 > limits.value_bytes_max as u64 {
+                    return reply_error(rmw::TOO_BIG);
+                }
+                Plan::Rmw(key(), Rmw::SetRange(offset as usize, args[3].clone()))
+            }
+            Some(_) => reply_error("ERR offset is out of range"),
+            None => not_integer(),
+        },
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(&name, &args, now_ms),
+        "persist" => Plan::Rmw(key(), Rmw::Persist),
+        other => reply_error(&format!("ERR command '{other}' is listed but not planned")),
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Which arguments are keys and which are values, per command; the first size problem.
+fn check_sizes(name: &str, args: &[Bytes], limits: &Limits) -> Option<String> {
+    let (keys, values): (Vec<&Bytes>, Vec<&Bytes>) = match name {
+        "get" | "type" | "strlen" | "ttl" | "pttl" | "getrange" | "getdel" | "getex" | "incr"
+        | "decr" | "incrby" | "decrby" | "incrbyfloat" | "persist" | "expire" | "pexpire"
+        | "expireat" | "pexpireat" | "setrange" => (vec![&args[1]], vec![]),
+        "set" | "setnx" | "getset" | "append" => (vec![&args[1]], vec![&args[2]]),
+        "setex" | "psetex" => (vec![&args[1]], vec![&args[3]]),
+        "del" | "unlink" | "exists" | "mget" => (args[1..].iter().collect(), vec![]),
+        "mset" => (args[1..].iter().step_by(2).collect(), args[2..].iter().step_by(2).collect()),
+        _ => return None,
+    };
+    if keys.len() > limits.batch_ops_max {
+        return Some(format!(
+            "ERR {} keys in one command; at most {} (batch_ops_max)",
+            keys.len(),
+            limits.batch_ops_max
+        ));
+    }
+    if keys.iter().any(|k| k.is_empty()) {
+        return Some("ERR empty keys are not supported by corekv".into());
+    }
+    if let Some(k) = keys.iter().find(|k| k.len() > limits.key_bytes_max) {
+        return Some(format!(
+            "ERR key of {} bytes exceeds key_bytes_max {}",
+            k.len(),
+            limits.key_bytes_max
+        ));
+    }
+    if let Some(v) = values.iter().find(|v| v.len() > limits.value_bytes_max) {
+        return Some(format!(
+            "ERR value of {} bytes exceeds value_bytes_max {}",
+            v.len(),
+            limits.value_bytes_max
+        ));
+    }
+    None
+}
+
+/// `SET key value [NX | XX | IFEQ v] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL]`.
+fn set(args: &[Bytes], now_ms: u64) -> Plan {
+    let mut condition = Condition::Always;
+    let mut get = false;
+    let mut ttl: Option<Ttl> = None;
+    let mut i = 3;
+    while i < args.len() {
+        let opt = lower(&args[i]);
+        let arg = args.get(i + 1);
+        match opt.as_str() {
+            "nx" | "xx" if condition == Condition::Always => {
+                condition = if opt == "nx" { Condition::IfAbsent } else { Condition::IfPresent };
+            }
+            "ifeq" if condition == Condition::Always && arg.is_some() => {
+                condition = Condition::IfValue(args[i + 1].clone());
+                i += 1;
+            }
+            "get" if !get => get = true,
+            "keepttl" if ttl.is_none() => ttl = Some(Ttl::Keep),
+            "ex" | "px" | "exat" | "pxat" if ttl.is_none() && arg.is_some() => {
+                let Some(t) = rmw::parse_i64(&args[i + 1]) else { return not_integer() };
+                match expiry(&opt, t, now_ms) {
+                    Some(at) => ttl = Some(Ttl::At(at)),
+                    None => return invalid_expire("set"),
+                }
+                i += 1;
+            }
+            _ => return syntax(),
+        }
+        i += 1;
+    }
+    let (ttl_ms, keep_ttl) = match ttl {
+        None => (0, false),
+        Some(Ttl::Keep) => (0, true),
+        // A time already past still writes (Redis does, then expires it): 1 ms is the
+        // shortest TTL there is.
+        Some(Ttl::At(at)) => ((at - now_ms as i64).max(1) as u64, false),
+        Some(Ttl::Clear) => (0, false),
+    };
+    let set = SetOp { key: args[1].clone(), value: args[2].clone(), ttl_ms, keep_ttl, condition };
+    if get {
+        let read = Op::Get { key: args[1].clone() };
+        Plan::Op(Op::Batch(vec![read, Op::Set(set)]), Render::OldValue)
+    } else {
+        Plan::Op(Op::Set(set), Render::SetOk)
+    }
+}
+
+/// The absolute expiry (Unix ms) of `EX s`, `PX ms`, `EXAT s`, `PXAT ms`; `None` if it is not
+/// positive or overflows.
+fn expiry(unit: &str, t: i64, now_ms: u64) -> Option<i64> {
+    if t <= 0 {
+        return None;
+    }
+    let now = now_ms as i64;
+    match unit {
+        "ex" => t.checked_mul(1000)?.checked_add(now),
+        "px" => t.checked_add(now),
+        "exat" => t.checked_mul(1000),
+        _ => Some(t),
+    }
+}
+
+/// `GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]`.
+fn getex(args: &[Bytes], now_ms: u64) -> Plan {
+    let key = args[1].clone();
+    match args.len() {
+        2 => Plan::Op(Op::Get { key }, Render::Bulk),
+        3 if lower(&args[2]) == "persist" => Plan::Rmw(key, Rmw::GetEx(Ttl::Clear)),
+        4 => {
+            let unit = lower(&args[2]);
+            if !matches!(unit.as_str(), "ex" | "px" | "exat" | "pxat") {
+                return syntax();
+            }
+            let Some(t) = rmw::parse_i64(&args[3]) else { return not_integer() };
+            match expiry(&unit, t, now_ms) {
+                Some(at) => Plan::Rmw(key, Rmw::GetEx(Ttl::At(at))),
+                None => invalid_expire("getex"),
+            }
+        }
+        _ => syntax(),
+    }
+}
+
+/// `EXPIRE key seconds [NX | XX | GT | LT]` and its ms and absolute-time forms. Options are
+/// checked before the time, as Redis does.
+fn expire(name: &str, args: &[Bytes], now_ms: u64) -> Plan {
+    let mut when = When::default();
+    for opt in &args[3..] {
+        match lower(opt).as_str() {
+            "nx" => when.no_ttl = true,
+            "xx" => when.has_ttl = true,
+            "gt" => when.later = true,
+            "lt" => when.sooner = true,
+            _ => return reply_error(&format!("ERR Unsupported option {}", lossy(opt))),
+        }
+    }
+    if when.no_ttl && (when.has_ttl || when.later || when.sooner) {
+        return reply_error("ERR NX and XX, GT or LT options at the same time are not compatible");
+    }
+    if when.later && when.sooner {
+        return reply_error("ERR GT and LT options at the same time are not compatible");
+    }
+    let Some(t) = rmw::parse_i64(&args[2]) else { return not_integer() };
+    let now = now_ms as i64;
+    let at = match name {
+        "expire" => t.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        "pexpire" => t.checked_add(now),
+        "expireat" => t.checked_mul(1000),
+        _ => Some(t),
+    };
+    let Some(at_ms) = at else { return invalid_expire(name) };
+    Plan::Rmw(args[1].clone(), Rmw::Expire { at_ms, when })
+}
+
+/// `HELLO [2|3 [AUTH user pass] [SETNAME name]]`. RESP3 differs from RESP2 for these
+/// commands only in its null and in this reply (a map); see `out::to_resp3`.
+fn hello(args: &[Bytes], session: &mut Session) -> Plan {
+    let mut resp3 = session.resp3;
+    if let Some(v) = args.get(1) {
+        match rmw::parse_i64(v) {
+            Some(2) => resp3 = false,
+            Some(3) => resp3 = true,
+            Some(_) => return reply_error("NOPROTO sorry, this protocol version is not supported"),
+            None => return reply_error("ERR Protocol version is not an integer or out of range"),
+        }
+    }
+    let mut i = 2;
+    while i < args.len() {
+        match lower(&args[i]).as_str() {
+            "setname" if i + 1 < args.len() => {
+                session.name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            "auth" => {
+                return reply_error("ERR AUTH is not supported by corekv yet (no users exist)");
+            }
+            _ => return syntax(),
+        }
+    }
+    session.resp3 = resp3;
+    Plan::Reply(out::with(|o| {
+        if resp3 {
+            o.extend_from_slice(b"%7\r\n");
+        } else {
+            out::array(o, 14);
+        }
+        for (k, v) in [("server", "corekv"), ("version", REDIS_VERSION)] {
+            out::bulk(o, k.as_bytes());
+            out::bulk(o, v.as_bytes());
+        }
+        out::bulk(o, b"proto");
+        out::int(o, if resp3 { 3 } else { 2 });
+        out::bulk(o, b"id");
+        out::int(o, session.id as i64);
+        for (k, v) in [("mode", "standalone"), ("role", "master")] {
+            out::bulk(o, k.as_bytes());
+            out::bulk(o, v.as_bytes());
+        }
+        out::bulk(o, b"modules");
+        out::array(o, 0);
+    }))
+}
+
+/// The Redis version whose string-command behaviour this node follows; reported where
+/// clients look for one (HELLO, INFO `redis_version`).
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`, `COMMAND INFO name...`.
+fn command(args: &[Bytes]) -> Plan {
+    let entry = |o: &mut Vec<u8>, name: &str, arity: i64| {
+        out::array(o, 6);
+        out::bulk(o, name.as_bytes());
+        out::int(o, arity);
+        out::array(o, 0);
+        let keyed = !matches!(
+            name,
+            "client"
+                | "command"
+                | "dbsize"
+                | "echo"
+                | "hello"
+                | "info"
+                | "ping"
+                | "quit"
+                | "select"
+        );
+        let last =
+            if matches!(name, "del" | "unlink" | "exists" | "mget" | "mset") { -1 } else { 1 };
+        let step = if name == "mset" { 2 } else { 1 };
+        out::int(o, i64::from(keyed));
+        out::int(o, if keyed { last } else { 0 });
+        out::int(o, if keyed { step } else { 0 });
+    };
+    match args.get(1).map(|a| lower(a)).as_deref() {
+        None => Plan::Reply(out::with(|o| {
+            out::array(o, COMMANDS.len());
+            for (name, arity) in COMMANDS {
+                entry(o, name, *arity);
+            }
+        })),
+        Some("count") => Plan::Reply(out::with(|o| out::int(o, COMMANDS.len() as i64))),
+        // No documentation to offer: an empty map (redis-cli then shows no hints).
+        Some("docs") => Plan::Reply(out::with(|o| out::array(o, 0))),
+        Some("info") => Plan::Reply(out::with(|o| {
+            out::array(o, args.len() - 2);
+            for a in &args[2..] {
+                let name = lower(a);
+                match COMMANDS.iter().find(|(n, _)| *n == name) {
+                    Some((n, arity)) => entry(o, n, *arity),
+                    None => out::nil(o),
+                }
+            }
+        })),
+        Some(other) => reply_error(&format!("ERR unknown subcommand '{other}'. Try COMMAND HELP.")),
+    }
+}
+
+/// `CLIENT SETNAME | GETNAME | ID | INFO | SETINFO`.
+fn client(args: &[Bytes], session: &mut Session) -> Plan {
+    let sub = lower(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("setname", 3) => {
+            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                return reply_error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            session.name = (!args[2].is_empty()).then(|| args[2].clone());
+            Plan::Reply(out::with(out::ok))
+        }
+        ("getname", 2) => Plan::Reply(out::with(|o| match &session.name {
+            Some(n) => out::bulk(o, n),
+            None => out::nil(o),
+        })),
+        ("id", 2) => Plan::Reply(out::with(|o| out::int(o, session.id as i64))),
+        ("info", 2) => {
+            let name = session.name.as_ref().map(|n| lossy(n)).unwrap_or_default();
+            let line = format!(
+                "id={} addr={} name={} db=0 cmd=client|info resp=2\n",
+                session.id, session.addr, name
+            );
+            Plan::Reply(out::with(|o| out::bulk(o, line.as_bytes())))
+        }
+        // Client libraries announce themselves (redis-py does on connect).
+        ("setinfo", 4) => Plan::Reply(out::with(out::ok)),
+        _ => reply_error(&format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+            lossy(&args[1])
+        )),
+    }
+}
+
+/// Renders the native `reply` as Redis would answer the command.
+pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
+    let value = |r: &Reply| match r {
+        Reply::Value { value, .. } => Some(value.clone()),
+        _ => None,
+    };
+    match (how, reply) {
+        (_, Reply::Error(e)) if !is_expected(&e) => native_error(&e, o),
+        (Render::Bulk, r) => match value(&r) {
+            Some(v) => out::bulk(o, &v),
+            None => out::nil(o),
+        },
+        (Render::SetOk, Reply::Written { .. }) => out::ok(o),
+        (Render::SetOk, _) => out::nil(o),
+        (Render::Bool, Reply::Written { .. }) => out::int(o, 1),
+        (Render::Bool, _) => out::int(o, 0),
+        (Render::OldValue, Reply::Batch(replies)) => {
+            if let Some(Reply::Error(e)) =
+                replies.get(1).filter(|r| matches!(r, Reply::Error(e) if !is_expected(e)))
+            {
+                return native_error(e, o);
+            }
+            match replies.first().and_then(value) {
+                Some(v) => out::bulk(o, &v),
+                None => out::nil(o),
+            }
+        }
+        (Render::Deleted, r) => out::int(o, count(&r, |r| matches!(r, Reply::Deleted { .. }))),
+        (Render::Existing, r) => out::int(o, count(&r, |r| matches!(r, Reply::Value { .. }))),
+        (Render::Values, Reply::Batch(replies)) => {
+            out::array(o, replies.len());
+            for r in &replies {
+                match value(r) {
+                    Some(v) => out::bulk(o, &v),
+                    None => out::nil(o),
+                }
+            }
+        }
+        (Render::AllOk, Reply::Batch(replies)) => {
+            match replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+                Some(Reply::Error(e)) => native_error(e, o),
+                _ => out::ok(o),
+            }
+        }
+        (Render::Strlen, r) => out::int(o, value(&r).map_or(0, |v| v.len() as i64)),
+        (Render::Range(start, end), r) => {
+            let v = value(&r).unwrap_or_default();
+            out::bulk(o, range(&v, start, end));
+        }
+        (Render::Ttl { ms }, Reply::Value { ttl_ms, .. }) => match ttl_ms {
+            None => out::int(o, -1),
+            Some(t) if ms => out::int(o, t as i64),
+            Some(t) => out::int(o, (t as i64 + 500) / 1000),
+        },
+        (Render::Ttl { .. }, _) => out::int(o, -2),
+        (Render::Type, Reply::Value { .. }) => out::simple(o, "string"),
+        (Render::Type, _) => out::simple(o, "none"),
+        (how, other) => {
+            out::error(o, &format!("ERR unexpected reply {} for {how:?}", other.name()));
+        }
+    }
+}
+
+/// Errors a render turns into a Redis answer (nil, 0) rather than an error line.
+fn is_expected(e: &WireError) -> bool {
+    matches!(e.code, ErrorCode::NotFound | ErrorCode::ConditionFailed)
+}
+
+fn native_error(e: &WireError, o: &mut Vec<u8>) {
+    out::error(o, &format!("ERR {}", e.message));
+}
+
+/// How many replies (of a batch, or the one reply) match.
+fn count(reply: &Reply, hit: impl Fn(&Reply) -> bool) -> i64 {
+    match reply {
+        Reply::Batch(rs) => rs.iter().filter(|r| hit(r)).count() as i64,
+        r => i64::from(hit(r)),
+    }
+}
+
+/// `GETRANGE` on `v`: inclusive, negative offsets count from the end.
+fn range(v: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = v.len() as i64;
+    // Both counted from the end and in the wrong order: empty (Redis 7), before clamping.
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return &[];
+    }
+    let (mut s, mut e) = (start, end);
+    if s < 0 {
+        s += len;
+    }
+    if e < 0 {
+        e += len;
+    }
+    let s = s.max(0);
+    let e = e.max(0).min(len - 1);
+    if s > e {
+        return &[];
+    }
+    &v[s as usize..=e as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command in the table has a plan: its name with enough arguments never reaches
+    /// the "listed but not planned" fallback.
+    #[test]
+    fn every_listed_command_is_planned() {
+        for (name, arity) in COMMANDS {
+            let n = arity.unsigned_abs().max(2) as usize;
+            let mut args = vec![Bytes::from(name.to_string())];
+            args.extend(
+                (1..n).map(|i| Bytes::from(if i == 1 { "k".into() } else { i.to_string() })),
+            );
+            let plan = plan(args, &mut Session::default(), &Limits::DEFAULT, 1_000);
+            if let Plan::Reply(r) = plan {
+                let text = String::from_utf8_lossy(&r).into_owned();
+                assert!(!text.contains("not planned"), "{name}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn getrange_offsets() {
+        let v = b"Hello";
+        for (start, end, want) in [
+            (0, 3, "Hell"),
+            (-3, -1, "llo"),
+            (0, -1, "Hello"),
+            (10, 20, ""),
+            (-100, 1, "He"),
+            (-1, -3, ""),
+            (3, 1, ""),
+        ] {
+            assert_eq!(range(v, start, end), want.as_bytes(), "{start} {end}");
+        }
+        assert_eq!(range(b"", 0, -1), b"");
+    }
+}

@@ -1,0 +1,422 @@
+//! The Redis protocol against real Redis tools: raw RESP (pipelining, bad input, limits), a
+//! differential test that sends one seeded random command stream to redis-server and to
+//! corekv and requires identical replies, redis-cli, and redis-py (tests/it/resp_client.py).
+//! tests/run.sh installs redis-server, redis-tools and redis-py when they are missing.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Node, Rng};
+
+/// A raw RESP2 speaker: commands out as arrays of bulk strings, replies back as the exact
+/// bytes received.
+struct Resp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Resp {
+    fn connect(addr: SocketAddr) -> Resp {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Resp { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
+    }
+
+    fn send(&mut self, args: &[&[u8]]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&out).unwrap();
+    }
+
+    fn reply(&mut self) -> String {
+        let mut raw = Vec::new();
+        self.read_one(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    fn read_one(&mut self, raw: &mut Vec<u8>) {
+        let start = raw.len();
+        self.reader.read_until(b'\n', raw).expect("reply line");
+        assert!(
+            raw.len() > start + 2,
+            "connection closed mid-reply: {:?}",
+            String::from_utf8_lossy(raw)
+        );
+        let line = String::from_utf8_lossy(&raw[start + 1..raw.len() - 2]).into_owned();
+        match raw[start] {
+            b'$' => {
+                let n: i64 = line.parse().unwrap();
+                if n >= 0 {
+                    let mut body = vec![0; n as usize + 2];
+                    self.reader.read_exact(&mut body).unwrap();
+                    raw.extend_from_slice(&body);
+                }
+            }
+            b'*' | b'%' => {
+                let n: i64 = line.parse().unwrap();
+                let elements = if raw[start] == b'%' { 2 * n } else { n };
+                for _ in 0..elements.max(0) {
+                    self.read_one(raw);
+                }
+            }
+            b'+' | b'-' | b':' | b'_' => {}
+            other => panic!("not a RESP reply: {:?}", char::from(other)),
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> String {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send(&args);
+        self.reply()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A redis-server child on a free port, without persistence; killed on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (tests/run.sh installs it: apt-get install redis-server)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, addr }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn commands_edge_cases_and_errors() {
+    let node = Node::start(&["--cores", "2"]);
+    let mut r = Resp::connect(node.resp);
+    let cases: &[(&[&str], &str)] = &[
+        (&["PING"], "+PONG\r\n"),
+        (&["ping", "hi"], "$2\r\nhi\r\n"),
+        (&["SET", "k", "v"], "+OK\r\n"),
+        (&["SET", "k", "w", "NX"], "$-1\r\n"),
+        (&["SET", "k", "w", "XX", "GET"], "$1\r\nv\r\n"),
+        (&["SET", "k", "x", "IFEQ", "nope"], "$-1\r\n"),
+        (&["SET", "k", "x", "IFEQ", "w"], "+OK\r\n"),
+        (&["SET", "k", "y", "NX", "XX"], "-ERR syntax error\r\n"),
+        (&["SET", "k", "y", "EX", "0"], "-ERR invalid expire time in 'set' command\r\n"),
+        (&["DEL", "k", "k", "missing"], ":1\r\n"),
+        (&["TTL", "k"], ":-2\r\n"),
+        (&["SET", "k", "1"], "+OK\r\n"),
+        (&["TTL", "k"], ":-1\r\n"),
+        (&["EXPIRE", "missing", "10"], ":0\r\n"),
+        (&["EXPIRE", "k", "100"], ":1\r\n"),
+        (&["TTL", "k"], ":100\r\n"),
+        (&["INCR", "k"], ":2\r\n"),
+        (&["TTL", "k"], ":100\r\n"),
+        (&["SET", "s", "abc"], "+OK\r\n"),
+        (&["INCR", "s"], "-ERR value is not an integer or out of range\r\n"),
+        (&["GET"], "-ERR wrong number of arguments for 'get' command\r\n"),
+        (&["NOSUCH", "a"], "-ERR unknown command 'NOSUCH', with args beginning with: 'a' \r\n"),
+        (&["MSET", "a", "1", "b", "2"], "+OK\r\n"),
+        (&["MGET", "a", "b", "zz"], "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n"),
+        (&["EXISTS", "a", "a", "zz"], ":2\r\n"),
+        (&["GETRANGE", "s", "-2", "-1"], "$2\r\nbc\r\n"),
+        (&["SETRANGE", "s", "5", "!"], ":6\r\n"),
+        (&["GET", "s"], "$6\r\nabc\0\0!\r\n"),
+        (&["HELLO", "4"], "-NOPROTO sorry, this protocol version is not supported\r\n"),
+        (&["SELECT", "0"], "+OK\r\n"),
+        (&["SELECT", "1"], "-ERR DB index is out of range\r\n"),
+        (&["CLIENT", "SETNAME", "tester"], "+OK\r\n"),
+        (&["CLIENT", "GETNAME"], "$6\r\ntester\r\n"),
+        (&["TYPE", "a"], "+string\r\n"),
+        (&["DBSIZE"], ":4\r\n"),
+        (&["SET", "", "v"], "-ERR empty keys are not supported by corekv\r\n"),
+        (&["SCAN", "0"], "-ERR 'scan' is not supported by corekv yet\r\n"),
+    ];
+    for (args, want) in cases {
+        assert_eq!(r.call(args), *want, "{args:?}");
+    }
+    // Pipelined: 500 commands in one write, replies in order.
+    let mut out = Vec::new();
+    for i in 0..500 {
+        let (k, v) = (format!("p{}", i % 7), i.to_string());
+        for a in [["SET", &k, &v], ["GET", &k, ""]] {
+            let a: Vec<&str> = a.iter().copied().filter(|x| !x.is_empty()).collect();
+            out.extend_from_slice(format!("*{}\r\n", a.len()).as_bytes());
+            for x in a {
+                out.extend_from_slice(format!("${}\r\n{x}\r\n", x.len()).as_bytes());
+            }
+        }
+    }
+    r.writer.write_all(&out).unwrap();
+    for i in 0..500 {
+        assert_eq!(r.reply(), "+OK\r\n");
+        let v = i.to_string();
+        assert_eq!(r.reply(), format!("${}\r\n{v}\r\n", v.len()), "pipelined GET {i}");
+    }
+    // Inline commands, as telnet sends them.
+    r.writer.write_all(b"SET inline \"two words\"\r\nGET inline\n").unwrap();
+    assert_eq!(r.reply(), "+OK\r\n");
+    assert_eq!(r.reply(), "$9\r\ntwo words\r\n");
+    // RESP3 after HELLO 3: a map for HELLO, `_` for a missing value, the rest as in RESP2.
+    assert!(r.call(&["HELLO", "3"]).starts_with("%7\r\n$6\r\nserver\r\n"));
+    assert_eq!(r.call(&["GET", "nothing"]), "_\r\n");
+    assert_eq!(r.call(&["MGET", "nothing", "a"]), "*2\r\n_\r\n$1\r\n1\r\n");
+    assert!(r.call(&["HELLO", "2"]).starts_with("*14\r\n"));
+    assert_eq!(r.call(&["GET", "nothing"]), "$-1\r\n");
+    // QUIT answers, then closes.
+    assert_eq!(r.call(&["QUIT"]), "+OK\r\n");
+    let mut rest = Vec::new();
+    assert_eq!(r.reader.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn bad_input_gets_a_protocol_error_and_the_node_keeps_serving() {
+    let node = Node::start(&["--cores", "2", "--value-bytes-max", "1024"]);
+    for bad in
+        [&b"*2\r\n$3\r\nGET\r\n:1\r\n"[..], b"*-x\r\n", b"*1\r\n$99999999999\r\n", b"GET \"open\n"]
+    {
+        let mut r = Resp::connect(node.resp);
+        r.writer.write_all(bad).unwrap();
+        let reply = r.reply();
+        assert!(reply.starts_with("-ERR Protocol error"), "{bad:?}: {reply}");
+        let mut rest = Vec::new();
+        assert_eq!(r.reader.read_to_end(&mut rest).unwrap(), 0, "closed after {bad:?}");
+    }
+    let mut r = Resp::connect(node.resp);
+    let big = "x".repeat(2000);
+    let reply = r.call(&["SET", "k", &big]);
+    assert!(reply.starts_with("-ERR value of 2000 bytes exceeds value_bytes_max 1024"), "{reply}");
+    assert_eq!(r.call(&["PING"]), "+PONG\r\n");
+}
+
+/// One random command over a small key and value space, with options, and sometimes a
+/// mistake (bad arity, bad option) so error replies are compared too. Only what behaves the
+/// same on any Redis 7 and is deterministic in time (TTLs are long, or already past).
+fn random_command(rng: &mut Rng) -> Vec<String> {
+    let keys = ["k0", "k1", "k2", "k3", "{t}a", "{t}b"];
+    let values = ["0", "1", "-5", "10", "abc", "", "hello world", "9223372036854775807", "3.5"];
+    let pick = |rng: &mut Rng, from: &[&str]| {
+        from[rng.range(0, from.len() as u64 - 1) as usize].to_string()
+    };
+    let value = |rng: &mut Rng| pick(rng, &values);
+    let key = |rng: &mut Rng| pick(rng, &keys);
+    let mut c: Vec<String> = Vec::new();
+    match rng.range(0, 27) {
+        0 | 1 => c.extend(["GET".into(), key(rng)]),
+        2 | 3 => {
+            c.extend(["SET".into(), key(rng), value(rng)]);
+            for opt in [["NX", "XX", "", ""], ["GET", "", "", ""], ["EX", "PX", "KEEPTTL", ""]] {
+                let o = pick(rng, &opt);
+                match o.as_str() {
+                    "" => {}
+                    "EX" => c.extend([o, rng.range(100, 1000).to_string()]),
+                    "PX" => c.extend([o, rng.range(100_000, 1_000_000).to_string()]),
+                    _ => c.push(o),
+                }
+            }
+        }
+        4 => c.extend(["SETNX".into(), key(rng), value(rng)]),
+        5 => c.extend(["GETSET".into(), key(rng), value(rng)]),
+        6 => c.extend(["GETDEL".into(), key(rng)]),
+        7 => {
+            c.push(pick(rng, &["DEL", "UNLINK", "EXISTS", "MGET"]));
+            for _ in 0..rng.range(1, 3) {
+                c.push(key(rng));
+            }
+        }
+        8 => {
+            c.push("MSET".into());
+            for _ in 0..rng.range(1, 3) {
+                c.extend([key(rng), value(rng)]);
+            }
+        }
+        9 | 10 => c.extend([pick(rng, &["INCR", "DECR"]), key(rng)]),
+        11 => c.extend([
+            pick(rng, &["INCRBY", "DECRBY"]),
+            key(rng),
+            pick(rng, &["1", "-7", "100", "x"]),
+        ]),
+        // Floats on their own key: corekv computes in f64, Redis in long double, so sums of
+        // huge values can differ in their last digits (README: differences from Redis).
+        12 => match rng.range(0, 3) {
+            0 => c.extend(["GET".into(), "fl".into()]),
+            1 => c.extend(["SET".into(), "fl".into(), pick(rng, &["1", "2.5", "-0.75", "x"])]),
+            _ => c.extend([
+                "INCRBYFLOAT".into(),
+                "fl".into(),
+                pick(rng, &["0.5", "-2.25", "1.5", "nan", "x"]),
+            ]),
+        },
+        13 => c.extend(["APPEND".into(), key(rng), value(rng)]),
+        14 => c.extend(["STRLEN".into(), key(rng)]),
+        15 => c.extend([
+            "GETRANGE".into(),
+            key(rng),
+            (rng.range(0, 20) as i64 - 10).to_string(),
+            (rng.range(0, 20) as i64 - 10).to_string(),
+        ]),
+        16 => c.extend(["SETRANGE".into(), key(rng), rng.range(0, 12).to_string(), value(rng)]),
+        17 | 18 => {
+            c.extend(["EXPIRE".into(), key(rng), pick(rng, &["100", "500", "-1", "0", "x"])]);
+            for _ in 0..rng.range(0, 2) {
+                c.push(pick(rng, &["NX", "XX", "GT", "LT"]));
+            }
+        }
+        19 => c.extend(["PEXPIRE".into(), key(rng), pick(rng, &["200000", "-5"])]),
+        20 => c.extend(["EXPIREAT".into(), key(rng), "1".into()]),
+        21 => c.extend(["TTL".into(), key(rng)]),
+        22 => c.extend(["PERSIST".into(), key(rng)]),
+        23 => c.extend(["TYPE".into(), key(rng)]),
+        24 => c.extend(["SETEX".into(), key(rng), pick(rng, &["100", "0", "-1"]), value(rng)]),
+        25 => {
+            c.extend(["GETEX".into(), key(rng)]);
+            match rng.range(0, 2) {
+                0 => {}
+                1 => c.push("PERSIST".into()),
+                _ => c.extend(["EX".into(), "300".into()]),
+            }
+        }
+        26 => c.push("DBSIZE".into()),
+        _ => {
+            // Mistakes: wrong arity, and an option that does not exist.
+            let wrong = [
+                vec!["GET"],
+                vec!["SET", "k0"],
+                vec!["INCRBY", "k0"],
+                vec!["EXPIRE", "k0", "5", "ZZ"],
+            ];
+            c.extend(wrong[rng.range(0, 3) as usize].iter().map(|s| s.to_string()));
+        }
+    }
+    c
+}
+
+#[test]
+fn same_replies_as_redis_server_for_a_random_command_stream() {
+    let redis = RedisServer::start();
+    let node = Node::start(&["--cores", "2"]);
+    let mut rng = Rng::seeded("same_replies_as_redis_server_for_a_random_command_stream");
+    let (mut a, mut b) = (Resp::connect(redis.addr), Resp::connect(node.resp));
+    let mut history: Vec<String> = Vec::new();
+    for i in 0..4000 {
+        let cmd = random_command(&mut rng);
+        let args: Vec<&[u8]> = cmd.iter().map(|s| s.as_bytes()).collect();
+        a.send(&args);
+        b.send(&args);
+        let (want, got) = (a.reply(), b.reply());
+        history.push(format!("{cmd:?} -> {want:?}"));
+        // A TTL read a moment apart may round differently by one second.
+        let int = |s: &str| s.strip_prefix(':').and_then(|n| n.trim().parse::<i64>().ok());
+        let close_ttls = cmd[0] == "TTL"
+            && matches!((int(&want), int(&got)), (Some(x), Some(y)) if (x - y).abs() <= 1);
+        if want != got && !close_ttls {
+            let recent = history[history.len().saturating_sub(15)..].join("\n  ");
+            panic!(
+                "command {i} {cmd:?}: redis {want:?}, corekv {got:?}\nlast commands:\n  {recent}"
+            );
+        }
+    }
+}
+
+#[test]
+fn redis_cli_works_against_the_node() {
+    let node = Node::start(&["--cores", "2"]);
+    let port = node.resp.port().to_string();
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli (tests/run.sh installs it: apt-get install redis-tools)");
+        assert!(out.status.success(), "redis-cli {args:?}: {:?}", out);
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    };
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world");
+    assert_eq!(cli(&["INCRBY", "n", "41"]), "41");
+    assert_eq!(cli(&["SET", "greeting", "x", "NX"]), "");
+    assert_eq!(
+        cli(&["INFO", "keyspace"]).lines().last().unwrap_or(""),
+        "db0:keys=2,expires=0,avg_ttl=0"
+    );
+    // Interactive use: commands on stdin, one reply per line, as a person at the prompt.
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"set a 1\nincr a\nget a\nttl a\nexists a zz\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n2\n2\n-1\n1\n");
+    // --pipe: the mass-insertion mode, raw RESP on stdin.
+    let mut input = Vec::new();
+    for i in 0..1000 {
+        input.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\nbulk{i}\r\n$1\r\nv\r\n", 4 + i.to_string().len())
+                .as_bytes(),
+        );
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port, "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("errors: 0, replies: 1000"), "{text}");
+    assert_eq!(cli(&["DBSIZE"]), "1003", "greeting, n, a and the 1000 bulk keys");
+}
+
+#[test]
+fn redis_py_works_against_the_node() {
+    let node = Node::start(&["--cores", "2"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/resp_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.resp.port().to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "redis-py checks failed (tests/run.sh installs redis-py):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("redis-py: all checks passed"));
+}
