@@ -40,6 +40,10 @@ pub struct Cli {
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7379")]
     pub addr: String,
 
+    /// Wire protocol
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    pub protocol: Protocol,
+
     /// TCP connections to open
     #[arg(long, value_name = "N", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..=CONNECTIONS_MAX as i64))]
@@ -116,12 +120,14 @@ pub enum Distribution {
     Zipf,
 }
 
-/// Which wire protocol the connections speak. Only the native one exists so far; RESP joins it
-/// as a second `Driver` (see `protocol`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Which wire protocol the connections speak (see `protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// corekv's FlatBuffers protocol (its native port, 7379)
     Native,
+    /// Redis's RESP2 (redis-server, or corekv's --resp-listen port, 7380)
+    Resp,
 }
 
 /// Relative weights of the operations, in `OpKind::ALL` order.
@@ -263,7 +269,7 @@ impl Config {
         }
         Ok(Config {
             addr: cli.addr.clone(),
-            protocol: Protocol::Native,
+            protocol: cli.protocol,
             connections: cli.connections,
             pipeline: cli.pipeline,
             threads: cli.threads,

@@ -5,10 +5,11 @@
 //! connection, so a driver only has to say what the next complete reply was: the connection pairs
 //! it with the oldest request in flight (and checks the id when the protocol carries one).
 //!
-//! Only the native protocol exists ([`native::Native`]); a RESP2 driver will sit beside it so the
-//! same runs can drive redis-server side by side.
+//! Two drivers: the native protocol ([`native::Native`]) and Redis's RESP2 ([`resp::Resp`]),
+//! so the same runs drive redis-server and corekv side by side.
 
 pub mod native;
+pub mod resp;
 
 use bytes::{Bytes, BytesMut};
 
@@ -34,6 +35,8 @@ pub enum ProtocolError {
     IdMismatch { got: u64, expected: u64 },
     #[error("reply from server with no request in flight")]
     Unsolicited,
+    #[error("bad RESP reply from server: {0}")]
+    Resp(String),
 }
 
 /// Encodes requests and parses replies for one connection.

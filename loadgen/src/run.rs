@@ -20,6 +20,7 @@ use crate::config::{Config, Protocol};
 use crate::connection::{self, Connection, Plan, Setup, Source, Totals};
 use crate::protocol::Driver;
 use crate::protocol::native::Native;
+use crate::protocol::resp::Resp;
 use crate::schedule::Schedule;
 use crate::stats::Summary;
 use crate::workload::{self, KeyChooser, Workload};
@@ -56,6 +57,7 @@ pub struct PreloadReport {
 pub async fn run(cfg: &Config) -> Result<Summary, RunError> {
     match cfg.protocol {
         Protocol::Native => run_with::<Native>(cfg).await,
+        Protocol::Resp => run_with::<Resp>(cfg).await,
     }
 }
 
