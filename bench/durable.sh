@@ -12,6 +12,7 @@
 # usage: bench/durable.sh [SECONDS] [KEYS]     (needs redis-server, redis-benchmark)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 secs=${1:-10}
 keys=${2:-1000000}
 work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
@@ -21,10 +22,7 @@ trap cleanup EXIT
 cargo build --release --quiet -p corekv -p corekv-loadgen
 ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 bin=target/release
-hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-port() { echo $((20000 + RANDOM % 20000)); }
-wait_ready() { for _ in $(seq 12000); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+port() { free_port; }
 
 echo "== 1. durable SET, 50 connections x pipeline 1, ${secs}s" >&2
 p=$(port)
@@ -36,7 +34,7 @@ taskset -c 1 "$bin/corekv-loadgen" --addr "127.0.0.1:$p" --keys 100000 --mix set
   --connections 50 --pipeline 1 --duration "$secs" --warmup 2 2>/dev/null >"$work/sync.txt"
 t1=$(ticks "$node"); s1=$(date +%s.%N)
 kill "$node"; wait "$node" 2>/dev/null || true
-cpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$hz" 'BEGIN{printf "%.0f", (b-a)/hz/(e-s)*100}')
+cpu=$(cpu_pct "$t0" "$t1" "$s0" "$s1")
 corekv_row=$(awk '$1=="set" {printf "%.0f %s %s %s", $3, $4, $6, $7}' "$work/sync.txt")
 
 rp=$(port)
@@ -44,14 +42,14 @@ mkdir -p "$work/redis"
 taskset -c 0 redis-server --port "$rp" --dir "$work/redis" --save "" --appendonly yes \
   --appendfsync always >"$work/redis.log" 2>&1 &
 redis=$!; pids+=("$redis"); sleep 0.5
-key="key:__rand_int__$(printf 'k%.0s' $(seq 34))"
-value=$(head -c 500 /dev/zero | tr '\0' 'v')
+key=$bench_key
+value=$bench_value
 t0=$(ticks "$redis"); s0=$(date +%s.%N)
 out=$(taskset -c 1 redis-benchmark -p "$rp" -c 50 -P 1 -n $((secs * 30000)) -r 100000 \
   SET "$key" "$value" 2>/dev/null | tr '\r' '\n')
 t1=$(ticks "$redis"); s1=$(date +%s.%N)
 kill "$redis"; wait "$redis" 2>/dev/null || true
-rcpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$hz" 'BEGIN{printf "%.0f", (b-a)/hz/(e-s)*100}')
+rcpu=$(cpu_pct "$t0" "$t1" "$s0" "$s1")
 rps=$(echo "$out" | awk '/throughput summary/ {printf "%.0f", $3}')
 rlat=$(echo "$out" | awk '/latency summary/ {getline; getline; printf "%.0f %.0f", $3*1000, $5*1000}')
 printf '\n%-28s %10s %8s %8s %9s %5s\n' server ops_per_sec p50_us p99_us p99.9_us cpu%

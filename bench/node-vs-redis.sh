@@ -9,6 +9,7 @@
 #        redis-benchmark: apt-get install redis-server redis-tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 secs=${1:-10}
 keys=1000000
 work=$(mktemp -d)
@@ -21,9 +22,6 @@ cargo build --release --quiet -p corekv -p corekv-loadgen
 ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 bin=target/release
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
 
 # ---- corekv
 port=$(free_port)
@@ -42,7 +40,7 @@ for pipeline in 1 16; do
     out=$(taskset -c 1 "$bin/corekv-loadgen" --addr "127.0.0.1:$port" --keys $keys \
       --mix "$op=1" --connections 50 --pipeline $pipeline --duration "$secs" --warmup 2 2>/dev/null)
     t1=$(ticks "$node"); s1=$(date +%s.%N)
-    cpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$hz" 'BEGIN{printf "%.0f", (b-a)/hz/(e-s)*100}')
+    cpu=$(cpu_pct "$t0" "$t1" "$s0" "$s1")
     # table row: op count ops/s p50 p90 p99 p99.9 max
     row=$(echo "$out" | awk -v op="$op" '$1==op {printf "%.0f %s %s %s", $3, $4, $6, $7}')
     result[corekv,$op,$pipeline]="$row $cpu"
@@ -55,8 +53,8 @@ rport=$(free_port)
 taskset -c 0 redis-server --port "$rport" --save "" --appendonly no >"$work/redis.log" 2>&1 &
 redis=$!; pids+=("$redis")
 sleep 0.5
-key="key:__rand_int__$(printf 'k%.0s' $(seq 34))"     # 16 + 34 = 50 bytes
-value=$(head -c 500 /dev/zero | tr '\0' 'v')
+key=$bench_key
+value=$bench_value
 echo "preloading redis ..." >&2
 taskset -c 1 redis-benchmark -p "$rport" -c 50 -P 16 -n $((keys * 3)) -r $keys -q \
   SET "$key" "$value" >/dev/null 2>&1
@@ -67,7 +65,7 @@ for pipeline in 1 16; do
     t0=$(ticks "$redis"); s0=$(date +%s.%N)
     out=$(taskset -c 1 redis-benchmark -p "$rport" -c 50 -P $pipeline -n $n -r $keys "${args[@]}" 2>/dev/null | tr '\r' '\n')
     t1=$(ticks "$redis"); s1=$(date +%s.%N)
-    cpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$hz" 'BEGIN{printf "%.0f", (b-a)/hz/(e-s)*100}')
+    cpu=$(cpu_pct "$t0" "$t1" "$s0" "$s1")
     rps=$(echo "$out" | awk '/throughput summary/ {printf "%.0f", $3}')
     # redis-benchmark's summary gives avg min p50 p95 p99 max (ms): take p50 and p99
     lat=$(echo "$out" | awk '/latency summary/ {getline; getline; printf "%.0f %.0f", $3*1000, $5*1000}')

@@ -19,6 +19,8 @@ pub use corekv_schema::resp as parse;
 
 /// RESP2 reply encoding, appended to an output buffer.
 pub mod out {
+    use std::io::Write as _;
+
     pub fn simple(out: &mut Vec<u8>, s: &str) {
         out.push(b'+');
         out.extend_from_slice(s.as_bytes());
@@ -33,16 +35,13 @@ pub mod out {
         out.extend_from_slice(b"\r\n");
     }
 
+    // Numbers are formatted straight into the buffer (writing to a Vec cannot fail).
     pub fn int(out: &mut Vec<u8>, n: i64) {
-        out.push(b':');
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, ":{n}\r\n");
     }
 
     pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-        out.push(b'$');
-        out.extend_from_slice(b.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "${}\r\n", b.len());
         out.extend_from_slice(b);
         out.extend_from_slice(b"\r\n");
     }
@@ -52,9 +51,7 @@ pub mod out {
     }
 
     pub fn array(out: &mut Vec<u8>, len: usize) {
-        out.push(b'*');
-        out.extend_from_slice(len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "*{len}\r\n");
     }
 
     pub fn ok(out: &mut Vec<u8>) {

@@ -113,20 +113,20 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
         }
         if !pending.is_empty() {
             for (p, resp3) in pending.drain(..) {
-                reply.clear();
+                // RESP2 replies go straight into the output; RESP3 ones through a conversion.
+                let into = if resp3 { &mut reply } else { &mut output };
                 match p {
-                    Pending::Ready(r) => reply.extend_from_slice(&r),
+                    Pending::Ready(r) => into.extend_from_slice(&r),
                     Pending::Slot(slot, render) => {
-                        command::render(render, core.resolve(slot).await, &mut reply);
+                        command::render(render, core.resolve(slot).await, into);
                     }
                     Pending::Stats(slot, view) => {
-                        render_stats(&core, &session, view, core.resolve(slot).await, &mut reply);
+                        render_stats(&core, &session, view, core.resolve(slot).await, into);
                     }
                 }
                 if resp3 {
                     out::to_resp3(&reply, &mut output);
-                } else {
-                    output.extend_from_slice(&reply);
+                    reply.clear();
                 }
                 if output.len() >= OUTPUT_FLUSH_BYTES {
                     if stream.write_all(&output).await.is_err() {

@@ -20,7 +20,7 @@ pub struct Session {
     pub name: Option<Bytes>,
     pub addr: String,
     /// The last command's name, for CLIENT INFO.
-    pub last: String,
+    pub last: &'static str,
     /// The client switched to RESP3 with `HELLO 3`.
     pub resp3: bool,
 }
@@ -144,10 +144,11 @@ fn lower(b: &[u8]) -> String {
 /// Plans one command. `args[0]` is the name.
 pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u64) -> Plan {
     let Some(first) = args.first() else { return Plan::Reply(Vec::new()) };
-    let name = lower(first);
-    session.last.clone_from(&name);
-    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
-        if NOT_YET.contains(&name.as_str()) {
+    // No allocation on the way: the name is matched in place, case-insensitively.
+    let Some(&(name, arity)) =
+        COMMANDS.iter().find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(first))
+    else {
+        if let Some(name) = NOT_YET.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(first)) {
             return reply_error(&format!("ERR '{name}' is not supported by corekv yet"));
         }
         let mut message =
@@ -157,16 +158,17 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
         }
         return reply_error(&message);
     };
+    session.last = name;
     let n = args.len() as i64;
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
         return reply_error(&format!("ERR wrong number of arguments for '{name}' command"));
     }
     // Keys are the arguments a command names as keys; check them (and values) up front.
-    if let Some(problem) = check_sizes(&name, &args, limits) {
+    if let Some(problem) = check_sizes(name, &args, limits) {
         return reply_error(&problem);
     }
     let key = || args[1].clone();
-    match name.as_str() {
+    match name {
         "ping" => match args.len() {
             1 => Plan::Reply(out::with(|o| out::simple(o, "PONG"))),
             2 => Plan::Reply(out::with(|o| out::bulk(o, &args[1]))),
@@ -210,7 +212,7 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
                     };
                     Plan::Op(Op::Set(set), Render::SetOk)
                 }
-                _ => invalid_expire(&name),
+                _ => invalid_expire(name),
             }
         }
         "getset" => Plan::Op(
@@ -272,7 +274,7 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
             Some(_) => reply_error("ERR offset is out of range"),
             None => not_integer(),
         },
-        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(&name, &args, now_ms),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(name, &args, now_ms),
         "persist" => Plan::Rmw(key(), Rmw::Persist),
         other => reply_error(&format!("ERR command '{other}' is listed but not planned")),
     }
@@ -284,39 +286,45 @@ fn lossy(b: &[u8]) -> String {
 
 /// Which arguments are keys and which are values, per command; the first size problem.
 fn check_sizes(name: &str, args: &[Bytes], limits: &Limits) -> Option<String> {
-    let (keys, values): (Vec<&Bytes>, Vec<&Bytes>) = match name {
+    // (first key, step between keys, value positions as offsets from each key)
+    let (keys, value_offset): (&[Bytes], Option<usize>) = match name {
         "get" | "type" | "strlen" | "ttl" | "pttl" | "getrange" | "getdel" | "getex" | "incr"
         | "decr" | "incrby" | "decrby" | "incrbyfloat" | "persist" | "expire" | "pexpire"
-        | "expireat" | "pexpireat" | "setrange" => (vec![&args[1]], vec![]),
-        "set" | "setnx" | "getset" | "append" => (vec![&args[1]], vec![&args[2]]),
-        "setex" | "psetex" => (vec![&args[1]], vec![&args[3]]),
-        "del" | "unlink" | "exists" | "mget" => (args[1..].iter().collect(), vec![]),
-        "mset" => (args[1..].iter().step_by(2).collect(), args[2..].iter().step_by(2).collect()),
+        | "expireat" | "pexpireat" | "setrange" => (&args[1..2], None),
+        "set" | "setnx" | "getset" | "append" => (&args[1..2], Some(1)),
+        "setex" | "psetex" => (&args[1..2], Some(2)),
+        "del" | "unlink" | "exists" | "mget" => (&args[1..], None),
+        "mset" => (&args[1..], Some(1)),
         _ => return None,
     };
-    if keys.len() > limits.batch_ops_max {
+    let step = if name == "mset" { 2 } else { 1 };
+    let count = keys.len().div_ceil(step);
+    if count > limits.batch_ops_max {
         return Some(format!(
-            "ERR {} keys in one command; at most {} (batch_ops_max)",
-            keys.len(),
+            "ERR {count} keys in one command; at most {} (batch_ops_max)",
             limits.batch_ops_max
         ));
     }
-    if keys.iter().any(|k| k.is_empty()) {
-        return Some("ERR empty keys are not supported by corekv".into());
-    }
-    if let Some(k) = keys.iter().find(|k| k.len() > limits.key_bytes_max) {
-        return Some(format!(
-            "ERR key of {} bytes exceeds key_bytes_max {}",
-            k.len(),
-            limits.key_bytes_max
-        ));
-    }
-    if let Some(v) = values.iter().find(|v| v.len() > limits.value_bytes_max) {
-        return Some(format!(
-            "ERR value of {} bytes exceeds value_bytes_max {}",
-            v.len(),
-            limits.value_bytes_max
-        ));
+    for at in (0..keys.len()).step_by(step) {
+        let k = &keys[at];
+        if k.is_empty() {
+            return Some("ERR empty keys are not supported by corekv".into());
+        }
+        if k.len() > limits.key_bytes_max {
+            return Some(format!(
+                "ERR key of {} bytes exceeds key_bytes_max {}",
+                k.len(),
+                limits.key_bytes_max
+            ));
+        }
+        let value = value_offset.and_then(|o| args.get(1 + at + o));
+        if let Some(v) = value.filter(|v| v.len() > limits.value_bytes_max) {
+            return Some(format!(
+                "ERR value of {} bytes exceeds value_bytes_max {}",
+                v.len(),
+                limits.value_bytes_max
+            ));
+        }
     }
     None
 }
