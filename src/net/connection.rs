@@ -144,22 +144,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             // More complete frames may already be buffered: parse before reading again.
             continue;
         }
-        if input.is_empty() && input.capacity() > BUFFER_KEEP_BYTES {
-            input = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        }
-        let deadline = if input.is_empty() {
-            None
-        } else {
-            let since = *partial_since.get_or_insert_with(Instant::now);
-            Some(since + Duration::from_millis(core.node.partial_frame_timeout_ms))
-        };
-        let outcome = if shutdown.is_fired() {
-            ReadOutcome::Shutdown
-        } else {
-            read(&mut stream, &mut chunk, deadline, &shutdown).await
-        };
+        let timeout_ms = core.node.partial_frame_timeout_ms;
+        let outcome =
+            fill(&mut stream, &mut chunk, &mut input, &mut partial_since, timeout_ms, &shutdown)
+                .await;
         match outcome {
-            ReadOutcome::Data(n) => input.extend_from_slice(&chunk[..n]),
+            ReadOutcome::Data(_) => {}
             ReadOutcome::Shutdown | ReadOutcome::Closed if input.is_empty() => return,
             // Part of a frame is left: say why we close, if the peer still listens.
             ReadOutcome::Shutdown => {
@@ -184,9 +174,39 @@ async fn last_word(stream: &mut TcpStream, encoder: &mut Encoder, reply: &Reply)
     let _ = stream.write_all(&out).await;
 }
 
+/// Reads more input into `input` (shared by the native and the Redis connection loops).
+/// While `input` holds part of a request, that request must complete within `timeout_ms` of
+/// when it started arriving (`partial_since`); an idle connection gives way to shutdown.
+pub(super) async fn fill(
+    stream: &mut TcpStream,
+    chunk: &mut [u8],
+    input: &mut BytesMut,
+    partial_since: &mut Option<Instant>,
+    timeout_ms: u64,
+    shutdown: &Shutdown,
+) -> ReadOutcome {
+    if input.is_empty() && input.capacity() > BUFFER_KEEP_BYTES {
+        *input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    }
+    let deadline = if input.is_empty() {
+        None
+    } else {
+        let since = *partial_since.get_or_insert_with(Instant::now);
+        Some(since + Duration::from_millis(timeout_ms))
+    };
+    if shutdown.is_fired() {
+        return ReadOutcome::Shutdown;
+    }
+    let outcome = read(stream, chunk, deadline, shutdown).await;
+    if let ReadOutcome::Data(n) = outcome {
+        input.extend_from_slice(&chunk[..n]);
+    }
+    outcome
+}
+
 /// Reads what is available. An idle connection gives way to shutdown; a half-received frame
 /// must complete by `deadline` (and also gives way to shutdown).
-pub(super) async fn read(
+async fn read(
     stream: &mut TcpStream,
     chunk: &mut [u8],
     deadline: Option<Instant>,

@@ -11,7 +11,7 @@
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{Condition, Durability, ErrorCode, Op, Reply, SetOp, StatsInfo};
@@ -19,7 +19,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use super::connection::{
-    BUFFER_KEEP_BYTES, ConnectionGauge, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, read,
+    BUFFER_KEEP_BYTES, ConnectionGauge, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, fill,
 };
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::resp::command::{self, Plan, Render, Session, StatsView};
@@ -147,22 +147,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             }
             continue;
         }
-        if input.is_empty() && input.capacity() > BUFFER_KEEP_BYTES {
-            input = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        }
-        let deadline = if input.is_empty() {
-            None
-        } else {
-            let since = *partial_since.get_or_insert_with(Instant::now);
-            Some(since + Duration::from_millis(core.node.partial_frame_timeout_ms))
-        };
-        let outcome = if shutdown.is_fired() {
-            ReadOutcome::Shutdown
-        } else {
-            read(&mut stream, &mut chunk, deadline, &shutdown).await
-        };
+        let timeout_ms = core.node.partial_frame_timeout_ms;
+        let outcome =
+            fill(&mut stream, &mut chunk, &mut input, &mut partial_since, timeout_ms, &shutdown)
+                .await;
         match outcome {
-            ReadOutcome::Data(n) => input.extend_from_slice(&chunk[..n]),
+            ReadOutcome::Data(_) => {}
             ReadOutcome::Closed => return,
             ReadOutcome::Shutdown if input.is_empty() => return,
             ReadOutcome::Shutdown => {

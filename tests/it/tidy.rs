@@ -61,15 +61,14 @@ fn no_stubs_or_debug_macros_and_short_lines() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-#[test]
-fn resp_does_not_import_upward() {
+/// Files of module `name` (`src/name.rs` and `src/name/`) never name `forbidden` paths.
+fn assert_no_imports(name: &str, forbidden: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![root.join("resp.rs")];
-    rust_files(&root.join("resp"), &mut files);
+    let mut files = vec![root.join(format!("{name}.rs"))];
+    rust_files(&root.join(name), &mut files);
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
-        for upward in ["crate::net", "crate::shard", "crate::node", "crate::cli", "crate::storage"]
-        {
+        for upward in forbidden {
             assert!(!text.contains(upward), "{} imports {upward}", path.display());
         }
     }
@@ -77,13 +76,11 @@ fn resp_does_not_import_upward() {
 
 #[test]
 fn storage_does_not_import_upward() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![root.join("storage.rs")];
-    rust_files(&root.join("storage"), &mut files);
-    for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        for upward in ["crate::net", "crate::shard", "crate::node", "crate::cli"] {
-            assert!(!text.contains(upward), "{} imports {upward}", path.display());
-        }
-    }
+    assert_no_imports("storage", &["crate::net", "crate::shard", "crate::node", "crate::cli"]);
+}
+
+#[test]
+fn resp_does_not_import_upward() {
+    let forbidden = ["crate::net", "crate::shard", "crate::node", "crate::cli", "crate::storage"];
+    assert_no_imports("resp", &forbidden);
 }
