@@ -98,10 +98,12 @@ mod tests {
         d.encode(1, OpKind::Set, b"k", &Bytes::from_static(b"val"), &mut out);
         d.encode(2, OpKind::Get, b"k", &Bytes::new(), &mut out);
         d.encode(3, OpKind::Del, b"k", &Bytes::new(), &mut out);
-        assert_eq!(
-            &out[..],
-            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nval\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$3\r\nDEL\r\n$1\r\nk\r\n"
-        );
+        let want: &[&[u8]] = &[
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nval\r\n",
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+            b"*2\r\n$3\r\nDEL\r\n$1\r\nk\r\n",
+        ];
+        assert_eq!(&out[..], &want.concat()[..]);
         let replies: &[(&[u8], OpKind, Outcome)] = &[
             (b"+OK\r\n", OpKind::Set, Outcome::Hit),
             (b"$3\r\nval\r\n", OpKind::Get, Outcome::Hit),
