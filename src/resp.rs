@@ -62,6 +62,11 @@ pub mod out {
     /// in both, except that RESP3 has one null (`_`) where RESP2 has `$-1` and `*-1`.
     /// Returns the bytes of `reply` it used (one whole reply).
     pub fn to_resp3(reply: &[u8], o: &mut Vec<u8>) -> usize {
+        debug_assert!(reply.len() >= 3, "a reply is at least a type byte and CRLF");
+        if reply.len() < 3 {
+            o.extend_from_slice(reply);
+            return reply.len();
+        }
         let line_end = reply.windows(2).position(|w| w == b"\r\n").map_or(reply.len(), |p| p + 2);
         let n = || -> i64 {
             std::str::from_utf8(&reply[1..line_end.saturating_sub(2)])

@@ -6,7 +6,12 @@ use bytes::BytesMut;
 use corekv_schema::resp::{Limits, parse_command};
 use libfuzzer_sys::fuzz_target;
 
-const LIMITS: Limits = Limits { bulk_bytes_max: 1 << 20, args_max: 1024, inline_bytes_max: 64 << 10 };
+const LIMITS: Limits = Limits {
+    bulk_bytes_max: 1 << 20,
+    args_max: 1024,
+    inline_bytes_max: 64 << 10,
+    command_bytes_max: 4 << 20,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);

@@ -18,6 +18,8 @@ pub struct Limits {
     pub args_max: usize,
     /// Longest inline command line.
     pub inline_bytes_max: usize,
+    /// Most bytes of one whole command (Redis caps a client's query buffer too).
+    pub command_bytes_max: usize,
 }
 
 /// Bytes that are not a RESP request; Redis answers `-ERR Protocol error: ...` and closes.
@@ -89,6 +91,9 @@ fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Spans>, Protoco
             return Ok(None);
         };
         let len = usize::try_from(len).map_err(|_| ProtocolError("invalid bulk length".into()))?;
+        if body + len > limits.command_bytes_max {
+            return Err(ProtocolError("command larger than the node accepts".into()));
+        }
         if buf.len() < body + len + 2 {
             return Ok(None);
         }
@@ -157,7 +162,11 @@ pub fn parse_command(
             let line = buf.split_to(newline + 1);
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
-            split_quoted(text).map(Some)
+            let args = split_quoted(text)?;
+            if args.len() > limits.args_max {
+                return Err(ProtocolError("invalid multibulk length".into()));
+            }
+            Ok(Some(args))
         }
         other => other,
     }
@@ -289,7 +298,12 @@ mod tests {
         }
     }
 
-    const LIMITS: Limits = Limits { bulk_bytes_max: 1024, args_max: 16, inline_bytes_max: 256 };
+    const LIMITS: Limits = Limits {
+        bulk_bytes_max: 1024,
+        args_max: 16,
+        inline_bytes_max: 256,
+        command_bytes_max: 2048,
+    };
 
     fn all(input: &[u8]) -> (Vec<Vec<String>>, Result<(), ProtocolError>, usize) {
         let mut buf = BytesMut::from(input);
@@ -349,6 +363,9 @@ mod tests {
             let (_, end, _) = all(bad);
             assert!(end.is_err(), "{:?} was accepted", String::from_utf8_lossy(bad));
         }
+        // Arguments each within bounds, together over the command limit (2048 here).
+        let part = format!("$1000\r\n{}\r\n", "a".repeat(1000));
+        assert!(all(format!("*3\r\n{part}{part}{part}").as_bytes()).1.is_err());
         // A length line that never ends, and an inline line longer than allowed.
         assert!(all(&[b'*'; 40]).1.is_err());
         assert!(all(&[b'a'; 300]).1.is_err());

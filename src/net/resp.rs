@@ -58,6 +58,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
         // A key per argument, two for MSET, plus options.
         args_max: 2 * limits.batch_ops_max + 16,
         inline_bytes_max: INLINE_BYTES_MAX,
+        command_bytes_max: limits.frame_bytes_max,
     };
     let mut session = Session {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),

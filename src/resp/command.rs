@@ -201,18 +201,18 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
         }
         "setex" | "psetex" => {
             let Some(t) = rmw::parse_i64(&args[2]) else { return not_integer() };
-            let ms = if name == "setex" { t.checked_mul(1000) } else { Some(t) };
-            match ms {
-                Some(ms) if ms > 0 => {
+            let unit = if name == "setex" { "ex" } else { "px" };
+            match expiry(unit, t, now_ms) {
+                Some(at) => {
                     let set = SetOp {
                         key: key(),
                         value: args[3].clone(),
-                        ttl_ms: ms as u64,
+                        ttl_ms: (at - now_ms as i64) as u64,
                         ..SetOp::default()
                     };
                     Plan::Op(Op::Set(set), Render::SetOk)
                 }
-                _ => invalid_expire(name),
+                None => invalid_expire(name),
             }
         }
         "getset" => Plan::Op(
@@ -260,13 +260,16 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
             None => not_integer(),
         },
         "incrbyfloat" => match rmw::parse_f64(&args[2]) {
-            Some(by) if by.is_finite() => Plan::Rmw(key(), Rmw::IncrByFloat(by)),
+            // An infinite increment is a float; the step refuses the infinite result.
+            Some(by) => Plan::Rmw(key(), Rmw::IncrByFloat(by)),
             _ => reply_error(rmw::NOT_A_FLOAT),
         },
         "append" => Plan::Rmw(key(), Rmw::Append(args[2].clone())),
         "setrange" => match rmw::parse_i64(&args[2]) {
             Some(offset) if offset >= 0 => {
-                if offset as u64 + args[3].len() as u64 > limits.value_bytes_max as u64 {
+                // An empty part writes nothing, at any offset (Redis answers the length).
+                let end = offset as u64 + args[3].len() as u64;
+                if !args[3].is_empty() && end > limits.value_bytes_max as u64 {
                     return reply_error(rmw::TOO_BIG);
                 }
                 Plan::Rmw(key(), Rmw::SetRange(offset as usize, args[3].clone()))
@@ -568,8 +571,11 @@ fn client(args: &[Bytes], session: &mut Session) -> Plan {
         ("info", 2) => {
             let name = session.name.as_ref().map(|n| lossy(n)).unwrap_or_default();
             let line = format!(
-                "id={} addr={} name={} db=0 cmd=client|info resp=2\n",
-                session.id, session.addr, name
+                "id={} addr={} name={} db=0 cmd=client|info resp={}\n",
+                session.id,
+                session.addr,
+                name,
+                if session.resp3 { 3 } else { 2 }
             );
             Plan::Reply(out::with(|o| out::bulk(o, line.as_bytes())))
         }
@@ -588,6 +594,14 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
         Reply::Value { value, .. } => Some(value.clone()),
         _ => None,
     };
+    // An error inside a batch (a failed log, a failed read) is the command's error, as Redis
+    // would report a failed write, not a count or a nil.
+    if let Reply::Batch(replies) = &reply
+        && let Some(Reply::Error(e)) =
+            replies.iter().find(|r| matches!(r, Reply::Error(e) if !is_expected(e)))
+    {
+        return native_error(e, o);
+    }
     match (how, reply) {
         (_, Reply::Error(e)) if !is_expected(&e) => native_error(&e, o),
         (Render::Bulk, r) => match value(&r) {
@@ -634,7 +648,7 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
         (Render::Ttl { ms }, Reply::Value { ttl_ms, .. }) => match ttl_ms {
             None => out::int(o, -1),
             Some(t) if ms => out::int(o, t as i64),
-            Some(t) => out::int(o, (t as i64 + 500) / 1000),
+            Some(t) => out::int(o, (t as i64).saturating_add(500) / 1000),
         },
         (Render::Ttl { .. }, _) => out::int(o, -2),
         (Render::Type, Reply::Value { .. }) => out::simple(o, "string"),

@@ -169,7 +169,7 @@ pub fn step(
             let Some((value, ttl)) = current else {
                 return Step::Done(out::with(|o| out::int(o, 0)));
             };
-            let current_at = ttl.map(|t| now + t as i64);
+            let current_at = ttl.map(|t| now.saturating_add(t as i64));
             let applies = (!when.no_ttl || current_at.is_none())
                 && (!when.has_ttl || current_at.is_some())
                 && (!when.later || current_at.is_some_and(|c| *at_ms > c))

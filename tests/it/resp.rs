@@ -163,6 +163,12 @@ fn commands_edge_cases_and_errors() {
         (&["DBSIZE"], ":4\r\n"),
         (&["SET", "", "v"], "-ERR empty keys are not supported by corekv\r\n"),
         (&["SCAN", "0"], "-ERR 'scan' is not supported by corekv yet\r\n"),
+        (
+            &["PSETEX", "k", "9223372036854775807", "v"],
+            "-ERR invalid expire time in 'psetex' command\r\n",
+        ),
+        (&["SETRANGE", "s", "99999999", ""], ":6\r\n"),
+        (&["INCRBYFLOAT", "f", "inf"], "-ERR increment would produce NaN or Infinity\r\n"),
     ];
     for (args, want) in cases {
         assert_eq!(r.call(args), *want, "{args:?}");
