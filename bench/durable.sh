@@ -26,7 +26,7 @@ port() { free_port; }
 
 echo "== 1. durable SET, 50 connections x pipeline 1, ${secs}s" >&2
 p=$(port)
-taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --listen "127.0.0.1:$p" --data-dir "$work/sync" \
+taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$p" --data-dir "$work/sync" \
   >"$work/sync.out" 2>"$work/sync.err" &
 node=$!; pids+=("$node"); wait_ready "$work/sync.out"
 t0=$(ticks "$node"); s0=$(date +%s.%N)
@@ -60,7 +60,7 @@ printf '%-28s %10s %8s %8s %9s %5s\n' "redis appendfsync always" "$rps" "$a" "$b
 
 echo "== 2. recovery and memory, $keys keys" >&2
 p=$(port)
-taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --listen "127.0.0.1:$p" --data-dir "$work/big" \
+taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$p" --data-dir "$work/big" \
   --durability periodic >"$work/big.out" 2>"$work/big.err" &
 node=$!; pids+=("$node"); wait_ready "$work/big.out"
 taskset -c 1 "$bin/corekv-loadgen" --addr "127.0.0.1:$p" --keys "$keys" --preload --mix set=1 \
@@ -69,14 +69,14 @@ rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node/status")
 kill "$node"; wait "$node" 2>/dev/null || true
 disk=$(du -sb "$work/big" | awk '{print $1}')
 s0=$(date +%s.%N)
-taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --listen "127.0.0.1:$p" --data-dir "$work/big" \
+taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$p" --data-dir "$work/big" \
   >"$work/big2.out" 2>"$work/big2.err" &
 node=$!; pids+=("$node"); wait_ready "$work/big2.out"
 s1=$(date +%s.%N)
 rss2_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node/status")
 kill "$node"; wait "$node" 2>/dev/null || true
 # Values on disk only: nothing cached, every GET reads its record with direct I/O.
-taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --listen "127.0.0.1:$p" --data-dir "$work/big" \
+taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$p" --data-dir "$work/big" \
   --cache-bytes 0 >"$work/big3.out" 2>"$work/big3.err" &
 node=$!; pids+=("$node"); wait_ready "$work/big3.out"
 rss3_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node/status")
@@ -97,7 +97,7 @@ printf '\n%-16s %10s %8s %8s %9s %9s %10s\n' compaction ops_per_sec p50_us p99_u
 for mode in on off; do
   ratio=0.5; [ "$mode" = off ] && ratio=0.000001
   p=$(port)
-  taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --listen "127.0.0.1:$p" --data-dir "$work/c-$mode" \
+  taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$p" --data-dir "$work/c-$mode" \
     --segment-bytes-max 8388608 --compaction-live-ratio "$ratio" \
     >"$work/c-$mode.out" 2>"$work/c-$mode.err" &
   node=$!; pids+=("$node"); wait_ready "$work/c-$mode.out"

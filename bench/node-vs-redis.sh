@@ -25,7 +25,7 @@ bin=target/release
 
 # ---- corekv
 port=$(free_port)
-taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --listen "127.0.0.1:$port" --data-dir "$work/data" \
+taskset -c 0 "$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$port" --data-dir "$work/data" \
   >"$work/node.out" 2>"$work/node.err" &
 node=$!; pids+=("$node")
 for _ in $(seq 100); do grep -q ready "$work/node.out" 2>/dev/null && break; sleep 0.05; done

@@ -28,7 +28,7 @@ start_server() { # name -> sets server_pid, server_port
     redis) taskset -c 0 redis-server --port "$server_port" --bind 127.0.0.1 --save "" --appendonly no \
              >"$work/redis.log" 2>&1 &
            server_pid=$!; wait_port "$server_port" ;;
-    corekv) taskset -c 0 "$bin/corekv" serve --cores 1 --durability none --listen "127.0.0.1:$(free_port)" \
+    corekv) taskset -c 0 "$bin/corekv" serve --cores 1 --durability none --http-listen off --listen "127.0.0.1:$(free_port)" \
              --resp-listen "127.0.0.1:$server_port" --data-dir "$work/data" >"$work/corekv.out" 2>"$work/corekv.err" &
            server_pid=$!; wait_ready "$work/corekv.out" ;;
   esac

@@ -14,6 +14,8 @@ use serde::Deserialize;
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7379";
 /// Where redis-cli and other Redis clients connect (`off` disables it).
 pub const RESP_LISTEN_DEFAULT: &str = "127.0.0.1:7380";
+/// The HTTP admin API and Prometheus `/metrics` (`off` disables it).
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7381";
 pub const DATA_DIR_DEFAULT: &str = "corekv-data";
 /// Messages buffered per direction between two cores before senders wait (back-pressure).
 pub const MESH_CAPACITY_MESSAGES_DEFAULT: usize = 1024;
@@ -91,6 +93,10 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:7380]
     #[arg(long, value_name = "HOST:PORT|off")]
     pub resp_listen: Option<String>,
+    /// Serve the HTTP admin API (/api/*, Prometheus /metrics, /healthz) here, on every core;
+    /// `off` to disable [default: 127.0.0.1:7381]
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub http_listen: Option<String>,
     /// Size at which a core's log moves on to a new segment file (preallocated)
     /// [default: 67108864]
     #[arg(long, value_name = "BYTES")]
@@ -151,6 +157,7 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<String>,
     resp_listen: Option<String>,
+    http_listen: Option<String>,
     durability: Option<DurabilityMode>,
     fsync_interval_ms: Option<u64>,
     salvage: Option<bool>,
@@ -181,6 +188,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None`: the Redis protocol is off.
     pub resp_listen: Option<SocketAddr>,
+    /// `None`: the HTTP admin API is off.
+    pub http_listen: Option<SocketAddr>,
     pub durability: DurabilityMode,
     pub fsync_interval_ms: u64,
     pub salvage: bool,
@@ -237,6 +246,15 @@ impl Config {
             "off" => None,
             text => Some(resolve_addr(text).map_err(|r| invalid("resp_listen", text, &r))?),
         };
+        let http_text = args
+            .http_listen
+            .clone()
+            .or(file.http_listen)
+            .unwrap_or_else(|| HTTP_LISTEN_DEFAULT.to_string());
+        let http_listen = match http_text.as_str() {
+            "off" => None,
+            text => Some(resolve_addr(text).map_err(|r| invalid("http_listen", text, &r))?),
+        };
         let d = Limits::DEFAULT;
         let limits = Limits {
             key_bytes_max: args.key_bytes_max.or(file.key_bytes_max).unwrap_or(d.key_bytes_max),
@@ -253,6 +271,7 @@ impl Config {
         let config = Config {
             listen,
             resp_listen,
+            http_listen,
             durability: args.durability.or(file.durability).unwrap_or_default(),
             fsync_interval_ms: args
                 .fsync_interval_ms

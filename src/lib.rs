@@ -11,6 +11,7 @@
 //! - [`storage`]: the `Engine` seam, [`storage::MemEngine`] (index and value cache), the
 //!   write-ahead log, recovery, checkpoints.
 //! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
+//! - [`admin`]: the HTTP admin API (hyper): `/api/*` routes, Prometheus `/metrics`, health.
 //! - [`cli`]: the `corekv get|set|del|cas|ping|stats` client commands.
 //!
 //! # Dependency rule
@@ -24,6 +25,7 @@
 //! One glommio `LocalExecutor` per core, pinned. Nothing on the request path is shared
 //! between cores: no `Mutex`, no `Arc<RwLock>`; cores talk only over bounded channels.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;

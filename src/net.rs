@@ -21,6 +21,7 @@ use crate::shutdown::Shutdown;
 pub enum Protocol {
     Native,
     Resp,
+    Http,
 }
 
 /// Accepts until shutdown, spawning one task per connection on this core.
@@ -46,6 +47,10 @@ pub async fn accept_loop(
                     }
                     Protocol::Resp => {
                         glommio::spawn_local(resp::serve(core, stream, shutdown)).detach();
+                    }
+                    Protocol::Http => {
+                        let serve = crate::admin::serve(core, stream, shutdown);
+                        glommio::spawn_local(serve).detach();
                     }
                 }
             }

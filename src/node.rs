@@ -69,18 +69,8 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         .local_addr()
         .and_then(|a| a.as_socket().ok_or_else(|| std::io::Error::other("not an IP address")))
         .map_err(|source| listen_err(config.listen, source))?;
-    let reserved_resp = config.resp_listen.map(reserve_port).transpose()?;
-    let resp = match (&reserved_resp, config.resp_listen) {
-        (Some(socket), Some(asked)) => Some(
-            socket
-                .local_addr()
-                .and_then(|a| {
-                    a.as_socket().ok_or_else(|| std::io::Error::other("not an IP address"))
-                })
-                .map_err(|source| listen_err(asked, source))?,
-        ),
-        _ => None,
-    };
+    let (reserved_resp, resp) = reserve_optional(config.resp_listen)?;
+    let (reserved_http, http) = reserve_optional(config.http_listen)?;
     if let Some(base) = config.shard_ports.filter(|&b| b != 0) {
         for i in 0..cores {
             let port = u16::try_from(usize::from(base) + i).map_err(|_| NodeError::Listen {
@@ -105,6 +95,8 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         partitions: config.partitions,
         limits: config.limits,
         partial_frame_timeout_ms: config.partial_frame_timeout_ms,
+        data_dir: config.data_dir.clone(),
+        durability: format!("{:?}", config.durability).to_lowercase(),
     });
     let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
     let draining = Arc::new(AtomicUsize::new(cores));
@@ -116,6 +108,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
             cores,
             listen,
             resp,
+            http,
             node: node.clone(),
             meshes: meshes.clone(),
             stop: stop.clone(),
@@ -166,6 +159,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     }
     drop(reserved);
     drop(reserved_resp);
+    drop(reserved_http);
 
     let topology = TopologyInfo {
         node_id: config.node_id.clone().unwrap_or_else(|| listen.to_string()),
@@ -176,10 +170,13 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     };
     let _ = node.topology.set(topology);
     let ports: Vec<String> = shard_ports.iter().map(u16::to_string).collect();
+    let off = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     println!(
-        "corekv ready native={listen} shard_ports={} resp={} cores={cores} data_dir={} pid={}",
+        "corekv ready native={listen} shard_ports={} resp={} http={} cores={cores} data_dir={} \
+         pid={}",
         if config.shard_ports.is_some() { ports.join(",") } else { "off".into() },
-        resp.map_or("off".to_string(), |a| a.to_string()),
+        off(resp),
+        off(http),
         config.data_dir.display(),
         std::process::id()
     );
@@ -213,6 +210,7 @@ struct CoreBoot {
     cores: usize,
     listen: SocketAddr,
     resp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     node: Arc<NodeInfo>,
     meshes: MeshBuilders,
     stop: Arc<AtomicBool>,
@@ -233,7 +231,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         }
     };
     let listeners = bind_listeners(&boot, index);
-    let (main_listener, shard_listener, resp_listener) = match listeners {
+    let (main_listener, shard_listener, resp_listener, http_listener) = match listeners {
         Ok(l) => l,
         Err(e) => {
             let _ =
@@ -287,6 +285,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         Some((main_listener, Protocol::Native)),
         shard_listener.map(|l| (l, Protocol::Native)),
         resp_listener.map(|l| (l, Protocol::Resp)),
+        http_listener.map(|l| (l, Protocol::Http)),
     ];
     for (listener, protocol) in listeners.into_iter().flatten() {
         let accept = crate::net::accept_loop(core.clone(), listener, protocol, local_stop.clone());
@@ -403,8 +402,9 @@ fn check_layout(dir: &Path, cores: usize, partitions: u32) -> Result<(), NodeErr
     }
 }
 
-/// This core's listeners: the shared native port, its own shard port, the shared Redis port.
-type Listeners = (TcpListener, Option<TcpListener>, Option<TcpListener>);
+/// This core's listeners: the shared native port, its own shard port, the shared Redis and
+/// HTTP ports.
+type Listeners = (TcpListener, Option<TcpListener>, Option<TcpListener>, Option<TcpListener>);
 
 fn bind_listeners(boot: &CoreBoot, index: usize) -> Result<Listeners, String> {
     let main = TcpListener::bind(boot.listen)
@@ -417,13 +417,13 @@ fn bind_listeners(boot: &CoreBoot, index: usize) -> Result<Listeners, String> {
             Some(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
         }
     };
-    let resp = match boot.resp {
-        None => None,
+    let bind = |addr: Option<SocketAddr>| match addr {
+        None => Ok(None),
         Some(addr) => {
-            Some(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
+            TcpListener::bind(addr).map(Some).map_err(|e| format!("cannot listen on {addr}: {e}"))
         }
     };
-    Ok((main, shard, resp))
+    Ok((main, shard, bind(boot.resp)?, bind(boot.http)?))
 }
 
 /// Checkpoints when the log written since the last checkpoint exceeds that checkpoint's size
@@ -514,6 +514,20 @@ fn abort_on_panic() {
         eprintln!("corekv: aborting after a panic (a bug: please report it with the lines above)");
         std::process::abort();
     }));
+}
+
+/// Reserves an optional listen address (the Redis and HTTP ports): the socket that holds it
+/// during boot, and the address it resolved to (port 0 becomes a free port).
+fn reserve_optional(
+    asked: Option<SocketAddr>,
+) -> Result<(Option<socket2::Socket>, Option<SocketAddr>), NodeError> {
+    let Some(asked) = asked else { return Ok((None, None)) };
+    let socket = reserve_port(asked)?;
+    let addr = socket
+        .local_addr()
+        .and_then(|a| a.as_socket().ok_or_else(|| std::io::Error::other("not an IP address")))
+        .map_err(|source| listen_err(asked, source))?;
+    Ok((Some(socket), Some(addr)))
 }
 
 fn listen_err(addr: SocketAddr, source: std::io::Error) -> NodeError {

@@ -19,6 +19,7 @@
 //! (`partition % cores`); a core's index is its peer id in the mesh.
 
 pub mod mesh;
+pub mod metrics;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -52,6 +53,7 @@ pub struct Counters {
     pub fetches: Cell<u64>,
     pub compacted_bytes: Cell<u64>,
     pub segments_removed: Cell<u64>,
+    pub metrics: metrics::Metrics,
 }
 
 fn bump(c: &Cell<u64>) {
@@ -99,6 +101,9 @@ pub struct NodeInfo {
     pub partitions: u32,
     pub limits: Limits,
     pub partial_frame_timeout_ms: u64,
+    pub data_dir: std::path::PathBuf,
+    /// The node's durability mode, as the flag says it (sync, periodic, none).
+    pub durability: String,
 }
 
 /// A forwarded request waiting for its answer.
@@ -490,6 +495,7 @@ impl Core {
                 (Done::Many(replies), last.filter(|_| wait))
             }
             Work::Stats => (Done::Stats(self.core_stats()), None),
+            Work::Metrics => (Done::Metrics(Box::new(self.metrics_snapshot())), None),
             Work::Checkpoint | Work::Backup(_) => {
                 debug_assert!(false, "admin work is run by run_admin");
                 (Done::Admin(Err("admin work on the synchronous path".into())), None)
@@ -782,6 +788,30 @@ impl Core {
             segments_removed: c.segments_removed.get(),
             ttl_keys: e.ttl_keys,
         }
+    }
+
+    /// This core's metrics, with its stats and its log's histograms.
+    pub fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let (fsync, batch) = match &self.wal {
+            Some(w) => w.histograms(),
+            None => (metrics::histogram(), metrics::histogram()),
+        };
+        self.counters.metrics.snapshot(self.core_stats(), fsync, batch)
+    }
+
+    /// Every core's metrics, merged (for a scrape).
+    pub async fn node_metrics(&self) -> Result<metrics::Snapshot, Reply> {
+        let tokens = self.forward_to_others(|| Work::Metrics).await;
+        let mut merged = self.metrics_snapshot();
+        let mut failed = None;
+        for token in tokens {
+            match self.answer(token).await {
+                Done::Metrics(s) => merged.merge(*s),
+                Done::One(reply) => failed = failed.or(Some(reply)),
+                other => failed = failed.or(Some(unexpected(other))),
+            }
+        }
+        failed.map_or(Ok(merged), Err)
     }
 
     /// Sends `work()` to every other core; the tokens their answers will be filed under.

@@ -16,16 +16,17 @@ fi
 step() { printf '\n== %s\n' "$*"; }
 
 # The Redis-protocol tests drive corekv with redis-cli and redis-py, and compare it with a real
-# redis-server: install what is missing (Debian packages, PyPI).
+# redis-server; the HTTP tests parse /metrics with prometheus-client: install what is missing
+# (Debian packages, PyPI).
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   step "installing redis-server and redis-tools (Debian)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools
   # The package starts a server on 6379; the tests start their own on free ports.
   (service redis-server stop || pkill -x redis-server) >/dev/null 2>&1 || true
 fi
-if ! python3 -c 'import redis' 2>/dev/null; then
-  step "installing redis-py (PyPI)"
-  python3 -m pip install --quiet redis
+if ! python3 -c 'import redis, prometheus_client' 2>/dev/null; then
+  step "installing redis-py and prometheus-client (PyPI)"
+  python3 -m pip install --quiet redis prometheus-client
 fi
 
 step "format"

@@ -34,6 +34,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
+use crate::shard::metrics::{OP_OTHER, op_index, result_index};
 use crate::shard::{Core, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
@@ -78,7 +79,9 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut output = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut encoder = Encoder::new();
-    let mut slots: Vec<(u64, Slot)> = Vec::with_capacity(64);
+    // (request id, slot, operation kind and start time for metrics)
+    let mut slots: Vec<(u64, Slot, usize, Instant)> = Vec::with_capacity(64);
+    let metrics = &core.counters.metrics;
     // When the frame at the head of `input` started arriving, if it is incomplete.
     let mut partial_since: Option<Instant> = None;
     loop {
@@ -88,16 +91,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             match take_frame(&mut input, limits.frame_bytes_max) {
                 Ok(Some(frame)) => {
                     partial_since = None;
+                    let started = Instant::now();
                     match decode_request(&frame, &limits) {
                         Ok(request) => {
+                            let kind = op_index(&request.op);
                             // Per request: a dispatch may have waited on a full mesh.
                             let slot =
                                 core.dispatch(request.op, request.durability, now_ms()).await;
-                            slots.push((request.id, slot));
+                            slots.push((request.id, slot, kind, started));
                         }
                         Err(e) => {
                             let reply = Reply::error(e.code, e.message);
-                            slots.push((e.id.unwrap_or(0), Slot::Ready(reply)));
+                            slots.push((e.id.unwrap_or(0), Slot::Ready(reply), OP_OTHER, started));
                             if e.fatal {
                                 close = true;
                                 break;
@@ -111,23 +116,27 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                         FrameError::TooLarge { .. } => ErrorCode::TooLarge,
                         FrameError::TooShort { .. } => ErrorCode::BadRequest,
                     };
-                    slots.push((0, Slot::Ready(Reply::error(code, e.to_string()))));
+                    let reply = Slot::Ready(Reply::error(code, e.to_string()));
+                    slots.push((0, reply, OP_OTHER, Instant::now()));
                     close = true;
                     break;
                 }
             }
         }
         if !slots.is_empty() {
-            for (id, slot) in slots.drain(..) {
+            for (id, slot, kind, started) in slots.drain(..) {
                 let reply = core.resolve(slot).await;
+                metrics.record(kind, started, result_index(&reply));
                 encoder.response(id, &reply, &mut output);
                 if output.len() >= OUTPUT_FLUSH_BYTES {
+                    metrics.add_out(output.len());
                     if stream.write_all(&output).await.is_err() {
                         return;
                     }
                     output.clear();
                 }
             }
+            metrics.add_out(output.len());
             if stream.write_all(&output).await.is_err() {
                 return;
             }
@@ -149,7 +158,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             fill(&mut stream, &mut chunk, &mut input, &mut partial_since, timeout_ms, &shutdown)
                 .await;
         match outcome {
-            ReadOutcome::Data(_) => {}
+            ReadOutcome::Data(n) => metrics.add_in(n),
             ReadOutcome::Shutdown | ReadOutcome::Closed if input.is_empty() => return,
             // Part of a frame is left: say why we close, if the peer still listens.
             ReadOutcome::Shutdown => {

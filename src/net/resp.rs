@@ -26,6 +26,7 @@ use crate::resp::command::{self, Plan, Render, Session, StatsView};
 use crate::resp::out;
 use crate::resp::parse::{self, ProtocolError};
 use crate::resp::rmw::{self, Rmw, Step, Ttl};
+use crate::shard::metrics::{OP_OTHER, OP_RMW, op_index, result_index, rss_bytes};
 use crate::shard::{Core, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
@@ -44,8 +45,9 @@ enum Pending {
     Stats(Slot, StatsView),
 }
 
-/// A pending reply, and whether it goes out in RESP3 (as of when the command was read).
-type Queued = (Pending, bool);
+/// A pending reply, whether it goes out in RESP3 (as of when the command was read), and the
+/// operation kind and start time for metrics.
+type Queued = (Pending, bool, usize, Instant);
 
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>) {
     let _gauge = ConnectionGauge::new(core.clone());
@@ -71,6 +73,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     let mut pending: Vec<Queued> = Vec::with_capacity(64);
     let mut reply = Vec::new();
     let mut partial_since: Option<Instant> = None;
+    let metrics = &core.counters.metrics;
     loop {
         glommio::yield_if_needed().await;
         let mut close = false;
@@ -81,7 +84,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 Err(ProtocolError(message)) => {
                     let reply =
                         out::with(|o| out::error(o, &format!("ERR Protocol error: {message}")));
-                    pending.push((Pending::Ready(reply), session.resp3));
+                    pending.push((Pending::Ready(reply), session.resp3, OP_OTHER, Instant::now()));
                     close = true;
                     break;
                 }
@@ -91,51 +94,67 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 continue;
             }
             let now = now_ms();
-            let next = match command::plan(args, &mut session, &limits, now) {
-                Plan::Reply(reply) => Pending::Ready(reply),
+            let started = Instant::now();
+            let (next, kind) = match command::plan(args, &mut session, &limits, now) {
+                Plan::Reply(reply) => (Pending::Ready(reply), OP_OTHER),
                 Plan::Op(op, render) => {
+                    let kind = op_index(&op);
                     let slot = core.dispatch(op, Durability::Default, now).await;
-                    Pending::Slot(slot, render)
+                    (Pending::Slot(slot, render), kind)
                 }
-                Plan::Rmw(key, rmw) => Pending::Ready(
-                    read_modify_write(&core, key, &rmw, limits.value_bytes_max).await,
-                ),
+                Plan::Rmw(key, rmw) => {
+                    let reply = read_modify_write(&core, key, &rmw, limits.value_bytes_max).await;
+                    (Pending::Ready(reply), OP_RMW)
+                }
                 Plan::Stats(view) => {
                     let slot = core.dispatch(Op::Stats, Durability::Default, now).await;
-                    Pending::Stats(slot, view)
+                    (Pending::Stats(slot, view), OP_OTHER)
                 }
                 Plan::Quit => {
-                    pending.push((Pending::Ready(out::with(out::ok)), session.resp3));
+                    let ok = Pending::Ready(out::with(out::ok));
+                    pending.push((ok, session.resp3, OP_OTHER, started));
                     close = true;
                     break;
                 }
             };
-            pending.push((next, session.resp3));
+            pending.push((next, session.resp3, kind, started));
         }
         if !pending.is_empty() {
-            for (p, resp3) in pending.drain(..) {
+            for (p, resp3, kind, started) in pending.drain(..) {
                 // RESP2 replies go straight into the output; RESP3 ones through a conversion.
                 let into = if resp3 { &mut reply } else { &mut output };
-                match p {
-                    Pending::Ready(r) => into.extend_from_slice(&r),
+                let result = match p {
+                    Pending::Ready(r) => {
+                        into.extend_from_slice(&r);
+                        if r.first() == Some(&b'-') { 2 } else { 0 }
+                    }
                     Pending::Slot(slot, render) => {
-                        command::render(render, core.resolve(slot).await, into);
+                        let native = core.resolve(slot).await;
+                        let result = result_index(&native);
+                        command::render(render, native, into);
+                        result
                     }
                     Pending::Stats(slot, view) => {
-                        render_stats(&core, &session, view, core.resolve(slot).await, into);
+                        let native = core.resolve(slot).await;
+                        let result = result_index(&native);
+                        render_stats(&core, &session, view, native, into);
+                        result
                     }
-                }
+                };
+                metrics.record(kind, started, result);
                 if resp3 {
                     out::to_resp3(&reply, &mut output);
                     reply.clear();
                 }
                 if output.len() >= OUTPUT_FLUSH_BYTES {
+                    metrics.add_out(output.len());
                     if stream.write_all(&output).await.is_err() {
                         return;
                     }
                     output.clear();
                 }
             }
+            metrics.add_out(output.len());
             if stream.write_all(&output).await.is_err() {
                 return;
             }
@@ -153,7 +172,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             fill(&mut stream, &mut chunk, &mut input, &mut partial_since, timeout_ms, &shutdown)
                 .await;
         match outcome {
-            ReadOutcome::Data(_) => {}
+            ReadOutcome::Data(n) => metrics.add_in(n),
             ReadOutcome::Closed => return,
             ReadOutcome::Shutdown if input.is_empty() => return,
             ReadOutcome::Shutdown => {
@@ -322,12 +341,4 @@ fn info(core: &Core, session: &Session, stats: &StatsInfo, sections: &[String]) 
     };
     section("keyspace", "Keyspace", db0);
     text
-}
-
-/// This process's resident memory (for INFO), from /proc.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
 }

@@ -19,6 +19,8 @@ pub enum Work {
     /// Part of a batch: the ops of one batch owned by the target, in batch order.
     Many(Vec<Op>, bool),
     Stats,
+    /// This core's metrics (for a scrape).
+    Metrics,
     /// Admin: checkpoint now.
     Checkpoint,
     /// Admin: checkpoint, then copy this core's checkpoint and log into the directory.
@@ -31,6 +33,7 @@ impl Work {
             Work::One(..) => "one",
             Work::Many(..) => "many",
             Work::Stats => "stats",
+            Work::Metrics => "metrics",
             Work::Checkpoint => "checkpoint",
             Work::Backup(_) => "backup",
         }
@@ -41,6 +44,7 @@ pub enum Done {
     One(Reply),
     Many(Vec<Reply>),
     Stats(CoreStats),
+    Metrics(Box<super::metrics::Snapshot>),
     /// Records and bytes an admin operation wrote on that core, or why it failed.
     Admin(Result<(u64, u64), String>),
 }
@@ -51,6 +55,7 @@ impl Done {
             Done::One(_) => "one",
             Done::Many(_) => "many",
             Done::Stats(_) => "stats",
+            Done::Metrics(_) => "metrics",
             Done::Admin(_) => "admin",
         }
     }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use event_listener::Event;
 use glommio::io::{DmaFile, OpenOptions};
+use hdrhistogram::Histogram;
 
 use super::record::{self, Loc, Mutation};
 
@@ -153,6 +154,9 @@ pub struct Wal {
     /// takes its own `Rc`, so a segment removed by compaction meanwhile stays readable.
     files: RefCell<BTreeMap<u64, Rc<DmaFile>>>,
     stats: Cell<WalStats>,
+    /// fdatasync duration (µs) and records made durable per sync, for metrics.
+    sync_us: RefCell<Histogram<u64>>,
+    sync_records: RefCell<Histogram<u64>>,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -215,6 +219,8 @@ impl Wal {
             segment: Cell::new(0),
             files: RefCell::new(BTreeMap::new()),
             stats: Cell::new(WalStats::default()),
+            sync_us: RefCell::new(sync_histogram()),
+            sync_records: RefCell::new(sync_histogram()),
         })
     }
 
@@ -236,6 +242,11 @@ impl Wal {
 
     pub fn stats(&self) -> WalStats {
         self.stats.get()
+    }
+
+    /// fdatasync duration (µs) and records per sync since start.
+    pub fn histograms(&self) -> (Histogram<u64>, Histogram<u64>) {
+        (self.sync_us.borrow().clone(), self.sync_records.borrow().clone())
     }
 
     /// Whether an acknowledgement must wait for [`Wal::wait`] (sync mode).
@@ -385,8 +396,13 @@ impl Wal {
     /// Makes everything written to `file` so far durable, then acknowledges records up to
     /// `upto`, which end at `pos`.
     async fn sync_and_ack(self: Rc<Self>, file: Rc<DmaFile>, upto: u64, pos: (u64, u64)) {
+        let started = std::time::Instant::now();
         match file.fdatasync().await {
             Ok(()) => {
+                let us = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                let _ = self.sync_us.borrow_mut().record(us);
+                let records = upto.saturating_sub(self.durable_seq.get()).max(1);
+                let _ = self.sync_records.borrow_mut().record(records.min(10_000_000));
                 let mut s = self.stats.get();
                 s.records += upto.saturating_sub(self.durable_seq.get());
                 self.stats.set(s);
@@ -583,6 +599,11 @@ async fn probe_polled_io(dir: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let file = opened.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
     file.close().await.map_err(std::io::Error::from)
+}
+
+/// For fsync durations (µs, up to a minute) and records per sync (up to 10M).
+fn sync_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
 }
 
 /// Nothing is left to write: no pending bytes and no segment cut waiting.

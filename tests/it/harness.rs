@@ -21,8 +21,9 @@ use corekv_schema::frame::take_frame;
 pub struct Node {
     pub child: Option<Child>,
     pub addr: SocketAddr,
-    /// The Redis-protocol port (tests always turn it on, on a free port).
+    /// The Redis-protocol and HTTP ports (tests always turn them on, on free ports).
     pub resp: SocketAddr,
+    pub http: SocketAddr,
     pub shard_ports: Vec<u16>,
     pub dir: NodeDir,
     pub stderr_path: PathBuf,
@@ -86,6 +87,7 @@ impl Node {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             resp: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
             shard_ports: vec![],
             dir,
             stderr_path,
@@ -101,6 +103,9 @@ impl Node {
             }
             if let Some(a) = field.strip_prefix("resp=") {
                 node.resp = a.parse().expect("resp addr");
+            }
+            if let Some(a) = field.strip_prefix("http=") {
+                node.http = a.parse().expect("http addr");
             }
             if let Some(p) = field.strip_prefix("shard_ports=")
                 && p != "off"
@@ -188,7 +193,8 @@ fn spawn_serve(dir: &Path, stderr_path: &Path, extra: &[&str]) -> (Child, mpsc::
     let stderr = std::fs::File::create(stderr_path).expect("stderr file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_corekv"))
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--shard-ports", "0", "--resp-listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--shard-ports", "0"])
+        .args(["--resp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         // Small segments: tests roll segments often, and boots do not preallocate 64 MiB.
         .args(["--segment-bytes-max", "1048576"])
         .arg("--data-dir")

@@ -8,6 +8,7 @@ mod compaction;
 mod durability;
 mod enospc;
 mod harness;
+mod http;
 mod lifecycle;
 mod ops;
 mod pipeline;

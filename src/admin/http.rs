@@ -1,0 +1,474 @@
+//! The routes of the HTTP admin API. Bodies and answers are JSON; values are UTF-8 strings,
+//! or base64 with `"encoding": "base64"` (in a request, it applies to the key and every value;
+//! in an answer, a value that is not UTF-8 comes back as base64 with that field set).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/set` `{key, value, ttl?, ttl_ms?, encoding?}` | `{success, version}` |
+//! | `GET /api/get/{key}` | `{key, value, ttl, ttl_ms, version, encoding}`, 404 when absent |
+//! | `DELETE /api/delete/{key}` | `{success}`, 404 when absent |
+//! | `POST /api/compare_and_set` `{key, old_value, new_value, ttl?}` | `{success, version}` |
+//! | `GET /api/nodes/status` | this node: cores, keys, memory, disk, health |
+//! | `GET /api/metrics` | throughput and latency percentiles per operation |
+//! | `GET /api/replication/status` | replication is off on a single node |
+//! | `POST /api/nodes/add`, `DELETE /api/nodes/remove/{id}` | 409: no cluster yet |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz`, `GET /readyz` | 200 or 503 |
+//!
+//! Keys in paths are percent-encoded. Malformed JSON gets 400 with the parser's reason.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use corekv_schema::codec::{Durability, ErrorCode, Expected, Op, Reply, SetOp, WireError};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::prometheus;
+use crate::shard::metrics::{OPS, RESULTS, Snapshot, op_index, result_index, rss_bytes};
+use crate::shard::{Core, now_ms};
+
+type Answer = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_answer(status: StatusCode, body: Value) -> Answer {
+    respond(status, "application/json", body.to_string())
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Answer {
+    json_answer(status, json!({ "success": false, "error": message.into() }))
+}
+
+/// Why a request is refused before it reaches the data: a status and a reason.
+type Refusal = (StatusCode, String);
+
+fn refused((status, reason): Refusal) -> Answer {
+    error(status, reason)
+}
+
+/// The HTTP status for a native error.
+fn status_of(e: &WireError) -> StatusCode {
+    match e.code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::ConditionFailed => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["healthz"]) => health(core).await,
+        (&Method::GET, ["readyz"]) => ready(core),
+        (&Method::GET, ["metrics"]) => match core.node_metrics().await {
+            Ok(s) => {
+                let text = prometheus::render(&s, uptime_s(core), rss_bytes(), disk_free(core).0);
+                respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+            }
+            Err(reply) => error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
+        },
+        (&Method::POST, ["api", "set"]) => match body_json(request, core).await {
+            Ok(body) => set(core, &body).await,
+            Err(refusal) => refused(refusal),
+        },
+        (&Method::POST, ["api", "compare_and_set"]) => match body_json(request, core).await {
+            Ok(body) => compare_and_set(core, &body).await,
+            Err(refusal) => refused(refusal),
+        },
+        (&Method::GET, ["api", "get", key]) => match percent_decode(key) {
+            Some(key) => get(core, key).await,
+            None => error(StatusCode::BAD_REQUEST, "the key is not validly percent-encoded"),
+        },
+        (&Method::DELETE, ["api", "delete", key]) => match percent_decode(key) {
+            Some(key) => delete(core, key).await,
+            None => error(StatusCode::BAD_REQUEST, "the key is not validly percent-encoded"),
+        },
+        (&Method::GET, ["api", "nodes", "status"]) => status(core).await,
+        (&Method::GET, ["api", "metrics"]) => match core.node_metrics().await {
+            Ok(s) => json_answer(StatusCode::OK, metrics_json(&s, uptime_s(core))),
+            Err(reply) => error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
+        },
+        (&Method::GET, ["api", "replication", "status"]) => json_answer(
+            StatusCode::OK,
+            json!({
+                "replication": "off",
+                "reason": "this node runs without a cluster; every key has one copy",
+                "node_id": node_id(core),
+            }),
+        ),
+        (&Method::POST, ["api", "nodes", "add"])
+        | (&Method::DELETE, ["api", "nodes", "remove", _]) => error(
+            StatusCode::CONFLICT,
+            "this node runs without a cluster: nodes cannot be added or removed yet",
+        ),
+        (_, ["healthz" | "readyz" | "metrics"])
+        | (_, ["api", "set" | "compare_and_set" | "get" | "delete", ..])
+        | (_, ["api", "nodes" | "metrics" | "replication", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+    }
+}
+
+/// Reads a JSON object body, at most a frame's worth of bytes.
+async fn body_json(request: Request<Incoming>, core: &Core) -> Result<Value, Refusal> {
+    let limit = core.limits.frame_bytes_max;
+    let bytes = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("body refused: {e}")));
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err((StatusCode::BAD_REQUEST, "the body must be a JSON object".into())),
+        Err(e) => Err((StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))),
+    }
+}
+
+/// A string field of `body`, decoded per the body's `encoding`.
+fn field(body: &Value, name: &str) -> Result<Bytes, Refusal> {
+    let Some(text) = body.get(name).and_then(Value::as_str) else {
+        return Err((StatusCode::BAD_REQUEST, format!("'{name}' must be a string")));
+    };
+    match body.get("encoding").and_then(Value::as_str) {
+        None | Some("utf8" | "utf-8") => Ok(Bytes::copy_from_slice(text.as_bytes())),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("'{name}' is not base64: {e}"))),
+        Some(other) => {
+            Err((StatusCode::BAD_REQUEST, format!("unknown encoding '{other}' (utf8 or base64)")))
+        }
+    }
+}
+
+/// `ttl` (seconds) or `ttl_ms`; 0 or absent: no expiry.
+fn ttl_ms(body: &Value) -> Result<u64, Refusal> {
+    let bad =
+        |name: &str| (StatusCode::BAD_REQUEST, format!("'{name}' must be a non-negative integer"));
+    match (body.get("ttl"), body.get("ttl_ms")) {
+        (Some(_), Some(_)) => {
+            Err((StatusCode::BAD_REQUEST, "give 'ttl' or 'ttl_ms', not both".into()))
+        }
+        (Some(v), None) if !v.is_null() => {
+            v.as_u64().map(|s| s.saturating_mul(1000)).ok_or_else(|| bad("ttl"))
+        }
+        (None, Some(v)) if !v.is_null() => v.as_u64().ok_or_else(|| bad("ttl_ms")),
+        _ => Ok(0),
+    }
+}
+
+fn check_sizes(core: &Core, key: &[u8], value: &[u8]) -> Result<(), Refusal> {
+    let l = &core.limits;
+    if key.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "the key is empty".into()));
+    }
+    if key.len() > l.key_bytes_max || value.len() > l.value_bytes_max {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "key of {} bytes or value of {} bytes over the limits ({}, {})",
+                key.len(),
+                value.len(),
+                l.key_bytes_max,
+                l.value_bytes_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one operation, counted in the metrics like one from any other protocol.
+async fn run(core: &Core, op: Op) -> Reply {
+    let (kind, started) = (op_index(&op), std::time::Instant::now());
+    let reply = core.resolve(core.dispatch(op, Durability::Default, now_ms()).await).await;
+    core.counters.metrics.record(kind, started, result_index(&reply));
+    reply
+}
+
+async fn set(core: &Core, body: &Value) -> Answer {
+    let parsed = (|| {
+        let (key, value) = (field(body, "key")?, field(body, "value")?);
+        check_sizes(core, &key, &value)?;
+        Ok::<_, Refusal>((key, value, ttl_ms(body)?))
+    })();
+    let (key, value, ttl_ms) = match parsed {
+        Ok(p) => p,
+        Err(refusal) => return refused(refusal),
+    };
+    match run(core, Op::Set(SetOp { key, value, ttl_ms, ..SetOp::default() })).await {
+        Reply::Written { version } => {
+            json_answer(StatusCode::OK, json!({ "success": true, "version": version }))
+        }
+        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
+        other => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
+        }
+    }
+}
+
+async fn compare_and_set(core: &Core, body: &Value) -> Answer {
+    let parsed = (|| {
+        let (key, old, new) =
+            (field(body, "key")?, field(body, "old_value")?, field(body, "new_value")?);
+        check_sizes(core, &key, &new)?;
+        Ok::<_, Refusal>((key, old, new, ttl_ms(body)?))
+    })();
+    let (key, old, new, ttl_ms) = match parsed {
+        Ok(p) => p,
+        Err(refusal) => return refused(refusal),
+    };
+    let op = Op::Cas { key, expected: Expected::Value(old), new_value: new, ttl_ms };
+    match run(core, op).await {
+        Reply::Written { version } => {
+            json_answer(StatusCode::OK, json!({ "success": true, "version": version }))
+        }
+        Reply::Error(e) if e.code == ErrorCode::ConditionFailed => json_answer(
+            StatusCode::OK,
+            json!({
+                "success": false,
+                "reason": "the current value is not old_value (or the key is absent)",
+                "current_version": e.current_version,
+            }),
+        ),
+        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
+        other => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
+        }
+    }
+}
+
+/// A string for JSON: UTF-8 as is, anything else base64 (and the encoding says so).
+fn text_or_base64(b: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (s.to_string(), "utf8"),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(b), "base64"),
+    }
+}
+
+async fn get(core: &Core, key: Bytes) -> Answer {
+    match run(core, Op::Get { key: key.clone() }).await {
+        Reply::Value { value, version, ttl_ms } => {
+            let (value, value_encoding) = text_or_base64(&value);
+            let (key, key_encoding) = text_or_base64(&key);
+            let encoding = if value_encoding == "base64" || key_encoding == "base64" {
+                "base64"
+            } else {
+                "utf8"
+            };
+            let (key, value) = if encoding == "base64" {
+                let b = base64::engine::general_purpose::STANDARD;
+                let raw_key = if key_encoding == "base64" { key } else { b.encode(key.as_bytes()) };
+                let raw_value =
+                    if value_encoding == "base64" { value } else { b.encode(value.as_bytes()) };
+                (raw_key, raw_value)
+            } else {
+                (key, value)
+            };
+            json_answer(
+                StatusCode::OK,
+                json!({
+                    "key": key,
+                    "value": value,
+                    "encoding": encoding,
+                    "version": version,
+                    "ttl": ttl_ms.map(|t| t.div_ceil(1000)),
+                    "ttl_ms": ttl_ms,
+                }),
+            )
+        }
+        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
+        other => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
+        }
+    }
+}
+
+async fn delete(core: &Core, key: Bytes) -> Answer {
+    let op = Op::Delete { key, condition: corekv_schema::codec::Condition::Always };
+    match run(core, op).await {
+        Reply::Deleted { version } => {
+            json_answer(StatusCode::OK, json!({ "success": true, "version": version }))
+        }
+        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
+        other => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
+        }
+    }
+}
+
+fn node_id(core: &Core) -> String {
+    core.node.topology.get().map(|t| t.node_id.clone()).unwrap_or_default()
+}
+
+fn uptime_s(core: &Core) -> f64 {
+    core.node.started.elapsed().as_secs_f64()
+}
+
+fn reply_text(reply: &Reply) -> String {
+    match reply {
+        Reply::Error(e) => e.message.to_string(),
+        other => other.name().to_string(),
+    }
+}
+
+/// (free, total) bytes of the data directory's filesystem.
+fn disk_free(core: &Core) -> (u64, u64) {
+    match nix::sys::statvfs::statvfs(&core.node.data_dir) {
+        Ok(v) => {
+            let block = v.fragment_size();
+            (v.blocks_available() * block, v.blocks() * block)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+/// Log failures on any core, as "core N: why".
+fn log_errors(s: &Snapshot) -> Vec<String> {
+    s.cores
+        .iter()
+        .filter(|c| !c.log_error.is_empty())
+        .map(|c| format!("core {}: {}", c.core, c.log_error))
+        .collect()
+}
+
+async fn health(core: &Core) -> Answer {
+    match core.node_metrics().await {
+        Ok(s) => {
+            let errors = log_errors(&s);
+            if errors.is_empty() {
+                json_answer(StatusCode::OK, json!({ "status": "ok" }))
+            } else {
+                json_answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "status": "degraded",
+                        "reason": "writes are refused",
+                        "errors": errors,
+                    }),
+                )
+            }
+        }
+        Err(reply) => error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
+    }
+}
+
+fn ready(core: &Core) -> Answer {
+    if core.node.topology.get().is_some() {
+        json_answer(StatusCode::OK, json!({ "status": "ready" }))
+    } else {
+        json_answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "starting" }))
+    }
+}
+
+async fn status(core: &Core) -> Answer {
+    let s = match core.node_metrics().await {
+        Ok(s) => s,
+        Err(reply) => return error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
+    };
+    let (free, total) = disk_free(core);
+    let errors = log_errors(&s);
+    json_answer(
+        StatusCode::OK,
+        json!({
+            "node_id": node_id(core),
+            "cores": core.cores,
+            "uptime_s": uptime_s(core),
+            "durability": core.node.durability,
+            "keys": s.sum(|c| c.keys),
+            "memory": {
+                "resident_bytes": rss_bytes(),
+                "cached_value_bytes": s.sum(|c| c.cached_bytes),
+                "key_and_value_bytes": s.sum(|c| c.value_bytes),
+            },
+            "disk": {
+                "data_dir": core.node.data_dir.display().to_string(),
+                "log_bytes": s.sum(|c| c.log_disk_bytes),
+                "live_bytes": s.sum(|c| c.log_live_bytes),
+                "free_bytes": free,
+                "total_bytes": total,
+            },
+            "connections": s.sum(|c| c.connections),
+            "health": if errors.is_empty() { "ok" } else { "degraded" },
+            "errors": errors,
+        }),
+    )
+}
+
+fn metrics_json(s: &Snapshot, uptime_s: f64) -> Value {
+    let mut ops = serde_json::Map::new();
+    for (i, op) in OPS.iter().enumerate() {
+        let h = &s.latency_us[i];
+        let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+        let mut entry = json!({
+            "count": h.len(),
+            "ops_per_sec": h.len() as f64 / uptime_s.max(1e-9),
+            "p50_us": q(0.5),
+            "p90_us": q(0.9),
+            "p99_us": q(0.99),
+            "p999_us": q(0.999),
+            "max_us": h.max(),
+        });
+        for (j, result) in RESULTS.iter().enumerate() {
+            entry[*result] = json!(s.results[i][j]);
+        }
+        ops.insert(op.to_string(), entry);
+    }
+    let f = &s.fsync_us;
+    json!({
+        "uptime_s": uptime_s,
+        "operations": ops,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "log": {
+            "fsyncs": f.len(),
+            "fsync_p50_us": if f.is_empty() { 0 } else { f.value_at_quantile(0.5) },
+            "fsync_p99_us": if f.is_empty() { 0 } else { f.value_at_quantile(0.99) },
+            "records_per_sync_mean": s.batch_records.mean(),
+        },
+    })
+}
+
+/// Decodes `%XX` escapes (and nothing else) into bytes.
+fn percent_decode(s: &str) -> Option<Bytes> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%2Fc").unwrap(), Bytes::from_static(b"a b/c"));
+        assert_eq!(percent_decode("%00%ff").unwrap(), Bytes::from_static(b"\0\xff"));
+        assert!(percent_decode("%2").is_none() && percent_decode("%zz").is_none());
+    }
+}
