@@ -496,6 +496,12 @@ impl Core {
             }
             Work::Stats => (Done::Stats(self.core_stats()), None),
             Work::Metrics => (Done::Metrics(Box::new(self.metrics_snapshot())), None),
+            // In the serving loop, not beside it: later calls from the same peer must not
+            // overtake it. The answer waits for the flush record to be durable.
+            Work::Flush => {
+                let (done, seq) = self.flush_here();
+                (done, seq.filter(|_| self.wal.as_ref().is_some_and(|w| w.acks_wait())))
+            }
             Work::Checkpoint | Work::Backup(_) => {
                 debug_assert!(false, "admin work is run by run_admin");
                 (Done::Admin(Err("admin work on the synchronous path".into())), None)
@@ -523,8 +529,32 @@ impl Core {
         done
     }
 
+    /// Deletes every key of this core, logging a flush record first; the answer and the log
+    /// record it must wait for.
+    fn flush_here(&self) -> (Done, Option<u64>) {
+        let mut log = CoreLog { wal: self.wal.as_deref(), last: None };
+        let flushed = self.engine.borrow_mut().flush(&mut log);
+        (Done::Admin(flushed.map(|keys| (keys, 0))), log.last)
+    }
+
+    /// FLUSHDB: deletes every key on every core; done when every core's flush is durable
+    /// (in sync mode). Keys written after it was asked for are not deleted.
+    pub async fn flush_all(&self) -> Reply {
+        self.admin(|| Work::Flush, "flush").await
+    }
+
     /// Runs an admin operation on this core.
     pub async fn run_admin(&self, work: Work) -> Done {
+        if matches!(work, Work::Flush) {
+            let (done, seq) = self.flush_here();
+            let waits = self.wal.as_ref().is_some_and(|w| w.acks_wait());
+            if let Some(seq) = seq.filter(|_| waits)
+                && let Err(failed) = self.durable(seq).await
+            {
+                return Done::One(failed);
+            }
+            return done;
+        }
         let result = match work {
             Work::Checkpoint => self.checkpoint().await.map(|w| (w.records, w.bytes)),
             Work::Backup(dir) => self.backup(dir).await,

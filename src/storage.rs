@@ -119,6 +119,10 @@ pub trait Engine {
     /// covers it; its live bytes come from the checkpoint's index records).
     fn note_segment(&mut self, segment: u64, bytes: u64);
 
+    /// Deletes every key (FLUSHDB), logging one flush record through `log` first; returns how
+    /// many keys there were.
+    fn flush(&mut self, log: &mut dyn Log) -> Result<u64, String>;
+
     /// Removes up to `budget` keys whose expiry is at or before `now_ms`; returns how many.
     fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize;
 

@@ -110,6 +110,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     let slot = core.dispatch(Op::Stats, Durability::Default, now).await;
                     (Pending::Stats(slot, view), OP_OTHER)
                 }
+                Plan::Flush => {
+                    let reply = match core.flush_all().await {
+                        Reply::AdminDone { .. } => out::with(out::ok),
+                        Reply::Error(e) => {
+                            out::with(|o| out::error(o, &format!("ERR {}", e.message)))
+                        }
+                        other => out::with(|o| {
+                            out::error(o, &format!("ERR unexpected reply {}", other.name()))
+                        }),
+                    };
+                    (Pending::Ready(reply), OP_OTHER)
+                }
                 Plan::Quit => {
                     let ok = Pending::Ready(out::with(out::ok));
                     pending.push((ok, session.resp3, OP_OTHER, started));

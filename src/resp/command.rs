@@ -38,6 +38,8 @@ pub enum Plan {
     Stats(StatsView),
     /// Answer `+OK`, then close the connection.
     Quit,
+    /// FLUSHDB / FLUSHALL: delete every key on every core.
+    Flush,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,8 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("exists", -2),
     ("expire", -3),
     ("expireat", -3),
+    ("flushall", -1),
+    ("flushdb", -1),
     ("get", 2),
     ("getdel", 2),
     ("getex", -2),
@@ -119,7 +123,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
 ];
 
 /// Commands of Redis's string and keyspace families that this version does not run yet.
-const NOT_YET: &[&str] = &["msetnx", "scan", "flushdb", "flushall", "keys", "rename"];
+const NOT_YET: &[&str] = &["msetnx", "scan", "keys", "rename"];
 
 fn reply_error(message: &str) -> Plan {
     Plan::Reply(out::with(|o| out::error(o, message)))
@@ -186,6 +190,11 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
         "client" => client(&args, session),
         "info" => Plan::Stats(StatsView::Info(args[1..].iter().map(|a| lower(a)).collect())),
         "dbsize" => Plan::Stats(StatsView::DbSize),
+        // ASYNC and SYNC both flush before answering (there is no lazy freeing here).
+        "flushdb" | "flushall" => match args.get(1).map(|a| lower(a)).as_deref() {
+            None | Some("async" | "sync") if args.len() <= 2 => Plan::Flush,
+            _ => syntax(),
+        },
         "get" => Plan::Op(Op::Get { key: key() }, Render::Bulk),
         "type" => Plan::Op(Op::Get { key: key() }, Render::Type),
         "strlen" => Plan::Op(Op::Get { key: key() }, Render::Strlen),
@@ -518,6 +527,8 @@ fn command(args: &[Bytes]) -> Plan {
                 | "ping"
                 | "quit"
                 | "select"
+                | "flushdb"
+                | "flushall"
         );
         let last =
             if matches!(name, "del" | "unlink" | "exists" | "mget" | "mset") { -1 } else { 1 };

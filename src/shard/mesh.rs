@@ -21,6 +21,8 @@ pub enum Work {
     Stats,
     /// This core's metrics (for a scrape).
     Metrics,
+    /// Delete every key of this core (FLUSHDB), durably.
+    Flush,
     /// Admin: checkpoint now.
     Checkpoint,
     /// Admin: checkpoint, then copy this core's checkpoint and log into the directory.
@@ -34,6 +36,7 @@ impl Work {
             Work::Many(..) => "many",
             Work::Stats => "stats",
             Work::Metrics => "metrics",
+            Work::Flush => "flush",
             Work::Checkpoint => "checkpoint",
             Work::Backup(_) => "backup",
         }

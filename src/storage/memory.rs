@@ -446,6 +446,22 @@ impl MemEngine {
         Applied::Done(Reply::Deleted { version: old_version })
     }
 
+    /// Forgets every key (a flush); segment totals stay, nothing in them is live any more.
+    fn clear(&mut self) -> u64 {
+        let keys = self.table.len() as u64;
+        self.table = HashTable::new();
+        self.expiry = BinaryHeap::new();
+        self.clock = VecDeque::new();
+        self.ttl_keys = 0;
+        self.cached_entries = 0;
+        self.cached_bytes = 0;
+        self.value_bytes = 0;
+        for usage in self.segments.values_mut() {
+            usage.live = 0;
+        }
+        keys
+    }
+
     /// Stores a replayed put (from the log at `loc`, or from a checkpoint).
     fn replay_put(
         &mut self,
@@ -563,6 +579,10 @@ impl Engine for MemEngine {
                 self.remove_if(&key, |_| false);
             }
             Mutation::Clock { .. } => self.logged(loc, false),
+            Mutation::Flush { .. } => {
+                self.logged(loc, false);
+                self.clear();
+            }
             Mutation::Put { expires_at_ms, .. } | Mutation::Index { expires_at_ms, .. }
                 if expires_at_ms != 0 && expires_at_ms <= now_ms =>
             {
@@ -591,6 +611,14 @@ impl Engine for MemEngine {
                 self.insert_replayed(hash, fresh);
             }
         }
+    }
+
+    fn flush(&mut self, log: &mut dyn Log) -> Result<u64, String> {
+        let version = self.version_last + 1;
+        let loc = log.append(&Mutation::Flush { version })?;
+        self.version_last = version;
+        self.logged(loc, false);
+        Ok(self.clear())
     }
 
     fn note_segment(&mut self, segment: u64, bytes: u64) {
@@ -1162,6 +1190,32 @@ mod tests {
         };
         assert_eq!(log.value_at(f.loc), b("value"));
         assert_eq!(f.version, 1);
+    }
+
+    /// A flush is logged first, empties the table and the live bytes, and replays the same.
+    #[test]
+    fn flush_logs_then_clears_and_replays() {
+        let mut e = MemEngine::new();
+        let mut log = MemLog::new();
+        for k in ["a", "b", "c"] {
+            exec(&mut e, &mut log, Op::set(b(k), b("v")));
+        }
+        assert_eq!(e.flush(&mut log), Ok(3));
+        exec(&mut e, &mut log, Op::set(b("after"), b("w")));
+        assert_eq!(e.stats().keys, 1);
+        assert_eq!(e.segments()[0].1.live, (HEADER_BYTES + 6) as u64);
+        let mut replayed = MemEngine::new();
+        for (loc, m) in &log.records {
+            replayed.replay(m.clone(), Some(*loc), 0);
+        }
+        assert_eq!(replayed.stats().keys, 1);
+        assert!(matches!(
+            exec(&mut replayed, &mut log, Op::get(b("a"))),
+            Applied::Done(Reply::Error(_))
+        ));
+        log.refuse = true;
+        assert!(e.flush(&mut log).is_err());
+        assert_eq!(e.stats().keys, 1, "a flush the log refused changes nothing");
     }
 
     /// An empty value is always "in memory": it never enters the CLOCK, so eviction cannot

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 0 | 4 | `crc32c` of bytes 4..`len` (everything after this field) |
 //! | 4 | 4 | `len`: bytes in the whole record, header included |
-//! | 8 | 1 | `kind`: 1 put, 2 delete, 3 clock (no key; highest version), 4 index (checkpoints) |
+//! | 8 | 1 | `kind`: 1 put, 2 delete, 3 clock, 4 index (checkpoints), 5 flush (see below) |
 //! | 9 | 3 | reserved, zero |
 //! | 12 | 4 | `key_len` |
 //! | 16 | 8 | `version` |
@@ -52,6 +52,8 @@ pub const KIND_DELETE: u8 = 2;
 pub const KIND_CLOCK: u8 = 3;
 /// Checkpoints only: a key, its version and expiry, and where its put record lives.
 pub const KIND_INDEX: u8 = 4;
+/// No key: every key of the core is deleted (FLUSHDB); `version` is the flush's own.
+pub const KIND_FLUSH: u8 = 5;
 /// Bytes of an index record's location field.
 pub const LOC_BYTES: usize = 12;
 
@@ -102,6 +104,10 @@ pub enum Mutation {
     Clock {
         version: u64,
     },
+    /// Every key of the core deleted.
+    Flush {
+        version: u64,
+    },
     /// A key whose value lives in the log at `loc` (checkpoints only).
     Index {
         key: Bytes,
@@ -124,7 +130,7 @@ impl Mutation {
         match self {
             Mutation::Put { data, key_len, .. } => &data[..*key_len],
             Mutation::Delete { key, .. } | Mutation::Index { key, .. } => key,
-            Mutation::Clock { .. } => &[],
+            Mutation::Clock { .. } | Mutation::Flush { .. } => &[],
         }
     }
 
@@ -133,6 +139,7 @@ impl Mutation {
             Mutation::Put { version, .. }
             | Mutation::Delete { version, .. }
             | Mutation::Index { version, .. }
+            | Mutation::Flush { version }
             | Mutation::Clock { version } => *version,
         }
     }
@@ -143,7 +150,7 @@ impl Mutation {
                 Mutation::Put { data, .. } => data.len(),
                 Mutation::Delete { key, .. } => key.len(),
                 Mutation::Index { key, .. } => key.len() + LOC_BYTES,
-                Mutation::Clock { .. } => 0,
+                Mutation::Clock { .. } | Mutation::Flush { .. } => 0,
             }
     }
 }
@@ -161,6 +168,7 @@ pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
             }
             Mutation::Delete { key, version } => (KIND_DELETE, key.len(), *version, 0, key, &[]),
             Mutation::Clock { version } => (KIND_CLOCK, 0, *version, 0, &[], &[]),
+            Mutation::Flush { version } => (KIND_FLUSH, 0, *version, 0, &[], &[]),
             Mutation::Index { key, version, expires_at_ms, loc } => {
                 let mut b = [0u8; LOC_BYTES];
                 b[..4].copy_from_slice(&loc.segment.get().to_le_bytes());
@@ -222,7 +230,7 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
         && (kind == KIND_PUT
             || (kind == KIND_DELETE && key_len == len - HEADER_BYTES)
             || (kind == KIND_INDEX && key_len + LOC_BYTES == len - HEADER_BYTES));
-    let clock = kind == KIND_CLOCK && key_len == 0 && len == HEADER_BYTES;
+    let clock = (kind == KIND_CLOCK || kind == KIND_FLUSH) && key_len == 0 && len == HEADER_BYTES;
     let header_ok = (keyed || clock) && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0];
     if !header_ok {
         return Err(Invalid::BadHeader);
@@ -256,6 +264,7 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
             let expires_at_ms = u64_at(buf, EXPIRES_AT_OFFSET);
             Mutation::Index { key: body.slice(..key_len), version, expires_at_ms, loc }
         }
+        KIND_FLUSH => Mutation::Flush { version },
         _ => Mutation::Clock { version },
     };
     Ok((m, len))
@@ -367,6 +376,7 @@ mod tests {
             put("key", "", 2, 99),
             del("k", 3),
             Mutation::Clock { version: 9 },
+            Mutation::Flush { version: 10 },
             Mutation::Index {
                 key: Bytes::from_static(b"idx"),
                 version: 7,

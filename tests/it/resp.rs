@@ -163,6 +163,7 @@ fn commands_edge_cases_and_errors() {
         (&["DBSIZE"], ":4\r\n"),
         (&["SET", "", "v"], "-ERR empty keys are not supported by corekv\r\n"),
         (&["SCAN", "0"], "-ERR 'scan' is not supported by corekv yet\r\n"),
+        (&["FLUSHDB", "NOW"], "-ERR syntax error\r\n"),
         (
             &["PSETEX", "k", "9223372036854775807", "v"],
             "-ERR invalid expire time in 'psetex' command\r\n",
@@ -205,6 +206,28 @@ fn commands_edge_cases_and_errors() {
     assert_eq!(r.call(&["QUIT"]), "+OK\r\n");
     let mut rest = Vec::new();
     assert_eq!(r.reader.read_to_end(&mut rest).unwrap(), 0);
+}
+
+/// FLUSHDB empties every core, durably: a restart does not bring the keys back, and keys
+/// written after it stay.
+#[test]
+fn flushdb_empties_every_core_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start_at(dir.path(), &["--cores", "2"]);
+    let mut r = Resp::connect(node.resp);
+    for i in 0..200 {
+        assert_eq!(r.call(&["SET", &format!("k{i}"), "v"]), "+OK\r\n");
+    }
+    assert_eq!(r.call(&["DBSIZE"]), ":200\r\n");
+    assert_eq!(r.call(&["FLUSHALL", "SYNC"]), "+OK\r\n");
+    assert_eq!(r.call(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(r.call(&["SET", "after", "1"]), "+OK\r\n");
+    node.terminate();
+    let node = Node::start_at(dir.path(), &["--cores", "2"]);
+    let mut r = Resp::connect(node.resp);
+    assert_eq!(r.call(&["DBSIZE"]), ":1\r\n");
+    assert_eq!(r.call(&["GET", "k7"]), "$-1\r\n");
+    assert_eq!(r.call(&["GET", "after"]), "$1\r\n1\r\n");
 }
 
 #[test]
@@ -314,7 +337,7 @@ fn random_command(rng: &mut Rng) -> Vec<String> {
                 _ => c.extend(["EX".into(), "300".into()]),
             }
         }
-        26 => c.push("DBSIZE".into()),
+        26 => c.push(if rng.range(0, 20) == 0 { "FLUSHDB" } else { "DBSIZE" }.into()),
         _ => {
             // Mistakes: wrong arity, and an option that does not exist.
             let wrong = [
