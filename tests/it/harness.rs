@@ -304,6 +304,19 @@ impl Wire {
     }
 }
 
+/// Runs `tests/it/<script>` with python3 and `port`, and requires it to succeed and print
+/// `done` (the scripts assert and print a last line when every check passed).
+pub fn python_checks(script: &str, port: u16, done: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it").join(script);
+    let out = Command::new("python3").arg(&path).arg(port.to_string()).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{script} failed (tests/run.sh installs its Python packages):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every core's stats.
 pub fn core_stats(w: &mut Wire) -> Vec<corekv_schema::codec::CoreStats> {
     match w.call(Op::Stats) {

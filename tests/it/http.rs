@@ -2,8 +2,6 @@
 //! route, binary values in base64, malformed JSON, and `/metrics` parsed by prometheus-client's
 //! text parser after traffic on all three protocols. tests/run.sh installs prometheus-client.
 
-use std::process::Command;
-
 use crate::harness::Node;
 
 #[test]
@@ -16,17 +14,5 @@ fn http_routes_and_prometheus_metrics() {
         w.call(corekv_schema::codec::Op::set(key.clone(), crate::harness::b("v")));
         w.call(corekv_schema::codec::Op::get(key));
     }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/http_client.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.http.port().to_string())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "HTTP checks failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("http: all checks passed"));
+    crate::harness::python_checks("http_client.py", node.http.port(), "http: all checks passed");
 }

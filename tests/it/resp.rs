@@ -435,17 +435,9 @@ fn redis_cli_works_against_the_node() {
 #[test]
 fn redis_py_works_against_the_node() {
     let node = Node::start(&["--cores", "2"]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/resp_client.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.resp.port().to_string())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "redis-py checks failed (tests/run.sh installs redis-py):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::harness::python_checks(
+        "resp_client.py",
+        node.resp.port(),
+        "redis-py: all checks passed",
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("redis-py: all checks passed"));
 }
