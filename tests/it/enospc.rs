@@ -52,6 +52,7 @@ fn full_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledged() {
     let node_dir = base.path().join("mnt");
     let mut node = Node::start_at(&node_dir, &["--cores", "1"]);
     let mut w = node.wire();
+    assert_eq!(crate::harness::http_get(node.http, "/healthz").0, 200);
     let value = "x".repeat(64 * 1024);
     let mut acked = BTreeMap::new();
     let mut refused = None;
@@ -82,6 +83,11 @@ fn full_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledged() {
         Reply::Stats(s) => assert!(!s.cores[0].log_error.is_empty(), "{s:?}"),
         other => panic!("{other:?}"),
     }
+    // Health says so too; readiness does not change (reads are still served).
+    let (status, body) = crate::harness::http_get(node.http, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("degraded") && body.contains("core 0"), "{body}");
+    assert_eq!(crate::harness::http_get(node.http, "/readyz").0, 200);
     // Free space, restart: every acknowledged write is there, intact.
     node.terminate();
     mount.resize("64m");

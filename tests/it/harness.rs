@@ -317,6 +317,19 @@ pub fn python_checks(script: &str, port: u16, done: &str) {
     );
 }
 
+/// A plain HTTP/1.1 GET (connection closed after it): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect http");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: corekv\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
 /// Every core's stats.
 pub fn core_stats(w: &mut Wire) -> Vec<corekv_schema::codec::CoreStats> {
     match w.call(Op::Stats) {
