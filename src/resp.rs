@@ -11,6 +11,7 @@
 //! operations. The connection loop is `net::resp`.
 
 pub mod command;
+pub mod glob;
 pub mod rmw;
 
 /// Request parsing lives with the other wire formats, in the schema crate (and is fuzzed

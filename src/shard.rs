@@ -40,7 +40,7 @@ use glommio::io::DmaFile;
 use crate::storage::record::{self, Loc, Mutation};
 use crate::storage::wal::Wal;
 use crate::storage::{Applied, Engine, Fetch, Log, checkpoint};
-pub use mesh::{Answer, Call, Done, Mesh, Work};
+pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
 
 /// Per-core counters: plain cells, summed over cores only when someone asks.
 #[derive(Default, Debug)]
@@ -495,6 +495,7 @@ impl Core {
                 (Done::Many(replies), last.filter(|_| wait))
             }
             Work::Stats => (Done::Stats(self.core_stats()), None),
+            Work::Scan(step) => (self.scan_here(&step, now_ms), None),
             Work::Metrics => (Done::Metrics(Box::new(self.metrics_snapshot())), None),
             // In the serving loop, not beside it: later calls from the same peer must not
             // overtake it. The answer waits for the flush record to be durable.
@@ -561,6 +562,32 @@ impl Core {
             other => Err(format!("{} is not an admin operation", other.kind())),
         };
         Done::Admin(result)
+    }
+
+    /// One SCAN step over this core's keys.
+    fn scan_here(&self, step: &ScanStep, now_ms: u64) -> Done {
+        let wanted = |key: &[u8]| step.pattern.as_ref().is_none_or(|g| g.matches(key));
+        let (keys, next) = self.engine.borrow().scan(step.position, step.count, now_ms, &wanted);
+        Done::Scanned(keys, next)
+    }
+
+    /// One SCAN step on core `target` (here or forwarded).
+    pub async fn scan(
+        &self,
+        target: u16,
+        step: ScanStep,
+    ) -> Result<(Vec<Bytes>, Option<u64>), Reply> {
+        let done = if target == self.index {
+            self.scan_here(&step, now_ms())
+        } else {
+            let token = self.forward(target, Work::Scan(step)).await;
+            self.answer(token).await
+        };
+        match done {
+            Done::Scanned(keys, next) => Ok((keys, next)),
+            Done::One(reply @ Reply::Error(_)) => Err(reply),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Runs `work` on every core and sums what they did.

@@ -23,6 +23,7 @@ pub mod record;
 pub mod recovery;
 pub mod wal;
 
+use bytes::Bytes;
 use corekv_schema::codec::{Op, Reply};
 
 pub use memory::MemEngine;
@@ -147,6 +148,18 @@ pub trait Engine {
     /// Removes every key whose value lives in `segment` (a file that is gone), or only those
     /// with an expiry; returns how many.
     fn drop_segment_keys(&mut self, segment: u64, expiring_only: bool) -> u64;
+
+    /// SCAN: live keys from position `cursor` on, in an order that does not change while a
+    /// key lives (new keys may land before or after the cursor). Stops after `count` keys that
+    /// pass `wanted`, or after looking at `10 * count` positions. The next cursor, `None` when
+    /// every position was looked at: a key present for a whole scan is returned exactly once.
+    fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        wanted: &dyn Fn(&[u8]) -> bool,
+    ) -> (Vec<Bytes>, Option<u64>);
 
     fn stats(&self) -> EngineStats;
 }

@@ -22,12 +22,12 @@ use super::connection::{
     BUFFER_KEEP_BYTES, ConnectionGauge, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, fill,
 };
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
-use crate::resp::command::{self, Plan, Render, Session, StatsView};
+use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
 use crate::resp::out;
 use crate::resp::parse::{self, ProtocolError};
 use crate::resp::rmw::{self, Rmw, Step, Ttl};
 use crate::shard::metrics::{OP_OTHER, OP_RMW, op_index, result_index, rss_bytes};
-use crate::shard::{Core, Slot, now_ms};
+use crate::shard::{Core, ScanStep, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
 /// Client ids, unique in the process (CLIENT ID, HELLO).
@@ -122,6 +122,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     };
                     (Pending::Ready(reply), OP_OTHER)
                 }
+                Plan::Scan(scan) => (Pending::Ready(scan_step(&core, scan).await), OP_OTHER),
                 Plan::Quit => {
                     let ok = Pending::Ready(out::with(out::ok));
                     pending.push((ok, session.resp3, OP_OTHER, started));
@@ -353,4 +354,52 @@ fn info(core: &Core, session: &Session, stats: &StatsInfo, sections: &[String]) 
     };
     section("keyspace", "Keyspace", db0);
     text
+}
+
+/// Runs one SCAN call: the core the cursor names walks on from its position; when it is done
+/// and fewer than COUNT keys were found, the next core starts, and so on. The reply is the
+/// next cursor (0 when every core is done) and the keys.
+async fn scan_step(core: &Core, scan: Scan) -> Vec<u8> {
+    let Scan { core: mut target, mut position, count, pattern, nothing } = scan;
+    if target >= core.cores {
+        return out::with(|o| out::error(o, "ERR invalid cursor"));
+    }
+    let mut keys = Vec::new();
+    let next = loop {
+        let step = ScanStep { position, count: count - keys.len(), pattern: pattern.clone() };
+        match core.scan(target, step).await {
+            Err(reply) => {
+                let message = match reply {
+                    Reply::Error(e) => e.message.into_owned(),
+                    other => format!("unexpected reply {}", other.name()),
+                };
+                return out::with(|o| out::error(o, &format!("ERR {message}")));
+            }
+            Ok((found, at)) => {
+                if !nothing {
+                    keys.extend(found);
+                }
+                match at {
+                    // Stopped inside this core (enough keys, or enough positions looked at).
+                    Some(at) => break Scan::cursor(target, at),
+                    None if target + 1 == core.cores => break 0,
+                    None => {
+                        target += 1;
+                        position = 0;
+                        if keys.len() >= count {
+                            break Scan::cursor(target, 0);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    out::with(|o| {
+        out::array(o, 2);
+        out::bulk(o, next.to_string().as_bytes());
+        out::array(o, keys.len());
+        for k in &keys {
+            out::bulk(o, k);
+        }
+    })
 }

@@ -40,7 +40,32 @@ pub enum Plan {
     Quit,
     /// FLUSHDB / FLUSHALL: delete every key on every core.
     Flush,
+    /// SCAN: one step of a walk over every core's keys.
+    Scan(Scan),
 }
+
+/// A SCAN call. The cursor names a core (its low 16 bits) and a position in that core's key
+/// order (the rest); 0 starts a walk and comes back when it is over.
+#[derive(Debug)]
+pub struct Scan {
+    pub core: u16,
+    pub position: u64,
+    pub count: usize,
+    pub pattern: Option<super::glob::Glob>,
+    /// `TYPE` named a type other than string: the walk goes on, but finds nothing.
+    pub nothing: bool,
+}
+
+impl Scan {
+    pub const CORE_BITS: u32 = 16;
+
+    pub fn cursor(core: u16, position: u64) -> u64 {
+        (position << Scan::CORE_BITS) | u64::from(core)
+    }
+}
+
+/// SCAN's default COUNT, as Redis's.
+const SCAN_COUNT_DEFAULT: usize = 10;
 
 #[derive(Debug)]
 pub enum StatsView {
@@ -111,6 +136,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("psetex", 4),
     ("pttl", 2),
     ("quit", -1),
+    ("scan", -2),
     ("select", 2),
     ("set", -3),
     ("setex", 4),
@@ -123,7 +149,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
 ];
 
 /// Commands of Redis's string and keyspace families that this version does not run yet.
-const NOT_YET: &[&str] = &["msetnx", "scan", "keys", "rename"];
+const NOT_YET: &[&str] = &["msetnx", "keys", "rename"];
 
 fn reply_error(message: &str) -> Plan {
     Plan::Reply(out::with(|o| out::error(o, message)))
@@ -143,6 +169,38 @@ fn invalid_expire(cmd: &str) -> Plan {
 
 fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+fn plan_scan(args: &[Bytes], limits: &Limits) -> Plan {
+    let cursor = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u64>().ok());
+    let Some(cursor) = cursor else { return reply_error("ERR invalid cursor") };
+    let mut scan = Scan {
+        core: (cursor & ((1 << Scan::CORE_BITS) - 1)) as u16,
+        position: cursor >> Scan::CORE_BITS,
+        count: SCAN_COUNT_DEFAULT,
+        pattern: None,
+        nothing: false,
+    };
+    let mut at = 2;
+    while at < args.len() {
+        let Some(value) = args.get(at + 1) else { return syntax() };
+        match lower(&args[at]).as_str() {
+            "match" => scan.pattern = Some(super::glob::Glob::new(value)),
+            "count" => match rmw::parse_i64(value) {
+                Some(n) if n >= 1 => {
+                    // A COUNT beyond one batch would build one huge reply: capped, as COUNT
+                    // is only a hint.
+                    scan.count = usize::try_from(n).unwrap_or(usize::MAX).min(limits.batch_ops_max)
+                }
+                Some(_) => return syntax(),
+                None => return not_integer(),
+            },
+            "type" => scan.nothing = !value.eq_ignore_ascii_case(b"string"),
+            _ => return syntax(),
+        }
+        at += 2;
+    }
+    Plan::Scan(scan)
 }
 
 /// Plans one command. `args[0]` is the name.
@@ -190,6 +248,7 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
         "client" => client(&args, session),
         "info" => Plan::Stats(StatsView::Info(args[1..].iter().map(|a| lower(a)).collect())),
         "dbsize" => Plan::Stats(StatsView::DbSize),
+        "scan" => plan_scan(&args, limits),
         // ASYNC and SYNC both flush before answering (there is no lazy freeing here).
         "flushdb" | "flushall" => match args.get(1).map(|a| lower(a)).as_deref() {
             None | Some("async" | "sync") if args.len() <= 2 => Plan::Flush,

@@ -23,6 +23,8 @@ pub enum Work {
     Metrics,
     /// Delete every key of this core (FLUSHDB), durably.
     Flush,
+    /// SCAN this core's keys from a position.
+    Scan(ScanStep),
     /// Admin: checkpoint now.
     Checkpoint,
     /// Admin: checkpoint, then copy this core's checkpoint and log into the directory.
@@ -37,6 +39,7 @@ impl Work {
             Work::Stats => "stats",
             Work::Metrics => "metrics",
             Work::Flush => "flush",
+            Work::Scan(_) => "scan",
             Work::Checkpoint => "checkpoint",
             Work::Backup(_) => "backup",
         }
@@ -50,6 +53,8 @@ pub enum Done {
     Metrics(Box<super::metrics::Snapshot>),
     /// Records and bytes an admin operation wrote on that core, or why it failed.
     Admin(Result<(u64, u64), String>),
+    /// Keys found by a scan step, and the position to go on from (`None`: this core is done).
+    Scanned(Vec<bytes::Bytes>, Option<u64>),
 }
 
 impl Done {
@@ -60,8 +65,18 @@ impl Done {
             Done::Stats(_) => "stats",
             Done::Metrics(_) => "metrics",
             Done::Admin(_) => "admin",
+            Done::Scanned(..) => "scanned",
         }
     }
+}
+
+/// One core's part of a SCAN call: where to start, how many keys to aim for, and the MATCH
+/// pattern they must fit.
+#[derive(Clone, Debug)]
+pub struct ScanStep {
+    pub position: u64,
+    pub count: usize,
+    pub pattern: Option<crate::resp::glob::Glob>,
 }
 
 pub struct Call {

@@ -47,6 +47,9 @@ struct Entry {
     expires_at_ms: u64,
     /// Read since the CLOCK hand last passed (second chance).
     referenced: bool,
+    /// This entry's position in `MemEngine::slots`: SCAN's cursor. Kept when the entry is
+    /// replaced, freed when the key leaves.
+    slot: u32,
 }
 
 impl Entry {
@@ -62,6 +65,7 @@ impl Entry {
             version,
             expires_at_ms: expires,
             referenced: false,
+            slot: 0,
         }
     }
 
@@ -138,6 +142,12 @@ pub struct MemEngine {
     cache_budget: u64,
     cached_bytes: u64,
     evicted: u64,
+    /// Each live entry's hash at its `slot`; SCAN walks this in order. Positions of removed
+    /// keys are reused (`free_slots`), so it is as long as the most keys ever held at once.
+    /// A hashbrown table moves entries when it grows or rehashes, so its own order cannot be
+    /// a cursor.
+    slots: Vec<u64>,
+    free_slots: Vec<u32>,
     segments: BTreeMap<u64, SegmentUse>,
     version_last: u64,
     value_bytes: u64,
@@ -176,6 +186,8 @@ impl MemEngine {
             cache_budget,
             cached_bytes: 0,
             evicted: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             segments: BTreeMap::new(),
             version_last: 0,
             value_bytes: 0,
@@ -197,6 +209,7 @@ impl MemEngine {
             return None;
         }
         let (entry, _) = found.remove();
+        self.free_slots.push(entry.slot);
         self.unstored(&entry);
         Some(entry)
     }
@@ -354,7 +367,7 @@ impl MemEngine {
         fetched: Option<(Loc, &[u8])>,
     ) -> Applied {
         let hash = self.hash(&set.key);
-        let MemEngine { table, hasher, version_last, expired, .. } = self;
+        let MemEngine { table, hasher, version_last, expired, slots, free_slots, .. } = self;
         let entry = table.entry(hash, |e| e.key() == &set.key[..], |e| hasher.hash_one(e.key()));
         let (current, was_expired) = match &entry {
             hashbrown::hash_table::Entry::Occupied(o) => {
@@ -383,15 +396,17 @@ impl MemEngine {
         };
         *version_last = version;
         let Mutation::Put { data, .. } = mutation else { unreachable!("built as a put") };
-        let fresh = Entry::new(data, set.key.len(), loc, version, expires_at_ms);
+        let mut fresh = Entry::new(data, set.key.len(), loc, version, expires_at_ms);
         let old = match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
                 if was_expired {
                     *expired += 1;
                 }
+                fresh.slot = o.get().slot;
                 Some(std::mem::replace(o.get_mut(), fresh.clone()))
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
+                fresh.slot = take_slot(slots, free_slots, hash);
                 v.insert(fresh.clone());
                 None
             }
@@ -452,6 +467,8 @@ impl MemEngine {
         self.table = HashTable::new();
         self.expiry = BinaryHeap::new();
         self.clock = VecDeque::new();
+        self.slots = Vec::new();
+        self.free_slots = Vec::new();
         self.ttl_keys = 0;
         self.cached_entries = 0;
         self.cached_bytes = 0;
@@ -487,21 +504,37 @@ impl MemEngine {
         self.insert_replayed(hash, fresh);
     }
 
-    fn insert_replayed(&mut self, hash: u64, fresh: Entry) {
-        let hasher = &self.hasher;
-        let entry =
-            self.table.entry(hash, |e| e.key() == fresh.key(), |e| hasher.hash_one(e.key()));
+    fn insert_replayed(&mut self, hash: u64, mut fresh: Entry) {
+        let MemEngine { table, hasher, slots, free_slots, .. } = self;
+        let entry = table.entry(hash, |e| e.key() == fresh.key(), |e| hasher.hash_one(e.key()));
         let old = match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
+                fresh.slot = o.get().slot;
                 Some(std::mem::replace(o.get_mut(), fresh.clone()))
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
+                fresh.slot = take_slot(slots, free_slots, hash);
                 v.insert(fresh.clone());
                 None
             }
         };
         let key = Bytes::copy_from_slice(fresh.key());
         self.stored(&key, hash, old.as_ref(), &fresh, true);
+    }
+}
+
+/// A position for a new entry hashed `hash`: a free one, or a new one at the end.
+fn take_slot(slots: &mut Vec<u64>, free_slots: &mut Vec<u32>, hash: u64) -> u32 {
+    match free_slots.pop() {
+        Some(slot) => {
+            slots[slot as usize] = hash;
+            slot
+        }
+        None => {
+            slots.push(hash);
+            // Keys per core are bounded by memory far below u32::MAX entries.
+            u32::try_from(slots.len() - 1).expect("fewer than 2^32 keys per core")
+        }
     }
 }
 
@@ -724,6 +757,32 @@ impl Engine for MemEngine {
             self.segments.remove(&segment);
         }
         keys.len() as u64
+    }
+
+    fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        wanted: &dyn Fn(&[u8]) -> bool,
+    ) -> (Vec<Bytes>, Option<u64>) {
+        let count = count.max(1);
+        let mut keys = Vec::new();
+        let mut at = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut looked = 0;
+        while at < self.slots.len() && keys.len() < count && looked < count.saturating_mul(10) {
+            let slot = at as u32;
+            // A freed position still holds its last hash; no entry claims it, so none is found.
+            if let Some(e) = self.table.find(self.slots[at], |e| e.slot == slot)
+                && !e.is_expired(now_ms)
+                && wanted(e.key())
+            {
+                keys.push(Bytes::copy_from_slice(e.key()));
+            }
+            at += 1;
+            looked += 1;
+        }
+        (keys, (at < self.slots.len()).then_some(at as u64))
     }
 
     fn stats(&self) -> EngineStats {
@@ -1236,5 +1295,101 @@ mod tests {
         let cached = e.table.iter().filter(|x| x.cached()).count();
         assert_eq!(e.cached_entries, cached);
         assert_eq!(e.stats().cached_bytes, 1, "y2, not durable when written");
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn key(i: u32) -> Bytes {
+        Bytes::from(format!("key:{i}"))
+    }
+
+    fn put(e: &mut MemEngine, i: u32) {
+        let mut log = crate::storage::NoLog;
+        let applied = e.execute(Op::set(key(i), Bytes::from_static(b"v")), 0, &mut log, None);
+        assert!(matches!(applied, Applied::Done(Reply::Written { .. })));
+    }
+
+    fn del(e: &mut MemEngine, i: u32) {
+        let mut log = crate::storage::NoLog;
+        e.execute(Op::Delete { key: key(i), condition: Condition::Always }, 0, &mut log, None);
+    }
+
+    /// Keys present for a whole scan come back exactly once, although the table grows
+    /// (rehashing every entry) and keys come and go between the calls.
+    #[test]
+    fn scan_returns_every_steady_key_once_through_growth_and_churn() {
+        let mut e = MemEngine::new();
+        // 880 keys fill hashbrown's 1024 buckets nearly to the brim: the puts below grow it.
+        for i in 0..880 {
+            put(&mut e, i);
+        }
+        let buckets_before = e.table.capacity();
+        let steady: HashSet<Bytes> = (0..880).filter(|i| i % 3 != 0).map(key).collect();
+        let mut seen: Vec<Bytes> = Vec::new();
+        let mut cursor = 0;
+        let mut round = 0u32;
+        loop {
+            let (keys, next) = e.scan(cursor, 7, 0, &|_| true);
+            assert!(keys.len() <= 7);
+            seen.extend(keys);
+            // Churn: drop the keys that are not steady, add new ones (the table grows and
+            // rehashes), and delete some of the new ones again.
+            for i in (round * 3..round * 3 + 3).filter(|i| i % 3 == 0 && *i < 880) {
+                del(&mut e, i);
+            }
+            // (Fewer new positions per call than a call walks, or the walk never ends: the
+            // same holds for Redis's SCAN.)
+            for i in 0..6 {
+                put(&mut e, 100_000 + round * 6 + i);
+            }
+            for i in (0..6).step_by(2) {
+                del(&mut e, 100_000 + round * 6 + i);
+            }
+            round += 1;
+            match next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        assert!(e.table.capacity() > buckets_before, "the table grew during the walk");
+        let mut counted: std::collections::HashMap<Bytes, u32> = Default::default();
+        for k in &seen {
+            *counted.entry(k.clone()).or_default() += 1;
+        }
+        for k in &steady {
+            assert_eq!(counted.get(k), Some(&1), "{k:?}");
+        }
+        assert!(counted.values().all(|&n| n == 1), "no key twice");
+    }
+
+    #[test]
+    fn scan_filters_and_skips_expired_keys() {
+        let mut e = MemEngine::new();
+        let mut log = crate::storage::NoLog;
+        for i in 0..50 {
+            put(&mut e, i);
+        }
+        let set = SetOp {
+            key: Bytes::from_static(b"short"),
+            value: Bytes::from_static(b"v"),
+            ttl_ms: 10,
+            ..Default::default()
+        };
+        e.execute(Op::Set(set), 0, &mut log, None);
+        let (keys, next) = e.scan(0, 1000, 5, &|k| k.ends_with(b"7"));
+        assert_eq!(next, None);
+        let mut keys: Vec<_> =
+            keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        keys.sort();
+        assert_eq!(keys, ["key:17", "key:27", "key:37", "key:47", "key:7"]);
+        assert_eq!(e.scan(0, 1000, 5, &|k| k == b"short").0.len(), 1);
+        assert_eq!(e.scan(0, 1000, 11, &|k| k == b"short").0.len(), 0);
+        // A flush forgets every position.
+        e.flush(&mut log).unwrap();
+        assert_eq!(e.scan(0, 10, 0, &|_| true), (vec![], None));
     }
 }

@@ -253,6 +253,111 @@ fn bad_input_gets_a_protocol_error_and_the_node_keeps_serving() {
 /// One random command over a small key and value space, with options, and sometimes a
 /// mistake (bad arity, bad option) so error replies are compared too. Only what behaves the
 /// same on any Redis 7 and is deterministic in time (TTLs are long, or already past).
+/// Parses a SCAN reply: the next cursor and the keys.
+fn scan_reply(raw: &str) -> (u64, Vec<String>) {
+    let mut lines = raw.split("\r\n");
+    assert_eq!(lines.next(), Some("*2"), "{raw:?}");
+    lines.next(); // the cursor's length
+    let cursor = lines.next().unwrap().parse().unwrap();
+    let n: usize = lines.next().unwrap().strip_prefix('*').unwrap().parse().unwrap();
+    let keys = (0..n)
+        .map(|_| {
+            lines.next();
+            lines.next().unwrap().to_string()
+        })
+        .collect();
+    (cursor, keys)
+}
+
+/// Walks a whole SCAN; every key once (Redis may repeat keys, so its walk is deduplicated by
+/// the caller), each call within COUNT for corekv.
+fn scan_all(r: &mut Resp, pattern: &str, count: usize, strict: bool) -> Vec<String> {
+    let mut cursor = 0;
+    let mut keys = Vec::new();
+    for _ in 0..100_000 {
+        let (next, found) = scan_reply(&r.call(&[
+            "SCAN",
+            &cursor.to_string(),
+            "MATCH",
+            pattern,
+            "COUNT",
+            &count.to_string(),
+        ]));
+        if strict {
+            assert!(found.len() <= count, "{} keys for COUNT {count}", found.len());
+        }
+        keys.extend(found);
+        if next == 0 {
+            keys.sort();
+            return keys;
+        }
+        cursor = next;
+    }
+    panic!("SCAN {pattern} COUNT {count} did not end");
+}
+
+#[test]
+fn scan_walks_every_core_and_matches_like_redis() {
+    let redis = RedisServer::start();
+    let node = Node::start(&["--cores", "2"]);
+    let (mut a, mut b) = (Resp::connect(redis.addr), Resp::connect(node.resp));
+    for i in 0..400 {
+        let key = match i % 4 {
+            0 => format!("user:{i}"),
+            1 => format!("order:{i}:x"),
+            2 => format!("o*der:{i}"),
+            _ => format!("[{i}]"),
+        };
+        assert_eq!(a.call(&["SET", &key, "v"]), "+OK\r\n");
+        assert_eq!(b.call(&["SET", &key, "v"]), "+OK\r\n");
+    }
+    let patterns = [
+        "*",
+        "user:*",
+        "user:1?",
+        "*[0-3]",
+        "o\\*der:*",
+        "[^uo]*",
+        "order:*:?",
+        "\\[1*",
+        "nothing*",
+    ];
+    for pattern in patterns {
+        for count in [1, 7, 1000] {
+            let mut want = scan_all(&mut a, pattern, count, false);
+            want.dedup();
+            let got = scan_all(&mut b, pattern, count, true);
+            assert_eq!(got, want, "SCAN MATCH {pattern} COUNT {count}");
+        }
+    }
+    assert_eq!(scan_all(&mut b, "*", 10, true).len(), 400);
+    for bad in [
+        vec!["SCAN", "x"],
+        vec!["SCAN", "0", "COUNT", "0"],
+        vec!["SCAN", "0", "COUNT", "abc"],
+        vec!["SCAN", "0", "MATCH"],
+        vec!["SCAN", "0", "NOPE", "1"],
+        vec!["SCAN"],
+    ] {
+        assert_eq!(a.call(&bad), b.call(&bad), "{bad:?}");
+    }
+    // TYPE: every key is a string; any other type finds nothing.
+    let (_, strings) = scan_reply(&b.call(&["SCAN", "0", "COUNT", "1000", "TYPE", "string"]));
+    assert!(!strings.is_empty());
+    assert_eq!(scan_all(&mut b, "*", 1000, true).len(), 400);
+    let mut cursor = 0;
+    loop {
+        let (next, found) =
+            scan_reply(&b.call(&["SCAN", &cursor.to_string(), "COUNT", "50", "TYPE", "hash"]));
+        assert!(found.is_empty());
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(b.call(&["SCAN", "281474976710655"]), "-ERR invalid cursor\r\n");
+}
+
 fn random_command(rng: &mut Rng) -> Vec<String> {
     let keys = ["k0", "k1", "k2", "k3", "{t}a", "{t}b"];
     let values = ["0", "1", "-5", "10", "abc", "", "hello world", "9223372036854775807", "3.5"];

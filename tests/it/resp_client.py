@@ -40,6 +40,14 @@ assert r.delete("a", "b", "zz") == 2
 assert r.unlink("c") == 1
 assert r.type("new") == "string" and r.type("zz") == "none"
 
+# SCAN across every core: each key once, MATCH and COUNT honoured.
+r.mset({f"scan:{i}": "v" for i in range(120)})
+found = list(r.scan_iter(match="scan:1*", count=7))
+assert sorted(found) == sorted(f"scan:{i}" for i in range(120) if str(i).startswith("1")), found
+cursor, page = r.scan(0, match="scan:*", count=5)
+assert cursor != 0 and 0 < len(page) <= 5
+assert r.delete(*[f"scan:{i}" for i in range(120)]) == 120
+
 # Expiry.
 assert r.ttl("zz") == -2 and r.pttl("zz") == -2
 assert r.expire("zz", 10) is False
