@@ -20,6 +20,7 @@
 
 pub mod mesh;
 pub mod metrics;
+mod reserve;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -133,6 +134,11 @@ pub struct Core {
     pub wal: Option<Rc<Wal>>,
     mesh: Mesh,
     pending: RefCell<Slab<Pending>>,
+    /// Keys held by a write spanning cores (`reserve.rs`); operations on them wait.
+    reserved: RefCell<std::collections::HashSet<Bytes>>,
+    /// Bumped whenever reservations end; waiters re-check then.
+    release_epoch: Cell<u64>,
+    release_waiters: RefCell<Vec<Waker>>,
 }
 
 /// A parsed request on its way to a reply; see the module doc.
@@ -234,6 +240,9 @@ impl Core {
             wal,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
+            reserved: RefCell::new(std::collections::HashSet::new()),
+            release_epoch: Cell::new(0),
+            release_waiters: RefCell::new(Vec::new()),
         }
     }
 
@@ -363,6 +372,12 @@ impl Core {
     /// only when the operation compares against a value that is on disk only.
     pub async fn apply(&self, mut op: Op, now_ms: u64) -> (Answered, Option<u64>) {
         debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
+        if !self.reserved.borrow().is_empty()
+            && let Some(key) = op.key()
+        {
+            let key = key.clone();
+            self.wait_unreserved(&key).await;
+        }
         let is_read = matches!(op, Op::Get { .. });
         if !is_read && let Some(e) = self.wal.as_ref().and_then(|w| w.failure()) {
             return (Answered::Reply(Reply::error(ErrorCode::Unavailable, e.to_string())), None);
@@ -496,6 +511,9 @@ impl Core {
             }
             Work::Stats => (Done::Stats(self.core_stats()), None),
             Work::Scan(step) => (self.scan_here(&step, now_ms), None),
+            work @ (Work::Reserve(_) | Work::Release(_) | Work::Commit(..)) => {
+                self.reservation_work(work).await
+            }
             Work::Metrics => (Done::Metrics(Box::new(self.metrics_snapshot())), None),
             // In the serving loop, not beside it: later calls from the same peer must not
             // overtake it. The answer waits for the flush record to be durable.
@@ -1093,6 +1111,17 @@ pub fn spawn_mesh_tasks(
                     glommio::spawn_local(async move {
                         let done = admin.run_admin(call.work).await;
                         let _ = admin.mesh.answer(peer, Answer { token: call.token, done }).await;
+                    })
+                    .detach();
+                    continue;
+                }
+                if serving.may_wait_for_reservation(&call.work) {
+                    // Its wait ends with a commit that comes through this very loop.
+                    let core = serving.clone();
+                    glommio::spawn_local(async move {
+                        let worked = core.execute_work(call.work).await;
+                        let done = core.finish(worked).await;
+                        let _ = core.mesh.answer(peer, Answer { token: call.token, done }).await;
                     })
                     .detach();
                     continue;

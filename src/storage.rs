@@ -161,5 +161,8 @@ pub trait Engine {
         wanted: &dyn Fn(&[u8]) -> bool,
     ) -> (Vec<Bytes>, Option<u64>);
 
+    /// The version of `key` if it is live, 0 if absent or expired; reads no value.
+    fn version_of(&self, key: &[u8], now_ms: u64) -> u64;
+
     fn stats(&self) -> EngineStats;
 }

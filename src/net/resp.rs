@@ -122,6 +122,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     };
                     (Pending::Ready(reply), OP_OTHER)
                 }
+                Plan::SetAllAbsent(sets) => {
+                    let reply = match core.set_all_absent(sets).await {
+                        Ok(set) => out::with(|o| out::int(o, i64::from(set))),
+                        Err(Reply::Error(e)) => {
+                            out::with(|o| out::error(o, &format!("ERR {}", e.message)))
+                        }
+                        Err(other) => out::with(|o| {
+                            out::error(o, &format!("ERR unexpected reply {}", other.name()))
+                        }),
+                    };
+                    (Pending::Ready(reply), OP_OTHER)
+                }
                 Plan::Scan(scan) => (Pending::Ready(scan_step(&core, scan).await), OP_OTHER),
                 Plan::Quit => {
                     let ok = Pending::Ready(out::with(out::ok));

@@ -42,6 +42,8 @@ pub enum Plan {
     Flush,
     /// SCAN: one step of a walk over every core's keys.
     Scan(Scan),
+    /// MSETNX: these sets, all or none (`:1` or `:0`).
+    SetAllAbsent(Vec<SetOp>),
 }
 
 /// A SCAN call. The cursor names a core (its low 16 bits) and a position in that core's key
@@ -129,6 +131,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("info", -1),
     ("mget", -2),
     ("mset", -3),
+    ("msetnx", -3),
     ("persist", 2),
     ("pexpire", -3),
     ("pexpireat", -3),
@@ -149,7 +152,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
 ];
 
 /// Commands of Redis's string and keyspace families that this version does not run yet.
-const NOT_YET: &[&str] = &["msetnx", "keys", "rename"];
+const NOT_YET: &[&str] = &["keys", "rename"];
 
 fn reply_error(message: &str) -> Plan {
     Plan::Reply(out::with(|o| out::error(o, message)))
@@ -310,6 +313,16 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
             let ops = args[1..].iter().map(|k| Op::Get { key: k.clone() }).collect();
             Plan::Op(Op::Batch(ops), Render::Values)
         }
+        "msetnx" => {
+            if args.len().is_multiple_of(2) {
+                return reply_error("ERR wrong number of arguments for 'msetnx' command");
+            }
+            let sets = args[1..]
+                .chunks(2)
+                .map(|kv| SetOp { key: kv[0].clone(), value: kv[1].clone(), ..SetOp::default() })
+                .collect();
+            Plan::SetAllAbsent(sets)
+        }
         "mset" => {
             if args.len().is_multiple_of(2) {
                 return reply_error("ERR wrong number of arguments for 'mset' command");
@@ -365,10 +378,10 @@ fn check_sizes(name: &str, args: &[Bytes], limits: &Limits) -> Option<String> {
         "set" | "setnx" | "getset" | "append" => (&args[1..2], Some(1)),
         "setex" | "psetex" => (&args[1..2], Some(2)),
         "del" | "unlink" | "exists" | "mget" => (&args[1..], None),
-        "mset" => (&args[1..], Some(1)),
+        "mset" | "msetnx" => (&args[1..], Some(1)),
         _ => return None,
     };
-    let step = if name == "mset" { 2 } else { 1 };
+    let step = if matches!(name, "mset" | "msetnx") { 2 } else { 1 };
     let count = keys.len().div_ceil(step);
     if count > limits.batch_ops_max {
         return Some(format!(

@@ -25,6 +25,12 @@ pub enum Work {
     Flush,
     /// SCAN this core's keys from a position.
     Scan(ScanStep),
+    /// Reserve keys owned by the target if none exists (`reserve.rs`).
+    Reserve(Vec<bytes::Bytes>),
+    /// End reservations without writing.
+    Release(Vec<bytes::Bytes>),
+    /// End reservations by applying these sets; the `bool` as in `One`.
+    Commit(Vec<corekv_schema::codec::SetOp>, bool),
     /// Admin: checkpoint now.
     Checkpoint,
     /// Admin: checkpoint, then copy this core's checkpoint and log into the directory.
@@ -40,6 +46,9 @@ impl Work {
             Work::Metrics => "metrics",
             Work::Flush => "flush",
             Work::Scan(_) => "scan",
+            Work::Reserve(_) => "reserve",
+            Work::Release(_) => "release",
+            Work::Commit(..) => "commit",
             Work::Checkpoint => "checkpoint",
             Work::Backup(_) => "backup",
         }
@@ -55,6 +64,8 @@ pub enum Done {
     Admin(Result<(u64, u64), String>),
     /// Keys found by a scan step, and the position to go on from (`None`: this core is done).
     Scanned(Vec<bytes::Bytes>, Option<u64>),
+    /// Whether the keys were reserved (always `false` for a release).
+    Reserved(bool),
 }
 
 impl Done {
@@ -66,6 +77,7 @@ impl Done {
             Done::Metrics(_) => "metrics",
             Done::Admin(_) => "admin",
             Done::Scanned(..) => "scanned",
+            Done::Reserved(_) => "reserved",
         }
     }
 }

@@ -785,6 +785,11 @@ impl Engine for MemEngine {
         (keys, (at < self.slots.len()).then_some(at as u64))
     }
 
+    fn version_of(&self, key: &[u8], now_ms: u64) -> u64 {
+        let found = self.table.find(self.hash(key), |e| e.key() == key);
+        found.filter(|e| !e.is_expired(now_ms)).map_or(0, |e| e.version)
+    }
+
     fn stats(&self) -> EngineStats {
         EngineStats {
             keys: self.table.len() as u64,
@@ -1392,4 +1397,10 @@ mod scan_tests {
         e.flush(&mut log).unwrap();
         assert_eq!(e.scan(0, 10, 0, &|_| true), (vec![], None));
     }
+}
+
+#[cfg(test)]
+#[test]
+fn entry_size() {
+    eprintln!("ENTRY {}", std::mem::size_of::<Entry>());
 }

@@ -162,7 +162,7 @@ fn commands_edge_cases_and_errors() {
         (&["TYPE", "a"], "+string\r\n"),
         (&["DBSIZE"], ":4\r\n"),
         (&["SET", "", "v"], "-ERR empty keys are not supported by corekv\r\n"),
-        (&["SCAN", "0"], "-ERR 'scan' is not supported by corekv yet\r\n"),
+        (&["KEYS", "*"], "-ERR 'keys' is not supported by corekv yet\r\n"),
         (&["FLUSHDB", "NOW"], "-ERR syntax error\r\n"),
         (
             &["PSETEX", "k", "9223372036854775807", "v"],
@@ -358,6 +358,105 @@ fn scan_walks_every_core_and_matches_like_redis() {
     assert_eq!(b.call(&["SCAN", "281474976710655"]), "-ERR invalid cursor\r\n");
 }
 
+/// MSETNX over keys on both cores, raced by writers with overlapping key sets while readers
+/// watch: at most one of two overlapping MSETNX wins, a winner's keys all hold its values, and
+/// a reader that sees one key of a group set then finds every other key of it set too.
+#[test]
+fn msetnx_is_all_or_nothing_across_cores() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const GROUPS: usize = 300;
+    let node = Node::start(&["--cores", "2"]);
+    let addr = node.resp;
+    // Group g has keys g:0..g:4; writer A takes 0..3, writer B takes 2..5: they overlap in
+    // g:2 and g:3, so at most one of them may succeed.
+    let key = |g: usize, i: usize| format!("g{g}:{i}");
+    // The group being written now: readers watch it, where a partial state would show.
+    let current = Arc::new(AtomicUsize::new(0));
+    let writer = |from: usize, tag: &'static str| {
+        let current = current.clone();
+        std::thread::spawn(move || {
+            let mut r = Resp::connect(addr);
+            let mut won = Vec::new();
+            for g in 0..GROUPS {
+                current.store(g, Ordering::Relaxed);
+                let mut cmd = vec!["MSETNX".to_string()];
+                for i in from..from + 3 {
+                    cmd.extend([format!("g{g}:{i}"), tag.to_string()]);
+                }
+                let args: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
+                match r.call(&args).as_str() {
+                    ":1\r\n" => won.push(true),
+                    ":0\r\n" => won.push(false),
+                    other => panic!("MSETNX answered {other:?}"),
+                }
+            }
+            won
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|n| {
+            let reverse = n % 2;
+            let stop = stop.clone();
+            let current = current.clone();
+            std::thread::spawn(move || {
+                let mut r = Resp::connect(addr);
+                let mut checks = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let g = current.load(Ordering::Relaxed);
+                    // Read one end of each writer's triple, then the rest of it.
+                    for from in [0, 2] {
+                        let mut order: Vec<usize> = (from..from + 3).collect();
+                        if reverse == 1 {
+                            order.reverse();
+                        }
+                        let first = r.call(&["GET", &format!("g{g}:{}", order[0])]);
+                        // Shared keys may hold the other writer's tag: only this writer's
+                        // tag says its triple was set.
+                        let tag = if from == 0 { "$1\r\nA\r\n" } else { "$1\r\nB\r\n" };
+                        if first != tag {
+                            continue;
+                        }
+                        for &i in &order[1..] {
+                            let got = r.call(&["GET", &format!("g{g}:{i}")]);
+                            assert_eq!(
+                                got, first,
+                                "group {g}: saw g{g}:{} set, g{g}:{i} not",
+                                order[0]
+                            );
+                            checks += 1;
+                        }
+                    }
+                }
+                checks
+            })
+        })
+        .collect();
+    let (a, b) = (writer(0, "A"), writer(2, "B"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    stop.store(true, Ordering::Relaxed);
+    let checks: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    let mut r = Resp::connect(addr);
+    let mut wins = [0, 0];
+    for g in 0..GROUPS {
+        assert!(!(a[g] && b[g]), "group {g}: both overlapping MSETNX succeeded");
+        wins[0] += usize::from(a[g]);
+        wins[1] += usize::from(b[g]);
+        // The winner's keys hold its values; the loser wrote nothing.
+        for i in 0..5 {
+            let want = match (a[g], b[g]) {
+                (true, _) if i < 3 => "$1\r\nA\r\n",
+                (_, true) if i >= 2 => "$1\r\nB\r\n",
+                _ => "$-1\r\n",
+            };
+            assert_eq!(r.call(&["GET", &key(g, i)]), want, "g{g}:{i}");
+        }
+    }
+    assert!(wins[0] + wins[1] >= GROUPS, "every group has a winner: {wins:?}");
+    assert!(checks > 0, "the readers saw groups being set");
+}
+
 fn random_command(rng: &mut Rng) -> Vec<String> {
     let keys = ["k0", "k1", "k2", "k3", "{t}a", "{t}b"];
     let values = ["0", "1", "-5", "10", "abc", "", "hello world", "9223372036854775807", "3.5"];
@@ -391,7 +490,7 @@ fn random_command(rng: &mut Rng) -> Vec<String> {
             }
         }
         8 => {
-            c.push("MSET".into());
+            c.push(pick(rng, &["MSET", "MSETNX"]));
             for _ in 0..rng.range(1, 3) {
                 c.extend([key(rng), value(rng)]);
             }
