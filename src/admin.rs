@@ -1,20 +1,26 @@
 //! The HTTP admin API (`--http-listen`): hyper's HTTP/1 server over glommio sockets, on every
 //! core like the other listeners. Routes are in [`http`]; Prometheus text in [`prometheus`].
 //!
-//! hyper runs on glommio through a small adapter ([`Io`]) from futures-io to `hyper::rt`.
-//! hyper gets no timer (glommio's is not `Send`), so it has no header-read timeout of its own:
-//! a connection is closed when the node shuts down, and each request body is capped.
+//! hyper runs on glommio through a small adapter ([`Io`]) from futures-io to `hyper::rt`, and
+//! a timer ([`LocalTimer`]) so that a client that sends a request's headers slower than
+//! `--partial-frame-timeout-ms` is cut off, as on the other ports. Each request body is capped.
 
 pub mod http;
 pub mod prometheus;
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use glommio::timer::TimerActionOnce;
 
 use crate::shard::Core;
 use crate::shutdown::Shutdown;
@@ -61,15 +67,99 @@ impl hyper::rt::Write for Io {
     }
 }
 
+/// hyper's timer, on glommio's. hyper wants `Send + Sync` sleeps; glommio's timers belong to
+/// one executor. So a sleep ([`Alarm`]) is a shared flag that a glommio timer action sets,
+/// and the action itself stays in a per-thread table, cancelled when the sleep is dropped
+/// (hyper drops most of them early: a header timeout per request). hyper creates and polls
+/// its sleeps on the connection's own executor thread.
+#[derive(Clone, Copy)]
+struct LocalTimer;
+
+thread_local! {
+    static ALARMS: RefCell<HashMap<u64, TimerActionOnce<()>>> = RefCell::new(HashMap::new());
+    static NEXT_ALARM: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Whether the alarm went off, and who to wake when it does. Only ever touched from one
+/// thread, so the mutex is never contended; it is what makes the sleep `Send + Sync`.
+#[derive(Default)]
+struct AlarmState {
+    fired: bool,
+    waker: Option<Waker>,
+}
+
+struct Alarm {
+    id: u64,
+    state: Arc<Mutex<AlarmState>>,
+}
+
+impl Alarm {
+    fn new(after: Duration) -> Alarm {
+        let id = NEXT_ALARM.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        let state = Arc::new(Mutex::new(AlarmState::default()));
+        let fire = state.clone();
+        let action = TimerActionOnce::do_in(after, async move {
+            ALARMS.with(|a| a.borrow_mut().remove(&id));
+            let mut s = fire.lock().unwrap_or_else(|e| e.into_inner());
+            s.fired = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        ALARMS.with(|a| a.borrow_mut().insert(id, action));
+        Alarm { id, state }
+    }
+}
+
+impl Future for Alarm {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.fired {
+            return Poll::Ready(());
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        if let Some(action) = ALARMS.with(|a| a.borrow_mut().remove(&self.id)) {
+            action.destroy();
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Alarm {}
+
+impl hyper::rt::Timer for LocalTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Alarm::new(duration))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
 /// Serves one HTTP connection (keep-alive) until the client closes or the node shuts down.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
+    let _gauge = crate::net::connection::ConnectionGauge::new(core.clone());
     let _ = stream.set_nodelay(true);
+    let header_timeout = Duration::from_millis(core.node.partial_frame_timeout_ms);
     let service = hyper::service::service_fn(move |request| {
         let core = core.clone();
         async move { Ok::<_, Infallible>(http::handle(&core, request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .timer(LocalTimer)
+        .header_read_timeout(header_timeout)
         .serve_connection(Io(stream), service);
     let served = async {
         if let Err(e) = connection.await {

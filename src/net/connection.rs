@@ -45,10 +45,10 @@ pub(super) const OUTPUT_FLUSH_BYTES: usize = 1024 * 1024;
 pub(super) const BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
 /// Keeps the per-core connection gauge right on every exit path.
-pub(super) struct ConnectionGauge(Rc<Core>);
+pub(crate) struct ConnectionGauge(Rc<Core>);
 
 impl ConnectionGauge {
-    pub(super) fn new(core: Rc<Core>) -> ConnectionGauge {
+    pub(crate) fn new(core: Rc<Core>) -> ConnectionGauge {
         let c = &core.counters.connections;
         c.set(c.get() + 1);
         ConnectionGauge(core)

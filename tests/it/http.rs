@@ -16,3 +16,39 @@ fn http_routes_and_prometheus_metrics() {
     }
     crate::harness::python_checks("http_client.py", node.http.port(), "http: all checks passed");
 }
+
+/// HTTP connections count in the connections gauge, and one that sends its headers slower
+/// than `--partial-frame-timeout-ms` (or idles that long) is closed; the node goes on serving.
+#[test]
+fn slow_http_headers_are_cut_off_and_connections_are_counted() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let node = Node::start(&["--cores", "1", "--partial-frame-timeout-ms", "400"]);
+    let gauge = || {
+        let (status, body) = crate::harness::http_get(node.http, "/metrics");
+        assert_eq!(status, 200);
+        let line = body.lines().find(|l| l.starts_with("corekv_connections ")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
+    };
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(node.http).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // The three idle ones and the scrape itself.
+    assert_eq!(gauge(), 4);
+    let mut slow = TcpStream::connect(node.http).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: corekv\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "{rest:?}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(gauge(), 1, "closed connections leave the gauge");
+    assert_eq!(crate::harness::http_get(node.http, "/healthz").0, 200);
+}
