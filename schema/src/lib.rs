@@ -14,6 +14,7 @@ pub mod codec;
 pub mod frame;
 pub mod placement;
 pub mod resp;
+pub mod ring;
 
 #[allow(clippy::all, unused_imports, dead_code, mismatched_lifetime_syntaxes)]
 // Generated accessors read verified buffers through unchecked offsets; flatc owns that code.
