@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod net;

@@ -1,0 +1,158 @@
+//! One partition's Raft group on one node: raft-rs's `RawNode` driven as a plain state machine.
+//!
+//! The owner (a core's executor; the simulation in tests) calls [`Group::tick`] on its timer,
+//! [`Group::step`] for each message from a peer, [`Group::propose`] for client writes, and
+//! then [`Group::drive`], which handles everything raft-rs has ready in the order Raft
+//! requires:
+//! 1. messages a leader may send before its own log is durable (raft-rs's `messages`) go out;
+//! 2. a snapshot, new entries and the hard state go to the store ([`GroupStore`]), which makes
+//!    them durable before `drive` goes on;
+//! 3. messages that promise durability (votes, append acks: `persisted_messages`) go out only
+//!    then;
+//! 4. committed entries are handed back for the state machine to apply, in order.
+//!
+//! The store is where this meets the core's write-ahead log: one log per core shared by every
+//! group on it, with one fdatasync per batch for all of them. Here it is a trait, so the same
+//! driver runs over the durable log on a node and over memory in the simulation.
+
+use raft::eraftpb::{Entry, HardState, Message, Snapshot};
+use raft::{Config, RawNode, StateRole, Storage};
+
+/// Where a group's log lives: raft-rs reads through `Storage`, the driver writes through this.
+pub trait GroupStore: Storage {
+    /// Makes `snapshot` the start of the log (entries it covers are gone).
+    fn apply_snapshot(&mut self, snapshot: Snapshot) -> raft::Result<()>;
+    /// Appends entries (replacing any conflicting suffix), durably.
+    fn append(&mut self, entries: &[Entry]) -> raft::Result<()>;
+    /// Records term, vote and commit, durably.
+    fn set_hard_state(&mut self, hs: &HardState) -> raft::Result<()>;
+    /// Records a new commit index (no durability needed: it is recomputed after a crash).
+    fn set_commit(&mut self, commit: u64) -> raft::Result<()>;
+}
+
+/// What one `drive` produced: messages to send (each carries its destination) and committed
+/// entries to apply, oldest first.
+#[derive(Default, Debug)]
+pub struct Driven {
+    pub messages: Vec<Message>,
+    pub committed: Vec<Entry>,
+    /// The leader the group knows of now (0: none), when it changed.
+    pub leader_changed: Option<(u64, u64)>,
+}
+
+pub struct Group<S: GroupStore> {
+    pub partition: u32,
+    node: RawNode<S>,
+    leader: (u64, u64),
+}
+
+/// Raft timing in ticks. A tick is `--raft-tick-ms`; elections start after a randomized
+/// 10–20 ticks without a leader, heartbeats go every 2.
+pub fn config(id: u64) -> Config {
+    Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        // A leader that has not heard from a quorum for an election timeout steps down, so a
+        // leader cut off in a minority stops acting as one.
+        check_quorum: true,
+        // A node coming back from a partition asks before it disrupts a working leader.
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    }
+}
+
+fn discard_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl<S: GroupStore> Group<S> {
+    pub fn new(partition: u32, config: &Config, store: S) -> raft::Result<Group<S>> {
+        config.validate()?;
+        let node = RawNode::new(config, store, &discard_logger())?;
+        Ok(Group { partition, node, leader: (0, 0) })
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    pub fn step(&mut self, message: Message) -> raft::Result<()> {
+        self.node.step(message)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// (term, leader id) as this node knows them; leader 0 when unknown.
+    pub fn leader(&self) -> (u64, u64) {
+        (self.node.raft.term, self.node.raft.leader_id)
+    }
+
+    /// Proposes a command; refused unless this node leads (the caller routes to the leader).
+    pub fn propose(&mut self, data: Vec<u8>) -> raft::Result<()> {
+        if !self.is_leader() {
+            return Err(raft::Error::ProposalDropped);
+        }
+        self.node.propose(Vec::new(), data)
+    }
+
+    /// Handles everything raft-rs has ready; see the module doc for the order.
+    pub fn drive(&mut self) -> raft::Result<Driven> {
+        let mut out = Driven::default();
+        while self.node.has_ready() {
+            let mut ready = self.node.ready();
+            out.messages.extend(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                self.node.mut_store().apply_snapshot(snapshot)?;
+            }
+            out.committed.extend(ready.take_committed_entries());
+            if !ready.entries().is_empty() {
+                self.node.mut_store().append(ready.entries())?;
+            }
+            if let Some(hs) = ready.hs() {
+                self.node.mut_store().set_hard_state(hs)?;
+            }
+            out.messages.extend(ready.take_persisted_messages());
+            let mut light = self.node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.node.mut_store().set_commit(commit)?;
+            }
+            out.messages.extend(light.take_messages());
+            out.committed.extend(light.take_committed_entries());
+            self.node.advance_apply();
+        }
+        let now = self.leader();
+        if now != self.leader {
+            self.leader = now;
+            out.leader_changed = Some(now);
+        }
+        Ok(out)
+    }
+}
+
+/// A `GroupStore` in memory: raft-rs's `MemStorage`. The simulation runs on it; a node's
+/// groups keep their log in the core's WAL instead.
+impl GroupStore for raft::storage::MemStorage {
+    fn apply_snapshot(&mut self, snapshot: Snapshot) -> raft::Result<()> {
+        self.wl().apply_snapshot(snapshot)
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        self.wl().append(entries)
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> raft::Result<()> {
+        self.wl().set_hardstate(hs.clone());
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
+        self.wl().mut_hard_state().set_commit(commit);
+        Ok(())
+    }
+}
