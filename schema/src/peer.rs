@@ -1,0 +1,174 @@
+//! Node-to-node frames (`peer.fbs`): a link's `Hello`, then batches of Raft messages, each
+//! batch holding every message one node has for another at that moment.
+//!
+//! Raft messages stay in raft-rs's protobuf encoding and are opaque here, so the client SDK,
+//! which shares this crate, does not depend on raft-rs. Decoding verifies the buffer first and
+//! hands message bytes out as slices of the frame (no copy). Frames are size-prefixed like
+//! client frames, so [`crate::frame::take_frame`] cuts them from a stream.
+
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, VerifierOptions};
+
+use crate::generated_peer::corekv::peer as fb;
+
+/// The node-to-node protocol version this build speaks.
+pub const PEER_VERSION: u16 = 1;
+
+/// Most Raft messages in one batch frame; a sender splits beyond it.
+pub const BATCH_MESSAGES_MAX: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMessage {
+    Hello {
+        cluster_id: u64,
+        from_node: u64,
+        to_node: u64,
+        version: u16,
+    },
+    /// (partition, protobuf-encoded raft message) pairs, in send order.
+    Raft {
+        from_node: u64,
+        to_node: u64,
+        messages: Vec<(u32, Bytes)>,
+    },
+}
+
+/// Encodes one size-prefixed frame.
+pub fn encode(message: &PeerMessage) -> Vec<u8> {
+    let mut fbb = FlatBufferBuilder::with_capacity(256);
+    let (body_type, body) = match message {
+        PeerMessage::Hello { cluster_id, from_node, to_node, version } => {
+            let hello = fb::Hello::create(
+                &mut fbb,
+                &fb::HelloArgs {
+                    cluster_id: *cluster_id,
+                    from_node: *from_node,
+                    to_node: *to_node,
+                    version: *version,
+                },
+            );
+            (fb::Body::Hello, hello.as_union_value())
+        }
+        PeerMessage::Raft { from_node, to_node, messages } => {
+            let items: Vec<_> = messages
+                .iter()
+                .map(|(partition, bytes)| {
+                    let message = fbb.create_vector(bytes);
+                    fb::RaftMessage::create(
+                        &mut fbb,
+                        &fb::RaftMessageArgs { partition: *partition, message: Some(message) },
+                    )
+                })
+                .collect();
+            let messages = fbb.create_vector(&items);
+            let batch = fb::RaftBatch::create(
+                &mut fbb,
+                &fb::RaftBatchArgs {
+                    from_node: *from_node,
+                    to_node: *to_node,
+                    messages: Some(messages),
+                },
+            );
+            (fb::Body::RaftBatch, batch.as_union_value())
+        }
+    };
+    let root = fb::PeerFrame::create(&mut fbb, &fb::PeerFrameArgs { body_type, body: Some(body) });
+    fbb.finish_size_prefixed(root, None);
+    fbb.finished_data().to_vec()
+}
+
+/// Decodes one size-prefixed frame (as cut by `take_frame`). Anything malformed is an error
+/// naming what was wrong; the link that sent it is closed by the caller.
+pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
+    let opts = VerifierOptions {
+        max_depth: 8,
+        max_tables: BATCH_MESSAGES_MAX + 8,
+        max_apparent_size: 1 << 31,
+        ignore_missing_null_terminator: false,
+    };
+    let root = flatbuffers::size_prefixed_root_with_opts::<fb::PeerFrame>(&opts, frame)
+        .map_err(|e| format!("malformed peer frame: {e}"))?;
+    let nonzero = |what: &str, id: u64| {
+        if id == 0 { Err(format!("peer frame with {what} 0")) } else { Ok(id) }
+    };
+    if let Some(h) = root.body_as_hello() {
+        return Ok(PeerMessage::Hello {
+            cluster_id: h.cluster_id(),
+            from_node: nonzero("from_node", h.from_node())?,
+            to_node: nonzero("to_node", h.to_node())?,
+            version: h.version(),
+        });
+    }
+    if let Some(b) = root.body_as_raft_batch() {
+        let items = b.messages().ok_or("raft batch without messages")?;
+        if items.len() > BATCH_MESSAGES_MAX {
+            return Err(format!(
+                "raft batch of {} messages; at most {BATCH_MESSAGES_MAX}",
+                items.len()
+            ));
+        }
+        let mut messages = Vec::with_capacity(items.len());
+        for item in items {
+            let bytes = item.message().ok_or("raft message without bytes")?;
+            messages.push((item.partition(), frame.slice_ref(bytes.bytes())));
+        }
+        return Ok(PeerMessage::Raft {
+            from_node: nonzero("from_node", b.from_node())?,
+            to_node: nonzero("to_node", b.to_node())?,
+            messages,
+        });
+    }
+    Err(format!("peer frame with unknown body type {}", root.body_type().0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let hello =
+            PeerMessage::Hello { cluster_id: 7, from_node: 1, to_node: 2, version: PEER_VERSION };
+        assert_eq!(decode(&Bytes::from(encode(&hello))), Ok(hello));
+        let batch = PeerMessage::Raft {
+            from_node: 3,
+            to_node: 1,
+            messages: vec![
+                (0, Bytes::from_static(b"\x08\x01")),
+                (1023, Bytes::new()),
+                (5, Bytes::from(vec![0xAB; 70_000])),
+            ],
+        };
+        let frame = Bytes::from(encode(&batch));
+        let decoded = decode(&frame).unwrap();
+        assert_eq!(decoded, batch);
+        // A frame cut from a stream by the shared framing decodes the same.
+        let mut stream = bytes::BytesMut::from(&frame[..]);
+        let cut = crate::frame::take_frame(&mut stream, 1 << 20).unwrap().unwrap();
+        assert_eq!(decode(&cut).unwrap(), batch);
+    }
+
+    #[test]
+    fn refuses_bad_frames() {
+        assert!(decode(&Bytes::from_static(b"\x04\0\0\0abcd")).is_err());
+        let zero = PeerMessage::Raft { from_node: 0, to_node: 1, messages: vec![] };
+        assert_eq!(decode(&Bytes::from(encode(&zero))), Err("peer frame with from_node 0".into()));
+        // Every truncation and every single-byte change of a valid frame: an error or a frame,
+        // never a panic.
+        let valid = encode(&PeerMessage::Raft {
+            from_node: 1,
+            to_node: 2,
+            messages: vec![(1, Bytes::from_static(b"hello")), (2, Bytes::from_static(b"x"))],
+        });
+        for cut in 0..valid.len() {
+            let _ = decode(&Bytes::copy_from_slice(&valid[..cut]));
+        }
+        for at in 0..valid.len() {
+            for flip in [0x01u8, 0x80, 0xFF] {
+                let mut bad = valid.clone();
+                bad[at] ^= flip;
+                let _ = decode(&Bytes::from(bad));
+            }
+        }
+    }
+}
