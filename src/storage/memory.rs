@@ -397,20 +397,10 @@ impl MemEngine {
         *version_last = version;
         let Mutation::Put { data, .. } = mutation else { unreachable!("built as a put") };
         let mut fresh = Entry::new(data, set.key.len(), loc, version, expires_at_ms);
-        let old = match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                if was_expired {
-                    *expired += 1;
-                }
-                fresh.slot = o.get().slot;
-                Some(std::mem::replace(o.get_mut(), fresh.clone()))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                fresh.slot = take_slot(slots, free_slots, hash);
-                v.insert(fresh.clone());
-                None
-            }
-        };
+        if was_expired {
+            *expired += 1;
+        }
+        let old = put_entry(entry, &mut fresh, slots, free_slots, hash);
         self.logged(loc, false);
         // An expired old entry's ticket may already have fired: the key gets a new one.
         self.stored(&set.key, hash, old.as_ref(), &fresh, !was_expired);
@@ -507,19 +497,31 @@ impl MemEngine {
     fn insert_replayed(&mut self, hash: u64, mut fresh: Entry) {
         let MemEngine { table, hasher, slots, free_slots, .. } = self;
         let entry = table.entry(hash, |e| e.key() == fresh.key(), |e| hasher.hash_one(e.key()));
-        let old = match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                fresh.slot = o.get().slot;
-                Some(std::mem::replace(o.get_mut(), fresh.clone()))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                fresh.slot = take_slot(slots, free_slots, hash);
-                v.insert(fresh.clone());
-                None
-            }
-        };
+        let old = put_entry(entry, &mut fresh, slots, free_slots, hash);
         let key = Bytes::copy_from_slice(fresh.key());
         self.stored(&key, hash, old.as_ref(), &fresh, true);
+    }
+}
+
+/// Stores `fresh` at `entry`: in place of the old entry (keeping its slot, returning it), or
+/// as a new one in a new slot.
+fn put_entry(
+    entry: hashbrown::hash_table::Entry<'_, Entry>,
+    fresh: &mut Entry,
+    slots: &mut Vec<u64>,
+    free_slots: &mut Vec<u32>,
+    hash: u64,
+) -> Option<Entry> {
+    match entry {
+        hashbrown::hash_table::Entry::Occupied(mut o) => {
+            fresh.slot = o.get().slot;
+            Some(std::mem::replace(o.get_mut(), fresh.clone()))
+        }
+        hashbrown::hash_table::Entry::Vacant(v) => {
+            fresh.slot = take_slot(slots, free_slots, hash);
+            v.insert(fresh.clone());
+            None
+        }
     }
 }
 
@@ -1397,10 +1399,4 @@ mod scan_tests {
         e.flush(&mut log).unwrap();
         assert_eq!(e.scan(0, 10, 0, &|_| true), (vec![], None));
     }
-}
-
-#[cfg(test)]
-#[test]
-fn entry_size() {
-    eprintln!("ENTRY {}", std::mem::size_of::<Entry>());
 }
