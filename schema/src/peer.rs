@@ -33,8 +33,12 @@ pub enum PeerMessage {
     },
 }
 
-/// Encodes one size-prefixed frame.
+/// Encodes one size-prefixed frame. A batch holds at most [`BATCH_MESSAGES_MAX`] messages:
+/// the sender splits larger ones (a bigger one is a bug in the caller, and panics).
 pub fn encode(message: &PeerMessage) -> Vec<u8> {
+    if let PeerMessage::Raft { messages, .. } = message {
+        assert!(messages.len() <= BATCH_MESSAGES_MAX, "raft batch of {}", messages.len());
+    }
     let mut fbb = FlatBufferBuilder::with_capacity(256);
     let (body_type, body) = match message {
         PeerMessage::Hello { cluster_id, from_node, to_node, version } => {
@@ -86,6 +90,10 @@ pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
         max_apparent_size: 1 << 31,
         ignore_missing_null_terminator: false,
     };
+    let prefix = frame.get(..4).map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+    if prefix.is_none_or(|n| n as usize + 4 != frame.len()) {
+        return Err(format!("peer frame of {} bytes with a wrong length prefix", frame.len()));
+    }
     let root = flatbuffers::size_prefixed_root_with_opts::<fb::PeerFrame>(&opts, frame)
         .map_err(|e| format!("malformed peer frame: {e}"))?;
     let nonzero = |what: &str, id: u64| {
@@ -142,6 +150,10 @@ mod tests {
         let frame = Bytes::from(encode(&batch));
         let decoded = decode(&frame).unwrap();
         assert_eq!(decoded, batch);
+        // Zero-copy: the message bytes are inside the frame.
+        let PeerMessage::Raft { messages, .. } = &decoded else { unreachable!() };
+        let inside = frame.as_ptr_range();
+        assert!(inside.contains(&messages[2].1.as_ptr()));
         // A frame cut from a stream by the shared framing decodes the same.
         let mut stream = bytes::BytesMut::from(&frame[..]);
         let cut = crate::frame::take_frame(&mut stream, 1 << 20).unwrap().unwrap();
@@ -161,8 +173,10 @@ mod tests {
             messages: vec![(1, Bytes::from_static(b"hello")), (2, Bytes::from_static(b"x"))],
         });
         for cut in 0..valid.len() {
-            let _ = decode(&Bytes::copy_from_slice(&valid[..cut]));
+            assert!(decode(&Bytes::copy_from_slice(&valid[..cut])).is_err(), "cut at {cut}");
         }
+        let hello = PeerMessage::Hello { cluster_id: 1, from_node: 1, to_node: 0, version: 1 };
+        assert!(decode(&Bytes::from(encode(&hello))).is_err());
         for at in 0..valid.len() {
             for flip in [0x01u8, 0x80, 0xFF] {
                 let mut bad = valid.clone();

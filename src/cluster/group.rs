@@ -35,6 +35,9 @@ pub trait GroupStore: Storage {
 #[derive(Default, Debug)]
 pub struct Driven {
     pub messages: Vec<Message>,
+    /// A snapshot this replica received: the state machine loads it, then applies
+    /// `committed` (all later than it). Not exercised yet: nothing compacts a group's log.
+    pub snapshot: Option<Snapshot>,
     pub committed: Vec<Entry>,
     /// The leader the group knows of now (0: none), when it changed.
     pub leader_changed: Option<(u64, u64)>,
@@ -100,7 +103,9 @@ impl<S: GroupStore> Group<S> {
         self.node.propose(Vec::new(), data)
     }
 
-    /// Handles everything raft-rs has ready; see the module doc for the order.
+    /// Handles everything raft-rs has ready; see the module doc for the order. An error from
+    /// the store leaves raft-rs with a Ready it never got back: the group is then unusable and
+    /// must be rebuilt from its store (a failed log fails the whole core anyway).
     pub fn drive(&mut self) -> raft::Result<Driven> {
         let mut out = Driven::default();
         while self.node.has_ready() {
@@ -108,7 +113,10 @@ impl<S: GroupStore> Group<S> {
             out.messages.extend(ready.take_messages());
             if !ready.snapshot().is_empty() {
                 let snapshot = ready.snapshot().clone();
-                self.node.mut_store().apply_snapshot(snapshot)?;
+                self.node.mut_store().apply_snapshot(snapshot.clone())?;
+                // Entries collected before it are covered by it: the snapshot replaces them.
+                out.committed.clear();
+                out.snapshot = Some(snapshot);
             }
             out.committed.extend(ready.take_committed_entries());
             if !ready.entries().is_empty() {

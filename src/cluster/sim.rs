@@ -5,8 +5,8 @@
 //! node applies the same command at the same index (state machine safety). Checked after
 //! healing: every group elects a leader, a new command commits, and every node has applied
 //! the same commands. A failing seed is printed and reproduces the run exactly. raft-rs draws
-//! its election timeouts from an RNG that cannot be seeded, so here each node's timeout is
-//! fixed (staggered by node id) instead.
+//! its election timeouts from an RNG that cannot be seeded, so here each replica's timeout is
+//! fixed, drawn from the seed, so that candidates do compete.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -65,18 +65,19 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, nodes: u64, partitions: u32) -> Sim {
         let ids: Vec<u64> = (1..=nodes).collect();
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut groups = BTreeMap::new();
         for &id in &ids {
             for p in 0..partitions {
                 let mut config = group::config(id);
-                config.min_election_tick = 10 + 3 * id as usize;
+                config.min_election_tick = 10 + rng.below(10) as usize;
                 config.max_election_tick = config.min_election_tick + 1;
                 let store = MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![])));
                 groups.insert((id, p), Group::new(p, &config, store).expect("group"));
             }
         }
         Sim {
-            rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            rng,
             now: 0,
             seq: 0,
             nodes: ids,
@@ -108,12 +109,15 @@ impl Sim {
             if let Some(g) = self.groups.get_mut(&(to, f.partition)) {
                 // A message from an older term or for a compacted index is refused: normal.
                 let _ = g.step(f.message);
+                // A step can make a leader (votes counted) that steps down before the next
+                // drive: look now.
+                self.check_leader(to, f.partition);
             }
         }
         if self.rng.percent(propose_percent) {
             let partitions = self.groups.keys().map(|k| k.1).max().unwrap_or(0) + 1;
             let p = self.rng.below(u64::from(partitions)) as u32;
-            // Any node that thinks it leads takes it: a deposed leader in a minority too.
+            // The first node that thinks it leads takes it, a deposed one in a minority too.
             let leader = self.nodes.iter().copied().find(|&n| self.groups[&(n, p)].is_leader());
             if let Some(n) = leader {
                 self.proposals += 1;
@@ -129,11 +133,7 @@ impl Sim {
         for (node, p) in keys {
             let g = self.groups.get_mut(&(node, p)).unwrap();
             let driven = g.drive().expect("drive");
-            if g.is_leader() {
-                let (term, _) = g.leader();
-                let seen = *self.leaders.entry((p, term)).or_insert(node);
-                assert_eq!(seen, node, "two leaders of partition {p} in term {term}");
-            }
+            self.check_leader(node, p);
             for m in driven.messages {
                 if self.rng.percent(self.drop_percent) {
                     continue;
@@ -159,6 +159,16 @@ impl Sim {
         }
     }
 
+    /// Election safety: one leader per partition and term, ever.
+    fn check_leader(&mut self, node: u64, p: u32) {
+        let g = &self.groups[&(node, p)];
+        if g.is_leader() {
+            let (term, _) = g.leader();
+            let seen = *self.leaders.entry((p, term)).or_insert(node);
+            assert_eq!(seen, node, "two leaders of partition {p} in term {term}");
+        }
+    }
+
     fn leader_of(&self, p: u32) -> Option<u64> {
         self.nodes.iter().copied().find(|&n| self.groups[&(n, p)].is_leader())
     }
@@ -170,17 +180,19 @@ fn run(seed: u64) {
     // Rough weather: lost, late and reordered messages, and a node cut off now and then.
     sim.drop_percent = 10;
     sim.delay_max = 4;
-    for round in 0..6 {
-        sim.cut = if sim.rng.percent(70) {
-            vec![sim.nodes[sim.rng.below(sim.nodes.len() as u64) as usize]]
-        } else {
-            Vec::new()
+    for _ in 0..6 {
+        // Mostly the leader of some partition, so that elections happen; sometimes anyone.
+        let p = sim.rng.below(u64::from(PARTITIONS)) as u32;
+        let anyone = sim.nodes[sim.rng.below(sim.nodes.len() as u64) as usize];
+        sim.cut = match sim.rng.below(10) {
+            0..=5 => vec![sim.leader_of(p).unwrap_or(anyone)],
+            6 | 7 => vec![anyone],
+            _ => Vec::new(),
         };
         let ticks = 150 + sim.rng.below(150);
         for _ in 0..ticks {
             sim.step_tick(30);
         }
-        let _ = round;
     }
     // Healed: a calm network. Every group must elect a leader and commit a new command.
     sim.cut.clear();
@@ -205,7 +217,13 @@ fn run(seed: u64) {
         let marker = format!("final-{p}").into_bytes();
         assert!(logs[0].contains(&marker), "seed {seed}: partition {p} lost its final command");
     }
-    assert!(sim.proposals > 50, "seed {seed}: only {} proposals were made", sim.proposals);
+    // Progress through the weather, not just after it: commands committed in every partition.
+    for p in 0..PARTITIONS {
+        let committed = sim.chosen.keys().filter(|(q, _)| *q == p).count();
+        assert!(committed >= 20, "seed {seed}: partition {p} committed only {committed}");
+    }
+    let terms = sim.leaders.len();
+    assert!(terms > PARTITIONS as usize, "seed {seed}: no leader ever changed ({terms} terms)");
 }
 
 #[test]
