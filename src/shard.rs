@@ -135,10 +135,8 @@ pub struct Core {
     mesh: Mesh,
     pending: RefCell<Slab<Pending>>,
     /// Keys held by a write spanning cores (`reserve.rs`); operations on them wait.
-    reserved: RefCell<std::collections::HashSet<Bytes>>,
-    /// Bumped whenever reservations end; waiters re-check then.
-    release_epoch: Cell<u64>,
-    release_waiters: RefCell<Vec<Waker>>,
+    held: RefCell<std::collections::HashMap<Bytes, reserve::Held>>,
+    next_ticket: Cell<u64>,
 }
 
 /// A parsed request on its way to a reply; see the module doc.
@@ -240,9 +238,8 @@ impl Core {
             wal,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
-            reserved: RefCell::new(std::collections::HashSet::new()),
-            release_epoch: Cell::new(0),
-            release_waiters: RefCell::new(Vec::new()),
+            held: RefCell::new(std::collections::HashMap::new()),
+            next_ticket: Cell::new(0),
         }
     }
 
@@ -306,7 +303,7 @@ impl Core {
     /// Whether replies to writes must wait for the log, given what the request asked for.
     /// A request may ask for less durability than the node gives, never for more.
     fn ack_waits(&self, asked: Durability) -> Result<bool, Reply> {
-        let node_syncs = self.wal.as_ref().is_some_and(|w| w.acks_wait());
+        let node_syncs = self.acks_wait();
         let more_than_node = |what: &str| {
             Reply::error(
                 ErrorCode::BadRequest,
@@ -370,14 +367,24 @@ impl Core {
     /// Applies a single-key operation owned by this core and logs what it changed. Returns the
     /// answer and, for a logged write, the log sequence number that makes it durable. Waits
     /// only when the operation compares against a value that is on disk only.
-    pub async fn apply(&self, mut op: Op, now_ms: u64) -> (Answered, Option<u64>) {
-        debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
-        if !self.reserved.borrow().is_empty()
+    pub async fn apply(&self, op: Op, now_ms: u64) -> (Answered, Option<u64>) {
+        if !self.held.borrow().is_empty()
             && let Some(key) = op.key()
         {
             let key = key.clone();
-            self.wait_unreserved(&key).await;
+            self.wait_turn(&key).await;
         }
+        self.apply_unqueued(op, now_ms).await
+    }
+
+    /// Whether the node's writes are acknowledged only once durable (sync mode).
+    fn acks_wait(&self) -> bool {
+        self.wal.as_ref().is_some_and(|w| w.acks_wait())
+    }
+
+    /// `apply` without waiting for a turn on a reserved key (the reservation's own commit).
+    async fn apply_unqueued(&self, mut op: Op, now_ms: u64) -> (Answered, Option<u64>) {
+        debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
         let is_read = matches!(op, Op::Get { .. });
         if !is_read && let Some(e) = self.wal.as_ref().and_then(|w| w.failure()) {
             return (Answered::Reply(Reply::error(ErrorCode::Unavailable, e.to_string())), None);
@@ -519,7 +526,7 @@ impl Core {
             // overtake it. The answer waits for the flush record to be durable.
             Work::Flush => {
                 let (done, seq) = self.flush_here();
-                (done, seq.filter(|_| self.wal.as_ref().is_some_and(|w| w.acks_wait())))
+                (done, seq.filter(|_| self.acks_wait()))
             }
             Work::Checkpoint | Work::Backup(_) => {
                 debug_assert!(false, "admin work is run by run_admin");
@@ -566,7 +573,7 @@ impl Core {
     pub async fn run_admin(&self, work: Work) -> Done {
         if matches!(work, Work::Flush) {
             let (done, seq) = self.flush_here();
-            let waits = self.wal.as_ref().is_some_and(|w| w.acks_wait());
+            let waits = self.acks_wait();
             if let Some(seq) = seq.filter(|_| waits)
                 && let Err(failed) = self.durable(seq).await
             {

@@ -1,125 +1,153 @@
 //! Key reservations: how a write spanning cores (MSETNX) is all or nothing without locks.
 //!
-//! The coordinator reserves its keys core by core, in ascending core order: a core reserves a
-//! set of keys only if none of them exists, atomically on its executor. While a key is
-//! reserved, every operation on it waits (its answer is late, nothing else is). Once every
-//! core has reserved, each commits: its reservations go and its sets are applied in the same
-//! step, then the waiting operations run. If a key exists, the cores reserved so far release
-//! instead, and nothing was written.
+//! The coordinator reserves its keys core by core, in ascending core order, and on each core
+//! in key order: a core reserves its keys, then checks that none of them exists. While a key
+//! is reserved, every operation on it waits in that key's queue (its answer is late, nothing
+//! else is). Once every core has reserved, each commits: its sets are applied, then its
+//! reservations end and the queue moves on. If a key exists, or a core's log has failed, the
+//! cores reserved so far release instead, and nothing was written.
 //!
 //! So a client that sees one of the keys set and then reads another sees that one set too:
 //! the second read either finds it committed or waits for the commit. Reserving in one global
-//! order means two coordinators never wait on each other in a cycle. Operations that wait
-//! never run in a core's serving loop for a peer (`spawn_mesh_tasks` runs them beside it),
-//! since the commit that ends the wait arrives through that same loop.
+//! order means two coordinators never wait on each other in a cycle.
 //!
-//! Not covered: a crash between two cores' commits leaves the first core's keys set (the log
-//! of each core is durable on its own); the README says so.
+//! A key's queue is first come, first served, and a key stays held while anything is queued
+//! for it: an operation that arrives after the reservation ended still lines up behind the
+//! ones that waited, so one connection's operations on a key apply in the order it sent them.
+//! Work from a peer that may have to queue runs beside that peer's serving loop
+//! (`spawn_mesh_tasks`), since the commit that ends the wait comes through the same loop.
+//!
+//! Not covered:
+//! - a crash between two cores' commits leaves the first core's keys set (the log of each
+//!   core is durable on its own); the README says so;
+//! - a batch part that is already running in a serving loop and waits for a value from disk
+//!   (a compare by value) can meet a reservation taken meanwhile on one of its later keys,
+//!   and then waits inside the loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use corekv_schema::codec::{Condition, ErrorCode, Op, Reply, SetOp};
 
-use super::{Answered, Core, Done, Work, now_ms};
+use super::{Answered, Core, Done, Work};
+
+/// A key that is reserved, or has operations queued for it, or both.
+#[derive(Default)]
+pub(super) struct Held {
+    reserved: bool,
+    /// Tickets in arrival order, each with the waker of the operation holding it.
+    queue: VecDeque<(u64, Option<Waker>)>,
+}
 
 impl Core {
-    /// Whether work from a peer could wait for a reservation (then it must not run in the
-    /// peer's serving loop).
+    /// Whether work from a peer could have to queue (then it must not run in the peer's
+    /// serving loop).
     pub(super) fn may_wait_for_reservation(&self, work: &Work) -> bool {
-        let reserved = self.reserved.borrow();
-        if reserved.is_empty() {
+        let held = self.held.borrow();
+        if held.is_empty() {
             return false;
         }
+        let key_held = |op: &Op| op.key().is_some_and(|k| held.contains_key(k));
         match work {
-            Work::One(op, _) => op.key().is_some_and(|k| reserved.contains(k)),
-            Work::Many(ops, _) => {
-                ops.iter().any(|op| op.key().is_some_and(|k| reserved.contains(k)))
-            }
-            Work::Reserve(keys) => keys.iter().any(|k| reserved.contains(k)),
+            Work::One(op, _) => key_held(op),
+            Work::Many(ops, _) => ops.iter().any(key_held),
+            Work::Reserve(keys) => keys.iter().any(|k| held.contains_key(k)),
             _ => false,
         }
     }
 
-    /// Waits until `key` is not reserved.
-    pub(super) async fn wait_unreserved(&self, key: &[u8]) {
-        while self.reserved.borrow().contains(key) {
-            ReleaseWait { core: self, epoch: self.release_epoch.get() }.await;
+    /// Waits for this operation's turn on `key`, if the key is held at all.
+    pub(super) async fn wait_turn(&self, key: &Bytes) {
+        let ticket = {
+            let mut held = self.held.borrow_mut();
+            let Some(h) = held.get_mut(key) else { return };
+            let ticket = self.next_ticket.get();
+            self.next_ticket.set(ticket + 1);
+            h.queue.push_back((ticket, None));
+            ticket
+        };
+        Turn { core: self, key: key.clone(), ticket, done: false }.await;
+    }
+
+    /// Reserves `keys` (all owned here) if none of them exists, waiting its turn on each.
+    /// Whether they were reserved; an error when this core's log has failed (its commit
+    /// could not be written, so nothing may be reserved).
+    pub async fn reserve(&self, mut keys: Vec<Bytes>) -> Result<bool, Reply> {
+        keys.sort_unstable();
+        keys.dedup();
+        for key in &keys {
+            self.held.borrow_mut().entry(key.clone()).or_default();
+            self.wait_turn(key).await;
+            // Our turn: nothing runs on this key until the reservation ends.
+            self.held.borrow_mut().entry(key.clone()).or_default().reserved = true;
+        }
+        let failed = self.wal.as_ref().and_then(|w| w.failure());
+        let now = super::now_ms();
+        let exists = {
+            let engine = self.engine.borrow();
+            keys.iter().any(|k| engine.version_of(k, now) != 0)
+        };
+        if failed.is_some() || exists {
+            self.release(&keys);
+        }
+        match failed {
+            Some(e) => Err(Reply::error(ErrorCode::Unavailable, e.to_string())),
+            None => Ok(!exists),
         }
     }
 
-    /// Reserves `keys` (all owned here) if none of them exists; waits first for any of them
-    /// another coordinator holds. Whether they were reserved.
-    pub async fn reserve(&self, keys: Vec<Bytes>) -> bool {
-        loop {
-            let held = keys.iter().find(|k| self.reserved.borrow().contains(&k[..])).cloned();
-            match held {
-                Some(k) => self.wait_unreserved(&k).await,
-                None => break,
-            }
-        }
-        let now = now_ms();
-        let engine = self.engine.borrow();
-        if keys.iter().any(|k| engine.version_of(k, now) != 0) {
-            return false;
-        }
-        drop(engine);
-        self.reserved.borrow_mut().extend(keys);
-        true
-    }
-
-    /// Ends reservations without writing.
+    /// Ends reservations; the next operation queued on each key goes on.
     pub fn release(&self, keys: &[Bytes]) {
-        let mut reserved = self.reserved.borrow_mut();
+        let mut held = self.held.borrow_mut();
         for k in keys {
-            reserved.remove(&k[..]);
-        }
-        drop(reserved);
-        self.wake_reservation_waiters();
-    }
-
-    /// Ends reservations by applying their sets, in one step; the replies and the last log
-    /// record to wait for.
-    pub async fn commit(&self, sets: Vec<SetOp>) -> (Vec<Reply>, Option<u64>) {
-        {
-            let mut reserved = self.reserved.borrow_mut();
-            for set in &sets {
-                reserved.remove(&set.key[..]);
+            let Some(h) = held.get_mut(k) else { continue };
+            h.reserved = false;
+            match h.queue.front_mut() {
+                Some((_, waker)) => {
+                    if let Some(w) = waker.take() {
+                        w.wake();
+                    }
+                }
+                None => {
+                    held.remove(k);
+                }
             }
         }
-        let now = now_ms();
+    }
+
+    /// Ends reservations by applying their sets, then releasing the keys; the replies and
+    /// the last log record to wait for.
+    pub async fn commit(&self, sets: Vec<SetOp>) -> (Vec<Reply>, Option<u64>) {
+        let now = super::now_ms();
+        let keys: Vec<Bytes> = sets.iter().map(|s| s.key.clone()).collect();
         let mut replies = Vec::with_capacity(sets.len());
         let mut last = None;
         for mut set in sets {
             // Reserved keys were absent and nothing could write them since.
             set.condition = Condition::IfAbsent;
-            // No await inside: an absence check never needs a value from disk.
-            let (answered, seq) = self.apply(Op::Set(set), now).await;
+            // Not `apply`: that would queue behind the operations waiting for this commit.
+            let (answered, seq) = self.apply_unqueued(Op::Set(set), now).await;
             last = seq.or(last);
             replies.push(match answered {
                 Answered::Reply(r) => r,
                 Answered::Fetch(_) => Reply::error(ErrorCode::Internal, "a set fetched a value"),
             });
         }
-        self.wake_reservation_waiters();
+        self.release(&keys);
         (replies, last)
-    }
-
-    fn wake_reservation_waiters(&self) {
-        self.release_epoch.set(self.release_epoch.get() + 1);
-        for w in self.release_waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
     }
 
     /// Runs reservation work a peer sent (beside its serving loop when it may wait).
     pub(super) async fn reservation_work(&self, work: Work) -> (Done, Option<u64>) {
         match work {
-            Work::Reserve(keys) => (Done::Reserved(self.reserve(keys).await), None),
+            Work::Reserve(keys) => match self.reserve(keys).await {
+                Ok(reserved) => (Done::Reserved(reserved), None),
+                Err(reply) => (Done::One(reply), None),
+            },
             Work::Release(keys) => {
                 self.release(&keys);
                 (Done::Reserved(false), None)
@@ -161,13 +189,14 @@ impl Core {
 
     async fn set_all_absent_here(&self, sets: Vec<SetOp>) -> Result<bool, Reply> {
         let mut parts: BTreeMap<u16, Vec<SetOp>> = BTreeMap::new();
+        let mut seen = HashSet::with_capacity(sets.len());
+        // Last value wins: walk backwards and keep each key's first sighting.
         for set in sets.into_iter().rev() {
-            let part = parts.entry(self.owner_of(&set.key)).or_default();
-            if !part.iter().any(|s| s.key == set.key) {
-                part.push(set);
+            if seen.insert(set.key.clone()) {
+                parts.entry(self.owner_of(&set.key)).or_default().push(set);
             }
         }
-        let wait = self.wal.as_ref().is_some_and(|w| w.acks_wait());
+        let wait = self.acks_wait();
         let keys = |sets: &[SetOp]| sets.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
         // Ascending core order (the map's): see the module doc.
         let mut reserved: Vec<u16> = Vec::new();
@@ -235,20 +264,65 @@ impl Core {
     }
 }
 
-/// Ready once any reservation on the core ended after `epoch`.
-struct ReleaseWait<'a> {
+/// One operation's place in a key's queue: ready when it is first and the key is not
+/// reserved. Leaving the queue (done, or dropped while waiting) lets the next one go.
+struct Turn<'a> {
     core: &'a Core,
-    epoch: u64,
+    key: Bytes,
+    ticket: u64,
+    done: bool,
 }
 
-impl Future for ReleaseWait<'_> {
+impl Future for Turn<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.core.release_epoch.get() != self.epoch {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut held = self.core.held.borrow_mut();
+        let Some(h) = held.get_mut(&self.key) else {
+            debug_assert!(false, "a queued key is held");
+            return Poll::Ready(());
+        };
+        if !h.reserved && h.queue.front().is_some_and(|(t, _)| *t == self.ticket) {
+            drop(held);
+            self.done = true;
+            self.core.leave_queue(&self.key, self.ticket);
             return Poll::Ready(());
         }
-        self.core.release_waiters.borrow_mut().push(cx.waker().clone());
+        if let Some(slot) = h.queue.iter_mut().find(|(t, _)| *t == self.ticket) {
+            slot.1 = Some(cx.waker().clone());
+        }
         Poll::Pending
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.leave_queue(&self.key, self.ticket);
+        }
+    }
+}
+
+impl Core {
+    /// Takes `ticket` out of `key`'s queue and wakes whoever is first now; forgets the key
+    /// once nothing holds it.
+    fn leave_queue(&self, key: &Bytes, ticket: u64) {
+        let mut held = self.held.borrow_mut();
+        let Some(h) = held.get_mut(key) else { return };
+        h.queue.retain(|(t, _)| *t != ticket);
+        if h.reserved {
+            return;
+        }
+        match h.queue.front_mut() {
+            // It goes once this task yields: after the operation that just got its turn.
+            Some((_, waker)) => {
+                if let Some(w) = waker.take() {
+                    w.wake();
+                }
+            }
+            None => {
+                held.remove(key);
+            }
+        }
     }
 }
