@@ -34,7 +34,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
-use crate::shard::metrics::{OP_OTHER, op_index, result_index};
+use crate::shard::metrics::{Metrics, OP_OTHER, op_index, result_index};
 use crate::shard::{Core, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
@@ -129,15 +129,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 metrics.record(kind, started, result_index(&reply));
                 encoder.response(id, &reply, &mut output);
                 if output.len() >= OUTPUT_FLUSH_BYTES {
-                    metrics.add_out(output.len());
-                    if stream.write_all(&output).await.is_err() {
+                    if !send(&mut stream, &output, metrics).await {
                         return;
                     }
                     output.clear();
                 }
             }
-            metrics.add_out(output.len());
-            if stream.write_all(&output).await.is_err() {
+            if !send(&mut stream, &output, metrics).await {
                 return;
             }
             output.clear();
@@ -181,6 +179,13 @@ async fn last_word(stream: &mut TcpStream, encoder: &mut Encoder, reply: &Reply)
     let mut out = BytesMut::new();
     encoder.response(0, reply, &mut out);
     let _ = stream.write_all(&out).await;
+}
+
+/// Writes `out` to the client and counts the bytes; false once the client is gone. Shared by
+/// the native and the Redis connection loops.
+pub(super) async fn send(stream: &mut TcpStream, out: &[u8], metrics: &Metrics) -> bool {
+    metrics.add_out(out.len());
+    stream.write_all(out).await.is_ok()
 }
 
 /// Reads more input into `input` (shared by the native and the Redis connection loops).

@@ -15,11 +15,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{Condition, Durability, ErrorCode, Op, Reply, SetOp, StatsInfo};
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use super::connection::{
     BUFFER_KEEP_BYTES, ConnectionGauge, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, fill,
+    send,
 };
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
@@ -172,15 +172,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     reply.clear();
                 }
                 if output.len() >= OUTPUT_FLUSH_BYTES {
-                    metrics.add_out(output.len());
-                    if stream.write_all(&output).await.is_err() {
+                    if !send(&mut stream, &output, metrics).await {
                         return;
                     }
                     output.clear();
                 }
             }
-            metrics.add_out(output.len());
-            if stream.write_all(&output).await.is_err() {
+            if !send(&mut stream, &output, metrics).await {
                 return;
             }
             output.clear();
@@ -200,18 +198,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
             ReadOutcome::Data(n) => metrics.add_in(n),
             ReadOutcome::Closed => return,
             ReadOutcome::Shutdown if input.is_empty() => return,
-            ReadOutcome::Shutdown => {
-                let reply = out::with(|o| {
-                    out::error(o, "ERR node is shutting down; the unfinished command was not run")
-                });
-                let _ = stream.write_all(&reply).await;
-                return;
-            }
-            ReadOutcome::Stalled => {
-                let reply = out::with(|o| {
-                    out::error(o, "ERR Protocol error: command not completed in time")
-                });
-                let _ = stream.write_all(&reply).await;
+            ReadOutcome::Shutdown | ReadOutcome::Stalled => {
+                let message = if matches!(outcome, ReadOutcome::Shutdown) {
+                    "ERR node is shutting down; the unfinished command was not run"
+                } else {
+                    "ERR Protocol error: command not completed in time"
+                };
+                send(&mut stream, &out::with(|o| out::error(o, message)), metrics).await;
                 return;
             }
         }
@@ -372,7 +365,7 @@ fn info(core: &Core, session: &Session, stats: &StatsInfo, sections: &[String]) 
 /// and fewer than COUNT keys were found, the next core starts, and so on. The reply is the
 /// next cursor (0 when every core is done) and the keys.
 async fn scan_step(core: &Core, scan: Scan) -> Vec<u8> {
-    let Scan { core: mut target, mut position, count, pattern, nothing } = scan;
+    let Scan { core: mut target, mut position, count, pattern } = scan;
     if target >= core.cores {
         return out::with(|o| out::error(o, "ERR invalid cursor"));
     }
@@ -388,9 +381,7 @@ async fn scan_step(core: &Core, scan: Scan) -> Vec<u8> {
                 return out::with(|o| out::error(o, &format!("ERR {message}")));
             }
             Ok((found, at)) => {
-                if !nothing {
-                    keys.extend(found);
-                }
+                keys.extend(found);
                 match at {
                     // Stopped inside this core (enough keys, or enough positions looked at).
                     Some(at) => break Scan::cursor(target, at),

@@ -53,9 +53,8 @@ pub struct Scan {
     pub core: u16,
     pub position: u64,
     pub count: usize,
-    pub pattern: Option<super::glob::Glob>,
-    /// `TYPE` named a type other than string: the walk goes on, but finds nothing.
-    pub nothing: bool,
+    /// Shared by the steps on every core the call visits.
+    pub pattern: Option<std::sync::Arc<super::glob::Glob>>,
 }
 
 impl Scan {
@@ -182,13 +181,13 @@ fn plan_scan(args: &[Bytes], limits: &Limits) -> Plan {
         position: cursor >> Scan::CORE_BITS,
         count: SCAN_COUNT_DEFAULT,
         pattern: None,
-        nothing: false,
     };
+    let mut only_strings = true;
     let mut at = 2;
     while at < args.len() {
         let Some(value) = args.get(at + 1) else { return syntax() };
         match lower(&args[at]).as_str() {
-            "match" => scan.pattern = Some(super::glob::Glob::new(value)),
+            "match" => scan.pattern = Some(std::sync::Arc::new(super::glob::Glob::new(value))),
             "count" => match rmw::parse_i64(value) {
                 Some(n) if n >= 1 => {
                     // A COUNT beyond one batch would build one huge reply: capped, as COUNT
@@ -198,10 +197,18 @@ fn plan_scan(args: &[Bytes], limits: &Limits) -> Plan {
                 Some(_) => return syntax(),
                 None => return not_integer(),
             },
-            "type" => scan.nothing = !value.eq_ignore_ascii_case(b"string"),
+            "type" => only_strings = value.eq_ignore_ascii_case(b"string"),
             _ => return syntax(),
         }
         at += 2;
+    }
+    if !only_strings {
+        // Every key is a string: a walk for any other type is over before it starts.
+        return Plan::Reply(out::with(|o| {
+            out::array(o, 2);
+            out::bulk(o, b"0");
+            out::array(o, 0);
+        }));
     }
     Plan::Scan(scan)
 }
@@ -369,19 +376,25 @@ fn lossy(b: &[u8]) -> String {
 }
 
 /// Which arguments are keys and which are values, per command; the first size problem.
-fn check_sizes(name: &str, args: &[Bytes], limits: &Limits) -> Option<String> {
-    // (first key, step between keys, value positions as offsets from each key)
-    let (keys, value_offset): (&[Bytes], Option<usize>) = match name {
+/// Where a command's keys are: whether there are many (to the last argument) or one (the
+/// first), the step between them, and where each key's value is, as an offset from it.
+/// `None`: the command names no key. COMMAND INFO and the size checks both read this.
+fn key_layout(name: &str) -> Option<(bool, usize, Option<usize>)> {
+    Some(match name {
         "get" | "type" | "strlen" | "ttl" | "pttl" | "getrange" | "getdel" | "getex" | "incr"
         | "decr" | "incrby" | "decrby" | "incrbyfloat" | "persist" | "expire" | "pexpire"
-        | "expireat" | "pexpireat" | "setrange" => (&args[1..2], None),
-        "set" | "setnx" | "getset" | "append" => (&args[1..2], Some(1)),
-        "setex" | "psetex" => (&args[1..2], Some(2)),
-        "del" | "unlink" | "exists" | "mget" => (&args[1..], None),
-        "mset" | "msetnx" => (&args[1..], Some(1)),
+        | "expireat" | "pexpireat" | "setrange" => (false, 1, None),
+        "set" | "setnx" | "getset" | "append" => (false, 1, Some(1)),
+        "setex" | "psetex" => (false, 1, Some(2)),
+        "del" | "unlink" | "exists" | "mget" => (true, 1, None),
+        "mset" | "msetnx" => (true, 2, Some(1)),
         _ => return None,
-    };
-    let step = if matches!(name, "mset" | "msetnx") { 2 } else { 1 };
+    })
+}
+
+fn check_sizes(name: &str, args: &[Bytes], limits: &Limits) -> Option<String> {
+    let (many, step, value_offset) = key_layout(name)?;
+    let keys = if many { &args[1..] } else { &args[1..2] };
     let count = keys.len().div_ceil(step);
     if count > limits.batch_ops_max {
         return Some(format!(
@@ -588,26 +601,13 @@ fn command(args: &[Bytes]) -> Plan {
         out::bulk(o, name.as_bytes());
         out::int(o, arity);
         out::array(o, 0);
-        let keyed = !matches!(
-            name,
-            "client"
-                | "command"
-                | "dbsize"
-                | "echo"
-                | "hello"
-                | "info"
-                | "ping"
-                | "quit"
-                | "select"
-                | "flushdb"
-                | "flushall"
-        );
-        let last =
-            if matches!(name, "del" | "unlink" | "exists" | "mget" | "mset") { -1 } else { 1 };
-        let step = if name == "mset" { 2 } else { 1 };
-        out::int(o, i64::from(keyed));
-        out::int(o, if keyed { last } else { 0 });
-        out::int(o, if keyed { step } else { 0 });
+        let (first, last, step) = match key_layout(name) {
+            Some((many, step, _)) => (1, if many { -1 } else { 1 }, step as i64),
+            None => (0, 0, 0),
+        };
+        out::int(o, first);
+        out::int(o, last);
+        out::int(o, step);
     };
     match args.get(1).map(|a| lower(a)).as_deref() {
         None => Plan::Reply(out::with(|o| {

@@ -88,7 +88,7 @@ impl Done {
 pub struct ScanStep {
     pub position: u64,
     pub count: usize,
-    pub pattern: Option<crate::resp::glob::Glob>,
+    pub pattern: Option<std::sync::Arc<crate::resp::glob::Glob>>,
 }
 
 pub struct Call {

@@ -14,6 +14,11 @@ assert r.client_getname() == "py-test"
 assert isinstance(r.client_id(), int)
 assert r.info("server")["redis_version"]
 assert r.execute_command("COMMAND COUNT") > 30
+# Key positions, as cluster-aware clients read them (first, last, step), Redis's values.
+info = r.execute_command("COMMAND", "INFO", "get", "mset", "msetnx", "del", "scan", "ping")
+spec = {n: (c["first_key_pos"], c["last_key_pos"], c["step_count"]) for n, c in info.items()}
+assert spec == {"get": (1, 1, 1), "mset": (1, -1, 2), "msetnx": (1, -1, 2), "del": (1, -1, 1),
+                "scan": (0, 0, 0), "ping": (0, 0, 0)}, spec
 
 # SET and its options.
 assert r.set("k", "v") is True
