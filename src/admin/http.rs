@@ -19,7 +19,9 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use corekv_schema::codec::{Durability, ErrorCode, Expected, Op, Reply, SetOp, WireError};
+use corekv_schema::codec::{
+    CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp, WireError,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -338,8 +340,8 @@ fn disk_free(core: &Core) -> (u64, u64) {
 }
 
 /// Log failures on any core, as "core N: why".
-fn log_errors(s: &Snapshot) -> Vec<String> {
-    s.cores
+fn log_errors(cores: &[CoreStats]) -> Vec<String> {
+    cores
         .iter()
         .filter(|c| !c.log_error.is_empty())
         .map(|c| format!("core {}: {}", c.core, c.log_error))
@@ -347,7 +349,7 @@ fn log_errors(s: &Snapshot) -> Vec<String> {
 }
 
 async fn health(core: &Core) -> Answer {
-    match core.node_metrics().await {
+    match core.node_stats().await {
         Ok(s) => {
             let errors = log_errors(&s);
             if errors.is_empty() {
@@ -376,12 +378,13 @@ fn ready(core: &Core) -> Answer {
 }
 
 async fn status(core: &Core) -> Answer {
-    let s = match core.node_metrics().await {
-        Ok(s) => s,
+    let cores = match core.node_stats().await {
+        Ok(cores) => cores,
         Err(reply) => return error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
     };
+    let sum = |f: fn(&CoreStats) -> u64| cores.iter().map(f).sum::<u64>();
     let (free, total) = disk_free(core);
-    let errors = log_errors(&s);
+    let errors = log_errors(&cores);
     json_answer(
         StatusCode::OK,
         json!({
@@ -389,20 +392,20 @@ async fn status(core: &Core) -> Answer {
             "cores": core.cores,
             "uptime_s": uptime_s(core),
             "durability": core.node.durability,
-            "keys": s.sum(|c| c.keys),
+            "keys": sum(|c| c.keys),
             "memory": {
                 "resident_bytes": rss_bytes(),
-                "cached_value_bytes": s.sum(|c| c.cached_bytes),
-                "key_and_value_bytes": s.sum(|c| c.value_bytes),
+                "cached_value_bytes": sum(|c| c.cached_bytes),
+                "key_and_value_bytes": sum(|c| c.value_bytes),
             },
             "disk": {
                 "data_dir": core.node.data_dir.display().to_string(),
-                "log_bytes": s.sum(|c| c.log_disk_bytes),
-                "live_bytes": s.sum(|c| c.log_live_bytes),
+                "log_bytes": sum(|c| c.log_disk_bytes),
+                "live_bytes": sum(|c| c.log_live_bytes),
                 "free_bytes": free,
                 "total_bytes": total,
             },
-            "connections": s.sum(|c| c.connections),
+            "connections": sum(|c| c.connections),
             "health": if errors.is_empty() { "ok" } else { "degraded" },
             "errors": errors,
         }),

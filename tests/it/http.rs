@@ -47,7 +47,19 @@ fn slow_http_headers_are_cut_off_and_connections_are_counted() {
         "closed after {waited:?}"
     );
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "{rest:?}");
-    drop(idle);
+    // Idle connections are closed too: the ones that never sent anything, and one that was
+    // served a request and then went quiet.
+    let mut served = TcpStream::connect(node.http).unwrap();
+    served.write_all(b"GET /healthz HTTP/1.1\r\nHost: corekv\r\n\r\n").unwrap();
+    served.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 512];
+    let n = served.read(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    for mut conn in idle.into_iter().chain([served]) {
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(conn.read(&mut byte).unwrap(), 0, "an idle connection is closed");
+    }
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(gauge(), 1, "closed connections leave the gauge");
     assert_eq!(crate::harness::http_get(node.http, "/healthz").0, 200);
