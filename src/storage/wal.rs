@@ -591,14 +591,26 @@ impl Wal {
 /// end-of-file without reaching the device, so the probe "succeeds" even on a disk that
 /// cannot poll (this virtio disk), and every later read of a segment fails with EOPNOTSUPP.
 /// Opening a file that holds a block of data first makes the probe read the device.
+/// Done once per device and thread: both `open_existing` and `run` need it done first, and a
+/// node calls both.
 async fn probe_polled_io(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    thread_local! {
+        static PROBED: RefCell<std::collections::HashSet<u64>> = RefCell::default();
+    }
+    let device = std::fs::metadata(dir)?.dev();
+    if PROBED.with(|p| p.borrow().contains(&device)) {
+        return Ok(());
+    }
     let path = dir.join(".direct-io-probe");
     std::fs::write(&path, [0xA5u8; DMA_ALIGN_BYTES])?;
     std::fs::File::open(&path)?.sync_all()?;
     let opened = DmaFile::open(&path).await;
     let _ = std::fs::remove_file(&path);
     let file = opened.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-    file.close().await.map_err(std::io::Error::from)
+    file.close().await.map_err(std::io::Error::from)?;
+    PROBED.with(|p| p.borrow_mut().insert(device));
+    Ok(())
 }
 
 /// For fsync durations (µs, up to a minute) and records per sync (up to 10M).
