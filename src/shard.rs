@@ -473,7 +473,7 @@ impl Core {
             {
                 let value = data.slice(key_len..);
                 let log = CoreLog { wal: self.wal.as_deref(), last: None };
-                self.engine.borrow_mut().cache_fetched(&data[..key_len], fetch.loc, &value, &log);
+                self.engine.borrow_mut().cache_fetched(data, key_len, fetch.loc, &log);
                 Reply::Value { value, version, ttl_ms: fetch.ttl_ms }
             }
             Ok((_, _, version)) => Reply::error(

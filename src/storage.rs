@@ -131,9 +131,10 @@ pub trait Engine {
     /// itself where it is not. Cheap per entry: keys and values are shared, not copied.
     fn snapshot(&self, now_ms: u64) -> Vec<Mutation>;
 
-    /// Keeps a value read from `loc` in memory, if the key still lives there and the cache has
-    /// room (making room by dropping other values whose records are durable).
-    fn cache_fetched(&mut self, key: &[u8], loc: Loc, value: &[u8], log: &dyn Log);
+    /// Keeps a value read from `loc` in memory (`data` = key ++ value, as read, kept without
+    /// a copy), if the key still lives there and the cache has room (making room by dropping
+    /// other values whose records are durable).
+    fn cache_fetched(&mut self, data: Bytes, key_len: usize, loc: Loc, log: &dyn Log);
 
     /// Compaction: if `m` (a put found at `from`) is still its key's current value, appends it
     /// again through `log` and points the key there. Whether it moved.

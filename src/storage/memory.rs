@@ -697,20 +697,19 @@ impl Engine for MemEngine {
         std::iter::once(clock).chain(entries).collect()
     }
 
-    fn cache_fetched(&mut self, key: &[u8], loc: Loc, value: &[u8], log: &dyn Log) {
+    fn cache_fetched(&mut self, data: Bytes, key_len: usize, loc: Loc, log: &dyn Log) {
         if self.cache_budget == 0 {
             return;
         }
+        let key = &data[..key_len];
+        let value_len = data.len() - key_len;
         let hash = self.hash(key);
         let Some(e) = self.table.find_mut(hash, |e| e.key() == key) else { return };
-        if e.loc != Some(loc) || e.cached() || value.len() != e.value_len as usize {
+        if e.loc != Some(loc) || e.cached() || value_len != e.value_len as usize {
             return;
         }
-        let mut data = Vec::with_capacity(key.len() + value.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value);
-        e.data = Bytes::from(data);
-        self.cached_bytes += value.len() as u64;
+        e.data = data;
+        self.cached_bytes += value_len as u64;
         self.cached_entries += 1;
         self.clock.push_back(hash);
         if self.cached_bytes > self.cache_budget {
@@ -1130,7 +1129,8 @@ mod tests {
                     fetched += 1;
                     assert_eq!(log.value_at(f.loc), value(i));
                     assert_eq!(f.key_len as usize, key.len());
-                    e.cache_fetched(&key, f.loc, &log.value_at(f.loc), &log);
+                    let data = [&key[..], &log.value_at(f.loc)[..]].concat();
+                    e.cache_fetched(Bytes::from(data), key.len(), f.loc, &log);
                 }
                 other => panic!("{other:?}"),
             }
