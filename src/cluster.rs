@@ -6,6 +6,10 @@
 //! Raft log in the core's WAL, node-to-node frames, the metadata group and the serve flags
 //! come next (docs/CLUSTER.md).
 
+pub mod command;
 pub mod group;
+pub mod replica;
 #[cfg(test)]
 mod sim;
+pub mod store;
+pub mod transport;

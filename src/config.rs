@@ -55,6 +55,36 @@ pub const COMPACTION_BYTES_PER_S_DEFAULT: u64 = 64 << 20;
 /// Cache when the machine's memory cannot be read.
 const CACHE_BYTES_FALLBACK: u64 = 1 << 30;
 
+pub const REPLICATION_FACTOR_DEFAULT: usize = 3;
+pub const RAFT_TICK_MS_DEFAULT: u64 = 100;
+/// Partitions of a cluster: each is a Raft group on RF nodes, so fewer than a single node's.
+pub const CLUSTER_PARTITIONS_DEFAULT: u32 = 64;
+
+/// A request's consistency when it does not say.
+#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyMode {
+    /// Linearizable: writes commit through Raft, reads go through the leader (ReadIndex)
+    #[default]
+    Strong,
+    /// Reads are served by any replica and may be stale; writes still commit through Raft
+    Eventual,
+}
+
+/// Cluster mode: who this node is and who the others are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// This node's Raft id.
+    pub node: u64,
+    /// Where this node accepts other nodes' links.
+    pub listen: SocketAddr,
+    /// Every node (this one included) and its cluster address, as listed.
+    pub nodes: Vec<(u64, SocketAddr)>,
+    pub replication_factor: usize,
+    pub raft_tick_ms: u64,
+    pub consistency: ConsistencyMode,
+}
+
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServeArgs {
@@ -114,12 +144,35 @@ pub struct ServeArgs {
     /// requests keep the disk [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub compaction_bytes_per_s: Option<u64>,
-    /// Name of this node, reported in topology [default: the listen address]
+    /// Name of this node, reported in topology; in a cluster, its Raft id: an integer ≥ 1
+    /// listed in --initial-cluster [default: the listen address]
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
-    /// Partitions keys are hashed into; fixed for the life of the data [default: 1024]
+    /// Partitions keys are hashed into; fixed for the life of the data
+    /// [default: 1024; 64 in a cluster, where each one is a Raft group]
     #[arg(long, value_name = "N")]
     pub partitions: Option<u32>,
+    /// Cluster mode: every node of the cluster as ID=HOST:PORT (their --cluster-listen),
+    /// comma-separated, the same list on every node; membership is fixed by it
+    /// [default: off, a single node]
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub initial_cluster: Option<String>,
+    /// Node-to-node address (Raft traffic and forwarded requests)
+    /// [default: this node's entry in --initial-cluster]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_listen: Option<String>,
+    /// Replicas of each partition, at most the node count [default: 3]
+    #[arg(long, value_name = "N")]
+    pub replication_factor: Option<usize>,
+    /// Raft's clock: elections start after 10–20 ticks without a leader, heartbeats go every
+    /// 2 [default: 100]
+    #[arg(long, value_name = "MS")]
+    pub raft_tick_ms: Option<u64>,
+    /// A request's consistency when it does not ask: strong (linearizable, through the
+    /// partition's leader) or eventual (reads served by any replica, possibly stale)
+    /// [default: strong]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub consistency: Option<ConsistencyMode>,
     /// Largest key accepted [default: 16384]
     #[arg(long, value_name = "BYTES")]
     pub key_bytes_max: Option<usize>,
@@ -171,6 +224,11 @@ struct FileConfig {
     shard_ports: Option<u16>,
     node_id: Option<String>,
     partitions: Option<u32>,
+    initial_cluster: Option<String>,
+    cluster_listen: Option<String>,
+    replication_factor: Option<usize>,
+    raft_tick_ms: Option<u64>,
+    consistency: Option<ConsistencyMode>,
     key_bytes_max: Option<usize>,
     value_bytes_max: Option<usize>,
     frame_bytes_max: Option<usize>,
@@ -205,6 +263,8 @@ pub struct Config {
     pub shard_ports: Option<u16>,
     pub node_id: Option<String>,
     pub partitions: u32,
+    /// Cluster mode (`--initial-cluster`); `None` for a single node.
+    pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
     pub mesh_capacity_messages: usize,
     pub spin_before_park_us: u64,
@@ -234,6 +294,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let cluster = cluster_config(args, &file)?;
         let listen_text =
             args.listen.clone().or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen = resolve_addr(&listen_text).map_err(|r| invalid("listen", &listen_text, &r))?;
@@ -306,7 +367,12 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
             shard_ports: args.shard_ports.or(file.shard_ports),
             node_id: args.node_id.clone().or(file.node_id),
-            partitions: args.partitions.or(file.partitions).unwrap_or(PARTITIONS_DEFAULT),
+            partitions: args.partitions.or(file.partitions).unwrap_or(if cluster.is_some() {
+                CLUSTER_PARTITIONS_DEFAULT
+            } else {
+                PARTITIONS_DEFAULT
+            }),
+            cluster,
             limits,
             mesh_capacity_messages: args
                 .mesh_capacity_messages
@@ -423,6 +489,80 @@ fn memory_bytes() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The cluster flags, when `--initial-cluster` is given.
+fn cluster_config(
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(list) = args.initial_cluster.clone().or(file.initial_cluster.clone()) else {
+        for (key, set) in [
+            ("cluster_listen", args.cluster_listen.is_some() || file.cluster_listen.is_some()),
+            (
+                "replication_factor",
+                args.replication_factor.is_some() || file.replication_factor.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(invalid(key, "set", "needs --initial-cluster (cluster mode)"));
+            }
+        }
+        return Ok(None);
+    };
+    let mut nodes: Vec<(u64, SocketAddr)> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            return Err(invalid("initial_cluster", item, "each entry is ID=HOST:PORT"));
+        };
+        let id = parse_node_id(id).map_err(|r| invalid("initial_cluster", item, &r))?;
+        let addr = resolve_addr(addr).map_err(|r| invalid("initial_cluster", item, &r))?;
+        if nodes.iter().any(|(n, _)| *n == id) {
+            return Err(invalid("initial_cluster", item, "node id listed twice"));
+        }
+        nodes.push((id, addr));
+    }
+    if nodes.is_empty() {
+        return Err(invalid("initial_cluster", &list, "lists no node"));
+    }
+    let id_text = args.node_id.clone().or(file.node_id.clone()).ok_or_else(|| {
+        invalid("node_id", "unset", "cluster mode needs --node-id, one of --initial-cluster's ids")
+    })?;
+    let node = parse_node_id(&id_text).map_err(|r| invalid("node_id", &id_text, &r))?;
+    let Some(&(_, listed)) = nodes.iter().find(|(n, _)| *n == node) else {
+        return Err(invalid("node_id", node, "is not in --initial-cluster"));
+    };
+    let listen = match args.cluster_listen.clone().or(file.cluster_listen.clone()) {
+        Some(text) => resolve_addr(&text).map_err(|r| invalid("cluster_listen", &text, &r))?,
+        None => listed,
+    };
+    let replication_factor = args
+        .replication_factor
+        .or(file.replication_factor)
+        .unwrap_or(REPLICATION_FACTOR_DEFAULT)
+        .min(nodes.len());
+    if replication_factor == 0 {
+        return Err(invalid("replication_factor", 0, "must be at least 1"));
+    }
+    let raft_tick_ms = args.raft_tick_ms.or(file.raft_tick_ms).unwrap_or(RAFT_TICK_MS_DEFAULT);
+    if !(1..=10_000).contains(&raft_tick_ms) {
+        return Err(invalid("raft_tick_ms", raft_tick_ms, "must be 1..=10000"));
+    }
+    Ok(Some(ClusterConfig {
+        node,
+        listen,
+        nodes,
+        replication_factor,
+        raft_tick_ms,
+        consistency: args.consistency.or(file.consistency).unwrap_or_default(),
+    }))
+}
+
+fn parse_node_id(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(id) if id >= 1 => Ok(id),
+        _ => Err(format!("node id {text:?} must be an integer ≥ 1")),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -22,6 +22,8 @@ pub enum Protocol {
     Native,
     Resp,
     Http,
+    /// Links from other nodes of the cluster.
+    Peer,
 }
 
 /// Accepts until shutdown, spawning one task per connection on this core.
@@ -47,6 +49,10 @@ pub async fn accept_loop(
                     }
                     Protocol::Resp => {
                         glommio::spawn_local(resp::serve(core, stream, shutdown)).detach();
+                    }
+                    Protocol::Peer => {
+                        let serve = crate::cluster::transport::serve(core, stream, shutdown);
+                        glommio::spawn_local(serve).detach();
                     }
                     Protocol::Http => {
                         let serve = crate::admin::serve(core, stream, shutdown);

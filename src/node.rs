@@ -15,6 +15,7 @@
 //! first proves the port is free, and the data directory's `LOCK` file keeps two nodes off one
 //! directory.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -171,9 +172,13 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     let _ = node.topology.set(topology);
     let ports: Vec<String> = shard_ports.iter().map(u16::to_string).collect();
     let off = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map_or(String::new(), |c| format!(" node={} cluster={}", c.node, c.listen));
     println!(
-        "corekv ready native={listen} shard_ports={} resp={} http={} cores={cores} data_dir={} \
-         pid={}",
+        "corekv ready native={listen} shard_ports={} resp={} http={}{cluster} cores={cores} \
+         data_dir={} pid={}",
         if config.shard_ports.is_some() { ports.join(",") } else { "off".into() },
         off(resp),
         off(http),
@@ -231,17 +236,21 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         }
     };
     let listeners = bind_listeners(&boot, index);
-    let (main_listener, shard_listener, resp_listener, http_listener) = match listeners {
-        Ok(l) => l,
-        Err(e) => {
-            let _ =
-                boot.report.send(CoreReport { index, shard_port: None, result: Err(e.clone()) });
-            return Err(e);
-        }
-    };
+    let (main_listener, shard_listener, resp_listener, http_listener, cluster_listener) =
+        match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = boot.report.send(CoreReport {
+                    index,
+                    shard_port: None,
+                    result: Err(e.clone()),
+                });
+                return Err(e);
+            }
+        };
     let shard_port = shard_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
     let c = &boot.config;
-    let (engine, wal) = match open_storage(c, index, boot.cores) {
+    let (engine, wal, recovered) = match open_storage(c, index, boot.cores) {
         Ok(opened) => opened,
         Err(e) => {
             let _ = boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
@@ -257,16 +266,43 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     }
     let flusher = wal.as_ref().map(|(wal, _, _)| glommio::spawn_local(wal.clone().run()));
     let checkpoint_seq = wal.as_ref().map_or(0, |(_, seq, _)| *seq);
-    let core = Rc::new(Core::new(
-        index as u16,
-        boot.cores as u16,
-        boot.node.clone(),
-        engine,
-        wal.map(|(wal, _, _)| wal),
-        checkpoint_seq,
-        mesh,
-    ));
+    let wal = wal.map(|(wal, _, _)| wal);
+    let cluster = match &c.cluster {
+        None => None,
+        Some(cc) => {
+            let made = crate::cluster::replica::Replicas::new(
+                cc,
+                c.partitions,
+                index as u16,
+                boot.cores as u16,
+                recovered,
+                wal.clone(),
+            );
+            match made {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ =
+                        boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let core = Rc::new_cyclic(|this| {
+        Core::new(
+            index as u16,
+            boot.cores as u16,
+            boot.node.clone(),
+            shard::CoreStorage { engine, wal, checkpoint_seq },
+            mesh,
+            cluster,
+            this.clone(),
+        )
+    });
     shard::spawn_mesh_tasks(&core, calls, answers);
+    if core.cluster.is_some() {
+        glommio::spawn_local(crate::cluster::replica::run(core.clone())).detach();
+    }
     let _ = boot.report.send(CoreReport { index, shard_port, result: Ok(()) });
 
     // Serve only once every core is up (others may still be replaying their logs), so
@@ -286,6 +322,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         shard_listener.map(|l| (l, Protocol::Native)),
         resp_listener.map(|l| (l, Protocol::Resp)),
         http_listener.map(|l| (l, Protocol::Http)),
+        cluster_listener.map(|l| (l, Protocol::Peer)),
     ];
     for (listener, protocol) in listeners.into_iter().flatten() {
         let accept = crate::net::accept_loop(core.clone(), listener, protocol, local_stop.clone());
@@ -335,8 +372,11 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
 
 /// The engine for core `index`, recovered from its log, and, unless durability is `none`, the
 /// log to append to, the newest checkpoint's segment number and the segments recovery kept.
-type OpenedStorage =
-    (Box<dyn crate::storage::Engine>, Option<(Rc<Wal>, u64, Vec<(u64, std::path::PathBuf)>)>);
+type OpenedStorage = (
+    Box<dyn crate::storage::Engine>,
+    Option<(Rc<Wal>, u64, Vec<(u64, std::path::PathBuf)>)>,
+    HashMap<u32, crate::cluster::store::Recovered>,
+);
 
 fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage, String> {
     let dir = c.data_dir.join(format!("core-{index}"));
@@ -346,14 +386,37 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
                 tracing::warn!(dir = %dir.display(), "--durability none: existing log ignored");
             }
             // Nothing is logged, so every value stays in memory.
-            return Ok((Box::new(MemEngine::new()), None));
+            return Ok((Box::new(MemEngine::new()), None, HashMap::new()));
         }
         DurabilityMode::Sync => SyncMode::Sync,
         DurabilityMode::Periodic => SyncMode::Periodic { interval_ms: c.fsync_interval_ms },
     };
     let mut engine = MemEngine::with_cache(c.cache_bytes / cores as u64);
-    let report = recovery::recover(&dir, &mut engine, c.salvage, shard::now_ms())
-        .map_err(|e| e.to_string())?;
+    let mut raft = HashMap::new();
+    let partitions = c.partitions;
+    let clustered = c.cluster.is_some();
+    let mut observe = |m: &crate::storage::Mutation| {
+        if !clustered {
+            return;
+        }
+        use crate::storage::Mutation;
+        match m {
+            Mutation::Raft { partition, what, body } => {
+                crate::cluster::store::replay(&mut raft, *partition, *what, body);
+            }
+            // A key's version is the Raft index that wrote it: every entry up to the highest
+            // one seen was applied before the crash.
+            Mutation::Put { .. } | Mutation::Delete { .. } | Mutation::Index { .. } => {
+                let p = corekv_schema::placement::partition_of(m.key(), partitions);
+                let r = raft.entry(p).or_default();
+                r.applied = r.applied.max(m.version());
+            }
+            _ => {}
+        }
+    };
+    let report =
+        recovery::recover_observed(&dir, &mut engine, c.salvage, shard::now_ms(), &mut observe)
+            .map_err(|e| e.to_string())?;
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     let (checkpoint_path, checkpoint_records) = match &report.checkpoint {
         Some((path, records)) => (path.display().to_string(), *records),
@@ -375,7 +438,7 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
     );
     let checkpoint_seq = report.checkpoint_seq;
     let wal = Wal::new(dir, mode, c.segment_bytes_max, report.next_segment);
-    Ok((Box::new(engine), Some((wal, checkpoint_seq, report.kept))))
+    Ok((Box::new(engine), Some((wal, checkpoint_seq, report.kept)), raft))
 }
 
 /// The data directory remembers the core count and partition count it was written with:
@@ -404,7 +467,13 @@ fn check_layout(dir: &Path, cores: usize, partitions: u32) -> Result<(), NodeErr
 
 /// This core's listeners: the shared native port, its own shard port, the shared Redis and
 /// HTTP ports.
-type Listeners = (TcpListener, Option<TcpListener>, Option<TcpListener>, Option<TcpListener>);
+type Listeners = (
+    TcpListener,
+    Option<TcpListener>,
+    Option<TcpListener>,
+    Option<TcpListener>,
+    Option<TcpListener>,
+);
 
 fn bind_listeners(boot: &CoreBoot, index: usize) -> Result<Listeners, String> {
     let main = TcpListener::bind(boot.listen)
@@ -423,7 +492,8 @@ fn bind_listeners(boot: &CoreBoot, index: usize) -> Result<Listeners, String> {
             TcpListener::bind(addr).map(Some).map_err(|e| format!("cannot listen on {addr}: {e}"))
         }
     };
-    Ok((main, shard, bind(boot.resp)?, bind(boot.http)?))
+    let cluster = bind(boot.config.cluster.as_ref().map(|c| c.listen))?;
+    Ok((main, shard, bind(boot.resp)?, bind(boot.http)?, cluster))
 }
 
 /// Checkpoints when the log written since the last checkpoint exceeds that checkpoint's size

@@ -18,6 +18,7 @@
 //! Placement is `corekv_schema::placement`: key → partition (crc32c, hash tags) → core
 //! (`partition % cores`); a core's index is its peer id in the mesh.
 
+mod clustered;
 pub mod mesh;
 pub mod metrics;
 mod reserve;
@@ -25,12 +26,14 @@ mod reserve;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use corekv_schema::codec::{CoreStats, Durability, ErrorCode, Op, Reply, TopologyInfo};
+use corekv_schema::codec::{
+    Consistency, CoreStats, Durability, ErrorCode, Op, Reply, TopologyInfo,
+};
 use corekv_schema::frame::Limits;
 use corekv_schema::placement;
 use slab::Slab;
@@ -107,6 +110,14 @@ pub struct NodeInfo {
     pub durability: String,
 }
 
+/// What a core's data lives in: its engine, its log (`None` under `--durability none`) and
+/// the newest checkpoint's segment number (0: none).
+pub struct CoreStorage {
+    pub engine: Box<dyn Engine>,
+    pub wal: Option<Rc<Wal>>,
+    pub checkpoint_seq: u64,
+}
+
 /// A forwarded request waiting for its answer.
 enum Pending {
     Waiting(Option<Waker>),
@@ -137,6 +148,10 @@ pub struct Core {
     /// Keys held by a write spanning cores (`reserve.rs`); operations on them wait.
     held: RefCell<std::collections::HashMap<Bytes, reserve::Held>>,
     next_ticket: Cell<u64>,
+    /// Cluster mode: this core's Raft groups and links (`cluster::replica`).
+    pub cluster: Option<crate::cluster::replica::Replicas>,
+    /// This core itself, for tasks a `&self` method starts.
+    this: Weak<Core>,
 }
 
 /// A parsed request on its way to a reply; see the module doc.
@@ -218,10 +233,10 @@ impl Core {
         index: u16,
         cores: u16,
         node: Arc<NodeInfo>,
-        engine: Box<dyn Engine>,
-        wal: Option<Rc<Wal>>,
-        checkpoint_seq: u64,
+        storage: CoreStorage,
         mesh: Mesh,
+        cluster: Option<crate::cluster::replica::Replicas>,
+        this: Weak<Core>,
     ) -> Core {
         Core {
             index,
@@ -230,16 +245,18 @@ impl Core {
             limits: node.limits,
             counters: Counters::default(),
             node,
-            engine: RefCell::new(engine),
+            engine: RefCell::new(storage.engine),
             checkpointing: Cell::new(false),
             log_bytes_at_checkpoint: Cell::new(0),
-            checkpoint_seq: Cell::new(checkpoint_seq),
+            checkpoint_seq: Cell::new(storage.checkpoint_seq),
             checkpoint_bytes: Cell::new(0),
-            wal,
+            wal: storage.wal,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
             held: RefCell::new(std::collections::HashMap::new()),
             next_ticket: Cell::new(0),
+            cluster,
+            this,
         }
     }
 
@@ -249,8 +266,19 @@ impl Core {
 
     /// Turns one request into a slot. Waits only when the mesh to the owning core is full,
     /// which is the back-pressure that stops the calling connection from reading.
-    pub async fn dispatch(&self, op: Op, durability: Durability, now_ms: u64) -> Slot {
+    pub async fn dispatch(
+        &self,
+        op: Op,
+        durability: Durability,
+        consistency: Consistency,
+        now_ms: u64,
+    ) -> Slot {
         bump(&self.counters.requests);
+        if self.cluster.is_some() && (op.key().is_some() || matches!(op, Op::Batch(_))) {
+            // Durability in a cluster is the Raft quorum's: every replica's log is synced
+            // before it acknowledges, whatever the request asked.
+            return self.cluster_slot(op, consistency);
+        }
         let wait = match self.ack_waits(durability) {
             Ok(wait) => wait,
             Err(reply) => return Slot::Ready(reply),
@@ -528,6 +556,10 @@ impl Core {
                 let (done, seq) = self.flush_here();
                 (done, seq.filter(|_| self.acks_wait()))
             }
+            Work::Cluster(..) | Work::Raft(_) => {
+                debug_assert!(false, "cluster work is run beside the serving loop");
+                (Done::One(Reply::error(ErrorCode::Internal, "cluster work misrouted")), None)
+            }
             Work::Checkpoint | Work::Backup(_) => {
                 debug_assert!(false, "admin work is run by run_admin");
                 (Done::Admin(Err("admin work on the synchronous path".into())), None)
@@ -566,6 +598,12 @@ impl Core {
     /// FLUSHDB: deletes every key on every core; done when every core's flush is durable
     /// (in sync mode). Keys written after it was asked for are not deleted.
     pub async fn flush_all(&self) -> Reply {
+        if self.cluster.is_some() {
+            return Reply::error(
+                ErrorCode::BadRequest,
+                "FLUSHDB is not replicated: not available in cluster mode",
+            );
+        }
         self.admin(|| Work::Flush, "flush").await
     }
 
@@ -721,7 +759,12 @@ impl Core {
         let bytes_before = wal.stats().bytes;
         let seq = wal.roll().await.map_err(|e| e.to_string())?;
         // Everything from here on is also in segment `seq` or later.
-        let entries = self.engine.borrow().snapshot(now_ms());
+        let mut entries = self.engine.borrow().snapshot(now_ms());
+        // In the same step: the groups' points are their applied indexes, which is exactly
+        // what the engine's snapshot holds.
+        if let Some(cluster) = &self.cluster {
+            entries.extend(cluster.checkpoint_records());
+        }
         // The snapshot may hold writes still pending in the log: the checkpoint must not make
         // durable what the log has not (a failed flush, or a crash that keeps only part of
         // segment `seq`, would otherwise rebuild a state that never existed).
@@ -1130,6 +1173,27 @@ pub fn spawn_mesh_tasks(
             while let Some(call) = rx.recv().await {
                 // A peer that always has calls queued must not starve this core.
                 glommio::yield_if_needed().await;
+                let call = match call.work {
+                    Work::Raft(messages) => {
+                        if let Some(r) = serving.cluster.as_ref() {
+                            r.deliver(messages);
+                        }
+                        continue;
+                    }
+                    Work::Cluster(op, consistency, forwarded) => {
+                        // Waits for Raft: beside the loop, answered when done.
+                        let core = serving.clone();
+                        let token = call.token;
+                        glommio::spawn_local(async move {
+                            let reply = core.cluster_here(op, consistency, forwarded).await;
+                            let done = Done::One(reply);
+                            let _ = core.mesh.answer(peer, Answer { token, done }).await;
+                        })
+                        .detach();
+                        continue;
+                    }
+                    work => Call { token: call.token, work },
+                };
                 if matches!(call.work, Work::Checkpoint | Work::Backup(_)) {
                     // Slow: run it beside the loop so this peer's other calls go on.
                     let admin = serving.clone();

@@ -166,4 +166,12 @@ pub trait Engine {
     fn version_of(&self, key: &[u8], now_ms: u64) -> u64;
 
     fn stats(&self) -> EngineStats;
+
+    /// Cluster mode: the next write takes exactly this version (its Raft index), whatever
+    /// versions other partitions of the core have reached.
+    fn next_version(&mut self, version: u64);
+
+    /// Cluster mode, installing a snapshot: logs `m` (a put or a tombstone, with the version
+    /// it carries) through `log`, then applies it as recovery would.
+    fn load(&mut self, m: Mutation, now_ms: u64, log: &mut dyn Log) -> Result<(), String>;
 }

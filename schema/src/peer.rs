@@ -1,5 +1,6 @@
 //! Node-to-node frames (`peer.fbs`): a link's `Hello`, then batches of Raft messages, each
-//! batch holding every message one node has for another at that moment.
+//! batch holding every message one node has for another at that moment, and client requests
+//! one node forwards to another (`Forward`, answered by `Forwarded` on the same link).
 //!
 //! Raft messages stay in raft-rs's protobuf encoding and are opaque here, so the client SDK,
 //! which shares this crate, does not depend on raft-rs. Decoding verifies the buffer first and
@@ -30,6 +31,16 @@ pub enum PeerMessage {
         from_node: u64,
         to_node: u64,
         messages: Vec<(u32, Bytes)>,
+    },
+    /// A size-prefixed client request frame, forwarded; `id` matches the answer.
+    Forward {
+        id: u64,
+        request: Bytes,
+    },
+    /// A size-prefixed client response frame: the answer to `Forward` `id`.
+    Forwarded {
+        id: u64,
+        response: Bytes,
     },
 }
 
@@ -74,6 +85,20 @@ pub fn encode(message: &PeerMessage) -> Vec<u8> {
                 },
             );
             (fb::Body::RaftBatch, batch.as_union_value())
+        }
+        PeerMessage::Forward { id, request } => {
+            let request = fbb.create_vector(request);
+            let f =
+                fb::Forward::create(&mut fbb, &fb::ForwardArgs { id: *id, request: Some(request) });
+            (fb::Body::Forward, f.as_union_value())
+        }
+        PeerMessage::Forwarded { id, response } => {
+            let response = fbb.create_vector(response);
+            let f = fb::Forwarded::create(
+                &mut fbb,
+                &fb::ForwardedArgs { id: *id, response: Some(response) },
+            );
+            (fb::Body::Forwarded, f.as_union_value())
         }
     };
     let root = fb::PeerFrame::create(&mut fbb, &fb::PeerFrameArgs { body_type, body: Some(body) });
@@ -126,6 +151,17 @@ pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
             messages,
         });
     }
+    if let Some(f) = root.body_as_forward() {
+        let request = f.request().ok_or("forward without a request")?;
+        return Ok(PeerMessage::Forward { id: f.id(), request: frame.slice_ref(request.bytes()) });
+    }
+    if let Some(f) = root.body_as_forwarded() {
+        let response = f.response().ok_or("forwarded without a response")?;
+        return Ok(PeerMessage::Forwarded {
+            id: f.id(),
+            response: frame.slice_ref(response.bytes()),
+        });
+    }
     Err(format!("peer frame with unknown body type {}", root.body_type().0))
 }
 
@@ -154,6 +190,12 @@ mod tests {
         let PeerMessage::Raft { messages, .. } = &decoded else { unreachable!() };
         let inside = frame.as_ptr_range();
         assert!(inside.contains(&messages[2].1.as_ptr()));
+        for m in [
+            PeerMessage::Forward { id: 9, request: Bytes::from_static(b"\x02\0\0\0ab") },
+            PeerMessage::Forwarded { id: u64::MAX, response: Bytes::new() },
+        ] {
+            assert_eq!(decode(&Bytes::from(encode(&m))), Ok(m));
+        }
         // A frame cut from a stream by the shared framing decodes the same.
         let mut stream = bytes::BytesMut::from(&frame[..]);
         let cut = crate::frame::take_frame(&mut stream, 1 << 20).unwrap().unwrap();

@@ -20,7 +20,7 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use corekv_schema::codec::{
-    CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp, WireError,
+    Consistency, CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp, WireError,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -197,7 +197,9 @@ fn check_sizes(core: &Core, key: &[u8], value: &[u8]) -> Result<(), Refusal> {
 /// Runs one operation, counted in the metrics like one from any other protocol.
 async fn run(core: &Core, op: Op) -> Reply {
     let (kind, started) = (op_index(&op), std::time::Instant::now());
-    let reply = core.resolve(core.dispatch(op, Durability::Default, now_ms()).await).await;
+    let reply = core
+        .resolve(core.dispatch(op, Durability::Default, Consistency::Default, now_ms()).await)
+        .await;
     core.counters.metrics.record(kind, started, result_index(&reply));
     reply
 }

@@ -2,18 +2,19 @@
 //!
 //! The owner (a core's executor; the simulation in tests) calls [`Group::tick`] on its timer,
 //! [`Group::step`] for each message from a peer, [`Group::propose`] for client writes, and
-//! then [`Group::drive`], which handles everything raft-rs has ready in the order Raft
-//! requires:
-//! 1. messages a leader may send before its own log is durable (raft-rs's `messages`) go out;
-//! 2. a snapshot, new entries and the hard state go to the store ([`GroupStore`]), which makes
-//!    them durable before `drive` goes on;
-//! 3. messages that promise durability (votes, append acks: `persisted_messages`) go out only
-//!    then;
-//! 4. committed entries are handed back for the state machine to apply, in order.
+//! then [`Group::drive`], which takes everything raft-rs has ready in the order Raft requires:
+//! 1. messages a leader may send before its own log is durable (raft-rs's `messages`) are
+//!    handed out to send at once;
+//! 2. a snapshot, new entries and the hard state are appended to the store
+//!    ([`GroupStore`]), which does not wait for the disk;
+//! 3. messages that promise durability (votes, append acks: `persisted_messages`) are handed
+//!    out separately: the owner sends them only once the store is durable, and then calls
+//!    [`Group::persisted`] so raft-rs counts this replica's own log;
+//! 4. committed entries come back for the state machine to apply, in order; the owner reports
+//!    progress with [`Group::applied`].
 //!
-//! The store is where this meets the core's write-ahead log: one log per core shared by every
-//! group on it, with one fdatasync per batch for all of them. Here it is a trait, so the same
-//! driver runs over the durable log on a node and over memory in the simulation.
+//! Splitting 2 from 3 is what lets every group on a core share one fdatasync: the core drives
+//! all its groups, waits once for its log, then finishes every group's round.
 
 use raft::eraftpb::{Entry, HardState, Message, Snapshot};
 use raft::{Config, RawNode, StateRole, Storage};
@@ -34,7 +35,14 @@ pub trait GroupStore: Storage {
 /// entries to apply, oldest first.
 #[derive(Default, Debug)]
 pub struct Driven {
+    /// Send now.
     pub messages: Vec<Message>,
+    /// Send only once the store is durable, then call [`Group::persisted`] with `persist`.
+    pub after_persist: Vec<Message>,
+    /// The Ready number to report as persisted; `None` when nothing was taken.
+    pub persist: Option<u64>,
+    /// ReadIndex answers: (request context, index to apply up to before reading).
+    pub reads: Vec<(Vec<u8>, u64)>,
     /// A snapshot this replica received: the state machine loads it, then applies
     /// `committed` (all later than it). Not exercised yet: nothing compacts a group's log.
     pub snapshot: Option<Snapshot>,
@@ -103,7 +111,34 @@ impl<S: GroupStore> Group<S> {
         self.node.propose(Vec::new(), data)
     }
 
-    /// Handles everything raft-rs has ready; see the module doc for the order. An error from
+    /// Asks the leader for a read index (ReadIndex); the answer comes back in
+    /// [`Driven::reads`] with the same `context`. Dropped by raft-rs when there is no leader.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.node.read_index(context);
+    }
+
+    pub fn store(&self) -> &S {
+        self.node.store()
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        self.node.mut_store()
+    }
+
+    /// raft-rs's view of the group (progress of each follower, when leading).
+    pub fn status(&self) -> raft::Status<'_> {
+        self.node.status()
+    }
+
+    pub fn report_unreachable(&mut self, node: u64) {
+        self.node.report_unreachable(node);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
+    /// Takes everything raft-rs has ready; see the module doc for the order. An error from
     /// the store leaves raft-rs with a Ready it never got back: the group is then unusable and
     /// must be rebuilt from its store (a failed log fails the whole core anyway).
     pub fn drive(&mut self) -> raft::Result<Driven> {
@@ -125,14 +160,12 @@ impl<S: GroupStore> Group<S> {
             if let Some(hs) = ready.hs() {
                 self.node.mut_store().set_hard_state(hs)?;
             }
-            out.messages.extend(ready.take_persisted_messages());
-            let mut light = self.node.advance(ready);
-            if let Some(commit) = light.commit_index() {
-                self.node.mut_store().set_commit(commit)?;
+            for rs in ready.take_read_states() {
+                out.reads.push((rs.request_ctx, rs.index));
             }
-            out.messages.extend(light.take_messages());
-            out.committed.extend(light.take_committed_entries());
-            self.node.advance_apply();
+            out.after_persist.extend(ready.take_persisted_messages());
+            out.persist = Some(ready.number());
+            self.node.advance_append_async(ready);
         }
         let now = self.leader();
         if now != self.leader {
@@ -140,6 +173,28 @@ impl<S: GroupStore> Group<S> {
             out.leader_changed = Some(now);
         }
         Ok(out)
+    }
+
+    /// The store made everything up to Ready `number` durable.
+    pub fn persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
+        let commit = self.node.raft.raft_log.committed;
+        // Recomputed after a crash, so it needs no durability of its own.
+        let _ = self.node.mut_store().set_commit(commit);
+    }
+
+    /// The state machine applied every entry up to `index`.
+    pub fn applied(&mut self, index: u64) {
+        self.node.advance_apply_to(index);
+    }
+
+    /// Index of the newest entry in the log (a proposal's, right after `propose`).
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
     }
 }
 

@@ -132,7 +132,22 @@ impl Sim {
         let keys: Vec<(u64, u32)> = self.groups.keys().copied().collect();
         for (node, p) in keys {
             let g = self.groups.get_mut(&(node, p)).unwrap();
-            let driven = g.drive().expect("drive");
+            let mut driven = g.drive().expect("drive");
+            // Memory is durable at once: finish the round the way a core does after its
+            // fdatasync, and take what that makes ready (a leader's commits).
+            while let Some(number) = driven.persist {
+                g.persisted(number);
+                let more = g.drive().expect("drive");
+                driven.messages.append(&mut driven.after_persist);
+                driven.after_persist = more.after_persist;
+                driven.messages.extend(more.messages);
+                driven.committed.extend(more.committed);
+                driven.persist = more.persist;
+            }
+            driven.messages.append(&mut driven.after_persist);
+            if let Some(last) = driven.committed.last() {
+                g.applied(last.index);
+            }
             self.check_leader(node, p);
             for m in driven.messages {
                 if self.rng.percent(self.drop_percent) {

@@ -96,8 +96,14 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                         Ok(request) => {
                             let kind = op_index(&request.op);
                             // Per request: a dispatch may have waited on a full mesh.
-                            let slot =
-                                core.dispatch(request.op, request.durability, now_ms()).await;
+                            let slot = core
+                                .dispatch(
+                                    request.op,
+                                    request.durability,
+                                    request.consistency,
+                                    now_ms(),
+                                )
+                                .await;
                             slots.push((request.id, slot, kind, started));
                         }
                         Err(e) => {

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use corekv_schema::codec::{Condition, Durability, ErrorCode, Op, Reply, SetOp, StatsInfo};
+use corekv_schema::codec::{
+    Condition, Consistency, Durability, ErrorCode, Op, Reply, SetOp, StatsInfo,
+};
 use glommio::net::TcpStream;
 
 use super::connection::{
@@ -99,7 +101,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 Plan::Reply(reply) => (Pending::Ready(reply), OP_OTHER),
                 Plan::Op(op, render) => {
                     let kind = op_index(&op);
-                    let slot = core.dispatch(op, Durability::Default, now).await;
+                    let slot =
+                        core.dispatch(op, Durability::Default, Consistency::Default, now).await;
                     (Pending::Slot(slot, render), kind)
                 }
                 Plan::Rmw(key, rmw) => {
@@ -107,7 +110,9 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     (Pending::Ready(reply), OP_RMW)
                 }
                 Plan::Stats(view) => {
-                    let slot = core.dispatch(Op::Stats, Durability::Default, now).await;
+                    let slot = core
+                        .dispatch(Op::Stats, Durability::Default, Consistency::Default, now)
+                        .await;
                     (Pending::Stats(slot, view), OP_OTHER)
                 }
                 Plan::Flush => {
@@ -218,13 +223,15 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
     for _ in 0..RMW_ATTEMPTS_MAX {
         let now = now_ms();
         let read = Op::Get { key: key.clone() };
-        let (current, version) =
-            match core.resolve(core.dispatch(read, Durability::Default, now).await).await {
-                Reply::Value { value, version, ttl_ms } => (Some((value, ttl_ms)), version),
-                Reply::Error(e) if e.code == ErrorCode::NotFound => (None, 0),
-                Reply::Error(e) => return error(format!("ERR {}", e.message)),
-                other => return error(format!("ERR unexpected reply {}", other.name())),
-            };
+        let (current, version) = match core
+            .resolve(core.dispatch(read, Durability::Default, Consistency::Default, now).await)
+            .await
+        {
+            Reply::Value { value, version, ttl_ms } => (Some((value, ttl_ms)), version),
+            Reply::Error(e) if e.code == ErrorCode::NotFound => (None, 0),
+            Reply::Error(e) => return error(format!("ERR {}", e.message)),
+            other => return error(format!("ERR unexpected reply {}", other.name())),
+        };
         let step = rmw::step(rmw, current.as_ref().map(|(v, t)| (v, *t)), now, value_max);
         let (write, reply) = match step {
             Step::Done(reply) => return reply,
@@ -244,7 +251,10 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
                 (delete, reply)
             }
         };
-        match core.resolve(core.dispatch(write, Durability::Default, now).await).await {
+        match core
+            .resolve(core.dispatch(write, Durability::Default, Consistency::Default, now).await)
+            .await
+        {
             Reply::Written { .. } | Reply::Deleted { .. } => return reply,
             // Someone wrote the key in between: read it again.
             Reply::Error(e)

@@ -31,6 +31,11 @@ pub enum Work {
     Release(Vec<bytes::Bytes>),
     /// End reservations by applying these sets; the `bool` as in `One`.
     Commit(Vec<corekv_schema::codec::SetOp>, bool),
+    /// Cluster mode: run a keyed operation for its partition (on the core that owns it):
+    /// consistency, and whether another node forwarded it (then it is not forwarded again).
+    Cluster(Op, corekv_schema::codec::Consistency, bool),
+    /// Cluster mode: Raft messages from a peer for partitions of the target; not answered.
+    Raft(Vec<(u32, bytes::Bytes)>),
     /// Admin: checkpoint now.
     Checkpoint,
     /// Admin: checkpoint, then copy this core's checkpoint and log into the directory.
@@ -49,6 +54,8 @@ impl Work {
             Work::Reserve(_) => "reserve",
             Work::Release(_) => "release",
             Work::Commit(..) => "commit",
+            Work::Cluster(..) => "cluster",
+            Work::Raft(_) => "raft",
             Work::Checkpoint => "checkpoint",
             Work::Backup(_) => "backup",
         }

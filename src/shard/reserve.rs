@@ -180,6 +180,12 @@ impl Core {
     /// existed. Runs to the end in its own task, so a dropped caller cannot leave keys
     /// reserved. A key given twice takes its last value, as in Redis.
     pub async fn set_all_absent(self: &Rc<Self>, sets: Vec<SetOp>) -> Result<bool, Reply> {
+        if self.cluster.is_some() {
+            return Err(Reply::error(
+                ErrorCode::BadRequest,
+                "MSETNX spans partitions, which cluster mode cannot commit atomically yet",
+            ));
+        }
         let core = self.clone();
         let run = glommio::spawn_local(async move { core.set_all_absent_here(sets).await });
         run.detach()

@@ -66,7 +66,10 @@ fn write_inner(
     for m in &entries {
         debug_assert!(matches!(
             m,
-            Mutation::Index { .. } | Mutation::Put { .. } | Mutation::Clock { .. }
+            Mutation::Index { .. }
+                | Mutation::Put { .. }
+                | Mutation::Clock { .. }
+                | Mutation::Raft { .. }
         ));
         buf.clear();
         record::encode(m, &mut buf);

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 0 | 4 | `crc32c` of bytes 4..`len` (everything after this field) |
 //! | 4 | 4 | `len`: bytes in the whole record, header included |
-//! | 8 | 1 | `kind`: 1 put, 2 delete, 3 clock, 4 index (checkpoints), 5 flush (see below) |
+//! | 8 | 1 | `kind`: 1 put, 2 delete, 3 clock, 4 index (checkpoints), 5 flush, 6 raft (see below) |
 //! | 9 | 3 | reserved, zero |
 //! | 12 | 4 | `key_len` |
 //! | 16 | 8 | `version` |
@@ -17,6 +17,11 @@
 //! An index record (kind 4) says where a key's current put lives instead of carrying its
 //! value: its value field is exactly 12 bytes, `segment` (u32), `offset` (u32) and `len` (u32)
 //! of that put record. Only checkpoints hold index records; a log segment never does.
+//!
+//! A raft record (kind 6, cluster mode only) carries a Raft group's own state, not a key:
+//! `key_len` is 0, `version` holds the partition, `expires_at_ms` the raft kind (1 entries,
+//! 2 hard state, 3 snapshot point) and the value field its body (`cluster::store` owns that
+//! layout). Recovery hands these to the partition's group store; the engine never sees them.
 //!
 //! Records follow each other with no padding. A segment may end in zero bytes (the unwritten
 //! remainder of its last direct-I/O block): an all-zero tail is a clean end. `len` is checked
@@ -54,6 +59,8 @@ pub const KIND_CLOCK: u8 = 3;
 pub const KIND_INDEX: u8 = 4;
 /// No key: every key of the core is deleted (FLUSHDB); `version` is the flush's own.
 pub const KIND_FLUSH: u8 = 5;
+/// Cluster mode: a Raft group's entries, hard state or snapshot point (`cluster::store`).
+pub const KIND_RAFT: u8 = 6;
 /// Bytes of an index record's location field.
 pub const LOC_BYTES: usize = 12;
 
@@ -108,6 +115,12 @@ pub enum Mutation {
     Flush {
         version: u64,
     },
+    /// A Raft group's own state (cluster mode): `what` says which, `body` is its bytes.
+    Raft {
+        partition: u32,
+        what: u8,
+        body: Bytes,
+    },
     /// A key whose value lives in the log at `loc` (checkpoints only).
     Index {
         key: Bytes,
@@ -130,7 +143,7 @@ impl Mutation {
         match self {
             Mutation::Put { data, key_len, .. } => &data[..*key_len],
             Mutation::Delete { key, .. } | Mutation::Index { key, .. } => key,
-            Mutation::Clock { .. } | Mutation::Flush { .. } => &[],
+            Mutation::Clock { .. } | Mutation::Flush { .. } | Mutation::Raft { .. } => &[],
         }
     }
 
@@ -141,6 +154,8 @@ impl Mutation {
             | Mutation::Index { version, .. }
             | Mutation::Flush { version }
             | Mutation::Clock { version } => *version,
+            // Not a key's version: raft records are ordered by their Raft index, inside.
+            Mutation::Raft { .. } => 0,
         }
     }
 
@@ -151,6 +166,7 @@ impl Mutation {
                 Mutation::Delete { key, .. } => key.len(),
                 Mutation::Index { key, .. } => key.len() + LOC_BYTES,
                 Mutation::Clock { .. } | Mutation::Flush { .. } => 0,
+                Mutation::Raft { body, .. } => body.len(),
             }
     }
 }
@@ -169,6 +185,9 @@ pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
             Mutation::Delete { key, version } => (KIND_DELETE, key.len(), *version, 0, key, &[]),
             Mutation::Clock { version } => (KIND_CLOCK, 0, *version, 0, &[], &[]),
             Mutation::Flush { version } => (KIND_FLUSH, 0, *version, 0, &[], &[]),
+            Mutation::Raft { partition, what, body } => {
+                (KIND_RAFT, 0, u64::from(*partition), u64::from(*what), body, &[])
+            }
             Mutation::Index { key, version, expires_at_ms, loc } => {
                 let mut b = [0u8; LOC_BYTES];
                 b[..4].copy_from_slice(&loc.segment.get().to_le_bytes());
@@ -231,7 +250,13 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
             || (kind == KIND_DELETE && key_len == len - HEADER_BYTES)
             || (kind == KIND_INDEX && key_len + LOC_BYTES == len - HEADER_BYTES));
     let clock = (kind == KIND_CLOCK || kind == KIND_FLUSH) && key_len == 0 && len == HEADER_BYTES;
-    let header_ok = (keyed || clock) && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0];
+    let raft = kind == KIND_RAFT
+        && key_len == 0
+        && (HEADER_BYTES..=RECORD_BYTES_MAX).contains(&len)
+        && u32::try_from(u64_at(buf, VERSION_OFFSET)).is_ok()
+        && u8::try_from(u64_at(buf, EXPIRES_AT_OFFSET)).is_ok();
+    let header_ok =
+        (keyed || clock || raft) && buf[RESERVED_OFFSET..RESERVED_OFFSET + 3] == [0, 0, 0];
     if !header_ok {
         return Err(Invalid::BadHeader);
     }
@@ -265,6 +290,11 @@ pub fn decode(source: &Bytes, at: usize) -> Result<(Mutation, usize), Invalid> {
             Mutation::Index { key: body.slice(..key_len), version, expires_at_ms, loc }
         }
         KIND_FLUSH => Mutation::Flush { version },
+        KIND_RAFT => Mutation::Raft {
+            partition: version as u32,
+            what: u64_at(buf, EXPIRES_AT_OFFSET) as u8,
+            body,
+        },
         _ => Mutation::Clock { version },
     };
     Ok((m, len))

@@ -85,6 +85,18 @@ pub fn recover(
     salvage: bool,
     now_ms: u64,
 ) -> Result<Report, RecoveryError> {
+    recover_observed(dir, engine, salvage, now_ms, &mut |_| {})
+}
+
+/// `recover`, showing every record replayed (checkpoint first, then the log, in order) to
+/// `observe` before the engine gets it: cluster mode rebuilds its Raft groups from them.
+pub fn recover_observed(
+    dir: &Path,
+    engine: &mut dyn Engine,
+    salvage: bool,
+    now_ms: u64,
+    observe: &mut dyn FnMut(&super::Mutation),
+) -> Result<Report, RecoveryError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RecoveryError::Io { path, source }
@@ -108,6 +120,7 @@ pub fn recover(
             false,
             |m, _| {
                 records += 1;
+                observe(&m);
                 engine.replay(m, None, now_ms);
             },
             |_, _, _| {},
@@ -180,6 +193,7 @@ pub fn recover(
                 report.records += 1;
                 let len = m.encoded_len();
                 records_end = at + len;
+                observe(&m);
                 engine.replay(m, Some(Loc::new(*seq, at as u64, len)), now_ms);
                 if report.records.is_multiple_of(16_384) && Instant::now() >= progress_at {
                     let secs = progress_at.elapsed().as_secs_f64() + 1.0;

@@ -13,13 +13,15 @@ pub mod peer {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 2;
+pub const ENUM_MAX_BODY: u8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 3] = [
+pub const ENUM_VALUES_BODY: [Body; 5] = [
   Body::NONE,
   Body::Hello,
   Body::RaftBatch,
+  Body::Forward,
+  Body::Forwarded,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -30,13 +32,17 @@ impl Body {
   pub const NONE: Self = Self(0);
   pub const Hello: Self = Self(1);
   pub const RaftBatch: Self = Self(2);
+  pub const Forward: Self = Self(3);
+  pub const Forwarded: Self = Self(4);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_MAX: u8 = 4;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
     Self::RaftBatch,
+    Self::Forward,
+    Self::Forwarded,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -44,6 +50,8 @@ impl Body {
       Self::NONE => Some("NONE"),
       Self::Hello => Some("Hello"),
       Self::RaftBatch => Some("RaftBatch"),
+      Self::Forward => Some("Forward"),
+      Self::Forwarded => Some("Forwarded"),
       _ => None,
     }
   }
@@ -496,6 +504,236 @@ impl ::core::fmt::Debug for RaftBatch<'_> {
       ds.finish()
   }
 }
+pub enum ForwardOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A client request the sending node forwards to this one (a key's partition leader): a
+/// size-prefixed corekv.Request frame. The answer comes back on the same link as Forwarded
+/// with the same id.
+pub struct Forward<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Forward<'a> {
+  type Inner = Forward<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Forward<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Forward { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ForwardArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Forward<'bldr>> {
+    let mut builder = ForwardBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.request { builder.add_request(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Forward::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn request(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Forward::VT_REQUEST, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Forward<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("request", Self::VT_REQUEST, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ForwardArgs<'a> {
+    pub id: u64,
+    pub request: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ForwardArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ForwardArgs {
+      id: 0,
+      request: None,
+    }
+  }
+}
+
+pub struct ForwardBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ForwardBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(Forward::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_request(&mut self, request: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Forward::VT_REQUEST, request);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ForwardBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ForwardBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Forward<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Forward<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Forward");
+      ds.field("id", &self.id());
+      ds.field("request", &self.request());
+      ds.finish()
+  }
+}
+pub enum ForwardedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to a Forward: a size-prefixed corekv.Response frame.
+pub struct Forwarded<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Forwarded<'a> {
+  type Inner = Forwarded<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Forwarded<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RESPONSE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Forwarded { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ForwardedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Forwarded<'bldr>> {
+    let mut builder = ForwardedBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.response { builder.add_response(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Forwarded::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn response(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Forwarded::VT_RESPONSE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Forwarded<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("response", Self::VT_RESPONSE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ForwardedArgs<'a> {
+    pub id: u64,
+    pub response: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ForwardedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ForwardedArgs {
+      id: 0,
+      response: None,
+    }
+  }
+}
+
+pub struct ForwardedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ForwardedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(Forwarded::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_response(&mut self, response: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Forwarded::VT_RESPONSE, response);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ForwardedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ForwardedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Forwarded<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Forwarded<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Forwarded");
+      ds.field("id", &self.id());
+      ds.field("response", &self.response());
+      ds.finish()
+  }
+}
 pub enum PeerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -575,6 +813,36 @@ impl<'a> PeerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_forward(&self) -> Option<Forward<'a>> {
+    if self.body_type() == Body::Forward {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Forward::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_forwarded(&self) -> Option<Forwarded<'a>> {
+    if self.body_type() == Body::Forwarded {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Forwarded::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for PeerFrame<'_> {
@@ -587,6 +855,8 @@ impl ::flatbuffers::Verifiable for PeerFrame<'_> {
         match key {
           Body::Hello => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Hello>>("Body::Hello", pos),
           Body::RaftBatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftBatch>>("Body::RaftBatch", pos),
+          Body::Forward => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forward>>("Body::Forward", pos),
+          Body::Forwarded => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forwarded>>("Body::Forwarded", pos),
           _ => Ok(()),
         }
      })?
@@ -650,6 +920,20 @@ impl ::core::fmt::Debug for PeerFrame<'_> {
         },
         Body::RaftBatch => {
           if let Some(x) = self.body_as_raft_batch() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Forward => {
+          if let Some(x) = self.body_as_forward() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Forwarded => {
+          if let Some(x) = self.body_as_forwarded() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

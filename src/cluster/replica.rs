@@ -1,0 +1,712 @@
+//! One core's share of the cluster: the Raft groups of the partitions this core owns on this
+//! node, and the task that drives them ([`run`]).
+//!
+//! Everything raft-rs touches is owned by that one task. Requests reach it through queues
+//! (proposals, read-index asks, incoming messages) and a wake-up; answers go back through
+//! [`Waits`]. One round of the driver:
+//! 1. step incoming messages, start proposals and ReadIndex asks, tick on the Raft clock;
+//! 2. take every group's Ready: send what a leader may send at once, append entries and hard
+//!    states to the core's WAL (no wait), apply committed entries to the engine, in order,
+//!    with the Raft index as the version and the leader's stamp as the time;
+//! 3. wait once for the WAL (one fdatasync for every group of the core), then send the
+//!    messages that promise durability and tell each group its round is persisted;
+//! 4. answer reads whose read index has been applied.
+//!
+//! A proposal is answered when its entry is applied: with the engine's reply if the entry at
+//! its index is the one it proposed, with a retryable error if a new leader put another entry
+//! there (the write did not happen), and with an "outcome unknown" error if nothing is applied
+//! there within [`PROPOSAL_TIMEOUT`].
+//!
+//! Snapshots: a follower too far behind the retained log gets the partition's keys as of the
+//! leader's applied index. The driver builds it between rounds (so no apply interleaves;
+//! values on disk are read back) and installs one the same way: tombstones for keys the
+//! snapshot lacks, puts for the rest, all logged before the snapshot point.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corekv_schema::codec::{ErrorCode, Reply};
+use corekv_schema::placement;
+use corekv_schema::ring::Ring;
+use futures_lite::future;
+use protobuf::Message as _;
+use raft::eraftpb::{EntryType, Message};
+use slab::Slab;
+
+use super::command;
+use super::group::{self, Driven, Group};
+use super::store::{self, Recovered, WalStore};
+use super::transport::Links;
+use crate::config::ClusterConfig;
+use crate::shard::{Core, now_ms};
+use crate::storage::wal::Wal;
+
+/// Virtual nodes per node on the placement ring.
+pub const RING_VNODES: u32 = 256;
+/// How long a proposal may wait for its entry to be applied.
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers that tasks wait for by id: an id is a slab slot plus a generation, so an answer
+/// that comes after its waiter gave up never reaches a later waiter of the same slot.
+#[derive(Default)]
+pub struct Waits {
+    slots: RefCell<Slab<(u32, WaitState)>>,
+    generation: Cell<u32>,
+}
+
+enum WaitState {
+    Waiting(Option<Waker>),
+    Done(Reply),
+}
+
+impl Waits {
+    pub fn open(&self) -> u64 {
+        let generation = self.generation.get().wrapping_add(1);
+        self.generation.set(generation);
+        let slot = self.slots.borrow_mut().insert((generation, WaitState::Waiting(None)));
+        (u64::from(generation) << 32) | slot as u64
+    }
+
+    fn find(&self, id: u64) -> Option<usize> {
+        let slot = (id & 0xFFFF_FFFF) as usize;
+        let generation = (id >> 32) as u32;
+        let slots = self.slots.borrow();
+        slots.get(slot).filter(|(g, _)| *g == generation).map(|_| slot)
+    }
+
+    /// Files the answer for `id`; one nobody waits for any more is dropped.
+    pub fn complete(&self, id: u64, reply: Reply) {
+        let Some(slot) = self.find(id) else { return };
+        let mut slots = self.slots.borrow_mut();
+        let state = &mut slots[slot].1;
+        if let WaitState::Waiting(waker) = std::mem::replace(state, WaitState::Done(reply))
+            && let Some(w) = waker
+        {
+            w.wake();
+        }
+    }
+
+    pub fn cancel(&self, id: u64) {
+        if let Some(slot) = self.find(id) {
+            self.slots.borrow_mut().remove(slot);
+        }
+    }
+
+    /// The answer for `id`, or `None` after `timeout` (the id is then forgotten).
+    pub async fn wait(&self, id: u64, timeout: Duration) -> Option<Reply> {
+        let answer = WaitFuture { waits: self, id };
+        let expired = async {
+            glommio::timer::sleep(timeout).await;
+            None
+        };
+        let got = future::or(async { Some(answer.await) }, expired).await;
+        if got.is_none() {
+            self.cancel(id);
+        }
+        got.flatten()
+    }
+}
+
+struct WaitFuture<'a> {
+    waits: &'a Waits,
+    id: u64,
+}
+
+impl Future for WaitFuture<'_> {
+    type Output = Option<Reply>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let Some(slot) = self.waits.find(self.id) else { return Poll::Ready(None) };
+        let mut slots = self.waits.slots.borrow_mut();
+        match &mut slots[slot].1 {
+            WaitState::Done(_) => match slots.remove(slot).1 {
+                WaitState::Done(reply) => Poll::Ready(Some(reply)),
+                WaitState::Waiting(_) => unreachable!("checked just above"),
+            },
+            WaitState::Waiting(waker) => {
+                *waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A flag plus a waker: one task sleeps on it, anyone with work for it sets it.
+#[derive(Default)]
+pub struct Wake {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// A proposal in the log, waiting for its index to be applied: (tag, wait, proposed at).
+type Proposed = (u64, u64, Instant);
+
+struct Proposal {
+    partition: u32,
+    data: Vec<u8>,
+    tag: u64,
+    wait: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default, Debug)]
+pub struct RaftCounters {
+    pub proposals: Cell<u64>,
+    pub proposals_failed: Cell<u64>,
+    pub leader_changes: Cell<u64>,
+    pub elections_won: Cell<u64>,
+    pub snapshots_sent: Cell<u64>,
+    pub snapshots_installed: Cell<u64>,
+    pub read_indexes: Cell<u64>,
+    /// Sum and count of proposal-to-apply times, microseconds.
+    pub commit_us_sum: Cell<u64>,
+    pub commits: Cell<u64>,
+}
+
+/// Where things stand in one group, for the status APIs.
+#[derive(Clone, Debug)]
+pub struct GroupStatus {
+    pub partition: u32,
+    pub replicas: Vec<u64>,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    /// When this node leads: each follower's matched index.
+    pub matched: Vec<(u64, u64)>,
+}
+
+pub struct Replicas {
+    pub node: u64,
+    pub core: u16,
+    pub config: ClusterConfig,
+    /// Replicas of every partition, preferred leader first.
+    pub map: Vec<Vec<u64>>,
+    groups: RefCell<BTreeMap<u32, Group<WalStore>>>,
+    applied: RefCell<HashMap<u32, u64>>,
+    inbox: RefCell<Vec<(u32, Message)>>,
+    proposals: RefCell<Vec<Proposal>>,
+    read_asks: RefCell<Vec<(u32, u64)>>,
+    /// Proposed entries by (partition, index): (tag, wait, proposed at).
+    proposed: RefCell<HashMap<(u32, u64), Proposed>>,
+    /// ReadIndex requests in flight by context: the partition and who waits.
+    read_batches: RefCell<HashMap<u64, (u32, Vec<u64>)>>,
+    /// Reads whose index is known, waiting for it to be applied.
+    read_waits: RefCell<Vec<(u32, u64, u64)>>,
+    next_context: Cell<u64>,
+    next_tag: Cell<u64>,
+    pub waits: Rc<Waits>,
+    wake: Wake,
+    pub links: Links,
+    pub counters: RaftCounters,
+    /// Set once the driver stops (the WAL failed): nothing more is proposed.
+    failed: RefCell<Option<String>>,
+}
+
+impl Replicas {
+    /// This core's groups, restored from what recovery found in its log.
+    pub fn new(
+        config: &ClusterConfig,
+        partitions: u32,
+        core: u16,
+        cores: u16,
+        mut recovered: HashMap<u32, Recovered>,
+        wal: Option<Rc<Wal>>,
+    ) -> Result<Replicas, String> {
+        let ids: Vec<u64> = config.nodes.iter().map(|(n, _)| *n).collect();
+        let map = Ring::new(&ids, RING_VNODES).map(partitions, config.replication_factor);
+        let mut groups = BTreeMap::new();
+        let mut applied = HashMap::new();
+        for (p, replicas) in map.iter().enumerate() {
+            let p = p as u32;
+            if placement::core_of_partition(p, cores) != core || !replicas.contains(&config.node) {
+                continue;
+            }
+            let state = recovered.remove(&p).unwrap_or_default();
+            let done = state.applied.max(state.point.index);
+            let store = WalStore::new(p, replicas.clone(), state, wal.clone());
+            let mut raft_config = group::config(config.node);
+            raft_config.applied = done.min(store.last_index_now());
+            let g = Group::new(p, &raft_config, store)
+                .map_err(|e| format!("partition {p}: raft: {e}"))?;
+            applied.insert(p, raft_config.applied);
+            groups.insert(p, g);
+        }
+        let waits = Rc::new(Waits::default());
+        let links = Links::start(config.node, &config.nodes, waits.clone());
+        Ok(Replicas {
+            node: config.node,
+            core,
+            config: config.clone(),
+            map,
+            groups: RefCell::new(groups),
+            applied: RefCell::new(applied),
+            inbox: RefCell::new(Vec::new()),
+            proposals: RefCell::new(Vec::new()),
+            read_asks: RefCell::new(Vec::new()),
+            proposed: RefCell::new(HashMap::new()),
+            read_batches: RefCell::new(HashMap::new()),
+            read_waits: RefCell::new(Vec::new()),
+            next_context: Cell::new(1),
+            next_tag: Cell::new(1),
+            waits,
+            wake: Wake::default(),
+            links,
+            counters: RaftCounters::default(),
+            failed: RefCell::new(None),
+        })
+    }
+
+    pub fn has_group(&self, partition: u32) -> bool {
+        self.groups.borrow().contains_key(&partition)
+    }
+
+    /// (is this node the leader, the leader it knows of: 0 for none).
+    pub fn leadership(&self, partition: u32) -> (bool, u64) {
+        match self.groups.borrow().get(&partition) {
+            Some(g) => (g.is_leader(), g.leader().1),
+            None => (false, 0),
+        }
+    }
+
+    pub fn partitions_led(&self) -> Vec<u32> {
+        self.groups.borrow().iter().filter(|(_, g)| g.is_leader()).map(|(p, _)| *p).collect()
+    }
+
+    pub fn status(&self) -> Vec<GroupStatus> {
+        let groups = self.groups.borrow();
+        let applied = self.applied.borrow();
+        groups
+            .iter()
+            .map(|(p, g)| {
+                let status = g.status();
+                let matched = status
+                    .progress
+                    .map(|pr| {
+                        let mut m: Vec<(u64, u64)> =
+                            pr.iter().map(|(id, p)| (*id, p.matched)).collect();
+                        m.sort_unstable();
+                        m
+                    })
+                    .unwrap_or_default();
+                let (term, leader) = g.leader();
+                GroupStatus {
+                    partition: *p,
+                    replicas: self.map[*p as usize].clone(),
+                    leader,
+                    term,
+                    commit: g.commit_index(),
+                    applied: applied.get(p).copied().unwrap_or(0),
+                    matched,
+                }
+            })
+            .collect()
+    }
+
+    /// Raft messages from a peer for partitions of this core.
+    pub fn deliver(&self, messages: impl IntoIterator<Item = (u32, Bytes)>) {
+        let mut inbox = self.inbox.borrow_mut();
+        for (p, bytes) in messages {
+            match Message::parse_from_bytes(&bytes) {
+                Ok(m) => inbox.push((p, m)),
+                Err(e) => tracing::warn!(partition = p, error = %e, "undecodable raft message"),
+            }
+        }
+        drop(inbox);
+        self.wake.notify();
+    }
+
+    /// Proposes `op` (this node should lead the partition) and waits until it is applied.
+    pub async fn propose(&self, partition: u32, op: &corekv_schema::codec::Op) -> Reply {
+        if let Some(e) = self.failed.borrow().clone() {
+            return Reply::error(ErrorCode::Unavailable, e);
+        }
+        let tag = (self.node << 48) | (u64::from(self.core) << 40) | self.next_tag.get();
+        self.next_tag.set(self.next_tag.get().wrapping_add(1) & ((1 << 40) - 1));
+        let wait = self.waits.open();
+        let data = command::encode(now_ms(), tag, op);
+        self.proposals.borrow_mut().push(Proposal { partition, data, tag, wait });
+        self.wake.notify();
+        self.counters.proposals.set(self.counters.proposals.get() + 1);
+        match self.waits.wait(wait, PROPOSAL_TIMEOUT).await {
+            Some(reply) => reply,
+            None => {
+                self.counters.proposals_failed.set(self.counters.proposals_failed.get() + 1);
+                Reply::error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "partition {partition}: not committed within {}s; the write may or may \
+                         not have been applied",
+                        PROPOSAL_TIMEOUT.as_secs()
+                    ),
+                )
+            }
+        }
+    }
+
+    /// ReadIndex: returns once this replica has applied everything committed when the read
+    /// arrived (confirmed by a quorum of heartbeats), so a read after it is linearizable.
+    pub async fn read_barrier(&self, partition: u32) -> Result<(), Reply> {
+        let wait = self.waits.open();
+        self.read_asks.borrow_mut().push((partition, wait));
+        self.wake.notify();
+        self.counters.read_indexes.set(self.counters.read_indexes.get() + 1);
+        match self.waits.wait(wait, PROPOSAL_TIMEOUT).await {
+            Some(Reply::Pong { .. }) => Ok(()),
+            Some(other) => Err(other),
+            None => Err(Reply::error(
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {partition}: no read index within {}s",
+                    PROPOSAL_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    fn wrong_node(&self, partition: u32, leader: u64) -> Reply {
+        wrong_node(partition, leader)
+    }
+}
+
+/// The `WrongNode` error this node gives for a partition it does not lead.
+pub fn wrong_node(partition: u32, leader: u64) -> Reply {
+    let text = if leader == 0 {
+        format!("partition {partition}: no leader known here")
+    } else {
+        format!("partition {partition} is led by node {leader}")
+    };
+    Reply::error(ErrorCode::WrongNode, text)
+}
+
+/// The leader a `WrongNode` message names (0: none).
+pub fn leader_hint(message: &str) -> u64 {
+    message.rsplit_once("led by node ").and_then(|(_, n)| n.trim().parse().ok()).unwrap_or(0)
+}
+
+fn go() -> Reply {
+    Reply::Pong { payload: Bytes::new() }
+}
+
+/// The driver task of one core's groups; see the module doc.
+pub async fn run(core: Rc<Core>) {
+    let Some(r) = core.cluster.as_ref() else { return };
+    let tick = Duration::from_millis(r.config.raft_tick_ms);
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let busy = r.groups.borrow().values().any(|g| g.has_ready());
+        if !busy {
+            let until = next_tick.saturating_duration_since(Instant::now());
+            future::or(r.wake.wait(), glommio::timer::sleep(until)).await;
+        }
+        let ticking = Instant::now() >= next_tick;
+        if ticking {
+            next_tick += tick;
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + tick;
+            }
+        }
+        if let Err(e) = round(&core, r, ticking).await {
+            tracing::error!(core = r.core, error = %e, "raft driver stopped: the log failed");
+            *r.failed.borrow_mut() = Some(e);
+            return;
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), String> {
+    let mut driven: Vec<(u32, Driven)> = Vec::new();
+    let mut seq = None;
+    {
+        let mut groups = r.groups.borrow_mut();
+        for (p, m) in r.inbox.borrow_mut().drain(..) {
+            if let Some(g) = groups.get_mut(&p) {
+                let _ = g.step(m);
+            }
+        }
+        for prop in r.proposals.borrow_mut().drain(..) {
+            let Some(g) = groups.get_mut(&prop.partition) else {
+                r.waits.complete(prop.wait, r.wrong_node(prop.partition, 0));
+                continue;
+            };
+            if !g.is_leader() {
+                r.waits.complete(prop.wait, r.wrong_node(prop.partition, g.leader().1));
+                continue;
+            }
+            match g.propose(prop.data) {
+                Ok(()) => {
+                    let index = g.last_index();
+                    r.proposed
+                        .borrow_mut()
+                        .insert((prop.partition, index), (prop.tag, prop.wait, Instant::now()));
+                }
+                Err(e) => r.waits.complete(
+                    prop.wait,
+                    Reply::error(ErrorCode::Unavailable, format!("proposal refused: {e}")),
+                ),
+            }
+        }
+        let mut asks: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (p, wait) in r.read_asks.borrow_mut().drain(..) {
+            asks.entry(p).or_default().push(wait);
+        }
+        for (p, waits) in asks {
+            let Some(g) = groups.get_mut(&p) else {
+                waits.into_iter().for_each(|w| r.waits.complete(w, r.wrong_node(p, 0)));
+                continue;
+            };
+            if !g.is_leader() {
+                let leader = g.leader().1;
+                waits.into_iter().for_each(|w| r.waits.complete(w, r.wrong_node(p, leader)));
+                continue;
+            }
+            let context = r.next_context.get();
+            r.next_context.set(context + 1);
+            g.read_index(context.to_le_bytes().to_vec());
+            r.read_batches.borrow_mut().insert(context, (p, waits));
+        }
+        if ticking {
+            groups.values_mut().for_each(Group::tick);
+        }
+        for (p, g) in groups.iter_mut() {
+            if !g.has_ready() {
+                continue;
+            }
+            let d = g.drive().map_err(|e| format!("partition {p}: {e}"))?;
+            if let Some(s) = g.store_mut().last_seq.take() {
+                seq = Some(seq.map_or(s, |t: u64| t.max(s)));
+            }
+            driven.push((*p, d));
+        }
+    }
+    // Leaders' messages go out before the disk wait: replication overlaps the local write.
+    let mut outgoing: HashMap<u64, Vec<(u32, Bytes)>> = HashMap::new();
+    for (p, d) in &mut driven {
+        queue(&mut outgoing, *p, d.messages.drain(..), r);
+        if let Some((term, leader)) = d.leader_changed {
+            r.counters.leader_changes.set(r.counters.leader_changes.get() + 1);
+            if leader == r.node {
+                r.counters.elections_won.set(r.counters.elections_won.get() + 1);
+                tracing::info!(partition = *p, term, "leading");
+            }
+            fail_proposals_lost_to(r, *p, leader);
+        }
+    }
+    send(r, &mut outgoing);
+    for (p, d) in &mut driven {
+        if let Some(snapshot) = d.snapshot.take() {
+            let index = snapshot.get_metadata().index;
+            core.install_snapshot(*p, &snapshot.data).await?;
+            r.applied.borrow_mut().insert(*p, index);
+            r.counters.snapshots_installed.set(r.counters.snapshots_installed.get() + 1);
+            tracing::info!(partition = *p, index, "installed a snapshot");
+        }
+        apply(core, r, *p, std::mem::take(&mut d.committed)).await;
+    }
+    if let (Some(seq), Some(wal)) = (seq, core.wal.as_ref()) {
+        wal.wait(seq).await.map_err(|e| e.to_string())?;
+    }
+    {
+        let mut groups = r.groups.borrow_mut();
+        for (p, d) in &mut driven {
+            queue(&mut outgoing, *p, d.after_persist.drain(..), r);
+            if let (Some(number), Some(g)) = (d.persist, groups.get_mut(p)) {
+                g.persisted(number);
+            }
+        }
+    }
+    send(r, &mut outgoing);
+    for (p, d) in &driven {
+        for (context, index) in &d.reads {
+            let Ok(bytes) = <[u8; 8]>::try_from(&context[..]) else { continue };
+            if let Some((_, waits)) = r.read_batches.borrow_mut().remove(&u64::from_le_bytes(bytes))
+            {
+                let mut pending = r.read_waits.borrow_mut();
+                pending.extend(waits.into_iter().map(|w| (*p, *index, w)));
+            }
+        }
+    }
+    release_reads(r);
+    build_snapshots(core, r).await;
+    compact_logs(r);
+    Ok(())
+}
+
+fn queue(
+    outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>,
+    partition: u32,
+    messages: impl Iterator<Item = Message>,
+    r: &Replicas,
+) {
+    for m in messages {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            r.counters.snapshots_sent.set(r.counters.snapshots_sent.get() + 1);
+        }
+        let to = m.to;
+        match m.write_to_bytes() {
+            Ok(bytes) => outgoing.entry(to).or_default().push((partition, Bytes::from(bytes))),
+            Err(e) => tracing::error!(error = %e, "raft message did not encode"),
+        }
+    }
+}
+
+fn send(r: &Replicas, outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>) {
+    for (to, messages) in outgoing.drain() {
+        if !r.links.send_raft(to, messages) {
+            let mut groups = r.groups.borrow_mut();
+            groups.values_mut().for_each(|g| g.report_unreachable(to));
+        }
+    }
+}
+
+/// A new leader (not this node) means entries this node proposed and that are not committed
+/// may be replaced; they are answered when their index is applied, whatever lands there.
+fn fail_proposals_lost_to(r: &Replicas, partition: u32, leader: u64) {
+    if leader == r.node || leader == 0 {
+        return;
+    }
+    // Nothing to do now: `apply` answers each proposal by what is applied at its index, and
+    // the timeout answers those whose index never comes. Logged for the operator.
+    let waiting = r.proposed.borrow().keys().filter(|(p, _)| *p == partition).count();
+    if waiting > 0 {
+        tracing::info!(partition, leader, waiting, "lost leadership with proposals in flight");
+    }
+}
+
+async fn apply(core: &Rc<Core>, r: &Replicas, partition: u32, entries: Vec<raft::eraftpb::Entry>) {
+    let Some(last) = entries.last().map(|e| e.index) else { return };
+    for e in entries {
+        let waiting = r.proposed.borrow_mut().remove(&(partition, e.index));
+        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+            if let Some((_, wait, _)) = waiting {
+                r.waits.complete(wait, not_applied(partition));
+            }
+            continue;
+        }
+        let reply = match command::decode(&e.data, &core.limits) {
+            Ok((stamp, tag, op)) => {
+                let reply = core.apply_replicated(op, stamp, e.index).await;
+                match waiting {
+                    Some((t, wait, at)) if t == tag => {
+                        let us = at.elapsed().as_micros() as u64;
+                        r.counters.commit_us_sum.set(r.counters.commit_us_sum.get() + us);
+                        r.counters.commits.set(r.counters.commits.get() + 1);
+                        r.waits.complete(wait, reply);
+                    }
+                    Some((_, wait, _)) => r.waits.complete(wait, not_applied(partition)),
+                    None => {}
+                }
+                continue;
+            }
+            Err(e) => e,
+        };
+        // Every replica decodes the same bytes the same way, so skipping keeps them in step;
+        // it can only be a bug or a damaged log, and it is loud.
+        tracing::error!(partition, index = e.index, error = %reply, "raft entry skipped");
+        if let Some((_, wait, _)) = waiting {
+            r.waits.complete(wait, Reply::error(ErrorCode::Internal, reply));
+        }
+    }
+    r.applied.borrow_mut().insert(partition, last);
+    if let Some(g) = r.groups.borrow_mut().get_mut(&partition) {
+        g.applied(last);
+    }
+}
+
+fn not_applied(partition: u32) -> Reply {
+    Reply::error(
+        ErrorCode::Unavailable,
+        format!(
+            "partition {partition}: leadership changed before the write committed; it was not applied, retry it"
+        ),
+    )
+}
+
+fn release_reads(r: &Replicas) {
+    let applied = r.applied.borrow();
+    r.read_waits.borrow_mut().retain(|(p, index, wait)| {
+        if applied.get(p).copied().unwrap_or(0) >= *index {
+            r.waits.complete(*wait, go());
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Builds the snapshots raft-rs asked for since the last round, at each partition's applied
+/// index (no apply runs meanwhile: this is the driver).
+async fn build_snapshots(core: &Rc<Core>, r: &Replicas) {
+    let wanted: Vec<u32> = store::SNAPSHOT_WANTED.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    let mut done = Vec::new();
+    for p in wanted {
+        if done.contains(&p) || !r.has_group(p) {
+            continue;
+        }
+        done.push(p);
+        let index = r.applied.borrow().get(&p).copied().unwrap_or(0);
+        match core.partition_snapshot(p).await {
+            Ok(data) => {
+                let bytes = data.len();
+                if let Some(g) = r.groups.borrow_mut().get_mut(&p) {
+                    g.store_mut().set_built(index, data);
+                }
+                tracing::info!(partition = p, index, bytes, "built a snapshot for a follower");
+            }
+            Err(e) => tracing::error!(partition = p, error = %e, "snapshot not built"),
+        }
+    }
+}
+
+/// Drops applied entries from memory beyond what followers are still catching up on.
+fn compact_logs(r: &Replicas) {
+    let applied = r.applied.borrow();
+    let mut groups = r.groups.borrow_mut();
+    for (p, g) in groups.iter_mut() {
+        let done = applied.get(p).copied().unwrap_or(0);
+        if done < g.store().first_index_now() + 2 * store::ENTRIES_RETAINED {
+            continue;
+        }
+        g.store_mut().compact_to(done - store::ENTRIES_RETAINED);
+    }
+}
+
+impl Replicas {
+    /// Records for a checkpoint: every group's point at its applied index, hard state and
+    /// later entries. Taken in the same synchronous step as the engine's snapshot.
+    pub fn checkpoint_records(&self) -> Vec<crate::storage::Mutation> {
+        let applied = self.applied.borrow();
+        self.groups
+            .borrow()
+            .iter()
+            .flat_map(|(p, g)| g.store().checkpoint_records(applied.get(p).copied().unwrap_or(0)))
+            .collect()
+    }
+}

@@ -1,0 +1,335 @@
+//! Node-to-node links: Raft message batches and forwarded client requests, as `peer.fbs`
+//! frames over TCP.
+//!
+//! Outgoing: every core keeps one link to every other node ([`Links`]): a task that connects
+//! (retrying with back-off), says `Hello`, then writes the frames queued for it, and a reader
+//! for the `Forwarded` answers that come back on the same connection. The queue is bounded;
+//! when it is full or the link is down, Raft batches are dropped (Raft resends) and forwards
+//! fail at once with `Unavailable`, so nothing waits on a dead peer.
+//!
+//! Incoming: every core accepts on `--cluster-listen` ([`serve`]). A Raft batch is split by
+//! partition and handed to the core that owns each one (over the mesh when it is another
+//! core). A forwarded request is run as if a client had sent it here, marked as forwarded so
+//! it is never forwarded again, and its answer is written back on the link.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use corekv_schema::codec::{
+    Consistency, Encoder, ErrorCode, Op, Reply, Request, decode_request, decode_response,
+};
+use corekv_schema::frame::take_frame;
+use corekv_schema::peer::{self, BATCH_MESSAGES_MAX, PEER_VERSION, PeerMessage};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+
+use super::replica::{Waits, Wake};
+use crate::shard::Core;
+use crate::shutdown::Shutdown;
+
+/// Frames queued per link before more are dropped (Raft) or refused (forwards).
+const LINK_QUEUE_FRAMES: usize = 4096;
+/// Largest peer frame read: a snapshot of a partition travels in one.
+pub const PEER_FRAME_BYTES_MAX: usize = 1 << 30;
+/// How long a forwarded request may take before the caller gives up on it.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Frames waiting for a link's writer; bounded by [`LINK_QUEUE_FRAMES`].
+#[derive(Default)]
+struct Outbox {
+    frames: RefCell<VecDeque<Vec<u8>>>,
+    wake: Wake,
+}
+
+impl Outbox {
+    fn try_send(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        let mut frames = self.frames.borrow_mut();
+        if frames.len() >= LINK_QUEUE_FRAMES {
+            return Err(frame);
+        }
+        frames.push_back(frame);
+        drop(frames);
+        self.wake.notify();
+        Ok(())
+    }
+
+    /// Everything queued (at least one frame), as one buffer.
+    async fn take(&self) -> Vec<u8> {
+        loop {
+            if let Some(batch) = self.take_now() {
+                return batch;
+            }
+            self.wake.wait().await;
+        }
+    }
+
+    fn take_now(&self) -> Option<Vec<u8>> {
+        let mut frames = self.frames.borrow_mut();
+        let mut batch = frames.pop_front()?;
+        while batch.len() < (1 << 20) {
+            match frames.pop_front() {
+                Some(more) => batch.extend_from_slice(&more),
+                None => break,
+            }
+        }
+        Some(batch)
+    }
+
+    fn clear(&self) {
+        self.frames.borrow_mut().clear();
+    }
+}
+
+struct Link {
+    tx: Rc<Outbox>,
+    up: Rc<Cell<bool>>,
+}
+
+/// This core's links to the other nodes.
+pub struct Links {
+    node: u64,
+    links: HashMap<u64, Link>,
+    /// Forwards waiting for their answers, by id.
+    pub waits: Rc<Waits>,
+    pub frames_dropped: Cell<u64>,
+}
+
+impl Links {
+    /// Starts a link task per other node (on the calling executor).
+    pub fn start(node: u64, nodes: &[(u64, SocketAddr)], waits: Rc<Waits>) -> Links {
+        let mut links = HashMap::new();
+        for &(peer, addr) in nodes.iter().filter(|(n, _)| *n != node) {
+            let tx = Rc::new(Outbox::default());
+            let rx = tx.clone();
+            let up = Rc::new(Cell::new(false));
+            glommio::spawn_local(run_link(node, peer, addr, rx, up.clone(), waits.clone()))
+                .detach();
+            links.insert(peer, Link { tx, up });
+        }
+        Links { node, links, waits, frames_dropped: Cell::new(0) }
+    }
+
+    pub fn is_up(&self, peer: u64) -> bool {
+        self.links.get(&peer).is_some_and(|l| l.up.get())
+    }
+
+    /// Queues Raft messages for `peer`; false when they were dropped (link down or full).
+    pub fn send_raft(&self, peer: u64, messages: Vec<(u32, Bytes)>) -> bool {
+        let Some(link) = self.links.get(&peer) else { return false };
+        let mut sent = true;
+        for chunk in messages.chunks(BATCH_MESSAGES_MAX) {
+            let frame = peer::encode(&PeerMessage::Raft {
+                from_node: self.node,
+                to_node: peer,
+                messages: chunk.to_vec(),
+            });
+            if !link.up.get() || link.tx.try_send(frame).is_err() {
+                self.frames_dropped.set(self.frames_dropped.get() + 1);
+                sent = false;
+            }
+        }
+        sent
+    }
+
+    /// Sends a client request to `peer` to run there; its answer, or `Unavailable` when the
+    /// link is down or the answer does not come in time.
+    pub async fn forward(&self, peer: u64, op: Op, consistency: Consistency) -> Reply {
+        let Some(link) = self.links.get(&peer).filter(|l| l.up.get()) else {
+            return Reply::error(ErrorCode::Unavailable, format!("no link to node {peer}"));
+        };
+        let id = self.waits.open();
+        let mut request = Request::new(id, op);
+        request.consistency = consistency;
+        let mut frame = BytesMut::new();
+        Encoder::new().request(&request, &mut frame);
+        let frame = peer::encode(&PeerMessage::Forward { id, request: frame.freeze() });
+        if link.tx.try_send(frame).is_err() {
+            self.waits.cancel(id);
+            return Reply::error(ErrorCode::Unavailable, format!("link to node {peer} is full"));
+        }
+        match self.waits.wait(id, FORWARD_TIMEOUT).await {
+            Some(reply) => reply,
+            None => Reply::error(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {peer} did not answer a forwarded request in time; it may or may not have applied"
+                ),
+            ),
+        }
+    }
+}
+
+async fn run_link(
+    node: u64,
+    peer: u64,
+    addr: SocketAddr,
+    rx: Rc<Outbox>,
+    up: Rc<Cell<bool>>,
+    waits: Rc<Waits>,
+) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(_) => {
+                // Frames queued while down are stale: Raft resends what still matters.
+                rx.clear();
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let hello = peer::encode(&PeerMessage::Hello {
+            cluster_id: 0,
+            from_node: node,
+            to_node: peer,
+            version: PEER_VERSION,
+        });
+        if writer.write_all(&hello).await.is_err() {
+            glommio::timer::sleep(backoff).await;
+            continue;
+        }
+        backoff = RECONNECT_MIN;
+        up.set(true);
+        tracing::info!(peer, %addr, "link up");
+        let answers = waits.clone();
+        let read = async move {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            loop {
+                while let Ok(Some(frame)) = take_frame(&mut buf, PEER_FRAME_BYTES_MAX) {
+                    if let Ok(PeerMessage::Forwarded { id, response }) = peer::decode(&frame) {
+                        let reply = match decode_response(&response) {
+                            Ok(r) => r.reply,
+                            Err(e) => {
+                                Reply::error(ErrorCode::Internal, format!("forwarded answer: {e}"))
+                            }
+                        };
+                        answers.complete(id, reply);
+                    }
+                }
+                if read_some(&mut reader, &mut buf).await == 0 {
+                    return;
+                }
+            }
+        };
+        let write = async {
+            loop {
+                // Whatever is queued goes out in one write.
+                let batch = rx.take().await;
+                if writer.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        };
+        future::or(read, write).await;
+        up.set(false);
+        tracing::warn!(peer, %addr, "link down; reconnecting");
+        glommio::timer::sleep(backoff).await;
+    }
+}
+
+/// Reads what the socket has into `buf`; 0 at end of stream or on error.
+async fn read_some<R: futures_lite::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> usize {
+    let mut chunk = [0u8; 64 << 10];
+    match reader.read(&mut chunk).await {
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Serves one incoming link from another node.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
+    let Some(replicas) = core.cluster.as_ref() else { return };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(LINK_QUEUE_FRAMES);
+    let writing = glommio::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut greeted = false;
+    let tx = Rc::new(tx);
+    'read: loop {
+        loop {
+            let frame = match take_frame(&mut buf, PEER_FRAME_BYTES_MAX) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer frame refused; closing the link");
+                    break 'read;
+                }
+            };
+            let message = match peer::decode(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad peer frame; closing the link");
+                    break 'read;
+                }
+            };
+            match message {
+                PeerMessage::Hello { to_node, version, from_node, .. } => {
+                    if to_node != replicas.node || version != PEER_VERSION {
+                        tracing::warn!(
+                            from_node,
+                            to_node,
+                            version,
+                            "link hello for another node or version; closing"
+                        );
+                        break 'read;
+                    }
+                    greeted = true;
+                }
+                _ if !greeted => break 'read,
+                PeerMessage::Raft { messages, .. } => core.deliver_raft(messages).await,
+                PeerMessage::Forward { id, request } => {
+                    let (core, tx) = (core.clone(), tx.clone());
+                    glommio::spawn_local(async move {
+                        let reply = match decode_request(&request, &core.limits) {
+                            Ok(r) => core.cluster_op(r.op, r.consistency, true).await,
+                            Err(e) => Reply::error(e.code, e.message),
+                        };
+                        let mut response = BytesMut::new();
+                        Encoder::new().response(id, &reply, &mut response);
+                        let frame = peer::encode(&PeerMessage::Forwarded {
+                            id,
+                            response: response.freeze(),
+                        });
+                        let _ = tx.send(frame).await;
+                    })
+                    .detach();
+                }
+                PeerMessage::Forwarded { .. } => {}
+            }
+        }
+        let n = future::or(read_some(&mut reader, &mut buf), async {
+            shutdown.wait().await;
+            0
+        })
+        .await;
+        if n == 0 {
+            break;
+        }
+    }
+    drop(tx);
+    writing.cancel().await;
+}

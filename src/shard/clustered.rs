@@ -1,0 +1,295 @@
+//! A core in cluster mode: where a keyed request goes, and how replicated writes, snapshots
+//! and Raft traffic meet this core's engine.
+//!
+//! A keyed request is run on the core that owns its partition ([`Core::cluster_op`]); there:
+//! - an eventual read of a partition this node holds is answered from the local engine;
+//! - a strong read on the partition's leader waits for a read index (ReadIndex), then reads
+//!   the local engine; a write on the leader is proposed and answered once applied;
+//! - anything else is forwarded to the leader over the node link (following `WrongNode`
+//!   hints, waiting out an election), unless another node forwarded it here: then it is
+//!   answered `WrongNode`, so a request is forwarded at most once per attempt.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
+use corekv_schema::placement;
+
+use super::{Answered, Core, Done, Pending, Slot, Work, now_ms, unexpected};
+use crate::cluster::replica::{leader_hint, wrong_node};
+use crate::config::ConsistencyMode;
+use crate::storage::record::{self, Mutation};
+
+/// How long a request keeps looking for a partition's leader (elections, lost links).
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+impl Core {
+    /// Starts `work` in its own task; the slot resolves with its reply.
+    pub(super) fn spawn_slot(
+        &self,
+        work: impl std::future::Future<Output = Reply> + 'static,
+    ) -> Slot {
+        let token = self.pending.borrow_mut().insert(Pending::Waiting(None));
+        let Some(me) = self.this.upgrade() else {
+            self.complete(token, Done::One(Reply::error(ErrorCode::ShuttingDown, "core stopping")));
+            return Slot::Remote(token);
+        };
+        glommio::spawn_local(async move {
+            let reply = work.await;
+            me.complete(token, Done::One(reply));
+        })
+        .detach();
+        Slot::Remote(token)
+    }
+
+    /// Cluster mode's `dispatch` of a keyed operation or a batch.
+    pub(super) fn cluster_slot(&self, op: Op, consistency: Consistency) -> Slot {
+        let Some(me) = self.this.upgrade() else {
+            return Slot::Ready(Reply::error(ErrorCode::ShuttingDown, "core stopping"));
+        };
+        match op {
+            Op::Batch(ops) => self.spawn_slot(async move {
+                let tasks: Vec<_> = ops
+                    .into_iter()
+                    .map(|op| {
+                        let me = me.clone();
+                        glommio::spawn_local(async move {
+                            if op.key().is_none() {
+                                return Reply::error(
+                                    ErrorCode::BadRequest,
+                                    format!("{} is not allowed in a batch", op.name()),
+                                );
+                            }
+                            me.cluster_op(op, consistency, false).await
+                        })
+                    })
+                    .collect();
+                let mut replies = Vec::with_capacity(tasks.len());
+                for t in tasks {
+                    replies.push(t.await);
+                }
+                Reply::Batch(replies)
+            }),
+            op => self.spawn_slot(async move { me.cluster_op(op, consistency, false).await }),
+        }
+    }
+
+    /// Runs a keyed operation in the cluster, from any core of this node.
+    pub async fn cluster_op(
+        self: &Rc<Self>,
+        op: Op,
+        consistency: Consistency,
+        forwarded: bool,
+    ) -> Reply {
+        let Some(key) = op.key() else {
+            return Reply::error(ErrorCode::BadRequest, "operation has no key");
+        };
+        let owner = self.owner_of(key);
+        if owner == self.index {
+            return self.cluster_here(op, consistency, forwarded).await;
+        }
+        let token = self.forward(owner, Work::Cluster(op, consistency, forwarded)).await;
+        match self.answer(token).await {
+            Done::One(reply) => reply,
+            other => unexpected(other),
+        }
+    }
+
+    /// `cluster_op` on the core that owns the partition.
+    pub(super) async fn cluster_here(
+        self: &Rc<Self>,
+        op: Op,
+        consistency: Consistency,
+        forwarded: bool,
+    ) -> Reply {
+        let Some(r) = self.cluster.as_ref() else {
+            return Reply::error(ErrorCode::Internal, "not in cluster mode");
+        };
+        let key = op.key().cloned().unwrap_or_default();
+        let partition = placement::partition_of(&key, self.partitions);
+        let consistency = match consistency {
+            Consistency::Default => match r.config.consistency {
+                ConsistencyMode::Strong => Consistency::Strong,
+                ConsistencyMode::Eventual => Consistency::Eventual,
+            },
+            c => c,
+        };
+        let is_read = matches!(op, Op::Get { .. });
+        let deadline = Instant::now() + LEADER_WAIT;
+        let replicas = r.map[partition as usize].clone();
+        let mut hint = 0u64;
+        let mut attempt = 0usize;
+        loop {
+            let local = r.has_group(partition);
+            if local && is_read && consistency == Consistency::Eventual {
+                return self.read_local(op).await;
+            }
+            let (leading, known) = r.leadership(partition);
+            if leading {
+                let reply = if is_read {
+                    match r.read_barrier(partition).await {
+                        Ok(()) => return self.read_local(op).await,
+                        Err(reply) => reply,
+                    }
+                } else {
+                    r.propose(partition, &op).await
+                };
+                match &reply {
+                    Reply::Error(e) if e.code == ErrorCode::WrongNode && !forwarded => {
+                        hint = leader_hint(&e.message);
+                    }
+                    _ => return reply,
+                }
+            } else if forwarded {
+                return wrong_node(partition, known);
+            } else {
+                let target = match (known, hint) {
+                    (k, _) if k != 0 && k != r.node => k,
+                    (_, h) if h != 0 && h != r.node => h,
+                    // No leader known here: ask the replicas in turn, preferred leader first.
+                    _ if !local => replicas[attempt % replicas.len()],
+                    _ => 0,
+                };
+                attempt += 1;
+                if target != 0 {
+                    let reply = r.links.forward(target, op.clone(), consistency).await;
+                    match &reply {
+                        Reply::Error(e) if e.code == ErrorCode::WrongNode => {
+                            hint = leader_hint(&e.message);
+                        }
+                        Reply::Error(e)
+                            if e.code == ErrorCode::Unavailable
+                                && e.message.starts_with("no link") =>
+                        {
+                            hint = 0;
+                        }
+                        _ => return reply,
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Reply::error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "partition {partition}: no leader reachable within {}s",
+                        LEADER_WAIT.as_secs()
+                    ),
+                );
+            }
+            // An election takes a few Raft ticks.
+            let pause = r.config.raft_tick_ms.clamp(5, 100);
+            glommio::timer::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+
+    /// Reads this replica's engine (a value on disk only is read back).
+    async fn read_local(&self, op: Op) -> Reply {
+        match self.apply(op, now_ms()).await {
+            (Answered::Reply(reply), _) => reply,
+            (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
+        }
+    }
+
+    /// Applies a committed write: version = its Raft index, time = the leader's stamp.
+    pub async fn apply_replicated(&self, op: Op, stamp_ms: u64, index: u64) -> Reply {
+        self.engine.borrow_mut().next_version(index);
+        match self.apply_unqueued(op, stamp_ms).await {
+            (Answered::Reply(reply), _) => reply,
+            (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
+        }
+    }
+
+    /// Raft messages from a peer: each to the core that owns its partition.
+    pub async fn deliver_raft(&self, messages: Vec<(u32, Bytes)>) {
+        let Some(r) = self.cluster.as_ref() else { return };
+        let mut by_core: Vec<Vec<(u32, Bytes)>> = vec![Vec::new(); usize::from(self.cores)];
+        for (p, m) in messages {
+            by_core[usize::from(placement::core_of_partition(p, self.cores))].push((p, m));
+        }
+        for (core, messages) in by_core.into_iter().enumerate() {
+            if messages.is_empty() {
+                continue;
+            }
+            if core == usize::from(self.index) {
+                r.deliver(messages);
+            } else {
+                let call = super::Call { token: usize::MAX, work: Work::Raft(messages) };
+                // Raft resends what is lost; a full mesh drops rather than blocks the link.
+                let _ = self.mesh.try_call(core as u16, call);
+            }
+        }
+    }
+
+    /// Every live key of `partition` as put records (values read back from disk where they
+    /// are not cached), for a follower that needs a snapshot.
+    pub async fn partition_snapshot(&self, partition: u32) -> Result<Bytes, String> {
+        let now = now_ms();
+        let wanted = |key: &[u8]| placement::partition_of(key, self.partitions) == partition;
+        let mut keys = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (found, next) = self.engine.borrow().scan(cursor, 1024, now, &wanted);
+            keys.extend(found);
+            match next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let reply = self.read_local(Op::Get { key: key.clone() }).await;
+            match reply {
+                Reply::Value { value, version, ttl_ms } => {
+                    let expires = ttl_ms.map_or(0, |t| now + t.max(1));
+                    record::encode(&Mutation::put(&key, &value, version, expires), &mut out);
+                }
+                Reply::Error(e) if e.code == ErrorCode::NotFound => {}
+                Reply::Error(e) => {
+                    return Err(format!("reading a key for the snapshot: {}", e.message));
+                }
+                other => return Err(format!("unexpected {} reading a key", other.name())),
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Replaces this replica's keys of `partition` with a snapshot's: tombstones for keys it
+    /// lacks, its puts with their own versions, all through the log.
+    pub async fn install_snapshot(&self, partition: u32, data: &Bytes) -> Result<(), String> {
+        let now = now_ms();
+        let mut incoming = Vec::new();
+        let ending = record::scan(data, false, |m, _| incoming.push(m), |_, _, _| {});
+        if ending != record::Ending::Clean {
+            return Err(format!("partition {partition}: damaged snapshot ({ending:?})"));
+        }
+        let wanted = |key: &[u8]| placement::partition_of(key, self.partitions) == partition;
+        let mut present = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (found, next) = self.engine.borrow().scan(cursor, 1024, now, &wanted);
+            present.extend(found);
+            match next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        let keep: std::collections::HashSet<&[u8]> = incoming.iter().map(|m| m.key()).collect();
+        let top = incoming.iter().map(Mutation::version).max().unwrap_or(0);
+        let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };
+        {
+            let mut engine = self.engine.borrow_mut();
+            for key in present.into_iter().filter(|k| !keep.contains(&k[..])) {
+                let version = engine.version_of(&key, now).max(top) + 1;
+                engine.load(Mutation::Delete { key, version }, now, &mut log)?;
+            }
+            for m in incoming {
+                engine.load(m, now, &mut log)?;
+            }
+        }
+        if let (Some(wal), Some(seq)) = (&self.wal, log.last) {
+            wal.wait(seq).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
