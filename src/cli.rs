@@ -21,6 +21,10 @@ pub struct Target {
     /// Give up on a request after this long
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// In a cluster: strong (linearizable, through the partition's leader) or eventual
+    /// (reads from any replica, possibly stale) [default: the node's --consistency]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub consistency: Option<crate::config::ConsistencyMode>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +143,11 @@ fn connect(target: &Target) -> Result<Client, Error> {
         pool_size: 1,
         request_timeout_ms: target.timeout_ms,
         connect_timeout_ms: target.timeout_ms.min(5000),
+        consistency: match target.consistency {
+            None => corekv_client::Consistency::Default,
+            Some(crate::config::ConsistencyMode::Strong) => corekv_client::Consistency::Strong,
+            Some(crate::config::ConsistencyMode::Eventual) => corekv_client::Consistency::Eventual,
+        },
         ..ClientConfig::default()
     };
     Client::connect(target.addr.as_str(), config)

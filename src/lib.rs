@@ -29,6 +29,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod devcluster;
 pub mod error;
 pub mod net;
 pub mod node;

@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run a node (Ctrl-C or SIGTERM drains and exits 0).
     Serve(Box<ServeArgs>),
+    /// Run a local cluster on loopback (one process per node) and print its addresses;
+    /// Ctrl-C stops every node.
+    DevCluster(corekv::devcluster::DevClusterArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -33,6 +36,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Client(command) => corekv::cli::run(command),
+        Command::DevCluster(args) => match corekv::devcluster::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corekv dev-cluster: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -550,6 +550,7 @@ impl Core {
                 self.reservation_work(work).await
             }
             Work::Metrics => (Done::Metrics(Box::new(self.metrics_snapshot())), None),
+            Work::ClusterStatus => (self.groups_here(), None),
             // In the serving loop, not beside it: later calls from the same peer must not
             // overtake it. The answer waits for the flush record to be durable.
             Work::Flush => {

@@ -77,7 +77,14 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
         (&Method::GET, ["readyz"]) => ready(core),
         (&Method::GET, ["metrics"]) => match core.node_metrics().await {
             Ok(s) => {
-                let text = prometheus::render(&s, uptime_s(core), rss_bytes(), disk_free(core).0);
+                let mut text =
+                    prometheus::render(&s, uptime_s(core), rss_bytes(), disk_free(core).0);
+                if let Some(r) = core.cluster.as_ref()
+                    && let Ok((groups, counters)) = core.cluster_status().await
+                {
+                    let led = groups.iter().filter(|g| g.leader == r.node).count();
+                    prometheus::render_raft(&mut text, &counters, led, groups.len());
+                }
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             Err(reply) => error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
@@ -103,6 +110,9 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
             Ok(s) => json_answer(StatusCode::OK, metrics_json(&s, uptime_s(core))),
             Err(reply) => error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
         },
+        (&Method::GET, ["api", "replication", "status"]) if core.cluster.is_some() => {
+            replication_status(core).await
+        }
         (&Method::GET, ["api", "replication", "status"]) => json_answer(
             StatusCode::OK,
             json!({
@@ -379,6 +389,70 @@ fn ready(core: &Core) -> Answer {
     }
 }
 
+/// Cluster mode: this node's view of every partition it holds a replica of. Followers' lag
+/// is known where this node leads (the leader tracks each follower's matched index).
+async fn replication_status(core: &Core) -> Answer {
+    let Some(r) = core.cluster.as_ref() else {
+        return error(StatusCode::NOT_FOUND, "not in cluster mode");
+    };
+    let (groups, counters) = match core.cluster_status().await {
+        Ok(got) => got,
+        Err(reply) => return error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
+    };
+    let partitions: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let followers: Vec<Value> = g
+                .matched
+                .iter()
+                .filter(|(id, _)| *id != r.node)
+                .map(|(id, matched)| {
+                    json!({"node": id, "matched": matched, "lag": g.commit.saturating_sub(*matched)})
+                })
+                .collect();
+            json!({
+                "partition": g.partition,
+                "replicas": g.replicas,
+                "leader": g.leader,
+                "term": g.term,
+                "commit": g.commit,
+                "applied": g.applied,
+                "role": if g.leader == r.node { "leader" } else { "follower" },
+                "followers": followers,
+            })
+        })
+        .collect();
+    let links: Vec<Value> = r
+        .config
+        .nodes
+        .iter()
+        .filter(|(n, _)| *n != r.node)
+        .map(|(n, addr)| json!({"node": n, "addr": addr.to_string(), "up": r.link_up(*n)}))
+        .collect();
+    json_answer(
+        StatusCode::OK,
+        json!({
+            "replication": "raft",
+            "node": r.node,
+            "replication_factor": r.config.replication_factor,
+            "partitions_total": core.partitions,
+            "links": links,
+            "partitions": partitions,
+            "raft": {
+                "proposals": counters.proposals,
+                "proposals_failed": counters.proposals_failed,
+                "leader_changes": counters.leader_changes,
+                "elections_won": counters.elections_won,
+                "snapshots_sent": counters.snapshots_sent,
+                "snapshots_installed": counters.snapshots_installed,
+                "read_indexes": counters.read_indexes,
+                "commits": counters.commits,
+                "commit_latency_us_mean": counters.commit_us_sum.checked_div(counters.commits).unwrap_or(0),
+            },
+        }),
+    )
+}
+
 async fn status(core: &Core) -> Answer {
     let cores = match core.node_stats().await {
         Ok(cores) => cores,
@@ -387,10 +461,33 @@ async fn status(core: &Core) -> Answer {
     let sum = |f: fn(&CoreStats) -> u64| cores.iter().map(f).sum::<u64>();
     let (free, total) = disk_free(core);
     let errors = log_errors(&cores);
+    let cluster = match core.cluster.as_ref() {
+        None => Value::Null,
+        Some(r) => {
+            let groups = core.cluster_status().await.map(|(g, _)| g).unwrap_or_default();
+            let led: Vec<u32> =
+                groups.iter().filter(|g| g.leader == r.node).map(|g| g.partition).collect();
+            // Health of the other nodes as this one sees it: its links to them are up.
+            let peers: Vec<Value> = r
+                .config
+                .nodes
+                .iter()
+                .filter(|(n, _)| *n != r.node)
+                .map(|(n, addr)| json!({"node": n, "addr": addr.to_string(), "link_up": r.link_up(*n)}))
+                .collect();
+            json!({
+                "node": r.node,
+                "replicas_held": groups.len(),
+                "partitions_led": led,
+                "peers": peers,
+            })
+        }
+    };
     json_answer(
         StatusCode::OK,
         json!({
             "node_id": node_id(core),
+            "cluster": cluster,
             "cores": core.cores,
             "uptime_s": uptime_s(core),
             "durability": core.node.durability,

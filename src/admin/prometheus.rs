@@ -31,6 +31,69 @@ fn summary_seconds(out: &mut String, name: &str, labels: &str, h: &hdrhistogram:
     sample(out, &format!("{name}_count"), labels, h.len());
 }
 
+/// Cluster mode's Raft families, appended to the node's exposition.
+pub fn render_raft(
+    out: &mut String,
+    c: &crate::cluster::replica::CounterValues,
+    led: usize,
+    held: usize,
+) {
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "corekv_raft_proposals_total",
+            "Writes proposed to a Raft group this node leads.",
+            c.proposals,
+        ),
+        (
+            "corekv_raft_proposals_failed_total",
+            "Proposals not committed in time (outcome unknown to the client).",
+            c.proposals_failed,
+        ),
+        (
+            "corekv_raft_elections_won_total",
+            "Elections this node won (any partition).",
+            c.elections_won,
+        ),
+        (
+            "corekv_raft_leader_changes_total",
+            "Leader changes seen by this node's replicas.",
+            c.leader_changes,
+        ),
+        (
+            "corekv_raft_snapshots_sent_total",
+            "Partition snapshots sent to followers.",
+            c.snapshots_sent,
+        ),
+        (
+            "corekv_raft_snapshots_installed_total",
+            "Partition snapshots installed from a leader.",
+            c.snapshots_installed,
+        ),
+        ("corekv_raft_read_index_total", "Strong reads confirmed by ReadIndex.", c.read_indexes),
+        (
+            "corekv_raft_link_frames_dropped_total",
+            "Raft frames dropped because a node link was down or full.",
+            c.link_frames_dropped,
+        ),
+    ];
+    for (name, help, v) in counters {
+        header(out, name, "counter", help);
+        sample(out, name, "", v);
+    }
+    let name = "corekv_raft_commit_seconds";
+    header(out, name, "summary", "Time from proposal to apply on the leader.");
+    sample(out, &format!("{name}_sum"), "", c.commit_us_sum as f64 / 1e6);
+    sample(out, &format!("{name}_count"), "", c.commits);
+    let gauges: [(&str, &str, usize); 2] = [
+        ("corekv_raft_partitions_led", "Partitions this node leads.", led),
+        ("corekv_raft_replicas", "Partition replicas this node holds.", held),
+    ];
+    for (name, help, v) in gauges {
+        header(out, name, "gauge", help);
+        sample(out, name, "", v);
+    }
+}
+
 /// The whole exposition. `rss` and the disk figures come from the caller (process-wide).
 pub fn render(s: &Snapshot, uptime_s: f64, rss: u64, disk_free: u64) -> String {
     let mut out = String::new();

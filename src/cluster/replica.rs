@@ -189,6 +189,36 @@ pub struct RaftCounters {
     pub commits: Cell<u64>,
 }
 
+/// [`RaftCounters`] read out, to be summed over cores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValues {
+    pub proposals: u64,
+    pub proposals_failed: u64,
+    pub leader_changes: u64,
+    pub elections_won: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub read_indexes: u64,
+    pub commit_us_sum: u64,
+    pub commits: u64,
+    pub link_frames_dropped: u64,
+}
+
+impl CounterValues {
+    pub fn add(&mut self, o: &CounterValues) {
+        self.proposals += o.proposals;
+        self.proposals_failed += o.proposals_failed;
+        self.leader_changes += o.leader_changes;
+        self.elections_won += o.elections_won;
+        self.snapshots_sent += o.snapshots_sent;
+        self.snapshots_installed += o.snapshots_installed;
+        self.read_indexes += o.read_indexes;
+        self.commit_us_sum += o.commit_us_sum;
+        self.commits += o.commits;
+        self.link_frames_dropped += o.link_frames_dropped;
+    }
+}
+
 /// Where things stand in one group, for the status APIs.
 #[derive(Clone, Debug)]
 pub struct GroupStatus {
@@ -293,6 +323,27 @@ impl Replicas {
             Some(g) => (g.is_leader(), g.leader().1),
             None => (false, 0),
         }
+    }
+
+    pub fn counter_values(&self) -> CounterValues {
+        let c = &self.counters;
+        CounterValues {
+            proposals: c.proposals.get(),
+            proposals_failed: c.proposals_failed.get(),
+            leader_changes: c.leader_changes.get(),
+            elections_won: c.elections_won.get(),
+            snapshots_sent: c.snapshots_sent.get(),
+            snapshots_installed: c.snapshots_installed.get(),
+            read_indexes: c.read_indexes.get(),
+            commit_us_sum: c.commit_us_sum.get(),
+            commits: c.commits.get(),
+            link_frames_dropped: self.links.frames_dropped.get(),
+        }
+    }
+
+    /// Whether this core's link to `peer` is connected.
+    pub fn link_up(&self, peer: u64) -> bool {
+        self.links.is_up(peer)
     }
 
     pub fn partitions_led(&self) -> Vec<u32> {

@@ -17,7 +17,7 @@ use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use corekv_schema::placement;
 
 use super::{Answered, Core, Done, Pending, Slot, Work, now_ms, unexpected};
-use crate::cluster::replica::{leader_hint, wrong_node};
+use crate::cluster::replica::{CounterValues, GroupStatus, leader_hint, wrong_node};
 use crate::config::ConsistencyMode;
 use crate::storage::record::{self, Mutation};
 
@@ -181,6 +181,34 @@ impl Core {
             let pause = r.config.raft_tick_ms.clamp(5, 100);
             glommio::timer::sleep(Duration::from_millis(pause)).await;
         }
+    }
+
+    pub(super) fn groups_here(&self) -> Done {
+        match &self.cluster {
+            Some(r) => Done::Groups(r.status(), r.counter_values()),
+            None => Done::Groups(Vec::new(), Default::default()),
+        }
+    }
+
+    /// Every core's groups, by partition, and the Raft counters summed over cores.
+    pub async fn cluster_status(&self) -> Result<(Vec<GroupStatus>, CounterValues), Reply> {
+        let tokens = self.forward_to_others(|| Work::ClusterStatus).await;
+        let Done::Groups(mut groups, mut counters) = self.groups_here() else {
+            unreachable!("groups_here answers Groups")
+        };
+        let mut failed = None;
+        for token in tokens {
+            match self.answer(token).await {
+                Done::Groups(g, c) => {
+                    groups.extend(g);
+                    counters.add(&c);
+                }
+                Done::One(reply) => failed = failed.or(Some(reply)),
+                other => failed = failed.or(Some(unexpected(other))),
+            }
+        }
+        groups.sort_by_key(|g| g.partition);
+        failed.map_or(Ok((groups, counters)), Err)
     }
 
     /// Reads this replica's engine (a value on disk only is read back).

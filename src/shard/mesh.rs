@@ -34,6 +34,8 @@ pub enum Work {
     /// Cluster mode: run a keyed operation for its partition (on the core that owns it):
     /// consistency, and whether another node forwarded it (then it is not forwarded again).
     Cluster(Op, corekv_schema::codec::Consistency, bool),
+    /// Cluster mode: where this core's Raft groups stand.
+    ClusterStatus,
     /// Cluster mode: Raft messages from a peer for partitions of the target; not answered.
     Raft(Vec<(u32, bytes::Bytes)>),
     /// Admin: checkpoint now.
@@ -56,6 +58,7 @@ impl Work {
             Work::Commit(..) => "commit",
             Work::Cluster(..) => "cluster",
             Work::Raft(_) => "raft",
+            Work::ClusterStatus => "cluster_status",
             Work::Checkpoint => "checkpoint",
             Work::Backup(_) => "backup",
         }
@@ -73,6 +76,8 @@ pub enum Done {
     Scanned(Vec<bytes::Bytes>, Option<u64>),
     /// Whether the keys were reserved (always `false` for a release).
     Reserved(bool),
+    /// Cluster mode: this core's groups, and its Raft counters.
+    Groups(Vec<crate::cluster::replica::GroupStatus>, crate::cluster::replica::CounterValues),
 }
 
 impl Done {
@@ -85,6 +90,7 @@ impl Done {
             Done::Admin(_) => "admin",
             Done::Scanned(..) => "scanned",
             Done::Reserved(_) => "reserved",
+            Done::Groups(..) => "groups",
         }
     }
 }
