@@ -153,7 +153,41 @@ impl Core {
                 };
                 attempt += 1;
                 if target != 0 {
-                    let reply = r.links.forward(target, op.clone(), consistency).await;
+                    // A leader that stops answering (paused, cut off) is replaced by an
+                    // election this replica sees: stop waiting for it then.
+                    let moved = async {
+                        loop {
+                            glommio::timer::sleep(Duration::from_millis(r.config.raft_tick_ms))
+                                .await;
+                            let (_, now) = r.leadership(partition);
+                            if local && now != 0 && now != target {
+                                return now;
+                            }
+                        }
+                    };
+                    let forwarded =
+                        async { Ok(r.links.forward(target, op.clone(), consistency).await) };
+                    let reply = match futures_lite::future::or(forwarded, async {
+                        Err(moved.await)
+                    })
+                    .await
+                    {
+                        Ok(reply) => reply,
+                        Err(now) if is_read => {
+                            hint = now;
+                            continue;
+                        }
+                        Err(now) => {
+                            return Reply::error(
+                                ErrorCode::Unavailable,
+                                format!(
+                                    "partition {partition}: leadership moved from node {target} to \
+                                     node {now} while the write was in flight; it may or may not \
+                                     have been applied"
+                                ),
+                            );
+                        }
+                    };
                     match &reply {
                         Reply::Error(e) if e.code == ErrorCode::WrongNode => {
                             hint = leader_hint(&e.message);

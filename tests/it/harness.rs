@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use corekv_schema::codec::{Encoder, Op, Reply, Request, Response, decode_response};
+use corekv_schema::codec::{Consistency, Encoder, Op, Reply, Request, Response, decode_response};
 use corekv_schema::frame::take_frame;
 
 pub struct Node {
@@ -281,6 +281,29 @@ impl Wire {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = self.encode(id, op);
+        self.stream.write_all(&bytes).ok()?;
+        loop {
+            if let Some(frame) = take_frame(&mut self.buf, 64 << 20).ok()? {
+                let resp = decode_response(&frame).expect("decode response");
+                assert_eq!(resp.id, id);
+                return Some(resp.reply);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// `try_call` asking for a consistency (cluster mode).
+    pub fn try_call_with(&mut self, op: Op, consistency: Consistency) -> Option<Reply> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut bytes = BytesMut::new();
+        let mut request = Request::new(id, op);
+        request.consistency = consistency;
+        self.enc.request(&request, &mut bytes);
         self.stream.write_all(&bytes).ok()?;
         loop {
             if let Some(frame) = take_frame(&mut self.buf, 64 << 20).ok()? {

@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod cache;
 mod cli;
+mod cluster;
 mod compaction;
 mod durability;
 mod enospc;
