@@ -183,13 +183,16 @@ fn cluster_replicates_forwards_and_reads_strongly() {
     }
 }
 
+/// Keys whose writes were acknowledged, and when.
+type Acked = Arc<Mutex<Vec<(String, Instant)>>>;
+
 /// Strong writes from `threads` clients on the given nodes, each key written once; returns
 /// acknowledged (key, value, when) and stops when `stop` is set.
 fn write_load(
     c: &Cluster,
     via: &[usize],
     stop: Arc<AtomicBool>,
-) -> (Vec<std::thread::JoinHandle<()>>, Arc<Mutex<Vec<(String, Instant)>>>) {
+) -> (Vec<std::thread::JoinHandle<()>>, Acked) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
     for &id in via {
