@@ -407,7 +407,8 @@ async fn replication_status(core: &Core) -> Answer {
                 .iter()
                 .filter(|(id, _)| *id != r.node)
                 .map(|(id, matched)| {
-                    json!({"node": id, "matched": matched, "lag": g.commit.saturating_sub(*matched)})
+                    let lag = g.commit.saturating_sub(*matched);
+                    json!({"node": id, "matched": matched, "lag": lag})
                 })
                 .collect();
             json!({
@@ -429,6 +430,7 @@ async fn replication_status(core: &Core) -> Answer {
         .filter(|(n, _)| *n != r.node)
         .map(|(n, addr)| json!({"node": n, "addr": addr.to_string(), "up": r.link_up(*n)}))
         .collect();
+    let commit_mean = counters.commit_us_sum.checked_div(counters.commits).unwrap_or(0);
     json_answer(
         StatusCode::OK,
         json!({
@@ -447,7 +449,7 @@ async fn replication_status(core: &Core) -> Answer {
                 "snapshots_installed": counters.snapshots_installed,
                 "read_indexes": counters.read_indexes,
                 "commits": counters.commits,
-                "commit_latency_us_mean": counters.commit_us_sum.checked_div(counters.commits).unwrap_or(0),
+                "commit_latency_us_mean": commit_mean,
             },
         }),
     )
@@ -473,7 +475,7 @@ async fn status(core: &Core) -> Answer {
                 .nodes
                 .iter()
                 .filter(|(n, _)| *n != r.node)
-                .map(|(n, addr)| json!({"node": n, "addr": addr.to_string(), "link_up": r.link_up(*n)}))
+                .map(|(n, a)| json!({"node": n, "addr": a.to_string(), "link_up": r.link_up(*n)}))
                 .collect();
             json!({
                 "node": r.node,

@@ -695,7 +695,8 @@ fn not_applied(partition: u32) -> Reply {
     Reply::error(
         ErrorCode::Unavailable,
         format!(
-            "partition {partition}: leadership changed before the write committed; it was not applied, retry it"
+            "partition {partition}: leadership changed before the write committed; it was not \
+             applied, retry it"
         ),
     )
 }

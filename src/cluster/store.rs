@@ -20,6 +20,7 @@
 //! index (the engine's checkpoint holds what those entries did), its hard state and the entries
 //! after it ([`WalStore::checkpoint_records`]), so log segments before it are never needed.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -298,7 +299,7 @@ impl Storage for WalStore {
 
 thread_local! {
     /// Partitions whose `snapshot()` was asked for (it takes `&self`): the driver builds them.
-    pub static SNAPSHOT_WANTED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub static SNAPSHOT_WANTED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl GroupStore for WalStore {

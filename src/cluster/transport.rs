@@ -160,7 +160,8 @@ impl Links {
             None => Reply::error(
                 ErrorCode::Unavailable,
                 format!(
-                    "node {peer} did not answer a forwarded request in time; it may or may not have applied"
+                    "node {peer} did not answer a forwarded request in time; it may or may not \
+                     have applied"
                 ),
             ),
         }
