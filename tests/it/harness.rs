@@ -57,7 +57,7 @@ impl Node {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Node {
         let stderr_path = dir.path().join("stderr.log");
-        Node::boot(NodeDir::Owned(dir), stderr_path, extra)
+        Node::boot(NodeDir::Owned(dir), stderr_path, None, extra)
     }
 
     /// Starts a node on `dir/data`, which may hold the files of an earlier node (a restart).
@@ -65,7 +65,14 @@ impl Node {
     /// `dir/stderr-<n>.log`, so `stderr()` shows this boot only.
     pub fn start_at(dir: &Path, extra: &[&str]) -> Node {
         let stderr_path = next_stderr_path(dir);
-        Node::boot(NodeDir::At(dir.to_path_buf()), stderr_path, extra)
+        Node::boot(NodeDir::At(dir.to_path_buf()), stderr_path, None, extra)
+    }
+
+    /// `start_at` inside network namespace `netns`, every listener on `ip` (the namespace's
+    /// own address): `ip netns exec` replaces itself with the node, so the pid is the node's.
+    pub fn start_at_in(dir: &Path, netns: &str, ip: &str, extra: &[&str]) -> Node {
+        let stderr_path = next_stderr_path(dir);
+        Node::boot(NodeDir::At(dir.to_path_buf()), stderr_path, Some((netns, ip)), extra)
     }
 
     /// The `--data-dir` the node was started with.
@@ -73,8 +80,13 @@ impl Node {
         self.dir.path().join("data")
     }
 
-    fn boot(dir: NodeDir, stderr_path: PathBuf, extra: &[&str]) -> Node {
-        let (mut child, ready) = spawn_serve(dir.path(), &stderr_path, extra);
+    fn boot(
+        dir: NodeDir,
+        stderr_path: PathBuf,
+        netns: Option<(&str, &str)>,
+        extra: &[&str],
+    ) -> Node {
+        let (mut child, ready) = spawn_serve(dir.path(), &stderr_path, netns, extra);
         let line = match ready.recv_timeout(BOOT_TIMEOUT) {
             Ok(line) => line,
             Err(_) => {
@@ -168,7 +180,7 @@ impl Node {
 /// 10 s, it is killed and the test fails.
 pub fn boot_failure(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let stderr_path = next_stderr_path(dir);
-    let (mut child, ready) = spawn_serve(dir, &stderr_path, extra);
+    let (mut child, ready) = spawn_serve(dir, &stderr_path, None, extra);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -189,12 +201,27 @@ pub fn boot_failure(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
 
 /// Spawns `corekv serve` on `dir/data` (with 1 MiB log segments); the receiver yields the
 /// first stdout line (the ready line), or an empty string when stdout closes first.
-fn spawn_serve(dir: &Path, stderr_path: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+fn spawn_serve(
+    dir: &Path,
+    stderr_path: &Path,
+    netns: Option<(&str, &str)>,
+    extra: &[&str],
+) -> (Child, mpsc::Receiver<String>) {
     let stderr = std::fs::File::create(stderr_path).expect("stderr file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corekv"))
+    let binary = env!("CARGO_BIN_EXE_corekv");
+    let (mut command, ip) = match netns {
+        None => (Command::new(binary), "127.0.0.1"),
+        Some((ns, ip)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, binary]);
+            (c, ip)
+        }
+    };
+    let any = format!("{ip}:0");
+    let mut child = command
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--shard-ports", "0"])
-        .args(["--resp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--listen", &any, "--shard-ports", "0"])
+        .args(["--resp-listen", &any, "--http-listen", &any])
         // Small segments: tests roll segments often, and boots do not preallocate 64 MiB.
         .args(["--segment-bytes-max", "1048576"])
         .arg("--data-dir")
