@@ -475,22 +475,39 @@ type Listeners = (
     Option<TcpListener>,
 );
 
+/// glommio's `TcpListener::bind`, plus SO_REUSEADDR: without it a node restarted right after
+/// a crash cannot listen on its fixed port until the crashed process's connections leave
+/// TIME_WAIT (up to a minute). Another live listener on the port still makes this fail: the
+/// sockets share the port only with SO_REUSEPORT, which `reserve_port`'s plain bind refuses.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    let fd = sock.into_raw_fd();
+    // SAFETY: `fd` is a listening TCP socket this function just created and owns alone
+    // (`into_raw_fd` gave up socket2's ownership); glommio's listener takes it over.
+    #[allow(unsafe_code)]
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(listener)
+}
+
 fn bind_listeners(boot: &CoreBoot, index: usize) -> Result<Listeners, String> {
-    let main = TcpListener::bind(boot.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", boot.listen))?;
+    let main = listen(boot.listen).map_err(|e| format!("cannot listen on {}: {e}", boot.listen))?;
     let shard = match boot.config.shard_ports {
         None => None,
         Some(base) => {
             let port = if base == 0 { 0 } else { base + index as u16 };
             let addr = SocketAddr::new(boot.listen.ip(), port);
-            Some(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
+            Some(listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
         }
     };
     let bind = |addr: Option<SocketAddr>| match addr {
         None => Ok(None),
-        Some(addr) => {
-            TcpListener::bind(addr).map(Some).map_err(|e| format!("cannot listen on {addr}: {e}"))
-        }
+        Some(addr) => listen(addr).map(Some).map_err(|e| format!("cannot listen on {addr}: {e}")),
     };
     let cluster = bind(boot.config.cluster.as_ref().map(|c| c.listen))?;
     Ok((main, shard, bind(boot.resp)?, bind(boot.http)?, cluster))
@@ -615,6 +632,7 @@ fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, NodeError> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
         .and_then(|s| {
+            s.set_reuse_address(true)?;
             s.set_reuse_port(true)?;
             s.bind(&addr.into())?;
             Ok(s)

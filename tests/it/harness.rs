@@ -45,6 +45,9 @@ impl NodeDir {
     }
 }
 
+/// The native port of a node started in a network namespace (`Node::start_at_in`).
+pub const NETNS_NATIVE_PORT: u16 = 7379;
+
 /// How long a node may take to print its ready line (or fail) before the test gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -218,9 +221,12 @@ fn spawn_serve(
         }
     };
     let any = format!("{ip}:0");
+    // In a namespace the node has its own address, so a fixed native port stays the same
+    // across restarts (clients of a test reconnect to it).
+    let native = if netns.is_some() { format!("{ip}:{NETNS_NATIVE_PORT}") } else { any.clone() };
     let mut child = command
         .arg("serve")
-        .args(["--listen", &any, "--shard-ports", "0"])
+        .args(["--listen", &native, "--shard-ports", "0"])
         .args(["--resp-listen", &any, "--http-listen", &any])
         // Small segments: tests roll segments often, and boots do not preallocate 64 MiB.
         .args(["--segment-bytes-max", "1048576"])
@@ -428,7 +434,7 @@ pub fn key_on_core(prefix: &str, core: u16, cores: u16) -> String {
 }
 
 /// A small seeded PRNG (SplitMix64) so a failing random test can be replayed.
-pub struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     /// Seeded from `COREKV_TEST_SEED` when set, else from the clock; prints the seed so a

@@ -11,6 +11,7 @@ mod enospc;
 mod harness;
 mod http;
 mod lifecycle;
+mod linearizable;
 mod ops;
 mod pipeline;
 mod resp;
