@@ -110,6 +110,33 @@ pub struct Cli {
     /// Seed for key and operation choices (same seed, same sequence per connection)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+
+    /// Native protocol, against a cluster: what each request asks for (default: the node's)
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Default)]
+    pub consistency: ConsistencyArg,
+}
+
+/// The consistency requests ask for (native protocol; a cluster honours it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyArg {
+    /// Whatever the node is configured with
+    Default,
+    /// Linearizable: through the partition's leader
+    Strong,
+    /// Any replica, possibly stale (reads)
+    Eventual,
+}
+
+impl ConsistencyArg {
+    pub fn wire(self) -> corekv_schema::codec::Consistency {
+        use corekv_schema::codec::Consistency;
+        match self {
+            ConsistencyArg::Default => Consistency::Default,
+            ConsistencyArg::Strong => Consistency::Strong,
+            ConsistencyArg::Eventual => Consistency::Eventual,
+        }
+    }
 }
 
 /// How keys are drawn from `0..keys`.
@@ -241,6 +268,7 @@ pub struct Config {
     /// Open-loop target across all connections; `None` is closed loop.
     pub rate_ops_per_sec: Option<u64>,
     pub seed: u64,
+    pub consistency: ConsistencyArg,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -284,6 +312,7 @@ impl Config {
             preload: cli.preload,
             rate_ops_per_sec: cli.rate,
             seed: cli.seed,
+            consistency: cli.consistency,
         })
     }
 

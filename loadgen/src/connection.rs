@@ -160,6 +160,7 @@ pub struct Setup {
     pub value: Bytes,
     pub plan: Plan,
     pub shared: Arc<Mutex<Totals>>,
+    pub consistency: corekv_schema::codec::Consistency,
 }
 
 /// Everything one connection owns.
@@ -180,8 +181,10 @@ pub struct Connection<D> {
 impl<D: Driver + Default> Connection<D> {
     pub fn new(setup: Setup) -> Connection<D> {
         assert!(setup.window >= 1, "a connection needs room for one request");
+        let mut driver = D::default();
+        driver.set_consistency(setup.consistency);
         Connection {
-            driver: D::default(),
+            driver,
             inflight: VecDeque::with_capacity(setup.window),
             seq: 0,
             exhausted: false,
@@ -254,6 +257,7 @@ impl<D: Driver + Default> Connection<D> {
 
     async fn session(&mut self, stream: &mut TcpStream) -> Result<(), Lost> {
         self.driver = D::default();
+        self.driver.set_consistency(self.setup.consistency);
         let (mut rd, mut wr) = stream.split();
         let mut inb = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);

@@ -51,4 +51,7 @@ pub trait Driver: Send + 'static {
         buf: &mut BytesMut,
         kind: OpKind,
     ) -> Result<Option<Reply>, ProtocolError>;
+
+    /// The consistency requests ask for, where the protocol can say (native only).
+    fn set_consistency(&mut self, _consistency: corekv_schema::codec::Consistency) {}
 }

@@ -157,6 +157,7 @@ async fn preload<D: Driver + Default>(cfg: &Config) -> Result<PreloadReport, Run
             value: value.clone(),
             plan,
             shared: Arc::clone(&shared),
+            consistency: cfg.consistency.wire(),
         });
         set.spawn(conn.run(stream));
     }
@@ -211,6 +212,7 @@ async fn measured_run<D: Driver + Default>(cfg: &Config) -> Result<Summary, RunE
             value: value.clone(),
             plan,
             shared: Arc::clone(&shared),
+            consistency: cfg.consistency.wire(),
         });
         set.spawn(conn.run(stream));
     }

@@ -16,11 +16,16 @@ use crate::workload::OpKind;
 pub struct Native {
     encoder: Encoder,
     frame_bytes_max: usize,
+    consistency: codec::Consistency,
 }
 
 impl Default for Native {
     fn default() -> Native {
-        Native { encoder: Encoder::new(), frame_bytes_max: Limits::DEFAULT.frame_bytes_max }
+        Native {
+            encoder: Encoder::new(),
+            frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
+            consistency: codec::Consistency::Default,
+        }
     }
 }
 
@@ -32,7 +37,13 @@ impl Driver for Native {
             OpKind::Set => Op::Set(SetOp { key, value: value.clone(), ..SetOp::default() }),
             OpKind::Del => Op::Delete { key, condition: Condition::Always },
         };
-        self.encoder.request(&Request::new(id, op), out);
+        let mut request = Request::new(id, op);
+        request.consistency = self.consistency;
+        self.encoder.request(&request, out);
+    }
+
+    fn set_consistency(&mut self, consistency: codec::Consistency) {
+        self.consistency = consistency;
     }
 
     fn take_reply(

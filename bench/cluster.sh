@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Cluster numbers for the README, in one run on this machine (2 cores, so read the ratios):
+#  1. a single node (`--cores 1`) against a 3-node local cluster (`corekv dev-cluster`, one
+#     core each, 16 partitions, RF 3), both durable (sync): strong SET, strong GET and eventual
+#     GET through one node (the cluster forwards to each partition's leader), 50 connections
+#     x pipeline 1, 100k keys, 500-byte values;
+#  2. failover: with the cluster idle, kill -9 the node leading the most partitions and time
+#     until a write to every partition has succeeded again through a survivor.
+# usage: bench/cluster.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+secs=${1:-10}
+work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work"; }
+trap cleanup EXIT
+cargo build --release --quiet -p corekv -p corekv-loadgen
+ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
+bin=target/release
+
+run_load() { # addr mix consistency preload -> "ops p50 p99 p999"
+  local pre=()
+  [ "$4" = yes ] && pre=(--preload)
+  "$bin/corekv-loadgen" --addr "$1" --keys 100000 --mix "$2" --consistency "$3" "${pre[@]}" \
+    --value-size 500 --connections 50 --pipeline 1 --duration "$secs" --warmup 2 2>/dev/null \
+    | awk -v op="${2%%=*}" '$1==op {printf "%.0f %s %s %s", $3, $4, $6, $7}'
+}
+
+echo "== 1a. single node" >&2
+p=$(free_port)
+"$bin/corekv" serve --cores 1 --resp-listen off --http-listen off --listen "127.0.0.1:$p" \
+  --data-dir "$work/single" >"$work/single.out" 2>"$work/single.err" &
+node=$!; pids+=("$node"); wait_ready "$work/single.out"
+s_set=$(run_load "127.0.0.1:$p" set=1 default no)
+s_get=$(run_load "127.0.0.1:$p" get=1 default yes)
+kill "$node"; wait "$node" 2>/dev/null || true
+
+echo "== 1b. 3-node cluster" >&2
+base=$(( ( $(free_port) / 100 ) * 100 ))
+[ "$base" -gt 60000 ] && base=7400
+"$bin/corekv" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster" \
+  --partitions 16 >"$work/cluster.out" 2>"$work/cluster.err" &
+dc=$!; pids+=("$dc")
+for _ in $(seq 1 100); do grep -q 'Ctrl-C' "$work/cluster.out" && break; sleep 0.2; done
+n1="127.0.0.1:$((base + 10))"
+for _ in $(seq 1 100); do "$bin/corekv" set --addr "$n1" warm up >/dev/null 2>&1 && break; sleep 0.2; done
+c_set=$(run_load "$n1" set=1 strong no)
+c_get=$(run_load "$n1" get=1 strong yes)
+c_eget=$(run_load "$n1" get=1 eventual no)
+
+printf '\n%-34s %10s %8s %8s %9s\n' "(50 conns x P1, 500 B values)" ops_per_sec p50_us p99_us p99.9_us
+row() { read -r a b c d <<<"$2"; printf '%-34s %10s %8s %8s %9s\n' "$1" "$a" "$b" "$c" "$d"; }
+row "single node SET (sync)" "$s_set"
+row "single node GET" "$s_get"
+row "3-node cluster SET (strong)" "$c_set"
+row "3-node cluster GET (strong)" "$c_get"
+row "3-node cluster GET (eventual)" "$c_eget"
+ratio() { awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN {printf "%.2f", a / b}'; }
+echo "cluster/single: SET $(ratio "$c_set" "$s_set")x, strong GET $(ratio "$c_get" "$s_get")x, eventual GET $(ratio "$c_eget" "$s_get")x"
+
+echo "== 2. failover" >&2
+status=$(curl -s "127.0.0.1:$((base + 12))/api/replication/status")
+victim=$(echo "$status" | python3 -c 'import json,sys,collections
+c=collections.Counter(p["leader"] for p in json.load(sys.stdin)["partitions"])
+print(c.most_common(1)[0][0])')
+led=$(echo "$status" | python3 -c "import json,sys; print(sum(p['leader']==$victim for p in json.load(sys.stdin)['partitions']))")
+pid=$(grep "node $victim:" "$work/cluster.out" | sed 's/.*pid=//')
+survivor=$(( victim % 3 + 1 ))
+addr="127.0.0.1:$((base + 10 * survivor))"
+s0=$(date +%s.%N)
+kill -9 "$pid"
+for k in $(seq 0 63); do
+  until "$bin/corekv" set --addr "$addr" --timeout-ms 10000 "failover-$k" v >/dev/null 2>&1; do :; done
+done
+s1=$(date +%s.%N)
+echo "killed node $victim (leader of $led of 16 partitions): every partition written again through node $survivor after $(awk -v a="$s0" -v b="$s1" 'BEGIN {printf "%.0f", (b - a) * 1000}') ms (64 keys, sequential)"
