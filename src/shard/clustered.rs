@@ -283,10 +283,8 @@ impl Core {
         }
     }
 
-    /// Every live key of `partition` as put records (values read back from disk where they
-    /// are not cached), for a follower that needs a snapshot.
-    pub async fn partition_snapshot(&self, partition: u32) -> Result<Bytes, String> {
-        let now = now_ms();
+    /// Every live key of `partition` on this replica.
+    fn partition_keys(&self, partition: u32, now: u64) -> Vec<Bytes> {
         let wanted = |key: &[u8]| placement::partition_of(key, self.partitions) == partition;
         let mut keys = Vec::new();
         let mut cursor = 0;
@@ -295,9 +293,16 @@ impl Core {
             keys.extend(found);
             match next {
                 Some(n) => cursor = n,
-                None => break,
+                None => return keys,
             }
         }
+    }
+
+    /// Every live key of `partition` as put records (values read back from disk where they
+    /// are not cached), for a follower that needs a snapshot.
+    pub async fn partition_snapshot(&self, partition: u32) -> Result<Bytes, String> {
+        let now = now_ms();
+        let keys = self.partition_keys(partition, now);
         let mut out = Vec::new();
         for key in keys {
             let reply = self.read_local(Op::Get { key: key.clone() }).await;
@@ -325,17 +330,7 @@ impl Core {
         if ending != record::Ending::Clean {
             return Err(format!("partition {partition}: damaged snapshot ({ending:?})"));
         }
-        let wanted = |key: &[u8]| placement::partition_of(key, self.partitions) == partition;
-        let mut present = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let (found, next) = self.engine.borrow().scan(cursor, 1024, now, &wanted);
-            present.extend(found);
-            match next {
-                Some(n) => cursor = n,
-                None => break,
-            }
-        }
+        let present = self.partition_keys(partition, now);
         let keep: std::collections::HashSet<&[u8]> = incoming.iter().map(|m| m.key()).collect();
         let top = incoming.iter().map(Mutation::version).max().unwrap_or(0);
         let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };

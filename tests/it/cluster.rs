@@ -132,6 +132,23 @@ fn key_in_partition(p: u32, prefix: &str) -> String {
         .unwrap()
 }
 
+/// Waits (up to 20 s) until node `id` serves, from its own copy, each key with the key itself
+/// as its value (what `write_load` writes).
+fn wait_caught_up(c: &Cluster, id: usize, acked: &[(String, Instant)]) {
+    let mut w = c.node(id).wire();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (key, _) in acked {
+        loop {
+            let got = w.try_call_with(Op::get(key.clone()), Consistency::Eventual).unwrap();
+            if value_of(&got) == Some(key.clone().into_bytes()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} lacks {key}: {got:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn value_of(reply: &Reply) -> Option<Vec<u8>> {
     match reply {
         Reply::Value { value, .. } => Some(value.to_vec()),
@@ -283,18 +300,7 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
     }
     // The killed node restarts and catches up from the log.
     c.boot(victim);
-    let mut w = c.node(victim).wire();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (key, _) in &acked {
-        loop {
-            let got = w.try_call_with(Op::get(key.clone()), Consistency::Eventual).unwrap();
-            if value_of(&got) == Some(key.clone().into_bytes()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "restarted node {victim} lacks {key}: {got:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    wait_caught_up(&c, victim, &acked);
 }
 
 #[test]
@@ -325,18 +331,8 @@ fn paused_node_rejoins_and_catches_up() {
     handles.into_iter().for_each(|h| h.join().unwrap());
     assert!(during > 0, "no write committed while node {paused} was paused");
     let acked = acked.lock().unwrap().clone();
+    wait_caught_up(&c, paused, &acked);
     let mut w = c.node(paused).wire();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (key, _) in &acked {
-        loop {
-            let got = w.try_call_with(Op::get(key.clone()), Consistency::Eventual).unwrap();
-            if value_of(&got) == Some(key.clone().into_bytes()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "resumed node {paused} lacks {key}: {got:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
     // And it serves strong requests again (forwarding to whoever leads now).
     assert!(matches!(w.call(Op::set("after-pause", "1")), Reply::Written { .. }));
 }

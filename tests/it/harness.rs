@@ -311,22 +311,7 @@ impl Wire {
 
     /// Like `call`, but `None` when the connection fails or closes (a node being killed).
     pub fn try_call(&mut self, op: Op) -> Option<Reply> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let bytes = self.encode(id, op);
-        self.stream.write_all(&bytes).ok()?;
-        loop {
-            if let Some(frame) = take_frame(&mut self.buf, 64 << 20).ok()? {
-                let resp = decode_response(&frame).expect("decode response");
-                assert_eq!(resp.id, id);
-                return Some(resp.reply);
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        self.try_call_with(op, Consistency::Default)
     }
 
     /// `try_call` asking for a consistency (cluster mode).
