@@ -408,6 +408,15 @@ impl Config {
         if self.partitions == 0 {
             return Err(invalid("partitions", 0, "must be at least 1"));
         }
+        // Raft's votes and log must be on disk before a node answers for them; periodic
+        // syncing would stall every Raft round for the interval, and none forgets votes.
+        if self.cluster.is_some() && self.durability != DurabilityMode::Sync {
+            return Err(invalid(
+                "durability",
+                format!("{:?}", self.durability).to_lowercase(),
+                "a cluster node needs sync (Raft persists votes and entries before answering)",
+            ));
+        }
         let l = &self.limits;
         if l.key_bytes_max == 0 {
             return Err(invalid("key_bytes_max", 0, "must be at least 1"));
@@ -618,6 +627,44 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("listen"));
         let err = Config::load(&ServeArgs { frame_bytes_max: Some(100), ..Default::default() });
         assert!(err.unwrap_err().to_string().contains("frame_bytes_max"));
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let cluster = |id: &str, list: &str| ServeArgs {
+            node_id: Some(id.into()),
+            initial_cluster: Some(list.into()),
+            ..Default::default()
+        };
+        let list = "1=127.0.0.1:7401, 2=127.0.0.1:7402,3=127.0.0.1:7403";
+        let c = Config::load(&cluster("2", list)).unwrap();
+        let cc = c.cluster.expect("cluster mode");
+        assert_eq!(cc.node, 2);
+        assert_eq!(cc.listen, "127.0.0.1:7402".parse().unwrap());
+        assert_eq!(cc.nodes.len(), 3);
+        assert_eq!(cc.replication_factor, 3);
+        assert_eq!(c.partitions, CLUSTER_PARTITIONS_DEFAULT);
+        // RF is capped by the node count.
+        let one = Config::load(&cluster("1", "1=127.0.0.1:7401")).unwrap();
+        assert_eq!(one.cluster.unwrap().replication_factor, 1);
+        for (args, what) in [
+            (cluster("4", list), "node_id"),
+            (cluster("x", list), "node_id"),
+            (cluster("1", "1=127.0.0.1:7401,1=127.0.0.1:7402"), "listed twice"),
+            (cluster("1", "1@127.0.0.1:7401"), "ID=HOST:PORT"),
+            (ServeArgs { node_id: None, ..cluster("1", list) }, "needs --node-id"),
+            (
+                ServeArgs { durability: Some(DurabilityMode::Periodic), ..cluster("1", list) },
+                "needs sync",
+            ),
+            (
+                ServeArgs { cluster_listen: Some("127.0.0.1:1".into()), ..Default::default() },
+                "needs --initial-cluster",
+            ),
+        ] {
+            let err = Config::load(&args).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
     }
 
     /// The shipped example must stay loadable: every key in it, commented or not, is real.

@@ -567,7 +567,7 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
                 r.counters.elections_won.set(r.counters.elections_won.get() + 1);
                 tracing::info!(partition = *p, term, "leading");
             }
-            fail_proposals_lost_to(r, *p, leader);
+            note_lost_leadership(r, *p, leader);
         }
     }
     send(r, &mut outgoing);
@@ -638,13 +638,12 @@ fn send(r: &Replicas, outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>) {
 }
 
 /// A new leader (not this node) means entries this node proposed and that are not committed
-/// may be replaced; they are answered when their index is applied, whatever lands there.
-fn fail_proposals_lost_to(r: &Replicas, partition: u32, leader: u64) {
+/// may be replaced; they are answered when their index is applied, whatever lands there, so
+/// this only tells the operator.
+fn note_lost_leadership(r: &Replicas, partition: u32, leader: u64) {
     if leader == r.node || leader == 0 {
         return;
     }
-    // Nothing to do now: `apply` answers each proposal by what is applied at its index, and
-    // the timeout answers those whose index never comes. Logged for the operator.
     let waiting = r.proposed.borrow().keys().filter(|(p, _)| *p == partition).count();
     if waiting > 0 {
         tracing::info!(partition, leader, waiting, "lost leadership with proposals in flight");
