@@ -11,10 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 secs=${1:-10}
-work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work"; }
-trap cleanup EXIT
 cargo build --release --quiet -p corekv -p corekv-loadgen
 ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 bin=target/release

@@ -1,5 +1,17 @@
 # Helpers shared by the bench/*.sh scripts (sourced, not run).
 
+# A scratch directory on disk (not tmpfs: the node's log uses direct I/O) and the processes a
+# script starts (append their pids to `pids`): on exit every one is stopped and waited for,
+# then the directory is removed.
+work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
 # CPU ticks (user + system) a process has used so far.
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

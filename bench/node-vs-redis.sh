@@ -12,10 +12,6 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 secs=${1:-10}
 keys=1000000
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server redis-tools)" >&2; exit 2; }
 cargo build --release --quiet -p corekv -p corekv-loadgen

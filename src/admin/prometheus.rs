@@ -20,6 +20,14 @@ fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Disp
     }
 }
 
+/// One unlabelled sample per family, each with its header.
+fn families<V: std::fmt::Display + Copy>(out: &mut String, kind: &str, items: &[(&str, &str, V)]) {
+    for &(name, help, v) in items {
+        header(out, name, kind, help);
+        sample(out, name, "", v);
+    }
+}
+
 /// A histogram of microseconds as a Prometheus summary in seconds.
 fn summary_seconds(out: &mut String, name: &str, labels: &str, h: &hdrhistogram::Histogram<u64>) {
     let sep = if labels.is_empty() { "" } else { "," };
@@ -76,10 +84,7 @@ pub fn render_raft(
             c.link_frames_dropped,
         ),
     ];
-    for (name, help, v) in counters {
-        header(out, name, "counter", help);
-        sample(out, name, "", v);
-    }
+    families(out, "counter", &counters);
     let name = "corekv_raft_commit_seconds";
     header(out, name, "summary", "Time from proposal to apply on the leader.");
     sample(out, &format!("{name}_sum"), "", c.commit_us_sum as f64 / 1e6);
@@ -88,10 +93,7 @@ pub fn render_raft(
         ("corekv_raft_partitions_led", "Partitions this node leads.", led),
         ("corekv_raft_replicas", "Partition replicas this node holds.", held),
     ];
-    for (name, help, v) in gauges {
-        header(out, name, "gauge", help);
-        sample(out, name, "", v);
-    }
+    families(out, "gauge", &gauges);
 }
 
 /// The whole exposition. `rss` and the disk figures come from the caller (process-wide).
@@ -148,10 +150,7 @@ pub fn render(s: &Snapshot, uptime_s: f64, rss: u64, disk_free: u64) -> String {
             s.sum(|c| c.compacted_bytes),
         ),
     ];
-    for (name, help, v) in counters {
-        header(&mut out, name, "counter", help);
-        sample(&mut out, name, "", v);
-    }
+    families(&mut out, "counter", &counters);
     let name = "corekv_log_fsync_duration_seconds";
     header(&mut out, name, "summary", "fdatasync duration of the write-ahead log.");
     summary_seconds(&mut out, name, "", &s.fsync_us);
@@ -191,10 +190,7 @@ pub fn render(s: &Snapshot, uptime_s: f64, rss: u64, disk_free: u64) -> String {
             s.cores.iter().filter(|c| !c.log_error.is_empty()).count() as u64,
         ),
     ];
-    for (name, help, v) in gauges {
-        header(&mut out, name, "gauge", help);
-        sample(&mut out, name, "", v);
-    }
+    families(&mut out, "gauge", &gauges);
     let name = "corekv_uptime_seconds";
     header(&mut out, name, "gauge", "Seconds since the node started.");
     sample(&mut out, name, "", uptime_s);

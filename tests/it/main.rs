@@ -14,6 +14,8 @@ mod lifecycle;
 mod linearizable;
 mod ops;
 mod pipeline;
+#[path = "../support/redis_server.rs"]
+mod redis_server;
 mod resp;
 mod sdk;
 mod tidy;
