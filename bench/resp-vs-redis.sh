@@ -32,6 +32,9 @@ start_server() { # name -> sets server_pid, server_port
   echo "preloading $keys keys into $1 ..." >&2
   taskset -c 1 redis-benchmark -p "$server_port" -c 50 -P 16 -n $((keys * 3)) -r $keys -q \
     SET "$bench_key" "$bench_value" >/dev/null 2>&1
+  # corekv-loadgen names its keys its own way: preload those too, so its GETs hit.
+  taskset -c 1 "$bin/corekv-loadgen" --protocol resp --addr "127.0.0.1:$server_port" --keys $keys \
+    --preload --mix set=1 --connections 50 --pipeline 16 --duration 1 --warmup 0 >/dev/null 2>&1
 }
 
 declare -A result

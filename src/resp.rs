@@ -103,6 +103,15 @@ pub mod out {
     }
 
     /// Encodes with one of the functions above into a fresh buffer.
+    /// A native reply a command did not expect, as a Redis error: the node's own error text
+    /// (a failed log, a size limit), or which reply kind came instead.
+    pub fn native_error(out: &mut Vec<u8>, reply: &corekv_schema::codec::Reply) {
+        match reply {
+            corekv_schema::codec::Reply::Error(e) => error(out, &format!("ERR {}", e.message)),
+            other => error(out, &format!("ERR unexpected reply {}", other.name())),
+        }
+    }
+
     pub fn with(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut out = Vec::new();
         f(&mut out);

@@ -118,24 +118,14 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 Plan::Flush => {
                     let reply = match core.flush_all().await {
                         Reply::AdminDone { .. } => out::with(out::ok),
-                        Reply::Error(e) => {
-                            out::with(|o| out::error(o, &format!("ERR {}", e.message)))
-                        }
-                        other => out::with(|o| {
-                            out::error(o, &format!("ERR unexpected reply {}", other.name()))
-                        }),
+                        other => out::with(|o| out::native_error(o, &other)),
                     };
                     (Pending::Ready(reply), OP_OTHER)
                 }
                 Plan::SetAllAbsent(sets) => {
                     let reply = match core.set_all_absent(sets).await {
                         Ok(set) => out::with(|o| out::int(o, i64::from(set))),
-                        Err(Reply::Error(e)) => {
-                            out::with(|o| out::error(o, &format!("ERR {}", e.message)))
-                        }
-                        Err(other) => out::with(|o| {
-                            out::error(o, &format!("ERR unexpected reply {}", other.name()))
-                        }),
+                        Err(other) => out::with(|o| out::native_error(o, &other)),
                     };
                     (Pending::Ready(reply), OP_OTHER)
                 }
@@ -219,7 +209,6 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
 /// Runs a read-modify-write: read the key, compute, write on condition that the key still
 /// has the version read; again from the read if it changed meanwhile.
 async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize) -> Vec<u8> {
-    let error = |message: String| out::with(|o| out::error(o, &message));
     for _ in 0..RMW_ATTEMPTS_MAX {
         let now = now_ms();
         let read = Op::Get { key: key.clone() };
@@ -229,8 +218,7 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
         {
             Reply::Value { value, version, ttl_ms } => (Some((value, ttl_ms)), version),
             Reply::Error(e) if e.code == ErrorCode::NotFound => (None, 0),
-            Reply::Error(e) => return error(format!("ERR {}", e.message)),
-            other => return error(format!("ERR unexpected reply {}", other.name())),
+            other => return out::with(|o| out::native_error(o, &other)),
         };
         let step = rmw::step(rmw, current.as_ref().map(|(v, t)| (v, *t)), now, value_max);
         let (write, reply) = match step {
@@ -259,19 +247,19 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
             // Someone wrote the key in between: read it again.
             Reply::Error(e)
                 if matches!(e.code, ErrorCode::ConditionFailed | ErrorCode::NotFound) => {}
-            Reply::Error(e) => return error(format!("ERR {}", e.message)),
-            other => return error(format!("ERR unexpected reply {}", other.name())),
+            other => return out::with(|o| out::native_error(o, &other)),
         }
     }
-    error(format!("ERR the key changed {RMW_ATTEMPTS_MAX} times while this command ran; retry"))
+    let message =
+        format!("ERR the key changed {RMW_ATTEMPTS_MAX} times while this command ran; retry");
+    out::with(|o| out::error(o, &message))
 }
 
 /// DBSIZE and INFO, from every core's stats.
 fn render_stats(core: &Core, session: &Session, view: StatsView, reply: Reply, o: &mut Vec<u8>) {
     let stats = match reply {
         Reply::Stats(s) => s,
-        Reply::Error(e) => return out::error(o, &format!("ERR {}", e.message)),
-        other => return out::error(o, &format!("ERR unexpected reply {}", other.name())),
+        other => return out::native_error(o, &other),
     };
     match view {
         StatsView::DbSize => out::int(o, stats.cores.iter().map(|c| c.keys).sum::<u64>() as i64),

@@ -19,8 +19,6 @@ pub struct Session {
     pub id: u64,
     pub name: Option<Bytes>,
     pub addr: String,
-    /// The last command's name, for CLIENT INFO.
-    pub last: &'static str,
     /// The client switched to RESP3 with `HELLO 3`.
     pub resp3: bool,
 }
@@ -230,7 +228,6 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
         }
         return reply_error(&message);
     };
-    session.last = name;
     let n = args.len() as i64;
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
         return reply_error(&format!("ERR wrong number of arguments for '{name}' command"));
@@ -679,14 +676,16 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
     };
     // An error inside a batch (a failed log, a failed read) is the command's error, as Redis
     // would report a failed write, not a count or a nil.
+    let unexpected = |r: &Reply| matches!(r, Reply::Error(e) if !is_expected(e));
     if let Reply::Batch(replies) = &reply
-        && let Some(Reply::Error(e)) =
-            replies.iter().find(|r| matches!(r, Reply::Error(e) if !is_expected(e)))
+        && let Some(failed) = replies.iter().find(|r| unexpected(r))
     {
-        return native_error(e, o);
+        return out::native_error(o, failed);
+    }
+    if unexpected(&reply) {
+        return out::native_error(o, &reply);
     }
     match (how, reply) {
-        (_, Reply::Error(e)) if !is_expected(&e) => native_error(&e, o),
         (Render::Bulk, r) => match value(&r) {
             Some(v) => out::bulk(o, &v),
             None => out::nil(o),
@@ -695,17 +694,11 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
         (Render::SetOk, _) => out::nil(o),
         (Render::Bool, Reply::Written { .. }) => out::int(o, 1),
         (Render::Bool, _) => out::int(o, 0),
-        (Render::OldValue, Reply::Batch(replies)) => {
-            if let Some(Reply::Error(e)) =
-                replies.get(1).filter(|r| matches!(r, Reply::Error(e) if !is_expected(e)))
-            {
-                return native_error(e, o);
-            }
-            match replies.first().and_then(value) {
-                Some(v) => out::bulk(o, &v),
-                None => out::nil(o),
-            }
-        }
+        // The batch-wide check above answered a failed write already.
+        (Render::OldValue, Reply::Batch(replies)) => match replies.first().and_then(value) {
+            Some(v) => out::bulk(o, &v),
+            None => out::nil(o),
+        },
         (Render::Deleted, r) => out::int(o, count(&r, |r| matches!(r, Reply::Deleted { .. }))),
         (Render::Existing, r) => out::int(o, count(&r, |r| matches!(r, Reply::Value { .. }))),
         (Render::Values, Reply::Batch(replies)) => {
@@ -717,12 +710,8 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
                 }
             }
         }
-        (Render::AllOk, Reply::Batch(replies)) => {
-            match replies.iter().find(|r| matches!(r, Reply::Error(_))) {
-                Some(Reply::Error(e)) => native_error(e, o),
-                _ => out::ok(o),
-            }
-        }
+        // Unconditional sets fail only with an unexpected error, answered above.
+        (Render::AllOk, Reply::Batch(_)) => out::ok(o),
         (Render::Strlen, r) => out::int(o, value(&r).map_or(0, |v| v.len() as i64)),
         (Render::Range(start, end), r) => {
             let v = value(&r).unwrap_or_default();
@@ -745,10 +734,6 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
 /// Errors a render turns into a Redis answer (nil, 0) rather than an error line.
 fn is_expected(e: &WireError) -> bool {
     matches!(e.code, ErrorCode::NotFound | ErrorCode::ConditionFailed)
-}
-
-fn native_error(e: &WireError, o: &mut Vec<u8>) {
-    out::error(o, &format!("ERR {}", e.message));
 }
 
 /// How many replies (of a batch, or the one reply) match.

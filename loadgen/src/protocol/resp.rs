@@ -49,6 +49,9 @@ impl Driver for Resp {
         let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
             return Ok(None);
         };
+        if line_end == 0 {
+            return Err(ProtocolError::Resp("reply line without a type byte".into()));
+        }
         let line = String::from_utf8_lossy(&buf[1..line_end]).into_owned();
         let bad = || ProtocolError::Resp(format!("unparsable reply line {line:?}"));
         let (used, outcome) = match (buf.first().copied(), kind) {
@@ -125,5 +128,7 @@ mod tests {
             assert_eq!(&buf[..], b"+OK\r\n");
         }
         assert!(d.take_reply(&mut BytesMut::from(&b"?\r\n"[..]), OpKind::Get).is_err());
+        // A line with no type byte is an error, not a panic.
+        assert!(d.take_reply(&mut BytesMut::from(&b"\r\n+OK\r\n"[..]), OpKind::Get).is_err());
     }
 }
