@@ -658,6 +658,10 @@ mod tests {
                 "needs sync",
             ),
             (
+                ServeArgs { durability: Some(DurabilityMode::None), ..cluster("1", list) },
+                "needs sync",
+            ),
+            (
                 ServeArgs { cluster_listen: Some("127.0.0.1:1".into()), ..Default::default() },
                 "needs --initial-cluster",
             ),

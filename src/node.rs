@@ -62,7 +62,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     }
     let io_memory_bytes = raise_memlock(cores)?;
     if config.durability != DurabilityMode::None {
-        check_layout(&config.data_dir, cores, config.partitions)?;
+        check_layout(&config.data_dir, &layout(&config, cores))?;
     }
 
     let reserved = reserve_port(config.listen)?;
@@ -443,15 +443,34 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
 
 /// The data directory remembers the core count and partition count it was written with:
 /// keys are placed on cores by them, so a different count would look in the wrong log.
-fn check_layout(dir: &Path, cores: usize, partitions: u32) -> Result<(), NodeError> {
+/// What a data directory is laid out for. In a cluster it also names the node, its
+/// membership and the replication factor: a directory holds one node's Raft votes and logs,
+/// and the ring built from the membership decides which groups it holds, so reusing it under
+/// another id or membership would break Raft's safety or orphan its logs.
+fn layout(config: &Config, cores: usize) -> String {
+    let mut text = format!("format=1 cores={cores} partitions={}", config.partitions);
+    if let Some(c) = &config.cluster {
+        // Sorted: the ring does not depend on the order nodes are listed in.
+        let mut ids: Vec<u64> = c.nodes.iter().map(|(n, _)| *n).collect();
+        ids.sort_unstable();
+        let members: Vec<String> = ids.iter().map(u64::to_string).collect();
+        text +=
+            &format!(" node={} rf={} members={}", c.node, c.replication_factor, members.join(","));
+    }
+    text
+}
+
+fn check_layout(dir: &Path, wanted: &str) -> Result<(), NodeError> {
     let path = dir.join("META");
-    let wanted = format!("format=1 cores={cores} partitions={partitions}");
     match std::fs::read_to_string(&path) {
         Ok(found) if found.trim() == wanted => Ok(()),
         Ok(found) => Err(NodeError::Layout {
             path: dir.to_path_buf(),
             found: found.trim().to_string(),
-            wanted: format!("{wanted} (changing --cores needs a rebalance, not supported yet)"),
+            wanted: format!(
+                "{wanted} (changing --cores, --partitions or the cluster's nodes needs a \
+                 rebalance, not supported yet; a node id belongs to its data directory)"
+            ),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let io = |source| NodeError::DataDir { path: dir.to_path_buf(), source };

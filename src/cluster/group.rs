@@ -43,8 +43,10 @@ pub struct Driven {
     pub persist: Option<u64>,
     /// ReadIndex answers: (request context, index to apply up to before reading).
     pub reads: Vec<(Vec<u8>, u64)>,
-    /// A snapshot this replica received: the state machine loads it, then applies
-    /// `committed` (all later than it). Not exercised yet: nothing compacts a group's log.
+    /// A snapshot this replica received. Before the round's persistence is reported, the
+    /// owner loads its data into the state machine, then passes it to the store's
+    /// `apply_snapshot`, then calls [`Group::applied`] with its index after
+    /// [`Group::persisted`]; `committed` holds only entries after it.
     pub snapshot: Option<Snapshot>,
     pub committed: Vec<Entry>,
     /// The leader the group knows of now (0: none), when it changed.
@@ -138,6 +140,12 @@ impl<S: GroupStore> Group<S> {
         self.node.has_ready()
     }
 
+    /// Whether this leader may serve a read index: raft-rs drops ReadIndex requests silently
+    /// until the leader has committed an entry of its own term.
+    pub fn can_read_index(&self) -> bool {
+        self.is_leader() && self.node.raft.commit_to_current_term()
+    }
+
     /// Takes everything raft-rs has ready; see the module doc for the order. An error from
     /// the store leaves raft-rs with a Ready it never got back: the group is then unusable and
     /// must be rebuilt from its store (a failed log fails the whole core anyway).
@@ -147,11 +155,12 @@ impl<S: GroupStore> Group<S> {
             let mut ready = self.node.ready();
             out.messages.extend(ready.take_messages());
             if !ready.snapshot().is_empty() {
-                let snapshot = ready.snapshot().clone();
-                self.node.mut_store().apply_snapshot(snapshot.clone())?;
-                // Entries collected before it are covered by it: the snapshot replaces them.
+                // Not stored here: the owner first makes the state machine hold the snapshot's
+                // data, durably, and only then records the snapshot point in the store (see
+                // `Driven::snapshot`), so a crash between the two never leaves a point whose
+                // data is missing. Entries collected before it are covered by it.
                 out.committed.clear();
-                out.snapshot = Some(snapshot);
+                out.snapshot = Some(ready.snapshot().clone());
             }
             out.committed.extend(ready.take_committed_entries());
             if !ready.entries().is_empty() {

@@ -20,7 +20,7 @@
 //! Snapshots: a follower too far behind the retained log gets the partition's keys as of the
 //! leader's applied index. The driver builds it between rounds (so no apply interleaves;
 //! values on disk are read back) and installs one the same way: tombstones for keys the
-//! snapshot lacks, puts for the rest, all logged before the snapshot point.
+//! snapshot lacks, puts for the rest, then the snapshot point, in that order in the log.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +40,7 @@ use raft::eraftpb::{EntryType, Message};
 use slab::Slab;
 
 use super::command;
-use super::group::{self, Driven, Group};
+use super::group::{self, Driven, Group, GroupStore as _};
 use super::store::{self, Recovered, WalStore};
 use super::transport::Links;
 use crate::config::ClusterConfig;
@@ -98,24 +98,28 @@ impl Waits {
         }
     }
 
-    /// The answer for `id`, or `None` after `timeout` (the id is then forgotten).
+    /// The answer for `id`, or `None` after `timeout`. The id is forgotten however this ends,
+    /// also when the caller drops the future (a wait raced against something else).
     pub async fn wait(&self, id: u64, timeout: Duration) -> Option<Reply> {
         let answer = WaitFuture { waits: self, id };
         let expired = async {
             glommio::timer::sleep(timeout).await;
             None
         };
-        let got = future::or(async { Some(answer.await) }, expired).await;
-        if got.is_none() {
-            self.cancel(id);
-        }
-        got.flatten()
+        future::or(async { Some(answer.await) }, expired).await.flatten()
     }
 }
 
 struct WaitFuture<'a> {
     waits: &'a Waits,
     id: u64,
+}
+
+impl Drop for WaitFuture<'_> {
+    fn drop(&mut self) {
+        // Answered: already removed by `poll`. Otherwise nobody will take the answer.
+        self.waits.cancel(self.id);
+    }
 }
 
 impl Future for WaitFuture<'_> {
@@ -494,7 +498,6 @@ pub async fn run(core: Rc<Core>) {
 
 async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), String> {
     let mut driven: Vec<(u32, Driven)> = Vec::new();
-    let mut seq = None;
     {
         let mut groups = r.groups.borrow_mut();
         for (p, m) in r.inbox.borrow_mut().drain(..) {
@@ -538,6 +541,11 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
                 waits.into_iter().for_each(|w| r.waits.complete(w, r.wrong_node(p, leader)));
                 continue;
             }
+            if !g.can_read_index() {
+                // A new leader's first entry is not committed yet: ask again next round.
+                r.read_asks.borrow_mut().extend(waits.into_iter().map(|w| (p, w)));
+                continue;
+            }
             let context = r.next_context.get();
             r.next_context.set(context + 1);
             g.read_index(context.to_le_bytes().to_vec());
@@ -551,9 +559,6 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
                 continue;
             }
             let d = g.drive().map_err(|e| format!("partition {p}: {e}"))?;
-            if let Some(s) = g.store_mut().last_seq.take() {
-                seq = Some(seq.map_or(s, |t: u64| t.max(s)));
-            }
             driven.push((*p, d));
         }
     }
@@ -568,21 +573,41 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
                 tracing::info!(partition = *p, term, "leading");
             }
             note_lost_leadership(r, *p, leader);
+            // raft-rs forgets a deposed leader's pending reads: answer them, so they retry.
+            r.read_batches.borrow_mut().retain(|_, (q, waits)| {
+                if q != p {
+                    return true;
+                }
+                waits.drain(..).for_each(|w| r.waits.complete(w, wrong_node(*p, leader)));
+                false
+            });
         }
     }
     send(r, &mut outgoing);
+    let mut installed: Vec<(u32, u64)> = Vec::new();
     for (p, d) in &mut driven {
         if let Some(snapshot) = d.snapshot.take() {
             let index = snapshot.get_metadata().index;
-            core.install_snapshot(*p, &snapshot.data).await?;
+            // Data first, then the snapshot point: both are in the log before the wait below.
+            core.install_snapshot(*p, &snapshot.data, index).await?;
+            if let Some(g) = r.groups.borrow_mut().get_mut(p) {
+                g.store_mut()
+                    .apply_snapshot(snapshot)
+                    .map_err(|e| format!("partition {p}: {e}"))?;
+            }
             r.applied.borrow_mut().insert(*p, index);
+            forget_proposals_covered(r, *p, index);
+            installed.push((*p, index));
             r.counters.snapshots_installed.set(r.counters.snapshots_installed.get() + 1);
             tracing::info!(partition = *p, index, "installed a snapshot");
         }
         apply(core, r, *p, std::mem::take(&mut d.committed)).await;
     }
-    if let (Some(seq), Some(wal)) = (seq, core.wal.as_ref()) {
-        wal.wait(seq).await.map_err(|e| e.to_string())?;
+    // One wait for everything this round appended, every group of the core together.
+    if !driven.is_empty()
+        && let Some(wal) = core.wal.as_ref()
+    {
+        wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
     }
     {
         let mut groups = r.groups.borrow_mut();
@@ -590,6 +615,12 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
             queue(&mut outgoing, *p, d.after_persist.drain(..), r);
             if let (Some(number), Some(g)) = (d.persist, groups.get_mut(p)) {
                 g.persisted(number);
+            }
+        }
+        // raft-rs may count a snapshot as applied only once it is persisted.
+        for (p, index) in installed {
+            if let Some(g) = groups.get_mut(&p) {
+                g.applied(index);
             }
         }
     }
@@ -690,6 +721,27 @@ async fn apply(core: &Rc<Core>, r: &Replicas, partition: u32, entries: Vec<raft:
     }
 }
 
+/// Proposals at or below an installed snapshot's index will never be seen applied here: their
+/// outcome is unknown to this node.
+fn forget_proposals_covered(r: &Replicas, partition: u32, index: u64) {
+    r.proposed.borrow_mut().retain(|&(p, i), &mut (_, wait, _)| {
+        if p != partition || i > index {
+            return true;
+        }
+        r.waits.complete(
+            wait,
+            Reply::error(
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {partition}: this node caught up by snapshot past the write; it \
+                     may or may not have been applied"
+                ),
+            ),
+        );
+        false
+    });
+}
+
 fn not_applied(partition: u32) -> Reply {
     Reply::error(
         ErrorCode::Unavailable,
@@ -715,13 +767,14 @@ fn release_reads(r: &Replicas) {
 /// Builds the snapshots raft-rs asked for since the last round, at each partition's applied
 /// index (no apply runs meanwhile: this is the driver).
 async fn build_snapshots(core: &Rc<Core>, r: &Replicas) {
-    let wanted: Vec<u32> = store::SNAPSHOT_WANTED.with(|w| std::mem::take(&mut *w.borrow_mut()));
-    let mut done = Vec::new();
+    let wanted: Vec<u32> = r
+        .groups
+        .borrow()
+        .iter()
+        .filter(|(_, g)| g.store().snapshot_wanted.replace(false))
+        .map(|(p, _)| *p)
+        .collect();
     for p in wanted {
-        if done.contains(&p) || !r.has_group(p) {
-            continue;
-        }
-        done.push(p);
         let index = r.applied.borrow().get(&p).copied().unwrap_or(0);
         match core.partition_snapshot(p).await {
             Ok(data) => {

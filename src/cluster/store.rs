@@ -11,8 +11,8 @@
 //! | 2 hard state | protobuf `eraftpb::HardState` |
 //! | 3 snapshot point | protobuf `eraftpb::SnapshotMetadata`: the log starts after it |
 //!
-//! Appends return at once; the driver waits for the WAL sequence number in
-//! [`WalStore::last_seq`] before it tells raft-rs the round is persisted. Recovery replays
+//! Appends return at once; the driver waits for the WAL once per round before it tells
+//! raft-rs the round is persisted. Recovery replays
 //! the records in log order ([`Recovered`]): a later entries record overwrites from its first
 //! index on (a new leader's conflicting suffix), a snapshot point drops what it covers.
 //!
@@ -20,7 +20,7 @@
 //! index (the engine's checkpoint holds what those entries did), its hard state and the entries
 //! after it ([`WalStore::checkpoint_records`]), so log segments before it are never needed.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -122,12 +122,11 @@ pub struct WalStore {
     point: SnapshotMetadata,
     entries: Vec<Entry>,
     wal: Option<Rc<Wal>>,
-    /// WAL sequence number of the newest record this store appended.
-    pub last_seq: Option<u64>,
     /// A snapshot built for a follower that fell behind the retained log.
     pub built: Option<Snapshot>,
-    /// raft-rs asked for a snapshot nothing has built yet.
-    pub snapshot_wanted: bool,
+    /// raft-rs asked for a snapshot nothing has built yet (`Storage::snapshot` takes `&self`);
+    /// the driver builds it after the round.
+    pub snapshot_wanted: Cell<bool>,
 }
 
 impl WalStore {
@@ -152,9 +151,8 @@ impl WalStore {
             point,
             entries,
             wal,
-            last_seq: None,
             built: None,
-            snapshot_wanted: false,
+            snapshot_wanted: Cell::new(false),
         }
     }
 
@@ -162,10 +160,7 @@ impl WalStore {
         let Some(wal) = &self.wal else { return Ok(()) };
         let m = Mutation::Raft { partition: self.partition, what, body };
         match wal.append(&m) {
-            Ok((seq, _)) => {
-                self.last_seq = Some(seq);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(
                 std::io::Error::other(e.to_string()),
             )))),
@@ -240,7 +235,7 @@ impl WalStore {
         meta.term = term;
         meta.set_conf_state(self.conf_state());
         self.built = Some(snapshot);
-        self.snapshot_wanted = false;
+        self.snapshot_wanted.set(false);
     }
 }
 
@@ -290,16 +285,11 @@ impl Storage for WalStore {
             _ => {
                 // Built asynchronously by the driver (values may have to be read from disk);
                 // raft-rs asks again on its next attempt.
-                SNAPSHOT_WANTED.with(|w| w.borrow_mut().push(self.partition));
+                self.snapshot_wanted.set(true);
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
             }
         }
     }
-}
-
-thread_local! {
-    /// Partitions whose `snapshot()` was asked for (it takes `&self`): the driver builds them.
-    pub static SNAPSHOT_WANTED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl GroupStore for WalStore {

@@ -298,32 +298,41 @@ impl Core {
         }
     }
 
-    /// Every live key of `partition` as put records (values read back from disk where they
-    /// are not cached), for a follower that needs a snapshot.
+    /// Every live key of `partition` as put records with their exact versions and expiries
+    /// (from the engine's own snapshot; values on disk only are read back), for a follower
+    /// that needs a snapshot.
     pub async fn partition_snapshot(&self, partition: u32) -> Result<Bytes, String> {
-        let now = now_ms();
-        let keys = self.partition_keys(partition, now);
+        let mine = |m: &Mutation| placement::partition_of(m.key(), self.partitions) == partition;
+        let entries: Vec<Mutation> =
+            self.engine.borrow().snapshot(now_ms()).into_iter().filter(mine).collect();
         let mut out = Vec::new();
-        for key in keys {
-            let reply = self.read_local(Op::Get { key: key.clone() }).await;
-            match reply {
-                Reply::Value { value, version, ttl_ms } => {
-                    let expires = ttl_ms.map_or(0, |t| now + t.max(1));
-                    record::encode(&Mutation::put(&key, &value, version, expires), &mut out);
+        for m in entries {
+            let put = match m {
+                Mutation::Index { version, expires_at_ms, loc, .. } => {
+                    let (data, key_len, _) = self
+                        .read_put(loc, None)
+                        .await
+                        .map_err(|r| format!("reading a value for the snapshot: {}", r.name()))?;
+                    Mutation::Put { data, key_len, version, expires_at_ms }
                 }
-                Reply::Error(e) if e.code == ErrorCode::NotFound => {}
-                Reply::Error(e) => {
-                    return Err(format!("reading a key for the snapshot: {}", e.message));
-                }
-                other => return Err(format!("unexpected {} reading a key", other.name())),
-            }
+                put @ Mutation::Put { .. } => put,
+                _ => continue,
+            };
+            record::encode(&put, &mut out);
         }
         Ok(Bytes::from(out))
     }
 
-    /// Replaces this replica's keys of `partition` with a snapshot's: tombstones for keys it
-    /// lacks, its puts with their own versions, all through the log.
-    pub async fn install_snapshot(&self, partition: u32, data: &Bytes) -> Result<(), String> {
+    /// Replaces this replica's keys of `partition` with a snapshot's, taken at Raft `index`:
+    /// tombstones (at `index`: above every version this replica holds, since it is behind
+    /// the snapshot) for keys it lacks, then its puts with their own versions, all through
+    /// the log and durable when this returns.
+    pub async fn install_snapshot(
+        &self,
+        partition: u32,
+        data: &Bytes,
+        index: u64,
+    ) -> Result<(), String> {
         let now = now_ms();
         let mut incoming = Vec::new();
         let ending = record::scan(data, false, |m, _| incoming.push(m), |_, _, _| {});
@@ -332,13 +341,11 @@ impl Core {
         }
         let present = self.partition_keys(partition, now);
         let keep: std::collections::HashSet<&[u8]> = incoming.iter().map(|m| m.key()).collect();
-        let top = incoming.iter().map(Mutation::version).max().unwrap_or(0);
         let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };
         {
             let mut engine = self.engine.borrow_mut();
             for key in present.into_iter().filter(|k| !keep.contains(&k[..])) {
-                let version = engine.version_of(&key, now).max(top) + 1;
-                engine.load(Mutation::Delete { key, version }, now, &mut log)?;
+                engine.load(Mutation::Delete { key, version: index }, now, &mut log)?;
             }
             for m in incoming {
                 engine.load(m, now, &mut log)?;

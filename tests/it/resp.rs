@@ -13,13 +13,13 @@ use crate::redis_server::RedisServer;
 
 /// A raw RESP2 speaker: commands out as arrays of bulk strings, replies back as the exact
 /// bytes received.
-struct Resp {
+pub(crate) struct Resp {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
 
 impl Resp {
-    fn connect(addr: SocketAddr) -> Resp {
+    pub(crate) fn connect(addr: SocketAddr) -> Resp {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Resp { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
@@ -71,7 +71,7 @@ impl Resp {
         }
     }
 
-    fn call(&mut self, args: &[&str]) -> String {
+    pub(crate) fn call(&mut self, args: &[&str]) -> String {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         self.send(&args);
         self.reply()
