@@ -124,7 +124,11 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
         (&Method::POST, ["api", "nodes", "add"])
         | (&Method::DELETE, ["api", "nodes", "remove", _]) => error(
             StatusCode::CONFLICT,
-            "this node runs without a cluster: nodes cannot be added or removed yet",
+            if core.cluster.is_some() {
+                "membership is fixed by --initial-cluster: nodes cannot be added or removed yet"
+            } else {
+                "this node runs without a cluster: nodes cannot be added or removed yet"
+            },
         ),
         (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["api", "set" | "compare_and_set" | "get" | "delete", ..])

@@ -161,7 +161,7 @@ impl Links {
                 ErrorCode::Unavailable,
                 format!(
                     "node {peer} did not answer a forwarded request in time; it may or may not \
-                     have applied"
+                     have been applied"
                 ),
             ),
         }
