@@ -1169,6 +1169,21 @@ pub fn spawn_mesh_tasks(
         type Held = (usize, Done, u64);
         let (held_tx, held_rx) =
             glommio::channels::local_channel::new_bounded::<Held>(DURABLE_ANSWERS_QUEUED_MAX);
+        // Calls that wait for a key's reservation, in arrival order, and how many are there.
+        let (lane_tx, lane_rx) = glommio::channels::local_channel::new_unbounded::<Call>();
+        let lane_len = Rc::new(Cell::new(0usize));
+        let (lane, waiting) = (core.clone(), lane_len.clone());
+        glommio::spawn_local(async move {
+            while let Some(call) = lane_rx.recv().await {
+                let worked = lane.execute_work(call.work).await;
+                let done = lane.finish(worked).await;
+                waiting.set(waiting.get() - 1);
+                if lane.mesh.answer(peer, Answer { token: call.token, done }).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
         let serving = core.clone();
         glommio::spawn_local(async move {
             while let Some(call) = rx.recv().await {
@@ -1205,15 +1220,15 @@ pub fn spawn_mesh_tasks(
                     .detach();
                     continue;
                 }
-                if serving.may_wait_for_reservation(&call.work) {
-                    // Its wait ends with a commit that comes through this very loop.
-                    let core = serving.clone();
-                    glommio::spawn_local(async move {
-                        let worked = core.execute_work(call.work).await;
-                        let done = core.finish(worked).await;
-                        let _ = core.mesh.answer(peer, Answer { token: call.token, done }).await;
-                    })
-                    .detach();
+                let keyed = matches!(call.work, Work::One(..) | Work::Many(..) | Work::Reserve(_));
+                if keyed && (lane_len.get() > 0 || serving.may_wait_for_reservation(&call.work)) {
+                    // Its wait ends with a commit that comes through this very loop, so it
+                    // waits in the peer's lane instead; later keyed calls from the peer queue
+                    // behind it there, so they still apply in the order the peer sent them.
+                    lane_len.set(lane_len.get() + 1);
+                    if lane_tx.try_send(call).is_err() {
+                        break;
+                    }
                     continue;
                 }
                 let worked = serving.execute_work(call.work).await;

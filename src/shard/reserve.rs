@@ -14,8 +14,10 @@
 //! A key's queue is first come, first served, and a key stays held while anything is queued
 //! for it: an operation that arrives after the reservation ended still lines up behind the
 //! ones that waited, so one connection's operations on a key apply in the order it sent them.
-//! Work from a peer that may have to queue runs beside that peer's serving loop
-//! (`spawn_mesh_tasks`), since the commit that ends the wait comes through the same loop.
+//! Work from a peer that may have to queue runs in that peer's lane, a task beside its serving
+//! loop (`spawn_mesh_tasks`), since the commit that ends the wait comes through the same loop;
+//! while the lane holds anything, the peer's later keyed work goes there too, in order, so it
+//! cannot overtake work that takes its ticket only when the lane reaches it.
 //!
 //! Not covered:
 //! - a crash between two cores' commits leaves the first core's keys set (the log of each
@@ -141,7 +143,7 @@ impl Core {
         (replies, last)
     }
 
-    /// Runs reservation work a peer sent (beside its serving loop when it may wait).
+    /// Runs reservation work a peer sent (in the peer's lane when it may wait).
     pub(super) async fn reservation_work(&self, work: Work) -> (Done, Option<u64>) {
         match work {
             Work::Reserve(keys) => match self.reserve(keys).await {

@@ -219,8 +219,9 @@ impl Wal {
             segment: Cell::new(0),
             files: RefCell::new(BTreeMap::new()),
             stats: Cell::new(WalStats::default()),
-            sync_us: RefCell::new(sync_histogram()),
-            sync_records: RefCell::new(sync_histogram()),
+            sync_us: RefCell::new(crate::shard::metrics::histogram()),
+            // Records per sync fit the same bounds (up to 60M).
+            sync_records: RefCell::new(crate::shard::metrics::histogram()),
         })
     }
 
@@ -611,11 +612,6 @@ async fn probe_polled_io(dir: &Path) -> std::io::Result<()> {
     file.close().await.map_err(std::io::Error::from)?;
     PROBED.with(|p| p.borrow_mut().insert(device));
     Ok(())
-}
-
-/// For fsync durations (µs, up to a minute) and records per sync (up to 10M).
-fn sync_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
 }
 
 /// Nothing is left to write: no pending bytes and no segment cut waiting.
