@@ -29,6 +29,12 @@ use corekv_schema::codec::{Op, Reply};
 pub use memory::MemEngine;
 pub use record::{Loc, Mutation};
 
+/// The one histogram shape of the node (latencies in microseconds, 1 µs to 1 minute, 3
+/// significant digits; also counts up to 60M): here, below the shard, so the log can use it.
+pub fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
+}
+
 /// The log an engine writes through while it applies a write. The engine appends *before*
 /// it changes memory, so a write the log refused is never seen by a later read.
 pub trait Log {

@@ -15,10 +15,7 @@ pub const OP_OTHER: usize = 6;
 /// Results, by index: done; an expected miss (not found, condition failed); an error.
 pub const RESULTS: [&str; 3] = ["ok", "miss", "error"];
 
-/// Latencies are kept in microseconds, from 1 µs to 1 minute, to 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
-}
+pub use crate::storage::histogram;
 
 pub fn op_index(op: &Op) -> usize {
     match op {

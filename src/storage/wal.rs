@@ -219,9 +219,9 @@ impl Wal {
             segment: Cell::new(0),
             files: RefCell::new(BTreeMap::new()),
             stats: Cell::new(WalStats::default()),
-            sync_us: RefCell::new(crate::shard::metrics::histogram()),
+            sync_us: RefCell::new(super::histogram()),
             // Records per sync fit the same bounds (up to 60M).
-            sync_records: RefCell::new(crate::shard::metrics::histogram()),
+            sync_records: RefCell::new(super::histogram()),
         })
     }
 
