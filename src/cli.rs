@@ -1,4 +1,5 @@
-//! The client subcommands of the `corekv` binary: `get`, `set`, `del`, `cas`, `ping`, `stats`.
+//! The client subcommands of the `corekv` binary: `get`, `set`, `del`, `cas`, `ping`, `stats`,
+//! `admin`, and `cluster status` ([`cluster`]).
 //!
 //! Script-friendly by contract: `get` prints the value alone on stdout (`set` and `cas` print
 //! the new version, which `cas --if-version` takes back); exit status 0 on success, 1 when the
@@ -6,6 +7,8 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+
+pub mod cluster;
 
 use clap::{Args, Subcommand};
 use corekv_client::{ClientConfig, Error, SetOptions, blocking::Client};

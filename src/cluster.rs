@@ -1,13 +1,20 @@
 //! The cluster: partitions replicated by Raft groups (raft-rs) across nodes.
 //!
-//! Built so far: placement (`corekv_schema::ring`: partition → replicas by consistent hashing)
-//! and the per-group Raft driver ([`group`]), proven by a deterministic simulation of several
-//! nodes over a seeded lossy network ([`sim`], tests only). Not wired into the node yet: the
-//! Raft log in the core's WAL, node-to-node frames, the metadata group and the serve flags
-//! come next (docs/CLUSTER.md).
+//! - placement: `corekv_schema::ring` (partition → replicas by consistent hashing);
+//! - [`group`]: one Raft group's driver over raft-rs, proven by [`sim`] (tests only);
+//! - [`store`]: a group's log and hard state in the core's WAL;
+//! - [`replica`]: one core's groups and the task that drives them;
+//! - [`transport`]: node-to-node links (Raft batches, forwarded requests);
+//! - [`health`]: heartbeats with each node's figures, and what this node heard of its peers;
+//! - [`meta`]: the metadata group (nodes, partition map, epoch) and the topology clients get;
+//! - [`command`]: what a Raft entry carries.
+//!
+//! See docs/CLUSTER.md.
 
 pub mod command;
 pub mod group;
+pub mod health;
+pub mod meta;
 pub mod replica;
 #[cfg(test)]
 mod sim;

@@ -27,6 +27,9 @@ enum Command {
     /// Run a local cluster on loopback (one process per node) and print its addresses;
     /// Ctrl-C stops every node.
     DevCluster(corekv::devcluster::DevClusterArgs),
+    /// A cluster as a whole: `cluster status`
+    #[command(subcommand)]
+    Cluster(corekv::cli::cluster::ClusterCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -36,6 +39,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Client(command) => corekv::cli::run(command),
+        Command::Cluster(command) => match corekv::cli::cluster::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corekv cluster: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::DevCluster(args) => match corekv::devcluster::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use corekv_schema::codec::TopologyInfo;
-use corekv_schema::placement::HASH_NAME;
+use corekv_schema::codec::{NodeAddress, TopologyInfo};
+use corekv_schema::placement::{self, HASH_NAME};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -98,6 +98,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         partial_frame_timeout_ms: config.partial_frame_timeout_ms,
         data_dir: config.data_dir.clone(),
         durability: format!("{:?}", config.durability).to_lowercase(),
+        peers: Default::default(),
     });
     let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
     let draining = Arc::new(AtomicUsize::new(cores));
@@ -168,8 +169,17 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         partitions: config.partitions,
         hash: HASH_NAME.to_string(),
         shard_ports: if config.shard_ports.is_some() { shard_ports.clone() } else { Vec::new() },
+        // In a cluster the rest is filled per request from the metadata group; this node's own
+        // addresses are what it records there.
+        node: config.cluster.as_ref().map_or(0, |c| c.node),
+        nodes: config
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| vec![advertised(c, listen, resp, http)]),
+        ..TopologyInfo::default()
     };
     let _ = node.topology.set(topology);
+
     let ports: Vec<String> = shard_ports.iter().map(u16::to_string).collect();
     let off = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     let cluster = config
@@ -302,6 +312,13 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     shard::spawn_mesh_tasks(&core, calls, answers);
     if core.cluster.is_some() {
         glommio::spawn_local(crate::cluster::replica::run(core.clone())).detach();
+        if core.index == 0 {
+            glommio::spawn_local(crate::cluster::health::report_loop(core.clone())).detach();
+        }
+        // The metadata group's core records this node in it.
+        if core.index == placement::core_of_partition(core.partitions, core.cores) {
+            glommio::spawn_local(crate::cluster::meta::register(core.clone())).detach();
+        }
     }
     let _ = boot.report.send(CoreReport { index, shard_port, result: Ok(()) });
 
@@ -407,7 +424,7 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
             // A key's version is the Raft index that wrote it: every entry up to the highest
             // one seen was applied before the crash.
             Mutation::Put { .. } | Mutation::Delete { .. } | Mutation::Index { .. } => {
-                let p = corekv_schema::placement::partition_of(m.key(), partitions);
+                let p = crate::cluster::meta::partition_of(m.key(), partitions);
                 let r = raft.entry(p).or_default();
                 r.applied = r.applied.max(m.version());
             }
@@ -447,6 +464,28 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
 /// membership and the replication factor: a directory holds one node's Raft votes and logs,
 /// and the ring built from the membership decides which groups it holds, so reusing it under
 /// another id or membership would break Raft's safety or orphan its logs.
+/// The client addresses this node records in the metadata group. A listener on a wildcard
+/// address is advertised with this node's host from `--initial-cluster`, which the other
+/// nodes already reach it by.
+fn advertised(
+    c: &crate::config::ClusterConfig,
+    native: SocketAddr,
+    resp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+) -> NodeAddress {
+    let host = c.nodes.iter().find(|(id, _)| *id == c.node).map(|(_, a)| a.ip());
+    let show = |a: SocketAddr| match host {
+        Some(ip) if a.ip().is_unspecified() => SocketAddr::new(ip, a.port()).to_string(),
+        _ => a.to_string(),
+    };
+    NodeAddress {
+        id: c.node,
+        native: show(native),
+        resp: resp.map(show).unwrap_or_default(),
+        http: http.map(show).unwrap_or_default(),
+    }
+}
+
 fn layout(config: &Config, cores: usize) -> String {
     let mut text = format!("format=1 cores={cores} partitions={}", config.partitions);
     if let Some(c) = &config.cluster {

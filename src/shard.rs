@@ -46,6 +46,23 @@ use crate::storage::wal::Wal;
 use crate::storage::{Applied, Engine, Fetch, Log, checkpoint};
 pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
 
+/// Where a request came from, in cluster mode; it decides whether the request may be forwarded
+/// to another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client that does not route (RESP, HTTP, a native client without the topology): the
+    /// node forwards it to the partition's leader.
+    Client,
+    /// A native client that routed by the topology: a node that does not lead the partition
+    /// answers `WrongNode` with the leader it knows and the current map.
+    Direct,
+    /// Another node forwarded it: answered here or `WrongNode`, never forwarded again.
+    Peer,
+    /// This node's own metadata reads and writes: forwarded like a client's, and the only
+    /// requests that may touch the metadata keys.
+    Internal,
+}
+
 /// Per-core counters: plain cells, summed over cores only when someone asks.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -108,6 +125,8 @@ pub struct NodeInfo {
     pub data_dir: std::path::PathBuf,
     /// The node's durability mode, as the flag says it (sync, periodic, none).
     pub durability: String,
+    /// Cluster mode: what this node last heard from each peer.
+    pub peers: crate::cluster::health::Board,
 }
 
 /// What a core's data lives in: its engine, its log (`None` under `--durability none`) and
@@ -260,6 +279,11 @@ impl Core {
         }
     }
 
+    /// This core as an `Rc`, for work that outlives a borrow (None while it shuts down).
+    pub fn rc(&self) -> Option<Rc<Core>> {
+        self.this.upgrade()
+    }
+
     pub fn owner_of(&self, key: &[u8]) -> u16 {
         placement::core_of(key, self.partitions, self.cores)
     }
@@ -271,13 +295,16 @@ impl Core {
         op: Op,
         durability: Durability,
         consistency: Consistency,
+        origin: Origin,
         now_ms: u64,
     ) -> Slot {
         bump(&self.counters.requests);
-        if self.cluster.is_some() && (op.key().is_some() || matches!(op, Op::Batch(_))) {
+        if self.cluster.is_some()
+            && (op.key().is_some() || matches!(op, Op::Batch(_) | Op::Topology))
+        {
             // Durability in a cluster is the Raft quorum's: every replica's log is synced
             // before it acknowledges, whatever the request asked.
-            return self.cluster_slot(op, consistency);
+            return self.cluster_slot(op, consistency, origin);
         }
         let wait = match self.ack_waits(durability) {
             Ok(wait) => wait,
@@ -630,7 +657,11 @@ impl Core {
 
     /// One SCAN step over this core's keys.
     fn scan_here(&self, step: &ScanStep, now_ms: u64) -> Done {
-        let wanted = |key: &[u8]| step.pattern.as_ref().is_none_or(|g| g.matches(key));
+        // The cluster's metadata keys are not the client's.
+        let wanted = |key: &[u8]| {
+            step.pattern.as_ref().is_none_or(|g| g.matches(key))
+                && !crate::cluster::meta::is_meta(key)
+        };
         let (keys, next) = self.engine.borrow().scan(step.position, step.count, now_ms, &wanted);
         Done::Scanned(keys, next)
     }
@@ -1196,12 +1227,12 @@ pub fn spawn_mesh_tasks(
                         }
                         continue;
                     }
-                    Work::Cluster(op, consistency, forwarded) => {
+                    Work::Cluster(op, consistency, origin) => {
                         // Waits for Raft: beside the loop, answered when done.
                         let core = serving.clone();
                         let token = call.token;
                         glommio::spawn_local(async move {
-                            let reply = core.cluster_here(op, consistency, forwarded).await;
+                            let reply = core.cluster_here(op, consistency, origin).await;
                             let done = Done::One(reply);
                             let _ = core.mesh.answer(peer, Answer { token, done }).await;
                         })

@@ -12,6 +12,11 @@
 //! already in flight on it fail; nothing is resent behind the caller's back (see
 //! [`Error::is_retryable`]).
 //!
+//! Connected to a cluster node (with `cluster_routing`, the default), single-key operations go
+//! to their partition's leader instead, on a pool per node, and the map is refreshed from the
+//! `WrongNode` answers that carry it (module `cluster`); batches and admin calls go to the node
+//! connected to, which forwards them.
+//!
 //! The topology is read once, on connect. The client is cheap to clone; clones share the pools.
 
 use std::io;
@@ -26,6 +31,7 @@ use corekv_schema::codec::{
 use corekv_schema::placement::{HASH_NAME, core_of};
 use tokio::net::ToSocketAddrs;
 
+use crate::cluster::Cluster;
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -52,15 +58,15 @@ impl Slot {
 }
 
 /// `pool_size` connections to one address, used round-robin.
-struct Pool {
-    addr: SocketAddr,
+pub(crate) struct Pool {
+    pub(crate) addr: SocketAddr,
     slots: Vec<Slot>,
     next: AtomicUsize,
 }
 
 impl Pool {
     /// Opens every connection now, so a wrong address or port fails `Client::connect`.
-    async fn open(addr: SocketAddr, config: &ClientConfig) -> Result<Pool> {
+    pub(crate) async fn open(addr: SocketAddr, config: &ClientConfig) -> Result<Pool> {
         let mut slots = Vec::with_capacity(config.pool_size);
         for _ in 0..config.pool_size {
             let connection = Connection::connect(addr, config).await?;
@@ -72,7 +78,7 @@ impl Pool {
         Ok(Pool { addr, slots, next: AtomicUsize::new(0) })
     }
 
-    async fn connection(&self, config: &ClientConfig) -> Result<Arc<Connection>> {
+    pub(crate) async fn connection(&self, config: &ClientConfig) -> Result<Arc<Connection>> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let Some(slot) = self.slots.get(turn) else {
             return Err(Error::Usage("connection pool is empty".into()));
@@ -146,8 +152,9 @@ impl Shards {
 
 struct Inner {
     config: ClientConfig,
-    main: Pool,
+    main: Arc<Pool>,
     shards: Option<Shards>,
+    cluster: Option<Cluster>,
 }
 
 impl Inner {
@@ -203,16 +210,27 @@ impl Client {
                 Error::Io(io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing"))
             }));
         };
-        let shards = if config.shard_aware {
+        let main = Arc::new(main);
+        let topology = if config.shard_aware || config.cluster_routing {
             let reply = main.connection(&config).await?.send(Op::Topology).await?;
-            Shards::open(main.addr.ip(), &ops::topology(reply)?, &config).await?
+            Some(ops::topology(reply)?)
         } else {
             None
+        };
+        let cluster = match &topology {
+            Some(t) if config.cluster_routing => Cluster::new(t, main.clone())?,
+            _ => None,
+        };
+        let shards = match &topology {
+            Some(t) if config.shard_aware && cluster.is_none() => {
+                Shards::open(main.addr.ip(), t, &config).await?
+            }
+            _ => None,
         };
         Ok(Client {
             durability: config.durability,
             consistency: config.consistency,
-            inner: Arc::new(Inner { config, main, shards }),
+            inner: Arc::new(Inner { config, main, shards, cluster }),
         })
     }
 
@@ -230,6 +248,12 @@ impl Client {
         self.inner.shards.is_some()
     }
 
+    /// The epoch of the cluster map this client routes by; `None` when it is connected to a
+    /// single node (or `cluster_routing` is off).
+    pub fn cluster_epoch(&self) -> Option<u64> {
+        self.inner.cluster.as_ref().map(Cluster::epoch)
+    }
+
     /// A handle sharing this client's connections whose requests ask for `durability`.
     pub fn with_durability(&self, durability: Durability) -> Client {
         Client { durability, ..self.clone() }
@@ -244,6 +268,12 @@ impl Client {
     /// sent it: a server error is `Ok(Reply::Error(..))`; `Err` means no reply was read
     /// ([`crate::check`] turns the former into the latter).
     pub async fn request(&self, op: Op) -> Result<Reply> {
+        if let Some(cluster) = &self.inner.cluster
+            && op.key().is_some()
+        {
+            let config = &self.inner.config;
+            return cluster.call(op, self.durability, self.consistency, config).await;
+        }
         let connection = self.inner.pool_for(&op).connection(&self.inner.config).await?;
         connection.send_with(op, self.durability, self.consistency).await
     }

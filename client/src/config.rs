@@ -35,6 +35,11 @@ pub struct ClientConfig {
     /// the core that owns the key, on that core's own port. Falls back to the node's port when
     /// the node reports no per-core ports or places keys with a hash this SDK does not know.
     pub shard_aware: bool,
+    /// Ask the node for its topology on connect and, when it is a cluster node, send each
+    /// single-key operation to its partition's leader, following `WrongNode` answers and
+    /// retrying what provably did not apply (see the `cluster` module). Off: every request
+    /// goes to the node connected to, which forwards it.
+    pub cluster_routing: bool,
     /// Durability requested for writes (`Default` = the node's mode).
     pub durability: Durability,
     /// Consistency requested for reads and writes (`Default` = the node's setting).
@@ -50,6 +55,7 @@ impl Default for ClientConfig {
             max_in_flight: 1_024,
             frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
             shard_aware: false,
+            cluster_routing: true,
             durability: Durability::Default,
             consistency: Consistency::Default,
         }

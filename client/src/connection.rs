@@ -265,12 +265,26 @@ impl Connection {
         durability: Durability,
         consistency: Consistency,
     ) -> Result<Reply> {
+        self.send_request(op, durability, consistency, false).await
+    }
+
+    /// [`Connection::send_with`], marked `direct` when the caller routed it by the cluster's
+    /// topology: a node that does not lead the key's partition then answers `WrongNode` with
+    /// the leader and the map instead of forwarding it.
+    pub async fn send_request(
+        &self,
+        op: Op,
+        durability: Durability,
+        consistency: Consistency,
+        direct: bool,
+    ) -> Result<Reply> {
         let after_ms = self.request_timeout_ms;
         let call = self.call(Request {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             op,
             durability,
             consistency,
+            direct,
         });
         match tokio::time::timeout(Duration::from_millis(after_ms), call).await {
             Ok(result) => result,

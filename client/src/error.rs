@@ -3,8 +3,9 @@
 //! Three families, each with its own next step:
 //!
 //! - **The server answered** ([`Error::NotFound`], [`Error::ConditionFailed`], [`Error::Server`]):
-//!   the request reached a node and was *not* applied. One variant per [`ErrorCode`], the two
-//!   that callers branch on every day lifted out with their data.
+//!   the request reached a node and was *not* applied — except `OutcomeUnknown`, a cluster
+//!   write whose leader was lost before it learned the outcome. One variant per [`ErrorCode`],
+//!   the two that callers branch on every day lifted out with their data.
 //! - **The transport failed** ([`Error::Timeout`], [`Error::Io`], [`Error::Closed`],
 //!   [`Error::Protocol`]): the outcome is *unknown*; the request may or may not have been applied.
 //!   [`Error::Connect`] is the exception: nothing was sent, so anything may be resent.
@@ -35,8 +36,9 @@ pub enum Error {
     ConditionFailed { current_version: u64 },
 
     /// Any other typed refusal by the server: `TooLarge`, `BadRequest`, `Overloaded`,
-    /// `WrongNode`, `ShuttingDown`, `Unavailable`, `Unauthorized`, `Internal`. The request was
-    /// not applied.
+    /// `WrongNode`, `ShuttingDown`, `Unavailable`, `Unauthorized`, `Internal`: the request was
+    /// not applied. And `OutcomeUnknown`: a cluster write that may or may not have been applied
+    /// (see [`Error::may_have_applied`]).
     #[error("server error {code}: {message}")]
     Server { code: ErrorCode, message: String },
 
@@ -82,7 +84,7 @@ pub enum Error {
 impl Error {
     /// True when sending the same request again can succeed: the failure was transient
     /// (timeout, I/O, closed connection, failed connect, or the server said `Overloaded`,
-    /// `ShuttingDown`, `Unavailable` or `WrongNode`).
+    /// `ShuttingDown`, `Unavailable`, `WrongNode` or `OutcomeUnknown`).
     ///
     /// For **reads** (`get`, `ping`, `topology`, `stats`) that is the whole story: retry.
     ///
@@ -100,6 +102,7 @@ impl Error {
                     | ErrorCode::ShuttingDown
                     | ErrorCode::Unavailable
                     | ErrorCode::WrongNode
+                    | ErrorCode::OutcomeUnknown
             ),
             Error::NotFound
             | Error::ConditionFailed { .. }
@@ -111,10 +114,14 @@ impl Error {
 
     /// True when the request may have taken effect even though this call failed: the request
     /// left the client but no answer was read (timeout, I/O error, closed connection, garbled
-    /// answer). False for typed server answers (refused, not applied) and for errors raised
-    /// before anything was sent.
+    /// answer), or a cluster node said `OutcomeUnknown`. False for the other typed server
+    /// answers (refused, not applied) and for errors raised before anything was sent.
     pub fn may_have_applied(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Io(_) | Error::Closed | Error::Protocol(_))
+        match self {
+            Error::Timeout { .. } | Error::Io(_) | Error::Closed | Error::Protocol(_) => true,
+            Error::Server { code, .. } => *code == ErrorCode::OutcomeUnknown,
+            _ => false,
+        }
     }
 
     /// The protocol error code this error corresponds to, if any ([`Error::RequestTooLarge`]
@@ -163,14 +170,13 @@ mod tests {
     #[test]
     fn wire_errors_map_one_to_one() {
         for code in ErrorCode::ALL {
-            let err = Error::from(WireError { code, message: "m".into(), current_version: 7 });
+            let err = Error::from(WireError { current_version: 7, ..WireError::new(code, "m") });
             assert_eq!(err.code(), Some(code));
-            assert!(!err.may_have_applied(), "{code}");
+            assert_eq!(err.may_have_applied(), code == ErrorCode::OutcomeUnknown, "{code}");
         }
         let err = Error::from(WireError {
-            code: ErrorCode::ConditionFailed,
-            message: "".into(),
             current_version: 7,
+            ..WireError::new(ErrorCode::ConditionFailed, "")
         });
         assert!(matches!(err, Error::ConditionFailed { current_version: 7 }));
     }

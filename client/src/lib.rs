@@ -53,6 +53,7 @@
 
 pub mod aio;
 pub mod blocking;
+mod cluster;
 mod config;
 mod connection;
 mod error;
@@ -68,8 +69,8 @@ pub use bytes::Bytes;
 pub use config::{ClientConfig, IN_FLIGHT_MAX, POOL_SIZE_MAX};
 pub use connection::{Connection, WRITE_COALESCE_BYTES_MAX};
 pub use corekv_schema::codec::{
-    Condition, Consistency, CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp,
-    StatsInfo, TopologyInfo, WireError,
+    Condition, Consistency, CoreStats, Durability, ErrorCode, Expected, NodeAddress, Op,
+    PartitionInfo, Reply, SetOp, StatsInfo, TopologyInfo, WireError,
 };
 pub use error::{Error, Result, check};
 pub use ops::{SetOptions, Value};

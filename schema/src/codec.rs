@@ -29,10 +29,11 @@ pub enum ErrorCode {
     Internal,
     ShuttingDown,
     Unavailable,
+    OutcomeUnknown,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::NotFound,
         ErrorCode::ConditionFailed,
         ErrorCode::WrongNode,
@@ -43,6 +44,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ShuttingDown,
         ErrorCode::Unavailable,
+        ErrorCode::OutcomeUnknown,
     ];
 
     fn to_wire(self) -> wire::ErrorCode {
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Internal => wire::ErrorCode::Internal,
             ErrorCode::ShuttingDown => wire::ErrorCode::ShuttingDown,
             ErrorCode::Unavailable => wire::ErrorCode::Unavailable,
+            ErrorCode::OutcomeUnknown => wire::ErrorCode::OutcomeUnknown,
         }
     }
 
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -218,11 +222,20 @@ pub struct Request {
     pub op: Op,
     pub durability: Durability,
     pub consistency: Consistency,
+    /// Cluster mode: the client routed this itself; a node not leading the key's partition
+    /// answers `WrongNode` with the map instead of forwarding.
+    pub direct: bool,
 }
 
 impl Request {
     pub fn new(id: u64, op: Op) -> Request {
-        Request { id, op, durability: Durability::Default, consistency: Consistency::Default }
+        Request {
+            id,
+            op,
+            durability: Durability::Default,
+            consistency: Consistency::Default,
+            direct: false,
+        }
     }
 }
 
@@ -234,6 +247,38 @@ pub struct TopologyInfo {
     pub hash: String,
     /// Port of each core's own listener, by core index; empty when disabled.
     pub shard_ports: Vec<u16>,
+    /// Cluster mode (0 and empty on a single node): the answering node's id, the map's epoch
+    /// (larger is newer), every node's client addresses, and per partition its replicas
+    /// (preferred leader first) and the leader the answering node knows of (0: unknown).
+    pub node: u64,
+    pub epoch: u64,
+    pub nodes: Vec<NodeAddress>,
+    pub partition_map: Vec<PartitionInfo>,
+}
+
+impl TopologyInfo {
+    /// The client addresses of node `id`, when the map lists it.
+    pub fn node(&self, id: u64) -> Option<&NodeAddress> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+/// A node's client addresses as HOST:PORT; empty for a listener that is off.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeAddress {
+    pub id: u64,
+    pub native: String,
+    pub resp: String,
+    pub http: String,
+}
+
+/// One partition of the cluster's map.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PartitionInfo {
+    /// Preferred leader first.
+    pub replicas: Vec<u64>,
+    /// As the answering node knows it; 0 = unknown.
+    pub leader: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -281,11 +326,15 @@ pub struct WireError {
     pub message: Cow<'static, str>,
     /// On `ConditionFailed`: the key's current version (0 = absent).
     pub current_version: u64,
+    /// On `WrongNode`: the partition's leader as the answering node knows it (0 = unknown).
+    pub leader: u64,
+    /// On `WrongNode` to a direct request: the current map.
+    pub topology: Option<Box<TopologyInfo>>,
 }
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> WireError {
-        WireError { code, message: message.into(), current_version: 0 }
+        WireError { code, message: message.into(), current_version: 0, leader: 0, topology: None }
     }
 }
 
@@ -414,6 +463,7 @@ impl Encoder {
                 op: Some(op),
                 durability: durability_to_wire(request.durability),
                 consistency: consistency_to_wire(request.consistency),
+                direct: request.direct,
             },
         );
         self.fbb.finish_size_prefixed(root, None);
@@ -552,19 +602,7 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
             let p = wire::Pong::create(fbb, &wire::PongArgs { payload });
             (wire::Reply::Pong, p.as_union_value())
         }
-        Reply::Topology(t) => {
-            let node_id = Some(fbb.create_string(&t.node_id));
-            let hash = Some(fbb.create_string(&t.hash));
-            let shard_ports = Some(fbb.create_vector(&t.shard_ports));
-            let args = wire::TopologyInfoArgs {
-                node_id,
-                cores: t.cores,
-                partitions: t.partitions,
-                hash,
-                shard_ports,
-            };
-            (wire::Reply::TopologyInfo, wire::TopologyInfo::create(fbb, &args).as_union_value())
-        }
+        Reply::Topology(t) => (wire::Reply::TopologyInfo, encode_topology(fbb, t).as_union_value()),
         Reply::Stats(s) => {
             let cores: Vec<_> = s
                 .cores
@@ -618,10 +656,13 @@ fn encode_reply(fbb: &mut Fbb, reply: &Reply) -> (wire::Reply, WIPOffset<UnionWI
         }
         Reply::Error(e) => {
             let message = Some(fbb.create_string(&e.message));
+            let topology = e.topology.as_ref().map(|t| encode_topology(fbb, t));
             let args = wire::FailureArgs {
                 code: e.code.to_wire(),
                 message,
                 current_version: e.current_version,
+                leader: e.leader,
+                topology,
             };
             (wire::Reply::Failure, wire::Failure::create(fbb, &args).as_union_value())
         }
@@ -639,6 +680,87 @@ fn durability_to_wire(d: Durability) -> wire::Durability {
         Durability::Memory => wire::Durability::Memory,
         Durability::Periodic => wire::Durability::Periodic,
         Durability::Sync => wire::Durability::Sync,
+    }
+}
+
+fn encode_topology(fbb: &mut Fbb, t: &TopologyInfo) -> WIPOffset<wire::TopologyInfo<'static>> {
+    let node_id = Some(fbb.create_string(&t.node_id));
+    let hash = Some(fbb.create_string(&t.hash));
+    let shard_ports = Some(fbb.create_vector(&t.shard_ports));
+    let nodes: Vec<_> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            let args = wire::NodeAddressArgs {
+                id: n.id,
+                native: Some(fbb.create_string(&n.native)),
+                resp: Some(fbb.create_string(&n.resp)),
+                http: Some(fbb.create_string(&n.http)),
+            };
+            wire::NodeAddress::create(fbb, &args)
+        })
+        .collect();
+    let nodes = (!nodes.is_empty()).then(|| fbb.create_vector(&nodes));
+    let map: Vec<_> = t
+        .partition_map
+        .iter()
+        .map(|p| {
+            let replicas = Some(fbb.create_vector(&p.replicas));
+            wire::PartitionInfo::create(
+                fbb,
+                &wire::PartitionInfoArgs { replicas, leader: p.leader },
+            )
+        })
+        .collect();
+    let partition_map = (!map.is_empty()).then(|| fbb.create_vector(&map));
+    let args = wire::TopologyInfoArgs {
+        node_id,
+        cores: t.cores,
+        partitions: t.partitions,
+        hash,
+        shard_ports,
+        node: t.node,
+        epoch: t.epoch,
+        nodes,
+        partition_map,
+    };
+    wire::TopologyInfo::create(fbb, &args)
+}
+
+fn decode_topology(t: &wire::TopologyInfo<'_>) -> TopologyInfo {
+    let text = |s: Option<&str>| s.unwrap_or_default().to_owned();
+    TopologyInfo {
+        node_id: text(t.node_id()),
+        cores: t.cores(),
+        partitions: t.partitions(),
+        hash: text(t.hash()),
+        shard_ports: t.shard_ports().map(|p| p.iter().collect()).unwrap_or_default(),
+        node: t.node(),
+        epoch: t.epoch(),
+        nodes: t
+            .nodes()
+            .map(|ns| {
+                ns.iter()
+                    .map(|n| NodeAddress {
+                        id: n.id(),
+                        native: text(n.native()),
+                        resp: text(n.resp()),
+                        http: text(n.http()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        partition_map: t
+            .partition_map()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| PartitionInfo {
+                        replicas: p.replicas().map(|r| r.iter().collect()).unwrap_or_default(),
+                        leader: p.leader(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -781,7 +903,7 @@ pub fn decode_request(frame: &Bytes, limits: &Limits) -> Result<Request, DecodeE
         let mut d = OpDecoder { frame, limits, id, ops_seen: &mut ops_seen };
         d.op(&root, true)?
     };
-    Ok(Request { id, op, durability, consistency })
+    Ok(Request { id, op, durability, consistency, direct: root.direct() })
 }
 
 struct OpDecoder<'f> {
@@ -988,13 +1110,7 @@ fn decode_result<'a>(
         }
         wire::Reply::TopologyInfo => {
             let t = c.topology().ok_or_else(|| missing(id, "topology"))?;
-            Reply::Topology(TopologyInfo {
-                node_id: t.node_id().unwrap_or_default().to_owned(),
-                cores: t.cores(),
-                partitions: t.partitions(),
-                hash: t.hash().unwrap_or_default().to_owned(),
-                shard_ports: t.shard_ports().map(|p| p.iter().collect()).unwrap_or_default(),
-            })
+            Reply::Topology(decode_topology(&t))
         }
         wire::Reply::StatsInfo => {
             let s = c.stats().ok_or_else(|| missing(id, "stats"))?;
@@ -1048,6 +1164,8 @@ fn decode_result<'a>(
                 code,
                 message: Cow::Owned(e.message().unwrap_or_default().to_owned()),
                 current_version: e.current_version(),
+                leader: e.leader(),
+                topology: e.topology().map(|t| Box::new(decode_topology(&t))),
             })
         }
         wire::Reply::AdminDone => {
@@ -1137,6 +1255,36 @@ mod tests {
         ]
     }
 
+    fn cluster_topology() -> TopologyInfo {
+        TopologyInfo {
+            node_id: "2".into(),
+            cores: 1,
+            partitions: 2,
+            hash: "crc32c".into(),
+            shard_ports: Vec::new(),
+            node: 2,
+            epoch: 9,
+            nodes: vec![
+                NodeAddress {
+                    id: 1,
+                    native: "a:1".into(),
+                    resp: "a:2".into(),
+                    http: String::new(),
+                },
+                NodeAddress {
+                    id: 2,
+                    native: "b:1".into(),
+                    resp: String::new(),
+                    http: "b:3".into(),
+                },
+            ],
+            partition_map: vec![
+                PartitionInfo { replicas: vec![1, 2], leader: 2 },
+                PartitionInfo { replicas: vec![2, 1], leader: 0 },
+            ],
+        }
+    }
+
     #[test]
     fn every_op_roundtrips() {
         for op in all_ops() {
@@ -1145,6 +1293,7 @@ mod tests {
                 op,
                 durability: Durability::Sync,
                 consistency: Consistency::Eventual,
+                direct: true,
             };
             assert_eq!(roundtrip_request(&req), req);
         }
@@ -1166,7 +1315,9 @@ mod tests {
                 partitions: 1024,
                 hash: "crc32c".into(),
                 shard_ports: vec![7400, 7401],
+                ..TopologyInfo::default()
             }),
+            Reply::Topology(cluster_topology()),
             Reply::Stats(StatsInfo {
                 uptime_ms: 12,
                 // Every field distinct, so a swap in encode or decode cannot round-trip.
@@ -1198,6 +1349,12 @@ mod tests {
                 code: ErrorCode::ConditionFailed,
                 message: "nope".into(),
                 current_version: 8,
+                ..WireError::new(ErrorCode::Internal, "")
+            }),
+            Reply::Error(WireError {
+                leader: 3,
+                topology: Some(Box::new(cluster_topology())),
+                ..WireError::new(ErrorCode::WrongNode, "partition 1 is led by node 3")
             }),
             Reply::AdminDone { message: "ok".into(), records: 5, bytes: 6 },
         ];

@@ -1,6 +1,7 @@
 //! Node-to-node frames (`peer.fbs`): a link's `Hello`, then batches of Raft messages, each
 //! batch holding every message one node has for another at that moment, and client requests
-//! one node forwards to another (`Forward`, answered by `Forwarded` on the same link).
+//! one node forwards to another (`Forward`, answered by `Forwarded` on the same link), and
+//! each node's heartbeat with its figures (`Report`).
 //!
 //! Raft messages stay in raft-rs's protobuf encoding and are opaque here, so the client SDK,
 //! which shares this crate, does not depend on raft-rs. Decoding verifies the buffer first and
@@ -42,6 +43,23 @@ pub enum PeerMessage {
         id: u64,
         response: Bytes,
     },
+    /// A node's heartbeat with its figures.
+    Report(NodeReport),
+}
+
+/// What a node tells its peers of itself twice a second.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeReport {
+    pub from_node: u64,
+    pub uptime_ms: u64,
+    pub keys: u64,
+    pub log_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub replicas_held: u32,
+    pub partitions_led: Vec<u32>,
+    /// Empty while every core's log is healthy.
+    pub log_error: String,
 }
 
 /// Encodes one size-prefixed frame. A batch holds at most [`BATCH_MESSAGES_MAX`] messages:
@@ -99,6 +117,22 @@ pub fn encode(message: &PeerMessage) -> Vec<u8> {
                 &fb::ForwardedArgs { id: *id, response: Some(response) },
             );
             (fb::Body::Forwarded, f.as_union_value())
+        }
+        PeerMessage::Report(r) => {
+            let partitions_led = Some(fbb.create_vector(&r.partitions_led));
+            let log_error = (!r.log_error.is_empty()).then(|| fbb.create_string(&r.log_error));
+            let args = fb::ReportArgs {
+                from_node: r.from_node,
+                uptime_ms: r.uptime_ms,
+                keys: r.keys,
+                log_bytes: r.log_bytes,
+                disk_free_bytes: r.disk_free_bytes,
+                disk_total_bytes: r.disk_total_bytes,
+                replicas_held: r.replicas_held,
+                partitions_led,
+                log_error,
+            };
+            (fb::Body::Report, fb::Report::create(&mut fbb, &args).as_union_value())
         }
     };
     let root = fb::PeerFrame::create(&mut fbb, &fb::PeerFrameArgs { body_type, body: Some(body) });
@@ -162,6 +196,19 @@ pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
             response: frame.slice_ref(response.bytes()),
         });
     }
+    if let Some(r) = root.body_as_report() {
+        return Ok(PeerMessage::Report(NodeReport {
+            from_node: nonzero("from_node", r.from_node())?,
+            uptime_ms: r.uptime_ms(),
+            keys: r.keys(),
+            log_bytes: r.log_bytes(),
+            disk_free_bytes: r.disk_free_bytes(),
+            disk_total_bytes: r.disk_total_bytes(),
+            replicas_held: r.replicas_held(),
+            partitions_led: r.partitions_led().map(|p| p.iter().collect()).unwrap_or_default(),
+            log_error: r.log_error().unwrap_or_default().to_owned(),
+        }));
+    }
     Err(format!("peer frame with unknown body type {}", root.body_type().0))
 }
 
@@ -193,6 +240,17 @@ mod tests {
         for m in [
             PeerMessage::Forward { id: 9, request: Bytes::from_static(b"\x02\0\0\0ab") },
             PeerMessage::Forwarded { id: u64::MAX, response: Bytes::new() },
+            PeerMessage::Report(NodeReport {
+                from_node: 3,
+                uptime_ms: 1,
+                keys: 2,
+                log_bytes: 3,
+                disk_free_bytes: 4,
+                disk_total_bytes: 5,
+                replicas_held: 6,
+                partitions_led: vec![7, 8],
+                log_error: "disk full".into(),
+            }),
         ] {
             assert_eq!(decode(&Bytes::from(encode(&m))), Ok(m));
         }

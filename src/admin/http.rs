@@ -20,7 +20,8 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use corekv_schema::codec::{
-    Consistency, CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp, WireError,
+    Consistency, CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp, TopologyInfo,
+    WireError,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -28,8 +29,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::prometheus;
+use crate::cluster::replica::{GroupStatus, Replicas};
+use crate::cluster::{health, meta};
 use crate::shard::metrics::{OPS, RESULTS, Snapshot, op_index, result_index, rss_bytes};
-use crate::shard::{Core, now_ms};
+use crate::shard::{Core, Origin, now_ms};
 
 type Answer = Response<Full<Bytes>>;
 
@@ -82,8 +85,9 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
                 if let Some(r) = core.cluster.as_ref()
                     && let Ok((groups, counters)) = core.cluster_status().await
                 {
-                    let led = groups.iter().filter(|g| g.leader == r.node).count();
-                    prometheus::render_raft(&mut text, &counters, led, groups.len());
+                    let data = groups.iter().filter(|g| g.partition < core.partitions);
+                    let led = data.clone().filter(|g| g.leader == r.node).count();
+                    prometheus::render_raft(&mut text, &counters, led, data.count());
                 }
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
@@ -212,7 +216,10 @@ fn check_sizes(core: &Core, key: &[u8], value: &[u8]) -> Result<(), Refusal> {
 async fn run(core: &Core, op: Op) -> Reply {
     let (kind, started) = (op_index(&op), std::time::Instant::now());
     let reply = core
-        .resolve(core.dispatch(op, Durability::Default, Consistency::Default, now_ms()).await)
+        .resolve(
+            core.dispatch(op, Durability::Default, Consistency::Default, Origin::Client, now_ms())
+                .await,
+        )
         .await;
     core.counters.metrics.record(kind, started, result_index(&reply));
     reply
@@ -346,13 +353,7 @@ fn reply_text(reply: &Reply) -> String {
 
 /// (free, total) bytes of the data directory's filesystem.
 fn disk_free(core: &Core) -> (u64, u64) {
-    match nix::sys::statvfs::statvfs(&core.node.data_dir) {
-        Ok(v) => {
-            let block = v.fragment_size();
-            (v.blocks_available() * block, v.blocks() * block)
-        }
-        Err(_) => (0, 0),
-    }
+    health::disk_space(&core.node.data_dir)
 }
 
 /// Log failures on any core, as "core N: why".
@@ -403,30 +404,31 @@ async fn replication_status(core: &Core) -> Answer {
         Ok(got) => got,
         Err(reply) => return error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
     };
-    let partitions: Vec<Value> = groups
-        .iter()
-        .map(|g| {
-            let followers: Vec<Value> = g
-                .matched
-                .iter()
-                .filter(|(id, _)| *id != r.node)
-                .map(|(id, matched)| {
-                    let lag = g.commit.saturating_sub(*matched);
-                    json!({"node": id, "matched": matched, "lag": lag})
-                })
-                .collect();
-            json!({
-                "partition": g.partition,
-                "replicas": g.replicas,
-                "leader": g.leader,
-                "term": g.term,
-                "commit": g.commit,
-                "applied": g.applied,
-                "role": if g.leader == r.node { "leader" } else { "follower" },
-                "followers": followers,
+    let group_json = |g: &GroupStatus| {
+        let followers: Vec<Value> = g
+            .matched
+            .iter()
+            .filter(|(id, _)| *id != r.node)
+            .map(|(id, matched)| {
+                let lag = g.commit.saturating_sub(*matched);
+                json!({"node": id, "matched": matched, "lag": lag})
             })
+            .collect();
+        json!({
+            "partition": g.partition,
+            "replicas": g.replicas,
+            "leader": g.leader,
+            "term": g.term,
+            "commit": g.commit,
+            "applied": g.applied,
+            "role": if g.leader == r.node { "leader" } else { "follower" },
+            "followers": followers,
         })
-        .collect();
+    };
+    let (data, metadata): (Vec<GroupStatus>, Vec<GroupStatus>) =
+        groups.into_iter().partition(|g| g.partition < core.partitions);
+    let partitions: Vec<Value> = data.iter().map(group_json).collect();
+    let metadata = metadata.first().map_or(Value::Null, group_json);
     let links: Vec<Value> = r
         .config
         .nodes
@@ -444,6 +446,7 @@ async fn replication_status(core: &Core) -> Answer {
             "partitions_total": core.partitions,
             "links": links,
             "partitions": partitions,
+            "metadata": metadata,
             "raft": {
                 "proposals": counters.proposals,
                 "proposals_failed": counters.proposals_failed,
@@ -469,25 +472,7 @@ async fn status(core: &Core) -> Answer {
     let errors = log_errors(&cores);
     let cluster = match core.cluster.as_ref() {
         None => Value::Null,
-        Some(r) => {
-            let groups = core.cluster_status().await.map(|(g, _)| g).unwrap_or_default();
-            let led: Vec<u32> =
-                groups.iter().filter(|g| g.leader == r.node).map(|g| g.partition).collect();
-            // Health of the other nodes as this one sees it: its links to them are up.
-            let peers: Vec<Value> = r
-                .config
-                .nodes
-                .iter()
-                .filter(|(n, _)| *n != r.node)
-                .map(|(n, a)| json!({"node": n, "addr": a.to_string(), "link_up": r.link_up(*n)}))
-                .collect();
-            json!({
-                "node": r.node,
-                "replicas_held": groups.len(),
-                "partitions_led": led,
-                "peers": peers,
-            })
-        }
+        Some(r) => cluster_nodes(core, r, &cores, (free, total)).await,
     };
     json_answer(
         StatusCode::OK,
@@ -515,6 +500,88 @@ async fn status(core: &Core) -> Answer {
             "errors": errors,
         }),
     )
+}
+
+/// The cluster section of `/api/nodes/status`: every node, this one from its own figures and
+/// the others from their last heartbeat (up when heard within `health::DOWN_AFTER`).
+async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u64, u64)) -> Value {
+    let groups = core.cluster_status().await.map(|(g, _)| g).unwrap_or_default();
+    let leads_metadata =
+        groups.iter().any(|g| g.partition == core.partitions && g.leader == r.node);
+    let groups: Vec<_> = groups.into_iter().filter(|g| g.partition < core.partitions).collect();
+    let led: Vec<u32> = groups.iter().filter(|g| g.leader == r.node).map(|g| g.partition).collect();
+    let topology = match core.rc() {
+        Some(me) => match meta::topology(&me).await {
+            Reply::Topology(t) => t,
+            _ => TopologyInfo::default(),
+        },
+        None => TopologyInfo::default(),
+    };
+    let errors = log_errors(cores);
+    let mut nodes = Vec::new();
+    for id in meta::replicas(&r.config.nodes) {
+        let addresses = topology.node(id).cloned().unwrap_or_default();
+        let mut entry = if id == r.node {
+            json!({
+                "health": if errors.is_empty() { "up" } else { "degraded" },
+                "last_heartbeat_ms": 0,
+                "uptime_s": uptime_s(core),
+                "keys": cores.iter().map(|c| c.keys).sum::<u64>(),
+                "log_bytes": cores.iter().map(|c| c.log_disk_bytes).sum::<u64>(),
+                "disk_free_bytes": disk.0,
+                "disk_total_bytes": disk.1,
+                "replicas_held": groups.len(),
+                "partitions_led": led,
+                "errors": errors,
+            })
+        } else {
+            match core.node.peers.last(id) {
+                Some((ago, rep)) => json!({
+                    "health": match (ago < health::DOWN_AFTER, rep.log_error.is_empty()) {
+                        (false, _) => "down",
+                        (true, true) => "up",
+                        (true, false) => "degraded",
+                    },
+                    "last_heartbeat_ms": ago.as_millis() as u64,
+                    "uptime_s": rep.uptime_ms / 1000,
+                    "keys": rep.keys,
+                    "log_bytes": rep.log_bytes,
+                    "disk_free_bytes": rep.disk_free_bytes,
+                    "disk_total_bytes": rep.disk_total_bytes,
+                    "replicas_held": rep.replicas_held,
+                    "partitions_led": rep.partitions_led,
+                    "errors": if rep.log_error.is_empty() { vec![] } else { vec![rep.log_error] },
+                }),
+                None => json!({ "health": "down", "last_heartbeat_ms": Value::Null }),
+            }
+        };
+        entry["node"] = json!(id);
+        entry["this_node"] = json!(id == r.node);
+        entry["native"] = json!(addresses.native);
+        entry["resp"] = json!(addresses.resp);
+        entry["http"] = json!(addresses.http);
+        if id != r.node {
+            entry["link_up"] = json!(r.link_up(id));
+        }
+        nodes.push(entry);
+    }
+    // Kept for scripts written against the first cluster release: link state per peer.
+    let peers: Vec<Value> = r
+        .config
+        .nodes
+        .iter()
+        .filter(|(n, _)| *n != r.node)
+        .map(|(n, a)| json!({"node": n, "addr": a.to_string(), "link_up": r.link_up(*n)}))
+        .collect();
+    json!({
+        "node": r.node,
+        "epoch": topology.epoch,
+        "replicas_held": groups.len(),
+        "partitions_led": led,
+        "leads_metadata": leads_metadata,
+        "nodes": nodes,
+        "peers": peers,
+    })
 }
 
 fn metrics_json(s: &Snapshot, uptime_s: f64) -> Value {

@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corekv_schema::codec::{ErrorCode, Reply};
+use corekv_schema::codec::{ErrorCode, Reply, WireError};
 use corekv_schema::placement;
 use corekv_schema::ring::Ring;
 use futures_lite::future;
@@ -240,7 +240,8 @@ pub struct Replicas {
     pub node: u64,
     pub core: u16,
     pub config: ClusterConfig,
-    /// Replicas of every partition, preferred leader first.
+    /// Replicas of every partition, preferred leader first, then (at index `partitions`) the
+    /// metadata group's: every node.
     pub map: Vec<Vec<u64>>,
     groups: RefCell<BTreeMap<u32, Group<WalStore>>>,
     applied: RefCell<HashMap<u32, u64>>,
@@ -274,7 +275,9 @@ impl Replicas {
         wal: Option<Rc<Wal>>,
     ) -> Result<Replicas, String> {
         let ids: Vec<u64> = config.nodes.iter().map(|(n, _)| *n).collect();
-        let map = Ring::new(&ids, RING_VNODES).map(partitions, config.replication_factor);
+        let mut map = Ring::new(&ids, RING_VNODES).map(partitions, config.replication_factor);
+        // The metadata group, partition `partitions`, lives on every node.
+        map.push(super::meta::replicas(&config.nodes));
         let mut groups = BTreeMap::new();
         let mut applied = HashMap::new();
         for (p, replicas) in map.iter().enumerate() {
@@ -414,7 +417,7 @@ impl Replicas {
             None => {
                 self.counters.proposals_failed.set(self.counters.proposals_failed.get() + 1);
                 Reply::error(
-                    ErrorCode::Unavailable,
+                    ErrorCode::OutcomeUnknown,
                     format!(
                         "partition {partition}: not committed within {}s; the write may or may \
                          not have been applied",
@@ -457,12 +460,9 @@ pub fn wrong_node(partition: u32, leader: u64) -> Reply {
     } else {
         format!("partition {partition} is led by node {leader}")
     };
-    Reply::error(ErrorCode::WrongNode, text)
-}
-
-/// The leader a `WrongNode` message names (0: none).
-pub fn leader_hint(message: &str) -> u64 {
-    message.rsplit_once("led by node ").and_then(|(_, n)| n.trim().parse().ok()).unwrap_or(0)
+    let mut e = WireError::new(ErrorCode::WrongNode, text);
+    e.leader = leader;
+    Reply::Error(e)
 }
 
 fn go() -> Reply {
@@ -731,7 +731,7 @@ fn forget_proposals_covered(r: &Replicas, partition: u32, index: u64) {
         r.waits.complete(
             wait,
             Reply::error(
-                ErrorCode::Unavailable,
+                ErrorCode::OutcomeUnknown,
                 format!(
                     "partition {partition}: this node caught up by snapshot past the write; it \
                      may or may not have been applied"

@@ -30,7 +30,7 @@ use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
 use super::replica::{Waits, Wake};
-use crate::shard::Core;
+use crate::shard::{Core, Origin};
 use crate::shutdown::Shutdown;
 
 /// Frames queued per link before more are dropped (Raft) or refused (forwards).
@@ -121,6 +121,11 @@ impl Links {
         self.links.get(&peer).is_some_and(|l| l.up.get())
     }
 
+    /// Queues one frame for `peer`; false when it was dropped (link down or full).
+    pub fn send_frame(&self, peer: u64, frame: Vec<u8>) -> bool {
+        self.links.get(&peer).is_some_and(|l| l.up.get() && l.tx.try_send(frame).is_ok())
+    }
+
     /// Queues Raft messages for `peer`; false when they were dropped (link down or full).
     pub fn send_raft(&self, peer: u64, messages: Vec<(u32, Bytes)>) -> bool {
         let Some(link) = self.links.get(&peer) else { return false };
@@ -139,11 +144,17 @@ impl Links {
         sent
     }
 
-    /// Sends a client request to `peer` to run there; its answer, or `Unavailable` when the
-    /// link is down or the answer does not come in time.
-    pub async fn forward(&self, peer: u64, op: Op, consistency: Consistency) -> Reply {
+    /// Sends a client request to `peer` to run there and waits for its answer. `Err` when it
+    /// could not be sent (no link, or the link's queue is full): nothing happened there. An
+    /// answer that does not come in time is `OutcomeUnknown`.
+    pub async fn forward(
+        &self,
+        peer: u64,
+        op: Op,
+        consistency: Consistency,
+    ) -> Result<Reply, Reply> {
         let Some(link) = self.links.get(&peer).filter(|l| l.up.get()) else {
-            return Reply::error(ErrorCode::Unavailable, format!("no link to node {peer}"));
+            return Err(Reply::error(ErrorCode::Unavailable, format!("no link to node {peer}")));
         };
         let id = self.waits.open();
         let mut request = Request::new(id, op);
@@ -153,18 +164,19 @@ impl Links {
         let frame = peer::encode(&PeerMessage::Forward { id, request: frame.freeze() });
         if link.tx.try_send(frame).is_err() {
             self.waits.cancel(id);
-            return Reply::error(ErrorCode::Unavailable, format!("link to node {peer} is full"));
+            let full = format!("link to node {peer} is full");
+            return Err(Reply::error(ErrorCode::Unavailable, full));
         }
-        match self.waits.wait(id, FORWARD_TIMEOUT).await {
+        Ok(match self.waits.wait(id, FORWARD_TIMEOUT).await {
             Some(reply) => reply,
             None => Reply::error(
-                ErrorCode::Unavailable,
+                ErrorCode::OutcomeUnknown,
                 format!(
                     "node {peer} did not answer a forwarded request in time; it may or may not \
                      have been applied"
                 ),
             ),
-        }
+        })
     }
 }
 
@@ -269,6 +281,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
     });
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut greeted = false;
+    let mut greeted_by = 0;
     let tx = Rc::new(tx);
     'read: loop {
         loop {
@@ -299,6 +312,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                         break 'read;
                     }
                     greeted = true;
+                    greeted_by = from_node;
                 }
                 _ if !greeted => break 'read,
                 PeerMessage::Raft { messages, .. } => core.deliver_raft(messages).await,
@@ -306,7 +320,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                     let (core, tx) = (core.clone(), tx.clone());
                     glommio::spawn_local(async move {
                         let reply = match decode_request(&request, &core.limits) {
-                            Ok(r) => core.cluster_op(r.op, r.consistency, true).await,
+                            Ok(r) => core.cluster_op(r.op, r.consistency, Origin::Peer).await,
                             Err(e) => Reply::error(e.code, e.message),
                         };
                         let mut response = BytesMut::new();
@@ -320,6 +334,12 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                     .detach();
                 }
                 PeerMessage::Forwarded { .. } => {}
+                PeerMessage::Report(report) if report.from_node == greeted_by => {
+                    core.node.peers.record(report);
+                }
+                PeerMessage::Report(report) => {
+                    tracing::warn!(from = report.from_node, greeted_by, "report for another node");
+                }
             }
         }
         let n = future::or(read_some(&mut reader, &mut buf), async {

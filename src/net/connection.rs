@@ -35,7 +35,7 @@ use glommio::net::TcpStream;
 
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::shard::metrics::{Metrics, OP_OTHER, op_index, result_index};
-use crate::shard::{Core, Slot, now_ms};
+use crate::shard::{Core, Origin, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
 pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -101,6 +101,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                                     request.op,
                                     request.durability,
                                     request.consistency,
+                                    if request.direct { Origin::Direct } else { Origin::Client },
                                     now_ms(),
                                 )
                                 .await;

@@ -29,7 +29,7 @@ use crate::resp::out;
 use crate::resp::parse::{self, ProtocolError};
 use crate::resp::rmw::{self, Rmw, Step, Ttl};
 use crate::shard::metrics::{OP_OTHER, OP_RMW, op_index, result_index, rss_bytes};
-use crate::shard::{Core, ScanStep, Slot, now_ms};
+use crate::shard::{Core, Origin, ScanStep, Slot, now_ms};
 use crate::shutdown::Shutdown;
 
 /// Client ids, unique in the process (CLIENT ID, HELLO).
@@ -101,8 +101,15 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 Plan::Reply(reply) => (Pending::Ready(reply), OP_OTHER),
                 Plan::Op(op, render) => {
                     let kind = op_index(&op);
-                    let slot =
-                        core.dispatch(op, Durability::Default, Consistency::Default, now).await;
+                    let slot = core
+                        .dispatch(
+                            op,
+                            Durability::Default,
+                            Consistency::Default,
+                            Origin::Client,
+                            now,
+                        )
+                        .await;
                     (Pending::Slot(slot, render), kind)
                 }
                 Plan::Rmw(key, rmw) => {
@@ -111,7 +118,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 }
                 Plan::Stats(view) => {
                     let slot = core
-                        .dispatch(Op::Stats, Durability::Default, Consistency::Default, now)
+                        .dispatch(
+                            Op::Stats,
+                            Durability::Default,
+                            Consistency::Default,
+                            Origin::Client,
+                            now,
+                        )
                         .await;
                     (Pending::Stats(slot, view), OP_OTHER)
                 }
@@ -213,7 +226,10 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
         let now = now_ms();
         let read = Op::Get { key: key.clone() };
         let (current, version) = match core
-            .resolve(core.dispatch(read, Durability::Default, Consistency::Default, now).await)
+            .resolve(
+                core.dispatch(read, Durability::Default, Consistency::Default, Origin::Client, now)
+                    .await,
+            )
             .await
         {
             Reply::Value { value, version, ttl_ms } => (Some((value, ttl_ms)), version),
@@ -240,7 +256,16 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
             }
         };
         match core
-            .resolve(core.dispatch(write, Durability::Default, Consistency::Default, now).await)
+            .resolve(
+                core.dispatch(
+                    write,
+                    Durability::Default,
+                    Consistency::Default,
+                    Origin::Client,
+                    now,
+                )
+                .await,
+            )
             .await
         {
             Reply::Written { .. } | Reply::Deleted { .. } => return reply,

@@ -7,7 +7,8 @@
 //!   the local engine; a write on the leader is proposed and answered once applied;
 //! - anything else is forwarded to the leader over the node link (following `WrongNode`
 //!   hints, waiting out an election), unless another node forwarded it here: then it is
-//!   answered `WrongNode`, so a request is forwarded at most once per attempt.
+//!   answered `WrongNode`, so a request is forwarded at most once per attempt. A native
+//!   client that routed by the topology (`direct`) is answered `WrongNode` with the map.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,8 +17,9 @@ use bytes::Bytes;
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use corekv_schema::placement;
 
-use super::{Answered, Core, Done, Pending, Slot, Work, now_ms, unexpected};
-use crate::cluster::replica::{CounterValues, GroupStatus, leader_hint, wrong_node};
+use super::{Answered, Core, Done, Origin, Pending, Slot, Work, now_ms, unexpected};
+use crate::cluster::meta;
+use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node};
 use crate::config::ConsistencyMode;
 use crate::storage::record::{self, Mutation};
 
@@ -43,12 +45,25 @@ impl Core {
         Slot::Remote(token)
     }
 
-    /// Cluster mode's `dispatch` of a keyed operation or a batch.
-    pub(super) fn cluster_slot(&self, op: Op, consistency: Consistency) -> Slot {
+    /// Cluster mode's `dispatch` of a keyed operation, a batch or a topology request.
+    pub(super) fn cluster_slot(&self, op: Op, consistency: Consistency, origin: Origin) -> Slot {
         let Some(me) = self.this.upgrade() else {
             return Slot::Ready(Reply::error(ErrorCode::ShuttingDown, "core stopping"));
         };
+        let reserved = |op: &Op| op.key().is_some_and(|k| meta::is_meta(k));
+        let refused = match &op {
+            Op::Batch(ops) => ops.iter().any(reserved),
+            op => reserved(op),
+        };
+        if refused {
+            return Slot::Ready(Reply::error(
+                ErrorCode::BadRequest,
+                "keys starting with the byte 0xff and \"corekv/meta/\" are reserved for the \
+                 cluster's metadata",
+            ));
+        }
         match op {
+            Op::Topology => self.spawn_slot(async move { meta::topology(&me).await }),
             Op::Batch(ops) => self.spawn_slot(async move {
                 let tasks: Vec<_> = ops
                     .into_iter()
@@ -61,7 +76,7 @@ impl Core {
                                     format!("{} is not allowed in a batch", op.name()),
                                 );
                             }
-                            me.cluster_op(op, consistency, false).await
+                            me.cluster_op(op, consistency, Origin::Client).await
                         })
                     })
                     .collect();
@@ -71,7 +86,7 @@ impl Core {
                 }
                 Reply::Batch(replies)
             }),
-            op => self.spawn_slot(async move { me.cluster_op(op, consistency, false).await }),
+            op => self.spawn_slot(async move { me.cluster_op(op, consistency, origin).await }),
         }
     }
 
@@ -80,16 +95,17 @@ impl Core {
         self: &Rc<Self>,
         op: Op,
         consistency: Consistency,
-        forwarded: bool,
+        origin: Origin,
     ) -> Reply {
         let Some(key) = op.key() else {
             return Reply::error(ErrorCode::BadRequest, "operation has no key");
         };
-        let owner = self.owner_of(key);
+        let partition = meta::partition_of(key, self.partitions);
+        let owner = placement::core_of_partition(partition, self.cores);
         if owner == self.index {
-            return self.cluster_here(op, consistency, forwarded).await;
+            return self.cluster_here(op, consistency, origin).await;
         }
-        let token = self.forward(owner, Work::Cluster(op, consistency, forwarded)).await;
+        let token = self.forward(owner, Work::Cluster(op, consistency, origin)).await;
         match self.answer(token).await {
             Done::One(reply) => reply,
             other => unexpected(other),
@@ -101,13 +117,15 @@ impl Core {
         self: &Rc<Self>,
         op: Op,
         consistency: Consistency,
-        forwarded: bool,
+        origin: Origin,
     ) -> Reply {
         let Some(r) = self.cluster.as_ref() else {
             return Reply::error(ErrorCode::Internal, "not in cluster mode");
         };
         let key = op.key().cloned().unwrap_or_default();
-        let partition = placement::partition_of(&key, self.partitions);
+        let partition = meta::partition_of(&key, self.partitions);
+        // Direct clients and peers route themselves: they get the leader, not a forward.
+        let forwards = matches!(origin, Origin::Client | Origin::Internal);
         let consistency = match consistency {
             Consistency::Default => match r.config.consistency {
                 ConsistencyMode::Strong => Consistency::Strong,
@@ -136,12 +154,19 @@ impl Core {
                     r.propose(partition, &op).await
                 };
                 match &reply {
-                    Reply::Error(e) if e.code == ErrorCode::WrongNode && !forwarded => {
-                        hint = leader_hint(&e.message);
+                    Reply::Error(e) if e.code == ErrorCode::WrongNode && forwards => {
+                        hint = e.leader;
+                    }
+                    Reply::Error(e)
+                        if e.code == ErrorCode::WrongNode && origin == Origin::Direct =>
+                    {
+                        return self.wrong_node_direct(partition, e.leader).await;
                     }
                     _ => return reply,
                 }
-            } else if forwarded {
+            } else if origin == Origin::Direct {
+                return self.wrong_node_direct(partition, known).await;
+            } else if !forwards {
                 return wrong_node(partition, known);
             } else {
                 let target = match (known, hint) {
@@ -167,19 +192,20 @@ impl Core {
                     };
                     let forwarded =
                         async { Ok(r.links.forward(target, op.clone(), consistency).await) };
-                    let reply = match futures_lite::future::or(forwarded, async {
-                        Err(moved.await)
-                    })
-                    .await
-                    {
-                        Ok(reply) => reply,
+                    match futures_lite::future::or(forwarded, async { Err(moved.await) }).await {
+                        Ok(Ok(Reply::Error(e))) if e.code == ErrorCode::WrongNode => {
+                            hint = e.leader;
+                        }
+                        Ok(Ok(reply)) => return reply,
+                        // Not sent (no link to it): ask elsewhere.
+                        Ok(Err(_unsent)) => hint = 0,
                         Err(now) if is_read => {
                             hint = now;
                             continue;
                         }
                         Err(now) => {
                             return Reply::error(
-                                ErrorCode::Unavailable,
+                                ErrorCode::OutcomeUnknown,
                                 format!(
                                     "partition {partition}: leadership moved from node {target} to \
                                      node {now} while the write was in flight; it may or may not \
@@ -187,18 +213,6 @@ impl Core {
                                 ),
                             );
                         }
-                    };
-                    match &reply {
-                        Reply::Error(e) if e.code == ErrorCode::WrongNode => {
-                            hint = leader_hint(&e.message);
-                        }
-                        Reply::Error(e)
-                            if e.code == ErrorCode::Unavailable
-                                && e.message.starts_with("no link") =>
-                        {
-                            hint = 0;
-                        }
-                        _ => return reply,
                     }
                 }
             }
@@ -215,6 +229,19 @@ impl Core {
             let pause = r.config.raft_tick_ms.clamp(5, 100);
             glommio::timer::sleep(Duration::from_millis(pause)).await;
         }
+    }
+
+    /// `WrongNode` for a client that routed by the topology: the leader known here and the
+    /// current map, so it can route again without another round trip.
+    async fn wrong_node_direct(self: &Rc<Self>, partition: u32, leader: u64) -> Reply {
+        let Reply::Error(mut e) = wrong_node(partition, leader) else {
+            unreachable!("wrong_node is an error")
+        };
+        // Boxed: the topology reads metadata through `cluster_op`, which led here.
+        if let Reply::Topology(t) = Box::pin(meta::topology(self)).await {
+            e.topology = Some(Box::new(t));
+        }
+        Reply::Error(e)
     }
 
     pub(super) fn groups_here(&self) -> Done {
@@ -285,7 +312,7 @@ impl Core {
 
     /// Every live key of `partition` on this replica.
     fn partition_keys(&self, partition: u32, now: u64) -> Vec<Bytes> {
-        let wanted = |key: &[u8]| placement::partition_of(key, self.partitions) == partition;
+        let wanted = |key: &[u8]| meta::partition_of(key, self.partitions) == partition;
         let mut keys = Vec::new();
         let mut cursor = 0;
         loop {
@@ -302,7 +329,7 @@ impl Core {
     /// (from the engine's own snapshot; values on disk only are read back), for a follower
     /// that needs a snapshot.
     pub async fn partition_snapshot(&self, partition: u32) -> Result<Bytes, String> {
-        let mine = |m: &Mutation| placement::partition_of(m.key(), self.partitions) == partition;
+        let mine = |m: &Mutation| meta::partition_of(m.key(), self.partitions) == partition;
         let entries: Vec<Mutation> =
             self.engine.borrow().snapshot(now_ms()).into_iter().filter(mine).collect();
         let mut out = Vec::new();

@@ -32,8 +32,8 @@ pub enum Work {
     /// End reservations by applying these sets; the `bool` as in `One`.
     Commit(Vec<corekv_schema::codec::SetOp>, bool),
     /// Cluster mode: run a keyed operation for its partition (on the core that owns it):
-    /// consistency, and whether another node forwarded it (then it is not forwarded again).
-    Cluster(Op, corekv_schema::codec::Consistency, bool),
+    /// consistency, and where it came from (which decides whether it may be forwarded).
+    Cluster(Op, corekv_schema::codec::Consistency, super::Origin),
     /// Cluster mode: where this core's Raft groups stand.
     ClusterStatus,
     /// Cluster mode: Raft messages from a peer for partitions of the target; not answered.

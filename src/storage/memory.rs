@@ -569,9 +569,8 @@ fn check(
         return Ok(());
     }
     Err(Unmet::Reply(Reply::Error(WireError {
-        code: ErrorCode::ConditionFailed,
-        message: "condition failed".into(),
         current_version: current.map_or(0, |e| e.version),
+        ..WireError::new(ErrorCode::ConditionFailed, "condition failed")
     })))
 }
 

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 10;
+pub const ENUM_MAX_ERROR_CODE: u16 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 12] = [
   ErrorCode::None,
   ErrorCode::NotFound,
   ErrorCode::ConditionFailed,
@@ -28,6 +28,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
   ErrorCode::Internal,
   ErrorCode::ShuttingDown,
   ErrorCode::Unavailable,
+  ErrorCode::OutcomeUnknown,
 ];
 
 /// Typed errors. Each maps one-to-one to a client error kind.
@@ -53,11 +54,15 @@ impl ErrorCode {
   pub const Internal: Self = Self(8);
   /// The node is draining; reconnect elsewhere.
   pub const ShuttingDown: Self = Self(9);
-  /// The data is temporarily unreachable (no leader, storage failed).
+  /// The data is temporarily unreachable (no leader, storage failed). A write answered so
+  /// was not applied: it is safe to send again.
   pub const Unavailable: Self = Self(10);
+  /// A write whose outcome the node could not learn (its leader was lost, or did not answer
+  /// in time): it may or may not have been applied. Read the key back before retrying.
+  pub const OutcomeUnknown: Self = Self(11);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 10;
+  pub const ENUM_MAX: u16 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::NotFound,
@@ -70,6 +75,7 @@ impl ErrorCode {
     Self::Internal,
     Self::ShuttingDown,
     Self::Unavailable,
+    Self::OutcomeUnknown,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -85,6 +91,7 @@ impl ErrorCode {
       Self::Internal => Some("Internal"),
       Self::ShuttingDown => Some("ShuttingDown"),
       Self::Unavailable => Some("Unavailable"),
+      Self::OutcomeUnknown => Some("OutcomeUnknown"),
       _ => None,
     }
   }
@@ -2193,6 +2200,7 @@ impl<'a> Request<'a> {
   pub const VT_OP: ::flatbuffers::VOffsetT = 8;
   pub const VT_DURABILITY: ::flatbuffers::VOffsetT = 10;
   pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DIRECT: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2206,6 +2214,7 @@ impl<'a> Request<'a> {
     let mut builder = RequestBuilder::new(_fbb);
     builder.add_id(args.id);
     if let Some(x) = args.op { builder.add_op(x); }
+    builder.add_direct(args.direct);
     builder.add_consistency(args.consistency);
     builder.add_durability(args.durability);
     builder.add_op_type(args.op_type);
@@ -2247,6 +2256,16 @@ impl<'a> Request<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Consistency>(Request::VT_CONSISTENCY, Some(Consistency::Default)).unwrap()}
+  }
+  /// Cluster mode: the client routed this request itself from the topology, so a node that
+  /// does not lead the key's partition answers `WrongNode` (with the leader it knows and the
+  /// current map) instead of forwarding it.
+  #[inline]
+  pub fn direct(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Request::VT_DIRECT, Some(false)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -2424,6 +2443,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
      })?
      .visit_field::<Durability>("durability", Self::VT_DURABILITY, false)?
      .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
+     .visit_field::<bool>("direct", Self::VT_DIRECT, false)?
      .finish();
     Ok(())
   }
@@ -2434,6 +2454,7 @@ pub struct RequestArgs {
     pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
     pub durability: Durability,
     pub consistency: Consistency,
+    pub direct: bool,
 }
 impl<'a> Default for RequestArgs {
   #[inline]
@@ -2444,6 +2465,7 @@ impl<'a> Default for RequestArgs {
       op: None,
       durability: Durability::Default,
       consistency: Consistency::Default,
+      direct: false,
     }
   }
 }
@@ -2472,6 +2494,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_consistency(&mut self, consistency: Consistency) {
     self.fbb_.push_slot::<Consistency>(Request::VT_CONSISTENCY, consistency, Consistency::Default);
+  }
+  #[inline]
+  pub fn add_direct(&mut self, direct: bool) {
+    self.fbb_.push_slot::<bool>(Request::VT_DIRECT, direct, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBuilder<'a, 'b, A> {
@@ -2571,6 +2597,7 @@ impl ::core::fmt::Debug for Request<'_> {
       };
       ds.field("durability", &self.durability());
       ds.field("consistency", &self.consistency());
+      ds.field("direct", &self.direct());
       ds.finish()
   }
 }
@@ -3016,6 +3043,10 @@ impl<'a> TopologyInfo<'a> {
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
   pub const VT_HASH: ::flatbuffers::VOffsetT = 10;
   pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 18;
+  pub const VT_PARTITION_MAP: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3027,6 +3058,10 @@ impl<'a> TopologyInfo<'a> {
     args: &'args TopologyInfoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TopologyInfo<'bldr>> {
     let mut builder = TopologyInfoBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    builder.add_node(args.node);
+    if let Some(x) = args.partition_map { builder.add_partition_map(x); }
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
     if let Some(x) = args.shard_ports { builder.add_shard_ports(x); }
     if let Some(x) = args.hash { builder.add_hash(x); }
     builder.add_partitions(args.partitions);
@@ -3073,6 +3108,38 @@ impl<'a> TopologyInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(TopologyInfo::VT_SHARD_PORTS, None)}
   }
+  /// Cluster mode (0 and empty otherwise): the answering node's id, the epoch of the map
+  /// (the metadata group's index of its last change; larger is newer), every node's client
+  /// addresses, and each partition's replicas (preferred leader first) with the leader the
+  /// answering node knows of (0 = unknown to it).
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TopologyInfo::VT_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TopologyInfo::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress>>>>(TopologyInfo::VT_NODES, None)}
+  }
+  #[inline]
+  pub fn partition_map(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionInfo>>>>(TopologyInfo::VT_PARTITION_MAP, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TopologyInfo<'_> {
@@ -3086,6 +3153,10 @@ impl ::flatbuffers::Verifiable for TopologyInfo<'_> {
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("hash", Self::VT_HASH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeAddress>>>>("nodes", Self::VT_NODES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionInfo>>>>("partition_map", Self::VT_PARTITION_MAP, false)?
      .finish();
     Ok(())
   }
@@ -3096,6 +3167,10 @@ pub struct TopologyInfoArgs<'a> {
     pub partitions: u32,
     pub hash: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub node: u64,
+    pub epoch: u64,
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress<'a>>>>>,
+    pub partition_map: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionInfo<'a>>>>>,
 }
 impl<'a> Default for TopologyInfoArgs<'a> {
   #[inline]
@@ -3106,6 +3181,10 @@ impl<'a> Default for TopologyInfoArgs<'a> {
       partitions: 0,
       hash: None,
       shard_ports: None,
+      node: 0,
+      epoch: 0,
+      nodes: None,
+      partition_map: None,
     }
   }
 }
@@ -3136,6 +3215,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopologyInfoBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyInfo::VT_SHARD_PORTS, shard_ports);
   }
   #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(TopologyInfo::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(TopologyInfo::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<NodeAddress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyInfo::VT_NODES, nodes);
+  }
+  #[inline]
+  pub fn add_partition_map(&mut self, partition_map: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PartitionInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopologyInfo::VT_PARTITION_MAP, partition_map);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TopologyInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TopologyInfoBuilder {
@@ -3158,6 +3253,271 @@ impl ::core::fmt::Debug for TopologyInfo<'_> {
       ds.field("partitions", &self.partitions());
       ds.field("hash", &self.hash());
       ds.field("shard_ports", &self.shard_ports());
+      ds.field("node", &self.node());
+      ds.field("epoch", &self.epoch());
+      ds.field("nodes", &self.nodes());
+      ds.field("partition_map", &self.partition_map());
+      ds.finish()
+  }
+}
+pub enum NodeAddressOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A node's client addresses as HOST:PORT ("" = that listener is off).
+pub struct NodeAddress<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NodeAddress<'a> {
+  type Inner = NodeAddress<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NodeAddress<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NATIVE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RESP: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HTTP: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NodeAddress { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeAddressArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<NodeAddress<'bldr>> {
+    let mut builder = NodeAddressBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.http { builder.add_http(x); }
+    if let Some(x) = args.resp { builder.add_resp(x); }
+    if let Some(x) = args.native { builder.add_native(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeAddress::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn native(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeAddress::VT_NATIVE, None)}
+  }
+  #[inline]
+  pub fn resp(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeAddress::VT_RESP, None)}
+  }
+  #[inline]
+  pub fn http(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeAddress::VT_HTTP, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NodeAddress<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("native", Self::VT_NATIVE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("resp", Self::VT_RESP, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("http", Self::VT_HTTP, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeAddressArgs<'a> {
+    pub id: u64,
+    pub native: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub resp: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub http: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for NodeAddressArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeAddressArgs {
+      id: 0,
+      native: None,
+      resp: None,
+      http: None,
+    }
+  }
+}
+
+pub struct NodeAddressBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeAddressBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(NodeAddress::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_native(&mut self, native: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeAddress::VT_NATIVE, native);
+  }
+  #[inline]
+  pub fn add_resp(&mut self, resp: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeAddress::VT_RESP, resp);
+  }
+  #[inline]
+  pub fn add_http(&mut self, http: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeAddress::VT_HTTP, http);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeAddressBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeAddressBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeAddress<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NodeAddress<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NodeAddress");
+      ds.field("id", &self.id());
+      ds.field("native", &self.native());
+      ds.field("resp", &self.resp());
+      ds.field("http", &self.http());
+      ds.finish()
+  }
+}
+pub enum PartitionInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PartitionInfo<'a> {
+  type Inner = PartitionInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PartitionInfo<'a> {
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PartitionInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PartitionInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PartitionInfo<'bldr>> {
+    let mut builder = PartitionInfoBuilder::new(_fbb);
+    builder.add_leader(args.leader);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn replicas(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(PartitionInfo::VT_REPLICAS, None)}
+  }
+  #[inline]
+  pub fn leader(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionInfo::VT_LEADER, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PartitionInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<u64>("leader", Self::VT_LEADER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionInfoArgs<'a> {
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub leader: u64,
+}
+impl<'a> Default for PartitionInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionInfoArgs {
+      replicas: None,
+      leader: 0,
+    }
+  }
+}
+
+pub struct PartitionInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionInfo::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u64) {
+    self.fbb_.push_slot::<u64>(PartitionInfo::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PartitionInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PartitionInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PartitionInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionInfo");
+      ds.field("replicas", &self.replicas());
+      ds.field("leader", &self.leader());
       ds.finish()
   }
 }
@@ -4293,6 +4653,8 @@ impl<'a> Failure<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
   pub const VT_CURRENT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOPOLOGY: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4304,7 +4666,9 @@ impl<'a> Failure<'a> {
     args: &'args FailureArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Failure<'bldr>> {
     let mut builder = FailureBuilder::new(_fbb);
+    builder.add_leader(args.leader);
     builder.add_current_version(args.current_version);
+    if let Some(x) = args.topology { builder.add_topology(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.finish()
@@ -4333,6 +4697,22 @@ impl<'a> Failure<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Failure::VT_CURRENT_VERSION, Some(0)).unwrap()}
   }
+  /// On WrongNode: the partition's leader as the answering node knows it (0 = unknown).
+  #[inline]
+  pub fn leader(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Failure::VT_LEADER, Some(0)).unwrap()}
+  }
+  /// On WrongNode to a `direct` request: the current map.
+  #[inline]
+  pub fn topology(&self) -> Option<TopologyInfo<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<TopologyInfo>>(Failure::VT_TOPOLOGY, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Failure<'_> {
@@ -4344,6 +4724,8 @@ impl ::flatbuffers::Verifiable for Failure<'_> {
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<u64>("current_version", Self::VT_CURRENT_VERSION, false)?
+     .visit_field::<u64>("leader", Self::VT_LEADER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<TopologyInfo>>("topology", Self::VT_TOPOLOGY, false)?
      .finish();
     Ok(())
   }
@@ -4352,6 +4734,8 @@ pub struct FailureArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub current_version: u64,
+    pub leader: u64,
+    pub topology: Option<::flatbuffers::WIPOffset<TopologyInfo<'a>>>,
 }
 impl<'a> Default for FailureArgs<'a> {
   #[inline]
@@ -4360,6 +4744,8 @@ impl<'a> Default for FailureArgs<'a> {
       code: ErrorCode::None,
       message: None,
       current_version: 0,
+      leader: 0,
+      topology: None,
     }
   }
 }
@@ -4382,6 +4768,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FailureBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Failure::VT_CURRENT_VERSION, current_version, 0);
   }
   #[inline]
+  pub fn add_leader(&mut self, leader: u64) {
+    self.fbb_.push_slot::<u64>(Failure::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_topology(&mut self, topology: ::flatbuffers::WIPOffset<TopologyInfo<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<TopologyInfo>>(Failure::VT_TOPOLOGY, topology);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FailureBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FailureBuilder {
@@ -4402,6 +4796,8 @@ impl ::core::fmt::Debug for Failure<'_> {
       ds.field("code", &self.code());
       ds.field("message", &self.message());
       ds.field("current_version", &self.current_version());
+      ds.field("leader", &self.leader());
+      ds.field("topology", &self.topology());
       ds.finish()
   }
 }

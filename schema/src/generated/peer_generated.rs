@@ -13,15 +13,16 @@ pub mod peer {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 4;
+pub const ENUM_MAX_BODY: u8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 5] = [
+pub const ENUM_VALUES_BODY: [Body; 6] = [
   Body::NONE,
   Body::Hello,
   Body::RaftBatch,
   Body::Forward,
   Body::Forwarded,
+  Body::Report,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -34,15 +35,17 @@ impl Body {
   pub const RaftBatch: Self = Self(2);
   pub const Forward: Self = Self(3);
   pub const Forwarded: Self = Self(4);
+  pub const Report: Self = Self(5);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_MAX: u8 = 5;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
     Self::RaftBatch,
     Self::Forward,
     Self::Forwarded,
+    Self::Report,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -52,6 +55,7 @@ impl Body {
       Self::RaftBatch => Some("RaftBatch"),
       Self::Forward => Some("Forward"),
       Self::Forwarded => Some("Forwarded"),
+      Self::Report => Some("Report"),
       _ => None,
     }
   }
@@ -734,6 +738,242 @@ impl ::core::fmt::Debug for Forwarded<'_> {
       ds.finish()
   }
 }
+pub enum ReportOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A node's heartbeat, sent to every peer twice a second: how it is doing, for the status
+/// every node shows of the whole cluster.
+pub struct Report<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Report<'a> {
+  type Inner = Report<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Report<'a> {
+  pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_UPTIME_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LOG_BYTES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_DISK_FREE_BYTES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DISK_TOTAL_BYTES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_REPLICAS_HELD: ::flatbuffers::VOffsetT = 16;
+  pub const VT_PARTITIONS_LED: ::flatbuffers::VOffsetT = 18;
+  pub const VT_LOG_ERROR: ::flatbuffers::VOffsetT = 20;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Report { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReportArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Report<'bldr>> {
+    let mut builder = ReportBuilder::new(_fbb);
+    builder.add_disk_total_bytes(args.disk_total_bytes);
+    builder.add_disk_free_bytes(args.disk_free_bytes);
+    builder.add_log_bytes(args.log_bytes);
+    builder.add_keys(args.keys);
+    builder.add_uptime_ms(args.uptime_ms);
+    builder.add_from_node(args.from_node);
+    if let Some(x) = args.log_error { builder.add_log_error(x); }
+    if let Some(x) = args.partitions_led { builder.add_partitions_led(x); }
+    builder.add_replicas_held(args.replicas_held);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Report::VT_FROM_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn uptime_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Report::VT_UPTIME_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Report::VT_KEYS, Some(0)).unwrap()}
+  }
+  /// Record bytes in its logs, and free and total bytes on its data directory's file system.
+  #[inline]
+  pub fn log_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Report::VT_LOG_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn disk_free_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Report::VT_DISK_FREE_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn disk_total_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Report::VT_DISK_TOTAL_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas_held(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Report::VT_REPLICAS_HELD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn partitions_led(&self) -> Option<::flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(Report::VT_PARTITIONS_LED, None)}
+  }
+  /// Set when a core's log failed (that core refuses writes).
+  #[inline]
+  pub fn log_error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Report::VT_LOG_ERROR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Report<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
+     .visit_field::<u64>("uptime_ms", Self::VT_UPTIME_MS, false)?
+     .visit_field::<u64>("keys", Self::VT_KEYS, false)?
+     .visit_field::<u64>("log_bytes", Self::VT_LOG_BYTES, false)?
+     .visit_field::<u64>("disk_free_bytes", Self::VT_DISK_FREE_BYTES, false)?
+     .visit_field::<u64>("disk_total_bytes", Self::VT_DISK_TOTAL_BYTES, false)?
+     .visit_field::<u32>("replicas_held", Self::VT_REPLICAS_HELD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("partitions_led", Self::VT_PARTITIONS_LED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("log_error", Self::VT_LOG_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReportArgs<'a> {
+    pub from_node: u64,
+    pub uptime_ms: u64,
+    pub keys: u64,
+    pub log_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub replicas_held: u32,
+    pub partitions_led: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
+    pub log_error: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ReportArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReportArgs {
+      from_node: 0,
+      uptime_ms: 0,
+      keys: 0,
+      log_bytes: 0,
+      disk_free_bytes: 0,
+      disk_total_bytes: 0,
+      replicas_held: 0,
+      partitions_led: None,
+      log_error: None,
+    }
+  }
+}
+
+pub struct ReportBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReportBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node(&mut self, from_node: u64) {
+    self.fbb_.push_slot::<u64>(Report::VT_FROM_NODE, from_node, 0);
+  }
+  #[inline]
+  pub fn add_uptime_ms(&mut self, uptime_ms: u64) {
+    self.fbb_.push_slot::<u64>(Report::VT_UPTIME_MS, uptime_ms, 0);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: u64) {
+    self.fbb_.push_slot::<u64>(Report::VT_KEYS, keys, 0);
+  }
+  #[inline]
+  pub fn add_log_bytes(&mut self, log_bytes: u64) {
+    self.fbb_.push_slot::<u64>(Report::VT_LOG_BYTES, log_bytes, 0);
+  }
+  #[inline]
+  pub fn add_disk_free_bytes(&mut self, disk_free_bytes: u64) {
+    self.fbb_.push_slot::<u64>(Report::VT_DISK_FREE_BYTES, disk_free_bytes, 0);
+  }
+  #[inline]
+  pub fn add_disk_total_bytes(&mut self, disk_total_bytes: u64) {
+    self.fbb_.push_slot::<u64>(Report::VT_DISK_TOTAL_BYTES, disk_total_bytes, 0);
+  }
+  #[inline]
+  pub fn add_replicas_held(&mut self, replicas_held: u32) {
+    self.fbb_.push_slot::<u32>(Report::VT_REPLICAS_HELD, replicas_held, 0);
+  }
+  #[inline]
+  pub fn add_partitions_led(&mut self, partitions_led: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Report::VT_PARTITIONS_LED, partitions_led);
+  }
+  #[inline]
+  pub fn add_log_error(&mut self, log_error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Report::VT_LOG_ERROR, log_error);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReportBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReportBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Report<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Report<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Report");
+      ds.field("from_node", &self.from_node());
+      ds.field("uptime_ms", &self.uptime_ms());
+      ds.field("keys", &self.keys());
+      ds.field("log_bytes", &self.log_bytes());
+      ds.field("disk_free_bytes", &self.disk_free_bytes());
+      ds.field("disk_total_bytes", &self.disk_total_bytes());
+      ds.field("replicas_held", &self.replicas_held());
+      ds.field("partitions_led", &self.partitions_led());
+      ds.field("log_error", &self.log_error());
+      ds.finish()
+  }
+}
 pub enum PeerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -843,6 +1083,21 @@ impl<'a> PeerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_report(&self) -> Option<Report<'a>> {
+    if self.body_type() == Body::Report {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Report::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for PeerFrame<'_> {
@@ -857,6 +1112,7 @@ impl ::flatbuffers::Verifiable for PeerFrame<'_> {
           Body::RaftBatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftBatch>>("Body::RaftBatch", pos),
           Body::Forward => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forward>>("Body::Forward", pos),
           Body::Forwarded => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forwarded>>("Body::Forwarded", pos),
+          Body::Report => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Report>>("Body::Report", pos),
           _ => Ok(()),
         }
      })?
@@ -934,6 +1190,13 @@ impl ::core::fmt::Debug for PeerFrame<'_> {
         },
         Body::Forwarded => {
           if let Some(x) = self.body_as_forwarded() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Report => {
+          if let Some(x) = self.body_as_report() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -1,0 +1,214 @@
+//! `corekv cluster status`: the whole cluster as one table, from the HTTP admin API of the
+//! nodes.
+//!
+//! It asks one node for `/api/nodes/status` (every node's health from heartbeats, figures
+//! and addresses), then every node that is up for `/api/replication/status`, and shows each
+//! partition as its leader sees it (the leader alone knows its followers' lag).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Flags of `corekv cluster status`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Any node's HTTP admin address (its --http-listen)
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// Give up on a node after this long
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub timeout_ms: u64,
+    /// Print the merged status as JSON instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Every node's health, figures and addresses, and every partition's leader, term,
+    /// commit index and follower lag (exit 2 if the node cannot be asked)
+    Status(StatusArgs),
+}
+
+pub fn run(command: ClusterCommand) -> Result<(), String> {
+    match command {
+        ClusterCommand::Status(args) => status(&args),
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the node answers with a Content-Length body and closes).
+fn get(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: resolves to nothing"))?;
+    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("{addr}{path}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(format!("{addr}{path}: no answer"))?;
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("{addr}{path}: HTTP {status}: {body}"));
+    }
+    serde_json::from_str(body).map_err(|e| format!("{addr}{path}: {e}"))
+}
+
+fn status(args: &StatusArgs) -> Result<(), String> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    // Printed at once, and a closed stdout (`| head`) is not an error.
+    let mut out = String::new();
+    let asked = get(&args.http, "/api/nodes/status", timeout)?;
+    let cluster = &asked["cluster"];
+    if cluster.is_null() {
+        return Err(format!("{} is a single node, not a cluster member", args.http));
+    }
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    // Each partition as its leader sees it; else as any replica does.
+    let mut partitions: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut metadata = Value::Null;
+    let mut unreachable = Vec::new();
+    for n in &nodes {
+        let http = n["http"].as_str().unwrap_or("");
+        if n["health"] == "down" || http.is_empty() {
+            continue;
+        }
+        let replication = match get(http, "/api/replication/status", timeout) {
+            Ok(v) => v,
+            Err(e) => {
+                unreachable.push(e);
+                continue;
+            }
+        };
+        for p in replication["partitions"].as_array().into_iter().flatten() {
+            let id = p["partition"].as_u64().unwrap_or(0);
+            if p["role"] == "leader" || !partitions.contains_key(&id) {
+                partitions.insert(id, p.clone());
+            }
+        }
+        let m = &replication["metadata"];
+        if m["role"] == "leader" || metadata.is_null() {
+            metadata = m.clone();
+        }
+    }
+    if args.json {
+        let merged = json!({
+            "asked": args.http,
+            "epoch": cluster["epoch"],
+            "nodes": nodes,
+            "partitions": partitions.values().collect::<Vec<_>>(),
+            "metadata": metadata,
+            "unreachable": unreachable,
+        });
+        let _ =
+            writeln!(out, "{}", serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?);
+        let _ = std::io::stdout().write_all(out.as_bytes());
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "cluster of {} nodes, map epoch {}, asked node {} at {}",
+        nodes.len(),
+        cluster["epoch"],
+        cluster["node"],
+        args.http
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<5} {:<9} {:>8} {:<22} {:<22} {:>9} {:>10} {:>12} {:>5} {:>4}",
+        "NODE", "HEALTH", "HEARD", "NATIVE", "HTTP", "KEYS", "LOG", "DISK FREE", "HELD", "LED"
+    );
+    for n in &nodes {
+        let heard = match n["last_heartbeat_ms"].as_u64() {
+            Some(0) => "now".to_string(),
+            Some(ms) => format!("{ms}ms"),
+            None => "never".to_string(),
+        };
+        let count = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+        let bytes = |v: &Value| v.as_u64().map_or("-".to_string(), human_bytes);
+        let _ = writeln!(
+            out,
+            "{:<5} {:<9} {:>8} {:<22} {:<22} {:>9} {:>10} {:>12} {:>5} {:>4}",
+            n["node"].to_string(),
+            n["health"].as_str().unwrap_or("?"),
+            heard,
+            n["native"].as_str().unwrap_or(""),
+            n["http"].as_str().unwrap_or(""),
+            count(&n["keys"]),
+            bytes(&n["log_bytes"]),
+            bytes(&n["disk_free_bytes"]),
+            count(&n["replicas_held"]),
+            n["partitions_led"].as_array().map_or("-".to_string(), |l| l.len().to_string()),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<9} {:<10} {:>6} {:>6} {:>9} {:>9}  FOLLOWER LAG (node:entries)",
+        "PARTITION", "REPLICAS", "LEADER", "TERM", "COMMIT", "APPLIED"
+    );
+    let rows = partitions.values().map(|p| (p["partition"].to_string(), p));
+    for (name, p) in rows.chain(std::iter::once(("meta".to_string(), &metadata))) {
+        if p.is_null() {
+            continue;
+        }
+        let replicas: Vec<String> =
+            p["replicas"].as_array().into_iter().flatten().map(|r| r.to_string()).collect();
+        let lag: Vec<String> = p["followers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| format!("{}:{}", f["node"], f["lag"]))
+            .collect();
+        let leader = match p["leader"].as_u64() {
+            Some(0) | None => "none".to_string(),
+            Some(l) => l.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<9} {:<10} {:>6} {:>6} {:>9} {:>9}  {}",
+            name,
+            replicas.join(","),
+            leader,
+            p["term"].to_string(),
+            p["commit"].to_string(),
+            p["applied"].to_string(),
+            if lag.is_empty() { "-".to_string() } else { lag.join(" ") }
+        );
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    for e in &unreachable {
+        eprintln!("corekv cluster status: not asked: {e}");
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes_read_as_people_write_them() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
+    }
+}
