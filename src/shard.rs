@@ -322,7 +322,7 @@ impl Core {
         match op {
             Op::Ping { payload } => Slot::Ready(Reply::Pong { payload }),
             Op::Topology => Slot::Ready(match self.node.topology.get() {
-                Some(t) => Reply::Topology(t.clone()),
+                Some(t) => Reply::Topology(Box::new(t.clone())),
                 None => Reply::error(ErrorCode::Unavailable, "node is still starting"),
             }),
             Op::Stats => {

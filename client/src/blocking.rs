@@ -94,6 +94,11 @@ impl Client {
         self.inner.is_shard_aware()
     }
 
+    /// See [`crate::Client::cluster_epoch`].
+    pub fn cluster_epoch(&self) -> Option<u64> {
+        self.inner.cluster_epoch()
+    }
+
     /// See [`crate::Client::with_durability`].
     pub fn with_durability(&self, durability: Durability) -> Client {
         Client { inner: self.inner.with_durability(durability), runtime: self.runtime.clone() }

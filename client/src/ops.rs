@@ -90,7 +90,7 @@ pub(crate) fn pong(reply: Reply) -> Result<()> {
 
 pub(crate) fn topology(reply: Reply) -> Result<TopologyInfo> {
     match reply {
-        Reply::Topology(info) => Ok(info),
+        Reply::Topology(info) => Ok(*info),
         Reply::Error(e) => Err(e.into()),
         other => Err(unexpected("topology", &other)),
     }

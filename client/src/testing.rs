@@ -39,9 +39,8 @@ struct Store {
 
 fn condition_failed(current_version: u64) -> Reply {
     Reply::Error(WireError {
-        code: ErrorCode::ConditionFailed,
-        message: "condition failed".into(),
         current_version,
+        ..WireError::new(ErrorCode::ConditionFailed, "condition failed")
     })
 }
 
@@ -103,7 +102,7 @@ impl Store {
                 Reply::Batch(ops.into_iter().map(|op| self.apply(op, topology)).collect())
             }
             Op::Ping { payload } => Reply::Pong { payload },
-            Op::Topology => Reply::Topology(topology.clone()),
+            Op::Topology => Reply::Topology(Box::new(topology.clone())),
             Op::Stats => Reply::Stats(StatsInfo { uptime_ms: 1, cores: Vec::new() }),
             Op::Checkpoint | Op::Backup { .. } => {
                 Reply::AdminDone { message: "fake".into(), records: 0, bytes: 0 }
@@ -140,7 +139,7 @@ pub(crate) fn plain_topology() -> TopologyInfo {
         cores: 1,
         partitions: 1024,
         hash: "crc32c".into(),
-        shard_ports: Vec::new(),
+        ..TopologyInfo::default()
     }
 }
 

@@ -180,6 +180,7 @@ async fn shard_aware_routing_reaches_the_owning_core() {
         partitions: 1024,
         hash: "crc32c".into(),
         shard_ports: cores.iter().map(|c| c.addr.port()).collect(),
+        ..TopologyInfo::default()
     };
     let node = FakeServer::start_with(Behavior::Serve, topology).await;
     let client =

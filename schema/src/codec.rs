@@ -361,7 +361,8 @@ pub enum Reply {
     Pong {
         payload: Bytes,
     },
-    Topology(TopologyInfo),
+    /// Boxed: the largest answer by far, and a rare one.
+    Topology(Box<TopologyInfo>),
     Stats(StatsInfo),
     Batch(Vec<Reply>),
     Error(WireError),
@@ -1110,7 +1111,7 @@ fn decode_result<'a>(
         }
         wire::Reply::TopologyInfo => {
             let t = c.topology().ok_or_else(|| missing(id, "topology"))?;
-            Reply::Topology(decode_topology(&t))
+            Reply::Topology(Box::new(decode_topology(&t)))
         }
         wire::Reply::StatsInfo => {
             let s = c.stats().ok_or_else(|| missing(id, "stats"))?;
@@ -1309,15 +1310,15 @@ mod tests {
             Reply::Written { version: 5 },
             Reply::Deleted { version: 6 },
             Reply::Pong { payload: b("x") },
-            Reply::Topology(TopologyInfo {
+            Reply::Topology(Box::new(TopologyInfo {
                 node_id: "n1".into(),
                 cores: 2,
                 partitions: 1024,
                 hash: "crc32c".into(),
                 shard_ports: vec![7400, 7401],
                 ..TopologyInfo::default()
-            }),
-            Reply::Topology(cluster_topology()),
+            })),
+            Reply::Topology(Box::new(cluster_topology())),
             Reply::Stats(StatsInfo {
                 uptime_ms: 12,
                 // Every field distinct, so a swap in encode or decode cannot round-trip.

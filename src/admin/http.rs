@@ -512,7 +512,7 @@ async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u6
     let led: Vec<u32> = groups.iter().filter(|g| g.leader == r.node).map(|g| g.partition).collect();
     let topology = match core.rc() {
         Some(me) => match meta::topology(&me).await {
-            Reply::Topology(t) => t,
+            Reply::Topology(t) => *t,
             _ => TopologyInfo::default(),
         },
         None => TopologyInfo::default(),

@@ -137,7 +137,7 @@ pub async fn register(core: Rc<Core>) {
                 }
                 Reply::Error(e) => {
                     // Quiet while the cluster is forming; loud if it stays without a quorum.
-                    if tries % 50 == 0 {
+                    if tries.is_multiple_of(50) {
                         tracing::warn!(error = %e, tries, "metadata: {what} not recorded yet");
                     }
                 }
@@ -195,7 +195,8 @@ pub async fn topology(core: &Rc<Core>) -> Reply {
             }
         }
     }
-    Reply::Topology(TopologyInfo { node: r.node, epoch, nodes, partition_map, ..base.clone() })
+    let t = TopologyInfo { node: r.node, epoch, nodes, partition_map, ..base.clone() };
+    Reply::Topology(Box::new(t))
 }
 
 #[cfg(test)]

@@ -239,7 +239,7 @@ impl Core {
         };
         // Boxed: the topology reads metadata through `cluster_op`, which led here.
         if let Reply::Topology(t) = Box::pin(meta::topology(self)).await {
-            e.topology = Some(Box::new(t));
+            e.topology = Some(t);
         }
         Reply::Error(e)
     }

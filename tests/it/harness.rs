@@ -316,11 +316,18 @@ impl Wire {
 
     /// `try_call` asking for a consistency (cluster mode).
     pub fn try_call_with(&mut self, op: Op, consistency: Consistency) -> Option<Reply> {
+        let mut request = Request::new(0, op);
+        request.consistency = consistency;
+        self.try_request(request)
+    }
+
+    /// Sends `request` (its id replaced by the next one) and waits for the answer; `None` when
+    /// the connection failed.
+    pub fn try_request(&mut self, mut request: Request) -> Option<Reply> {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = BytesMut::new();
-        let mut request = Request::new(id, op);
-        request.consistency = consistency;
+        request.id = id;
         self.enc.request(&request, &mut bytes);
         self.stream.write_all(&bytes).ok()?;
         loop {
