@@ -18,7 +18,8 @@ pub const ADDR_DEFAULT: &str = "127.0.0.1:7379";
 /// Options every client subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// Node address (its native protocol port)
+    /// Node address (its native protocol port); in a cluster that node forwards the request
+    /// to the leader of the key's partition
     #[arg(long, value_name = "HOST:PORT", default_value = ADDR_DEFAULT)]
     pub addr: String,
     /// Give up on a request after this long
@@ -144,6 +145,10 @@ pub fn run(command: ClientCommand) -> ExitCode {
 fn connect(target: &Target) -> Result<Client, Error> {
     let config = ClientConfig {
         pool_size: 1,
+        // One request per run: the node asked forwards it to the leader, which costs less
+        // than reading the topology and opening a second connection, and the answer is that
+        // node's (a node cut off from the cluster refuses instead of being routed around).
+        cluster_routing: false,
         request_timeout_ms: target.timeout_ms,
         connect_timeout_ms: target.timeout_ms.min(5000),
         consistency: match target.consistency {
