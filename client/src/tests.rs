@@ -12,8 +12,14 @@ use corekv_schema::placement::core_of;
 use crate::testing::{Behavior, FakeServer, plain_topology};
 use crate::{Client, ClientConfig, Condition, Error, SetOptions, blocking, check};
 
+/// These tests count and script a fake node's frames: no Topology request on connect.
 fn config() -> ClientConfig {
-    ClientConfig { pool_size: 1, request_timeout_ms: 5_000, ..ClientConfig::default() }
+    ClientConfig {
+        pool_size: 1,
+        request_timeout_ms: 5_000,
+        cluster_routing: false,
+        ..ClientConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -429,13 +429,7 @@ async fn replication_status(core: &Core) -> Answer {
         groups.into_iter().partition(|g| g.partition < core.partitions);
     let partitions: Vec<Value> = data.iter().map(group_json).collect();
     let metadata = metadata.first().map_or(Value::Null, group_json);
-    let links: Vec<Value> = r
-        .config
-        .nodes
-        .iter()
-        .filter(|(n, _)| *n != r.node)
-        .map(|(n, addr)| json!({"node": n, "addr": addr.to_string(), "up": r.link_up(*n)}))
-        .collect();
+    let links = peer_links(r, "up");
     let commit_mean = counters.commit_us_sum.checked_div(counters.commits).unwrap_or(0);
     json_answer(
         StatusCode::OK,
@@ -502,6 +496,12 @@ async fn status(core: &Core) -> Answer {
     )
 }
 
+/// Each other node's cluster address and whether this core's link to it is up (as `field`).
+fn peer_links(r: &Replicas, field: &str) -> Vec<Value> {
+    let others = r.config.nodes.iter().filter(|(n, _)| *n != r.node);
+    others.map(|(n, a)| json!({"node": n, "addr": a.to_string(), field: r.link_up(*n)})).collect()
+}
+
 /// The cluster section of `/api/nodes/status`: every node, this one from its own figures and
 /// the others from their last heartbeat (up when heard within `health::DOWN_AFTER`).
 async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u64, u64)) -> Value {
@@ -566,13 +566,7 @@ async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u6
         nodes.push(entry);
     }
     // Kept for scripts written against the first cluster release: link state per peer.
-    let peers: Vec<Value> = r
-        .config
-        .nodes
-        .iter()
-        .filter(|(n, _)| *n != r.node)
-        .map(|(n, a)| json!({"node": n, "addr": a.to_string(), "link_up": r.link_up(*n)}))
-        .collect();
+    let peers = peer_links(r, "link_up");
     json!({
         "node": r.node,
         "epoch": topology.epoch,
