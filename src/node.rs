@@ -739,3 +739,27 @@ fn raise_memlock(cores: usize) -> Result<usize, NodeError> {
     let share = usize::try_from(limit / (3 * cores as u64)).unwrap_or(usize::MAX);
     Ok(share.clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, ConsistencyMode};
+
+    #[test]
+    fn wildcard_listeners_are_advertised_with_the_cluster_host() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let c = ClusterConfig {
+            node: 2,
+            listen: addr("0.0.0.0:7390"),
+            nodes: vec![(1, addr("10.0.0.1:7390")), (2, addr("10.0.0.2:7390"))],
+            replication_factor: 3,
+            raft_tick_ms: 100,
+            consistency: ConsistencyMode::default(),
+        };
+        let a = advertised(&c, addr("0.0.0.0:7379"), Some(addr("127.0.0.1:7380")), None);
+        assert_eq!(a.id, 2);
+        assert_eq!(a.native, "10.0.0.2:7379");
+        assert_eq!(a.resp, "127.0.0.1:7380", "a specific address is kept as it is");
+        assert_eq!(a.http, "", "a listener that is off is empty");
+    }
+}

@@ -50,17 +50,15 @@ pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
 /// to another node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// A client that does not route (RESP, HTTP, a native client without the topology): the
-    /// node forwards it to the partition's leader.
+    /// A client that does not route (RESP, HTTP, a native client without the topology), or
+    /// this node's own metadata requests: the node forwards it to the partition's leader.
+    /// (Clients' keys are checked against the reserved metadata prefix in `dispatch`.)
     Client,
     /// A native client that routed by the topology: a node that does not lead the partition
     /// answers `WrongNode` with the leader it knows and the current map.
     Direct,
     /// Another node forwarded it: answered here or `WrongNode`, never forwarded again.
     Peer,
-    /// This node's own metadata reads and writes: forwarded like a client's, and the only
-    /// requests that may touch the metadata keys.
-    Internal,
 }
 
 /// Per-core counters: plain cells, summed over cores only when someone asks.

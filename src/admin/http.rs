@@ -466,7 +466,7 @@ async fn status(core: &Core) -> Answer {
     let errors = log_errors(&cores);
     let cluster = match core.cluster.as_ref() {
         None => Value::Null,
-        Some(r) => cluster_nodes(core, r, &cores, (free, total)).await,
+        Some(r) => cluster_nodes(core, r, &cores).await,
     };
     json_answer(
         StatusCode::OK,
@@ -504,12 +504,8 @@ fn peer_links(r: &Replicas, field: &str) -> Vec<Value> {
 
 /// The cluster section of `/api/nodes/status`: every node, this one from its own figures and
 /// the others from their last heartbeat (up when heard within `health::DOWN_AFTER`).
-async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u64, u64)) -> Value {
-    let groups = core.cluster_status().await.map(|(g, _)| g).unwrap_or_default();
-    let leads_metadata =
-        groups.iter().any(|g| g.partition == core.partitions && g.leader == r.node);
-    let groups: Vec<_> = groups.into_iter().filter(|g| g.partition < core.partitions).collect();
-    let led: Vec<u32> = groups.iter().filter(|g| g.leader == r.node).map(|g| g.partition).collect();
+async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats]) -> Value {
+    let mine = health::gather(core, cores).await;
     let topology = match core.rc() {
         Some(me) => match meta::topology(&me).await {
             Reply::Topology(t) => *t,
@@ -517,44 +513,29 @@ async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u6
         },
         None => TopologyInfo::default(),
     };
-    let errors = log_errors(cores);
     let mut nodes = Vec::new();
     for id in meta::replicas(&r.config.nodes) {
-        let addresses = topology.node(id).cloned().unwrap_or_default();
-        let mut entry = if id == r.node {
-            json!({
-                "health": if errors.is_empty() { "up" } else { "degraded" },
-                "last_heartbeat_ms": 0,
-                "uptime_s": uptime_s(core),
-                "keys": cores.iter().map(|c| c.keys).sum::<u64>(),
-                "log_bytes": cores.iter().map(|c| c.log_disk_bytes).sum::<u64>(),
-                "disk_free_bytes": disk.0,
-                "disk_total_bytes": disk.1,
-                "replicas_held": groups.len(),
-                "partitions_led": led,
-                "errors": errors,
-            })
+        let heard = if id == r.node {
+            Some((std::time::Duration::ZERO, mine.clone()))
         } else {
-            match core.node.peers.last(id) {
-                Some((ago, rep)) => json!({
-                    "health": match (ago < health::DOWN_AFTER, rep.log_error.is_empty()) {
-                        (false, _) => "down",
-                        (true, true) => "up",
-                        (true, false) => "degraded",
-                    },
-                    "last_heartbeat_ms": ago.as_millis() as u64,
-                    "uptime_s": rep.uptime_ms / 1000,
-                    "keys": rep.keys,
-                    "log_bytes": rep.log_bytes,
-                    "disk_free_bytes": rep.disk_free_bytes,
-                    "disk_total_bytes": rep.disk_total_bytes,
-                    "replicas_held": rep.replicas_held,
-                    "partitions_led": rep.partitions_led,
-                    "errors": if rep.log_error.is_empty() { vec![] } else { vec![rep.log_error] },
-                }),
-                None => json!({ "health": "down", "last_heartbeat_ms": Value::Null }),
-            }
+            core.node.peers.last(id)
         };
+        let mut entry = match heard {
+            Some((ago, rep)) => json!({
+                "health": health::health(&rep, ago),
+                "last_heartbeat_ms": ago.as_millis() as u64,
+                "uptime_s": rep.uptime_ms / 1000,
+                "keys": rep.keys,
+                "log_bytes": rep.log_bytes,
+                "disk_free_bytes": rep.disk_free_bytes,
+                "disk_total_bytes": rep.disk_total_bytes,
+                "replicas_held": rep.replicas_held,
+                "partitions_led": rep.partitions_led,
+                "errors": if rep.log_error.is_empty() { vec![] } else { vec![rep.log_error] },
+            }),
+            None => json!({ "health": "down", "last_heartbeat_ms": Value::Null }),
+        };
+        let addresses = topology.node(id).cloned().unwrap_or_default();
         entry["node"] = json!(id);
         entry["this_node"] = json!(id == r.node);
         entry["native"] = json!(addresses.native);
@@ -570,9 +551,8 @@ async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats], disk: (u6
     json!({
         "node": r.node,
         "epoch": topology.epoch,
-        "replicas_held": groups.len(),
-        "partitions_led": led,
-        "leads_metadata": leads_metadata,
+        "replicas_held": mine.replicas_held,
+        "partitions_led": mine.partitions_led,
         "nodes": nodes,
         "peers": peers,
     })

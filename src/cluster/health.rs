@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use corekv_schema::codec::CoreStats;
 use corekv_schema::peer::{self, NodeReport, PeerMessage};
 
 use crate::shard::Core;
@@ -51,10 +52,10 @@ pub fn disk_space(dir: &Path) -> (u64, u64) {
     }
 }
 
-/// This node's own figures, as its peers are told them.
-pub async fn gather(core: &Core) -> NodeReport {
+/// This node's own figures (`stats`: every core's, as `Core::node_stats` gives them), as its
+/// peers are told them.
+pub async fn gather(core: &Core, stats: &[CoreStats]) -> NodeReport {
     let node = core.cluster.as_ref().map_or(0, |r| r.node);
-    let stats = core.node_stats().await.unwrap_or_default();
     let (groups, _) = core.cluster_status().await.unwrap_or_default();
     let data: Vec<_> = groups.iter().filter(|g| g.partition < core.partitions).collect();
     let (free, total) = disk_space(&core.node.data_dir);
@@ -76,12 +77,25 @@ pub async fn gather(core: &Core) -> NodeReport {
     }
 }
 
+/// How a node's health reads from a report heard `ago`: down after [`DOWN_AFTER`] of
+/// silence, degraded while a core's log has failed.
+pub fn health(report: &NodeReport, ago: Duration) -> &'static str {
+    if ago >= DOWN_AFTER {
+        "down"
+    } else if report.log_error.is_empty() {
+        "up"
+    } else {
+        "degraded"
+    }
+}
+
 /// Sends this node's report to every peer, forever; runs on core 0.
 pub async fn report_loop(core: Rc<Core>) {
     let Some(r) = core.cluster.as_ref() else { return };
     loop {
         glommio::timer::sleep(REPORT_INTERVAL).await;
-        let frame = peer::encode(&PeerMessage::Report(gather(&core).await));
+        let stats = core.node_stats().await.unwrap_or_default();
+        let frame = peer::encode(&PeerMessage::Report(gather(&core, &stats).await));
         for (peer, _) in r.config.nodes.iter().filter(|(n, _)| *n != r.node) {
             // A peer whose link is down misses this one; the next goes out in 500 ms.
             r.links.send_frame(*peer, frame.clone());

@@ -118,14 +118,15 @@ pub async fn register(core: Rc<Core>) {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match core.cluster_op(op.clone(), Consistency::Strong, Origin::Internal).await {
+            match core.cluster_op(op.clone(), Consistency::Strong, Origin::Client).await {
                 Reply::Written { version } => {
                     tracing::info!(version, "metadata: {what} recorded");
                     break;
                 }
                 Reply::Error(e) if e.code == ErrorCode::ConditionFailed => {
                     // Another node recorded the map first; it must be the one this node uses.
-                    let stored = stored_map(&core).await;
+                    // Read through the leader: this replica may not have applied it yet.
+                    let stored = stored_map(&core, Consistency::Strong).await;
                     if stored.as_ref().map(|(m, _)| encode_map(m)) != Some(ring_map.clone()) {
                         tracing::error!(
                             "metadata: the recorded partition map differs from this node's; \
@@ -148,10 +149,9 @@ pub async fn register(core: Rc<Core>) {
     }
 }
 
-/// The map as this replica of the metadata group has it, with its version (None: not yet
-/// recorded here).
-async fn stored_map(core: &Rc<Core>) -> Option<(Vec<Vec<u64>>, u64)> {
-    match core.cluster_op(Op::get(map_key()), Consistency::Eventual, Origin::Internal).await {
+/// The recorded map with its version (None: not recorded, or not readable at `consistency`).
+async fn stored_map(core: &Rc<Core>, consistency: Consistency) -> Option<(Vec<Vec<u64>>, u64)> {
+    match core.cluster_op(Op::get(map_key()), consistency, Origin::Client).await {
         Reply::Value { value, version, .. } => match decode_map(&value) {
             Ok(map) => Some((map, version)),
             Err(e) => {
@@ -171,7 +171,7 @@ pub async fn topology(core: &Rc<Core>) -> Reply {
         return Reply::error(ErrorCode::Unavailable, "node is still starting");
     };
     let partitions = core.partitions as usize;
-    let (map, mut epoch) = match stored_map(core).await {
+    let (map, mut epoch) = match stored_map(core, Consistency::Eventual).await {
         Some((map, version)) if map.len() == partitions => (map, version),
         _ => (r.map[..partitions].to_vec(), 0),
     };
@@ -179,7 +179,7 @@ pub async fn topology(core: &Rc<Core>) -> Reply {
     for id in replicas(&r.config.nodes) {
         let get = Op::get(node_key(id));
         if let Reply::Value { value, version, .. } =
-            core.cluster_op(get, Consistency::Eventual, Origin::Internal).await
+            core.cluster_op(get, Consistency::Eventual, Origin::Client).await
             && let Some(address) = decode_node(id, &value)
         {
             epoch = epoch.max(version);

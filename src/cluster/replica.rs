@@ -447,22 +447,21 @@ impl Replicas {
             )),
         }
     }
-
-    fn wrong_node(&self, partition: u32, leader: u64) -> Reply {
-        wrong_node(partition, leader)
-    }
 }
 
 /// The `WrongNode` error this node gives for a partition it does not lead.
 pub fn wrong_node(partition: u32, leader: u64) -> Reply {
+    Reply::Error(wrong_node_error(partition, leader))
+}
+
+/// [`wrong_node`] before it is a reply, for callers that attach the map.
+pub fn wrong_node_error(partition: u32, leader: u64) -> WireError {
     let text = if leader == 0 {
         format!("partition {partition}: no leader known here")
     } else {
         format!("partition {partition} is led by node {leader}")
     };
-    let mut e = WireError::new(ErrorCode::WrongNode, text);
-    e.leader = leader;
-    Reply::Error(e)
+    WireError { leader, ..WireError::new(ErrorCode::WrongNode, text) }
 }
 
 fn go() -> Reply {
@@ -507,11 +506,11 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
         }
         for prop in r.proposals.borrow_mut().drain(..) {
             let Some(g) = groups.get_mut(&prop.partition) else {
-                r.waits.complete(prop.wait, r.wrong_node(prop.partition, 0));
+                r.waits.complete(prop.wait, wrong_node(prop.partition, 0));
                 continue;
             };
             if !g.is_leader() {
-                r.waits.complete(prop.wait, r.wrong_node(prop.partition, g.leader().1));
+                r.waits.complete(prop.wait, wrong_node(prop.partition, g.leader().1));
                 continue;
             }
             match g.propose(prop.data) {
@@ -533,12 +532,12 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
         }
         for (p, waits) in asks {
             let Some(g) = groups.get_mut(&p) else {
-                waits.into_iter().for_each(|w| r.waits.complete(w, r.wrong_node(p, 0)));
+                waits.into_iter().for_each(|w| r.waits.complete(w, wrong_node(p, 0)));
                 continue;
             };
             if !g.is_leader() {
                 let leader = g.leader().1;
-                waits.into_iter().for_each(|w| r.waits.complete(w, r.wrong_node(p, leader)));
+                waits.into_iter().for_each(|w| r.waits.complete(w, wrong_node(p, leader)));
                 continue;
             }
             if !g.can_read_index() {

@@ -19,7 +19,7 @@ use corekv_schema::placement;
 
 use super::{Answered, Core, Done, Origin, Pending, Slot, Work, now_ms, unexpected};
 use crate::cluster::meta;
-use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node};
+use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node, wrong_node_error};
 use crate::config::ConsistencyMode;
 use crate::storage::record::{self, Mutation};
 
@@ -125,7 +125,7 @@ impl Core {
         let key = op.key().cloned().unwrap_or_default();
         let partition = meta::partition_of(&key, self.partitions);
         // Direct clients and peers route themselves: they get the leader, not a forward.
-        let forwards = matches!(origin, Origin::Client | Origin::Internal);
+        let forwards = origin == Origin::Client;
         let consistency = match consistency {
             Consistency::Default => match r.config.consistency {
                 ConsistencyMode::Strong => Consistency::Strong,
@@ -234,9 +234,7 @@ impl Core {
     /// `WrongNode` for a client that routed by the topology: the leader known here and the
     /// current map, so it can route again without another round trip.
     async fn wrong_node_direct(self: &Rc<Self>, partition: u32, leader: u64) -> Reply {
-        let Reply::Error(mut e) = wrong_node(partition, leader) else {
-            unreachable!("wrong_node is an error")
-        };
+        let mut e = wrong_node_error(partition, leader);
         // Boxed: the topology reads metadata through `cluster_op`, which led here.
         if let Reply::Topology(t) = Box::pin(meta::topology(self)).await {
             e.topology = Some(t);

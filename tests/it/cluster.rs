@@ -315,6 +315,19 @@ fn clients_route_by_the_metadata_map_and_survive_a_dead_node() {
         Reply::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
         other => panic!("metadata key written: {other:?}"),
     }
+    // SCAN lists client keys only, never the metadata's (which live on every node).
+    let mut resp = Resp::connect(c.node(2).resp);
+    let (mut cursor, mut listed) = ("0".to_string(), String::new());
+    loop {
+        let step = resp.call(&["SCAN", &cursor, "COUNT", "1000"]);
+        listed.push_str(&step);
+        cursor = step.lines().nth(2).unwrap().to_string();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert!(listed.contains("warmup-"), "{listed}");
+    assert!(!listed.contains("corekv/meta"), "{listed}");
     // The SDK routes to leaders; with the node it connected to killed, its writes and strong
     // reads keep succeeding: it retries only what provably did not apply.
     let client = blocking::Client::connect(c.node(1).addr, ClientConfig::default()).unwrap();
