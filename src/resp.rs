@@ -102,7 +102,6 @@ pub mod out {
         }
     }
 
-    /// Encodes with one of the functions above into a fresh buffer.
     /// A native reply a command did not expect, as a Redis error: the node's own error text
     /// (a failed log, a size limit), or which reply kind came instead.
     pub fn native_error(out: &mut Vec<u8>, reply: &corekv_schema::codec::Reply) {
@@ -112,6 +111,7 @@ pub mod out {
         }
     }
 
+    /// Encodes with one of the functions above into a fresh buffer.
     pub fn with(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut out = Vec::new();
         f(&mut out);

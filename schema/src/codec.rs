@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, VerifierOptions, WIPOffset};
 
-use crate::frame::Limits;
+use crate::frame::{Limits, SizeError};
 use crate::wire;
 
 /// Typed error codes; one-to-one with `wire::ErrorCode`.
@@ -927,28 +927,20 @@ impl OpDecoder<'_> {
         DecodeError { id: Some(self.id), code: ErrorCode::BadRequest, message, fatal: false }
     }
 
+    fn refused(&self, e: SizeError) -> DecodeError {
+        match e {
+            SizeError::EmptyKey => self.bad(e.to_string()),
+            _ => self.too_large(e.to_string()),
+        }
+    }
+
     fn key(&self, v: flatbuffers::Vector<'_, u8>) -> Result<Bytes, DecodeError> {
-        if v.is_empty() {
-            return Err(self.bad("empty key".into()));
-        }
-        if v.len() > self.limits.key_bytes_max {
-            return Err(self.too_large(format!(
-                "key of {} bytes exceeds key_bytes_max {}",
-                v.len(),
-                self.limits.key_bytes_max
-            )));
-        }
+        self.limits.check_key(v.bytes()).map_err(|e| self.refused(e))?;
         Ok(self.bytes(v))
     }
 
     fn value(&self, v: flatbuffers::Vector<'_, u8>) -> Result<Bytes, DecodeError> {
-        if v.len() > self.limits.value_bytes_max {
-            return Err(self.too_large(format!(
-                "value of {} bytes exceeds value_bytes_max {}",
-                v.len(),
-                self.limits.value_bytes_max
-            )));
-        }
+        self.limits.check_value(v.bytes()).map_err(|e| self.refused(e))?;
         Ok(self.bytes(v))
     }
 

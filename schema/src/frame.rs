@@ -31,6 +31,34 @@ impl Limits {
         frame_bytes_max: 16 * 1024 * 1024,
         batch_ops_max: 10_000,
     };
+
+    /// The one rule for keys, whatever protocol brought them.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), SizeError> {
+        match key.len() {
+            0 => Err(SizeError::EmptyKey),
+            n if n > self.key_bytes_max => Err(SizeError::Key(n, self.key_bytes_max)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The one rule for values, whatever protocol brought them.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), SizeError> {
+        match value.len() {
+            n if n > self.value_bytes_max => Err(SizeError::Value(n, self.value_bytes_max)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A key or value refused by [`Limits`]: `EmptyKey` is a bad request, the others too large.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("empty keys are not supported by corekv")]
+    EmptyKey,
+    #[error("key of {0} bytes exceeds key_bytes_max {1}")]
+    Key(usize, usize),
+    #[error("value of {0} bytes exceeds value_bytes_max {1}")]
+    Value(usize, usize),
 }
 
 // A single maximal set must fit in one frame, with room for the request envelope.

@@ -23,6 +23,7 @@ use corekv_schema::codec::{
     Consistency, CoreStats, Durability, ErrorCode, Expected, Op, Reply, SetOp, TopologyInfo,
     WireError,
 };
+use corekv_schema::frame::SizeError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -194,22 +195,10 @@ fn ttl_ms(body: &Value) -> Result<u64, Refusal> {
 
 fn check_sizes(core: &Core, key: &[u8], value: &[u8]) -> Result<(), Refusal> {
     let l = &core.limits;
-    if key.is_empty() {
-        return Err((StatusCode::BAD_REQUEST, "the key is empty".into()));
-    }
-    if key.len() > l.key_bytes_max || value.len() > l.value_bytes_max {
-        return Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "key of {} bytes or value of {} bytes over the limits ({}, {})",
-                key.len(),
-                value.len(),
-                l.key_bytes_max,
-                l.value_bytes_max
-            ),
-        ));
-    }
-    Ok(())
+    l.check_key(key).and_then(|()| l.check_value(value)).map_err(|e| match e {
+        SizeError::EmptyKey => (StatusCode::BAD_REQUEST, e.to_string()),
+        _ => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+    })
 }
 
 /// Runs one operation, counted in the metrics like one from any other protocol.
@@ -239,10 +228,7 @@ async fn set(core: &Core, body: &Value) -> Answer {
         Reply::Written { version } => {
             json_answer(StatusCode::OK, json!({ "success": true, "version": version }))
         }
-        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
-        other => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
-        }
+        other => failed(other),
     }
 }
 
@@ -270,10 +256,7 @@ async fn compare_and_set(core: &Core, body: &Value) -> Answer {
                 "current_version": e.current_version,
             }),
         ),
-        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
-        other => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
-        }
+        other => failed(other),
     }
 }
 
@@ -316,10 +299,7 @@ async fn get(core: &Core, key: Bytes) -> Answer {
                 }),
             )
         }
-        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
-        other => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
-        }
+        other => failed(other),
     }
 }
 
@@ -329,10 +309,7 @@ async fn delete(core: &Core, key: Bytes) -> Answer {
         Reply::Deleted { version } => {
             json_answer(StatusCode::OK, json!({ "success": true, "version": version }))
         }
-        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
-        other => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected reply {}", other.name()))
-        }
+        other => failed(other),
     }
 }
 
@@ -344,10 +321,19 @@ fn uptime_s(core: &Core) -> f64 {
     core.node.started.elapsed().as_secs_f64()
 }
 
+/// The answer for a reply an operation did not expect: its error with the status the code
+/// maps to, or a 500 naming what came instead.
+fn failed(reply: Reply) -> Answer {
+    match reply {
+        Reply::Error(e) => error(status_of(&e), e.message.to_string()),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, reply_text(&other)),
+    }
+}
+
 fn reply_text(reply: &Reply) -> String {
     match reply {
         Reply::Error(e) => e.message.to_string(),
-        other => other.name().to_string(),
+        other => format!("unexpected reply {}", other.name()),
     }
 }
 

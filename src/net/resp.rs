@@ -27,7 +27,7 @@ use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
 use crate::resp::out;
 use crate::resp::parse::{self, ProtocolError};
-use crate::resp::rmw::{self, Rmw, Step, Ttl};
+use crate::resp::rmw::{self, Rmw, Step};
 use crate::shard::metrics::{OP_OTHER, OP_RMW, op_index, result_index, rss_bytes};
 use crate::shard::{Core, Origin, ScanStep, Slot, now_ms};
 use crate::shutdown::Shutdown;
@@ -240,11 +240,7 @@ async fn read_modify_write(core: &Core, key: Bytes, rmw: &Rmw, value_max: usize)
         let (write, reply) = match step {
             Step::Done(reply) => return reply,
             Step::Write { value, ttl, reply } => {
-                let (ttl_ms, keep_ttl) = match ttl {
-                    Ttl::Keep => (0, true),
-                    Ttl::Clear => (0, false),
-                    Ttl::At(at) => ((at - now as i64).max(1) as u64, false),
-                };
+                let (ttl_ms, keep_ttl) = ttl.native(now);
                 let condition = Condition::IfVersion(version);
                 let set = SetOp { key: key.clone(), value, ttl_ms, keep_ttl, condition };
                 (Op::Set(set), reply)
@@ -396,13 +392,7 @@ async fn scan_step(core: &Core, scan: Scan) -> Vec<u8> {
     let next = loop {
         let step = ScanStep { position, count: count - keys.len(), pattern: pattern.clone() };
         match core.scan(target, step).await {
-            Err(reply) => {
-                let message = match reply {
-                    Reply::Error(e) => e.message.into_owned(),
-                    other => format!("unexpected reply {}", other.name()),
-                };
-                return out::with(|o| out::error(o, &format!("ERR {message}")));
-            }
+            Err(reply) => return out::with(|o| out::native_error(o, &reply)),
             Ok((found, at)) => {
                 keys.extend(found);
                 match at {

@@ -282,7 +282,7 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
                     let set = SetOp {
                         key: key(),
                         value: args[3].clone(),
-                        ttl_ms: (at - now_ms as i64) as u64,
+                        ttl_ms: Ttl::At(at).native(now_ms).0,
                         ..SetOp::default()
                     };
                     Plan::Op(Op::Set(set), Render::SetOk)
@@ -400,24 +400,13 @@ fn check_sizes(name: &str, args: &[Bytes], limits: &Limits) -> Option<String> {
         ));
     }
     for at in (0..keys.len()).step_by(step) {
-        let k = &keys[at];
-        if k.is_empty() {
-            return Some("ERR empty keys are not supported by corekv".into());
-        }
-        if k.len() > limits.key_bytes_max {
-            return Some(format!(
-                "ERR key of {} bytes exceeds key_bytes_max {}",
-                k.len(),
-                limits.key_bytes_max
-            ));
-        }
         let value = value_offset.and_then(|o| args.get(1 + at + o));
-        if let Some(v) = value.filter(|v| v.len() > limits.value_bytes_max) {
-            return Some(format!(
-                "ERR value of {} bytes exceeds value_bytes_max {}",
-                v.len(),
-                limits.value_bytes_max
-            ));
+        let checked = limits.check_key(&keys[at]).and_then(|()| match value {
+            Some(v) => limits.check_value(v),
+            None => Ok(()),
+        });
+        if let Err(e) = checked {
+            return Some(format!("ERR {e}"));
         }
     }
     None
@@ -454,14 +443,7 @@ fn set(args: &[Bytes], now_ms: u64) -> Plan {
         }
         i += 1;
     }
-    let (ttl_ms, keep_ttl) = match ttl {
-        None => (0, false),
-        Some(Ttl::Keep) => (0, true),
-        // A time already past still writes (Redis does, then expires it): 1 ms is the
-        // shortest TTL there is.
-        Some(Ttl::At(at)) => ((at - now_ms as i64).max(1) as u64, false),
-        Some(Ttl::Clear) => (0, false),
-    };
+    let (ttl_ms, keep_ttl) = ttl.unwrap_or(Ttl::Clear).native(now_ms);
     let set = SetOp { key: args[1].clone(), value: args[2].clone(), ttl_ms, keep_ttl, condition };
     if get {
         let read = Op::Get { key: args[1].clone() };

@@ -16,6 +16,18 @@ pub enum Ttl {
     Clear,
 }
 
+impl Ttl {
+    /// As a native write takes it: (ttl_ms, keep_ttl). A time already past still writes
+    /// (Redis does, then expires it): 1 ms is the shortest TTL there is.
+    pub fn native(self, now_ms: u64) -> (u64, bool) {
+        match self {
+            Ttl::Keep => (0, true),
+            Ttl::Clear => (0, false),
+            Ttl::At(at) => ((at - now_ms as i64).max(1) as u64, false),
+        }
+    }
+}
+
 /// When `EXPIRE` and friends apply: their NX, XX, GT, LT options, all of which must hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct When {
