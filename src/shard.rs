@@ -283,6 +283,11 @@ impl Core {
     }
 
     pub fn owner_of(&self, key: &[u8]) -> u16 {
+        if self.cluster.is_some() {
+            // The metadata group's keys live on its own partition's core.
+            let partition = crate::cluster::meta::partition_of(key, self.partitions);
+            return placement::core_of_partition(partition, self.cores);
+        }
         placement::core_of(key, self.partitions, self.cores)
     }
 

@@ -248,6 +248,11 @@ impl Client {
         self.inner.shards.is_some()
     }
 
+    #[cfg(test)]
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
+    }
+
     /// The epoch of the cluster map this client routes by; `None` when it is connected to a
     /// single node (or `cluster_routing` is off).
     pub fn cluster_epoch(&self) -> Option<u64> {

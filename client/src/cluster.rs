@@ -101,7 +101,7 @@ impl Cluster {
     }
 
     /// Takes `t` if it is at least as new as the map held; the leaders it lists win.
-    fn learn(&self, t: &TopologyInfo) {
+    pub(crate) fn learn(&self, t: &TopologyInfo) {
         let Ok(Some(fresh)) = Map::from_topology(t) else { return };
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         if fresh.epoch >= map.epoch {
@@ -138,6 +138,7 @@ impl Cluster {
         let is_read = matches!(op, Op::Get { .. });
         let deadline = Instant::now() + Duration::from_millis(config.request_timeout_ms);
         let mut attempt = 0usize;
+        let mut hops = 0u32;
         loop {
             let (partition, target) = {
                 let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
@@ -166,7 +167,10 @@ impl Cluster {
                     // A hint of this same node means it has just lost the lead: ask around.
                     let leader = if e.leader == node { 0 } else { e.leader };
                     self.set_leader(partition, leader);
-                    if leader != 0 && Instant::now() < deadline {
+                    // Follow a hint at once, but two nodes with stale views must not bounce
+                    // a request between them at full speed: pause after a few hops.
+                    hops += 1;
+                    if leader != 0 && hops <= 3 && Instant::now() < deadline {
                         continue;
                     }
                     Ok(Reply::Error(e))
@@ -192,6 +196,7 @@ impl Cluster {
             if Instant::now() >= deadline {
                 return failure;
             }
+            hops = 0;
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }

@@ -29,6 +29,8 @@ pub(crate) enum Behavior {
     HangUpFirstAfter(usize),
     /// Answers with the wrong request id.
     WrongId,
+    /// Answers every operation but `Topology` with this error, as a cluster node would.
+    Refuse(ErrorCode),
 }
 
 #[derive(Default)]
@@ -113,7 +115,7 @@ impl Store {
 
 struct State {
     behavior: Behavior,
-    topology: TopologyInfo,
+    topology: Mutex<TopologyInfo>,
     store: Mutex<Store>,
     seen: Mutex<Vec<Op>>,
     frames_per_read_max: AtomicUsize,
@@ -153,7 +155,7 @@ impl FakeServer {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             behavior,
-            topology,
+            topology: Mutex::new(topology),
             store: Mutex::new(Store::default()),
             seen: Mutex::new(Vec::new()),
             frames_per_read_max: AtomicUsize::new(0),
@@ -167,6 +169,11 @@ impl FakeServer {
             }
         });
         FakeServer { addr, state, accept }
+    }
+
+    /// Replaces the topology it answers (a cluster's map names the fakes' own addresses).
+    pub fn set_topology(&self, topology: TopologyInfo) {
+        *self.state.topology.lock().expect("topology") = topology;
     }
 
     /// Every top-level operation received, in arrival order.
@@ -228,9 +235,13 @@ async fn serve(state: Arc<State>, mut stream: TcpStream, connection_index: usize
                         &mut output,
                     );
                 }
-                Behavior::Serve | Behavior::HangUpFirstAfter(_) => {
-                    let reply =
-                        state.store.lock().expect("store").apply(request.op, &state.topology);
+                Behavior::Refuse(code) if request.op != Op::Topology => {
+                    let reply = Reply::error(code, "refused by the fake");
+                    encoder.response(request.id, &reply, &mut output);
+                }
+                Behavior::Serve | Behavior::HangUpFirstAfter(_) | Behavior::Refuse(_) => {
+                    let topology = state.topology.lock().expect("topology").clone();
+                    let reply = state.store.lock().expect("store").apply(request.op, &topology);
                     encoder.response(request.id, &reply, &mut output);
                 }
             }

@@ -10,7 +10,9 @@ use corekv_schema::codec::{ErrorCode, Op, Reply, TopologyInfo};
 use corekv_schema::placement::core_of;
 
 use crate::testing::{Behavior, FakeServer, plain_topology};
-use crate::{Client, ClientConfig, Condition, Error, SetOptions, blocking, check};
+use crate::{
+    Client, ClientConfig, Condition, Error, NodeAddress, PartitionInfo, SetOptions, blocking, check,
+};
 
 /// These tests count and script a fake node's frames: no Topology request on connect.
 fn config() -> ClientConfig {
@@ -270,4 +272,90 @@ fn blocking_client_basic_calls() {
     assert!(matches!(inside, Err(Error::Usage(_))));
     server_runtime.block_on(async move { drop(client) });
     drop(server);
+}
+
+/// Fakes as the nodes of a one-partition cluster: node i is `nodes[i - 1]`, the partition's
+/// replicas are `replicas` and its leader `leader` (0: unknown); node 1 is the seed.
+async fn fake_cluster(behaviors: &[Behavior], replicas: &[u64], leader: u64) -> Vec<FakeServer> {
+    let mut nodes = Vec::new();
+    for &b in behaviors {
+        nodes.push(FakeServer::start(b).await);
+    }
+    let topology = TopologyInfo {
+        hash: "crc32c".into(),
+        partitions: 1,
+        epoch: 1,
+        nodes: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeAddress {
+                id: i as u64 + 1,
+                native: n.addr.to_string(),
+                ..NodeAddress::default()
+            })
+            .collect(),
+        partition_map: vec![PartitionInfo { replicas: replicas.to_vec(), leader }],
+        ..TopologyInfo::default()
+    };
+    nodes.iter().for_each(|n| n.set_topology(topology.clone()));
+    nodes
+}
+
+fn cluster_config() -> ClientConfig {
+    ClientConfig { cluster_routing: true, request_timeout_ms: 2_000, ..config() }
+}
+
+/// Writes go to the leader the map names, and nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_writes_go_to_the_leader() {
+    let nodes = fake_cluster(&[Behavior::Serve; 3], &[3, 2, 1], 2).await;
+    let client = Client::connect(nodes[0].addr, cluster_config()).await.unwrap();
+    assert_eq!(client.cluster_epoch(), Some(1));
+    client.set("k", "v").await.unwrap();
+    assert_eq!(nodes[0].seen(), vec![Op::Topology]);
+    assert_eq!(nodes[1].keys_seen(), vec![Bytes::from_static(b"k")]);
+    assert!(nodes[2].seen().is_empty());
+}
+
+/// `Unavailable` says the write did not apply: the SDK sends it to the next replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resends_what_did_not_apply() {
+    let behaviors = [Behavior::Serve, Behavior::Serve, Behavior::Refuse(ErrorCode::Unavailable)];
+    let nodes = fake_cluster(&behaviors, &[3, 2, 1], 0).await;
+    let client = Client::connect(nodes[0].addr, cluster_config()).await.unwrap();
+    client.set("k", "v").await.unwrap();
+    assert_eq!(nodes[2].keys_seen().len(), 1, "tried the first replica once");
+    assert_eq!(nodes[1].keys_seen().len(), 1, "then the next one, which applied it");
+}
+
+/// A write whose outcome is unknown — the node said so, or hung up — is never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_never_resends_a_write_that_may_have_applied() {
+    for leader in [Behavior::Refuse(ErrorCode::OutcomeUnknown), Behavior::HangUpFirstAfter(1)] {
+        let nodes = fake_cluster(&[Behavior::Serve, leader, Behavior::Serve], &[2, 3, 1], 2).await;
+        let client = Client::connect(nodes[0].addr, cluster_config()).await.unwrap();
+        let err = client.set("k", "v").await.unwrap_err();
+        assert!(err.may_have_applied(), "{leader:?}: {err}");
+        assert_eq!(nodes[1].keys_seen().len(), 1, "{leader:?}");
+        assert!(nodes[2].seen().is_empty() && nodes[0].seen() == vec![Op::Topology]);
+    }
+}
+
+/// A map older than the one held is ignored; leaders a newer map names are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_keeps_the_newest_map() {
+    let nodes = fake_cluster(&[Behavior::Serve; 3], &[3, 2, 1], 2).await;
+    let client = Client::connect(nodes[0].addr, cluster_config()).await.unwrap();
+    let cluster = client.cluster().unwrap();
+    let mut newer = client.topology().await.unwrap();
+    newer.epoch = 5;
+    newer.partition_map[0].leader = 3;
+    cluster.learn(&newer);
+    let mut older = newer.clone();
+    older.epoch = 4;
+    older.partition_map[0].leader = 1;
+    cluster.learn(&older);
+    assert_eq!(client.cluster_epoch(), Some(5));
+    client.set("k", "v").await.unwrap();
+    assert_eq!(nodes[2].keys_seen().len(), 1, "sent to node 3, the newer map's leader");
 }

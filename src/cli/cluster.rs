@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
     /// Any node's HTTP admin address (its --http-listen)
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    #[arg(long, value_name = "HOST:PORT", default_value = crate::config::HTTP_LISTEN_DEFAULT)]
     pub http: String,
     /// Give up on a node after this long
     #[arg(long, value_name = "MS", default_value_t = 3000)]

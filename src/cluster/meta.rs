@@ -126,15 +126,19 @@ pub async fn register(core: Rc<Core>) {
                 Reply::Error(e) if e.code == ErrorCode::ConditionFailed => {
                     // Another node recorded the map first; it must be the one this node uses.
                     // Read through the leader: this replica may not have applied it yet.
-                    let stored = stored_map(&core, Consistency::Strong).await;
-                    if stored.as_ref().map(|(m, _)| encode_map(m)) != Some(ring_map.clone()) {
-                        tracing::error!(
-                            "metadata: the recorded partition map differs from this node's; \
-                             check that every node lists the same --initial-cluster and \
-                             --replication-factor"
-                        );
+                    match stored_map(&core, Consistency::Strong).await {
+                        Some((m, _)) if encode_map(&m) == ring_map => break,
+                        Some(_) => {
+                            tracing::error!(
+                                "metadata: the recorded partition map differs from this \
+                                 node's; check that every node lists the same \
+                                 --initial-cluster and --replication-factor"
+                            );
+                            break;
+                        }
+                        // Not readable yet (an election): ask again.
+                        None => {}
                     }
-                    break;
                 }
                 Reply::Error(e) => {
                     // Quiet while the cluster is forming; loud if it stays without a quorum.

@@ -168,13 +168,14 @@ impl Wake {
     }
 }
 
-/// A proposal in the log, waiting for its index to be applied: (tag, wait, proposed at).
+/// A proposal in the log, waiting for its index to be applied: (its term, wait, proposed at).
+/// In Raft an (index, term) pair names one entry, so the entry applied at that index is this
+/// proposal exactly when its term is this one.
 type Proposed = (u64, u64, Instant);
 
 struct Proposal {
     partition: u32,
     data: Vec<u8>,
-    tag: u64,
     wait: u64,
 }
 
@@ -248,14 +249,13 @@ pub struct Replicas {
     inbox: RefCell<Vec<(u32, Message)>>,
     proposals: RefCell<Vec<Proposal>>,
     read_asks: RefCell<Vec<(u32, u64)>>,
-    /// Proposed entries by (partition, index): (tag, wait, proposed at).
+    /// Proposed entries by (partition, index): (term, wait, proposed at).
     proposed: RefCell<HashMap<(u32, u64), Proposed>>,
     /// ReadIndex requests in flight by context: the partition and who waits.
     read_batches: RefCell<HashMap<u64, (u32, Vec<u64>)>>,
     /// Reads whose index is known, waiting for it to be applied.
     read_waits: RefCell<Vec<(u32, u64, u64)>>,
     next_context: Cell<u64>,
-    next_tag: Cell<u64>,
     pub waits: Rc<Waits>,
     wake: Wake,
     pub links: Links,
@@ -311,7 +311,6 @@ impl Replicas {
             read_batches: RefCell::new(HashMap::new()),
             read_waits: RefCell::new(Vec::new()),
             next_context: Cell::new(1),
-            next_tag: Cell::new(1),
             waits,
             wake: Wake::default(),
             links,
@@ -405,11 +404,9 @@ impl Replicas {
         if let Some(e) = self.failed.borrow().clone() {
             return Reply::error(ErrorCode::Unavailable, e);
         }
-        let tag = (self.node << 48) | (u64::from(self.core) << 40) | self.next_tag.get();
-        self.next_tag.set(self.next_tag.get().wrapping_add(1) & ((1 << 40) - 1));
         let wait = self.waits.open();
-        let data = command::encode(now_ms(), tag, op);
-        self.proposals.borrow_mut().push(Proposal { partition, data, tag, wait });
+        let data = command::encode(now_ms(), op);
+        self.proposals.borrow_mut().push(Proposal { partition, data, wait });
         self.wake.notify();
         self.counters.proposals.set(self.counters.proposals.get() + 1);
         match self.waits.wait(wait, PROPOSAL_TIMEOUT).await {
@@ -515,10 +512,10 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
             }
             match g.propose(prop.data) {
                 Ok(()) => {
-                    let index = g.last_index();
+                    let (index, term) = (g.last_index(), g.leader().0);
                     r.proposed
                         .borrow_mut()
-                        .insert((prop.partition, index), (prop.tag, prop.wait, Instant::now()));
+                        .insert((prop.partition, index), (term, prop.wait, Instant::now()));
                 }
                 Err(e) => r.waits.complete(
                     prop.wait,
@@ -600,7 +597,7 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
             r.counters.snapshots_installed.set(r.counters.snapshots_installed.get() + 1);
             tracing::info!(partition = *p, index, "installed a snapshot");
         }
-        apply(core, r, *p, std::mem::take(&mut d.committed)).await;
+        apply(core, r, *p, std::mem::take(&mut d.committed)).await?;
     }
     // One wait for everything this round appended, every group of the core together.
     if !driven.is_empty()
@@ -680,8 +677,14 @@ fn note_lost_leadership(r: &Replicas, partition: u32, leader: u64) {
     }
 }
 
-async fn apply(core: &Rc<Core>, r: &Replicas, partition: u32, entries: Vec<raft::eraftpb::Entry>) {
-    let Some(last) = entries.last().map(|e| e.index) else { return };
+/// Applies committed entries in order; `Err` when this core's log failed (the driver stops).
+async fn apply(
+    core: &Rc<Core>,
+    r: &Replicas,
+    partition: u32,
+    entries: Vec<raft::eraftpb::Entry>,
+) -> Result<(), String> {
+    let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
     for e in entries {
         let waiting = r.proposed.borrow_mut().remove(&(partition, e.index));
         if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
@@ -691,10 +694,19 @@ async fn apply(core: &Rc<Core>, r: &Replicas, partition: u32, entries: Vec<raft:
             continue;
         }
         let reply = match command::decode(&e.data, &core.limits) {
-            Ok((stamp, tag, op)) => {
+            Ok((stamp, op)) => {
                 let reply = core.apply_replicated(op, stamp, e.index).await;
+                if let Some(failed) = core.wal.as_ref().and_then(|w| w.failure()) {
+                    // Committed, and not applied here: this replica must stop rather than
+                    // skip it, and the proposer cannot say whether it happened.
+                    if let Some((_, wait, _)) = waiting {
+                        let unknown = format!("partition {partition}: the log failed: {failed}");
+                        r.waits.complete(wait, Reply::error(ErrorCode::OutcomeUnknown, unknown));
+                    }
+                    return Err(format!("partition {partition}: applying {}: {failed}", e.index));
+                }
                 match waiting {
-                    Some((t, wait, at)) if t == tag => {
+                    Some((term, wait, at)) if term == e.term => {
                         let us = at.elapsed().as_micros() as u64;
                         r.counters.commit_us_sum.set(r.counters.commit_us_sum.get() + us);
                         r.counters.commits.set(r.counters.commits.get() + 1);
@@ -718,6 +730,7 @@ async fn apply(core: &Rc<Core>, r: &Replicas, partition: u32, entries: Vec<raft:
     if let Some(g) = r.groups.borrow_mut().get_mut(&partition) {
         g.applied(last);
     }
+    Ok(())
 }
 
 /// Proposals at or below an installed snapshot's index will never be seen applied here: their

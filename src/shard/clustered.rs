@@ -100,8 +100,7 @@ impl Core {
         let Some(key) = op.key() else {
             return Reply::error(ErrorCode::BadRequest, "operation has no key");
         };
-        let partition = meta::partition_of(key, self.partitions);
-        let owner = placement::core_of_partition(partition, self.cores);
+        let owner = self.owner_of(key);
         if owner == self.index {
             return self.cluster_here(op, consistency, origin).await;
         }
