@@ -379,6 +379,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Every core's stats.
+/// One unlabelled sample of a node's `/metrics`.
+pub fn metric(http: SocketAddr, name: &str) -> f64 {
+    let (status, body) = http_get(http, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let line = body.lines().find(|l| l.split(' ').next() == Some(name));
+    let line = line.unwrap_or_else(|| panic!("no {name} in {body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 pub fn core_stats(w: &mut Wire) -> Vec<corekv_schema::codec::CoreStats> {
     match w.call(Op::Stats) {
         Reply::Stats(s) => s.cores,

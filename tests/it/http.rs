@@ -25,12 +25,7 @@ fn slow_http_headers_are_cut_off_and_connections_are_counted() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
     let node = Node::start(&["--cores", "1", "--partial-frame-timeout-ms", "400"]);
-    let gauge = || {
-        let (status, body) = crate::harness::http_get(node.http, "/metrics");
-        assert_eq!(status, 200);
-        let line = body.lines().find(|l| l.starts_with("corekv_connections ")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
-    };
+    let gauge = || crate::harness::metric(node.http, "corekv_connections") as u64;
     let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(node.http).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
     // The three idle ones and the scrape itself.

@@ -259,6 +259,12 @@ mod tests {
             op(Input::Get, Output::Value(None), 5, 6),
         ];
         assert!(check(&h).is_err());
+        // A compare-and-set that failed although the register held what it expected.
+        let h = [
+            op(Input::Set(1), Output::Written, 0, 1),
+            op(Input::Cas { expected: 1, new: 2 }, Output::Swapped(false), 2, 3),
+        ];
+        assert!(check(&h).is_err());
         // A value nobody wrote.
         let h = [op(Input::Get, Output::Value(Some(9)), 0, 1)];
         assert!(check(&h).is_err());
