@@ -30,12 +30,24 @@ fn families<V: std::fmt::Display + Copy>(out: &mut String, kind: &str, items: &[
 
 /// A histogram of microseconds as a Prometheus summary in seconds.
 fn summary_seconds(out: &mut String, name: &str, labels: &str, h: &hdrhistogram::Histogram<u64>) {
+    summary(out, name, labels, h, 1e6);
+}
+
+/// A histogram as a Prometheus summary, each value divided by `scale`. An empty histogram
+/// reads 0 at every quantile (hdrhistogram's own answer).
+fn summary(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &hdrhistogram::Histogram<u64>,
+    scale: f64,
+) {
     let sep = if labels.is_empty() { "" } else { "," };
     for q in QUANTILES {
-        let v = if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e6 };
+        let v = h.value_at_quantile(q) as f64 / scale;
         sample(out, name, &format!("{labels}{sep}quantile=\"{q}\""), v);
     }
-    sample(out, &format!("{name}_sum"), labels, h.mean() * h.len() as f64 / 1e6);
+    sample(out, &format!("{name}_sum"), labels, h.mean() * h.len() as f64 / scale);
     sample(out, &format!("{name}_count"), labels, h.len());
 }
 
@@ -156,18 +168,7 @@ pub fn render(s: &Snapshot, uptime_s: f64, rss: u64, disk_free: u64) -> String {
     summary_seconds(&mut out, name, "", &s.fsync_us);
     let name = "corekv_log_sync_records";
     header(&mut out, name, "summary", "Records made durable by one fdatasync (group commit size).");
-    for q in QUANTILES {
-        let h = &s.batch_records;
-        let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
-        sample(&mut out, name, &format!("quantile=\"{q}\""), v);
-    }
-    sample(
-        &mut out,
-        &format!("{name}_sum"),
-        "",
-        (s.batch_records.mean() * s.batch_records.len() as f64).round(),
-    );
-    sample(&mut out, &format!("{name}_count"), "", s.batch_records.len());
+    summary(&mut out, name, "", &s.batch_records, 1.0);
     let gauges: [(&str, &str, u64); 8] = [
         ("corekv_keys", "Keys stored.", s.sum(|c| c.keys)),
         ("corekv_connections", "Open client connections.", s.sum(|c| c.connections)),

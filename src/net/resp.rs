@@ -1,4 +1,4 @@
-//! One Redis (RESP2) connection: the native connection's loop (`connection.rs`) with Redis
+//! One Redis connection (RESP2, or RESP3 after `HELLO 3`): the native connection's loop (`connection.rs`) with Redis
 //! commands in and Redis replies out.
 //!
 //! Every complete command already buffered (up to `CONNECTION_BATCH_REQUESTS_MAX`) is planned

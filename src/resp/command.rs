@@ -7,11 +7,12 @@
 //! node's limits here, before anything is dispatched.
 
 use bytes::Bytes;
-use corekv_schema::codec::{Condition, ErrorCode, Op, Reply, SetOp, WireError};
+use corekv_schema::codec::{Condition, Op, Reply, SetOp};
 use corekv_schema::frame::Limits;
 
 use super::out;
 use super::rmw::{self, Rmw, Ttl, When};
+use crate::shard::metrics::is_miss;
 
 /// What one connection remembers between commands.
 #[derive(Debug, Default)]
@@ -658,7 +659,7 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
     };
     // An error inside a batch (a failed log, a failed read) is the command's error, as Redis
     // would report a failed write, not a count or a nil.
-    let unexpected = |r: &Reply| matches!(r, Reply::Error(e) if !is_expected(e));
+    let unexpected = |r: &Reply| matches!(r, Reply::Error(e) if !is_miss(e.code));
     if let Reply::Batch(replies) = &reply
         && let Some(failed) = replies.iter().find(|r| unexpected(r))
     {
@@ -711,11 +712,6 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
             out::error(o, &format!("ERR unexpected reply {} for {how:?}", other.name()));
         }
     }
-}
-
-/// Errors a render turns into a Redis answer (nil, 0) rather than an error line.
-fn is_expected(e: &WireError) -> bool {
-    matches!(e.code, ErrorCode::NotFound | ErrorCode::ConditionFailed)
 }
 
 /// How many replies (of a batch, or the one reply) match.

@@ -28,9 +28,15 @@ pub fn op_index(op: &Op) -> usize {
     }
 }
 
+/// A miss: an answer the caller expects in normal use (absent key, condition not met), not a
+/// failure.
+pub fn is_miss(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::NotFound | ErrorCode::ConditionFailed)
+}
+
 pub fn result_index(reply: &Reply) -> usize {
     match reply {
-        Reply::Error(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::ConditionFailed) => 1,
+        Reply::Error(e) if is_miss(e.code) => 1,
         Reply::Error(_) => 2,
         _ => 0,
     }
