@@ -67,6 +67,12 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|c| c.to_wire() == code)
     }
 
+    /// A miss: an answer the caller expects in normal use (an absent key, a condition not
+    /// met), not a failure. Metrics count these apart, and Redis renders them as nil or 0.
+    pub fn is_miss(self) -> bool {
+        matches!(self, ErrorCode::NotFound | ErrorCode::ConditionFailed)
+    }
+
     /// Stable lower-case name, used in CLI messages and metrics labels.
     pub fn name(self) -> &'static str {
         match self {

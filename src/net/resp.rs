@@ -1,5 +1,5 @@
-//! One Redis connection (RESP2, or RESP3 after `HELLO 3`): the native connection's loop (`connection.rs`) with Redis
-//! commands in and Redis replies out.
+//! One Redis connection (RESP2, or RESP3 after `HELLO 3`): the native connection's loop
+//! (`connection.rs`) with Redis commands in and Redis replies out.
 //!
 //! Every complete command already buffered (up to `CONNECTION_BATCH_REQUESTS_MAX`) is planned
 //! and dispatched in order: single-key and batch operations become slots (local ones applied

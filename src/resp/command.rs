@@ -12,7 +12,6 @@ use corekv_schema::frame::Limits;
 
 use super::out;
 use super::rmw::{self, Rmw, Ttl, When};
-use crate::shard::metrics::is_miss;
 
 /// What one connection remembers between commands.
 #[derive(Debug, Default)]
@@ -659,7 +658,7 @@ pub fn render(how: Render, reply: Reply, o: &mut Vec<u8>) {
     };
     // An error inside a batch (a failed log, a failed read) is the command's error, as Redis
     // would report a failed write, not a count or a nil.
-    let unexpected = |r: &Reply| matches!(r, Reply::Error(e) if !is_miss(e.code));
+    let unexpected = |r: &Reply| matches!(r, Reply::Error(e) if !e.code.is_miss());
     if let Reply::Batch(replies) = &reply
         && let Some(failed) = replies.iter().find(|r| unexpected(r))
     {

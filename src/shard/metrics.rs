@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
-use corekv_schema::codec::{CoreStats, ErrorCode, Op, Reply};
+use corekv_schema::codec::{CoreStats, Op, Reply};
 use hdrhistogram::Histogram;
 
 /// Operation kinds metrics are kept for, by index.
@@ -28,15 +28,9 @@ pub fn op_index(op: &Op) -> usize {
     }
 }
 
-/// A miss: an answer the caller expects in normal use (absent key, condition not met), not a
-/// failure.
-pub fn is_miss(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::NotFound | ErrorCode::ConditionFailed)
-}
-
 pub fn result_index(reply: &Reply) -> usize {
     match reply {
-        Reply::Error(e) if is_miss(e.code) => 1,
+        Reply::Error(e) if e.code.is_miss() => 1,
         Reply::Error(_) => 2,
         _ => 0,
     }
