@@ -16,6 +16,9 @@ use corekv_schema::placement::partition_of;
 use crate::harness::{Node, b, http_get, metric};
 use crate::resp::Resp;
 
+mod batch;
+mod expiry;
+
 const PARTITIONS: u32 = 8;
 
 struct Cluster {
