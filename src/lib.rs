@@ -37,3 +37,5 @@ pub mod resp;
 pub mod shard;
 pub mod shutdown;
 pub mod storage;
+#[cfg(test)]
+pub mod testing;

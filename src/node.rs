@@ -36,7 +36,7 @@ use crate::shard::mesh::MeshBuilders;
 use crate::shard::{self, Core, NodeInfo};
 use crate::shutdown::{self, Shutdown};
 use crate::storage::wal::{self, SyncMode, Wal};
-use crate::storage::{MemEngine, recovery};
+use crate::storage::{ExpiryRule, MemEngine, recovery};
 
 /// glommio refuses to start below this much locked memory (measured; see PLATFORM-NOTES).
 const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
@@ -408,10 +408,12 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
         DurabilityMode::Sync => SyncMode::Sync,
         DurabilityMode::Periodic => SyncMode::Periodic { interval_ms: c.fsync_interval_ms },
     };
-    let mut engine = MemEngine::with_cache(c.cache_bytes / cores as u64);
+    let clustered = c.cluster.is_some();
+    // In a cluster only the Raft log removes expired keys (docs/CLUSTER.md, "Expiry").
+    let rule = if clustered { ExpiryRule::Logged } else { ExpiryRule::Local };
+    let mut engine = MemEngine::with_cache(c.cache_bytes / cores as u64).with_expiry(rule);
     let mut raft = HashMap::new();
     let partitions = c.partitions;
-    let clustered = c.cluster.is_some();
     let mut observe = |m: &crate::storage::Mutation| {
         if !clustered {
             return;
@@ -645,7 +647,11 @@ const COMPACTION_SHARES: usize = 100;
 async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
     while !stop.is_fired() {
         glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
-        core.sweep_expired(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
+        if core.cluster.is_some() {
+            core.cluster_sweep(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
+        } else {
+            core.sweep_expired(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
+        }
     }
 }
 

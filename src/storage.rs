@@ -99,6 +99,20 @@ pub struct EngineStats {
     pub ttl_keys: u64,
 }
 
+/// Who may remove a key because its expiry passed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExpiryRule {
+    /// This engine alone decides (a single node): any operation that finds a key expired by
+    /// the time it is given removes it, the sweep removes due keys, and recovery drops what
+    /// expired while the node was down.
+    #[default]
+    Local,
+    /// A replicated log decides (cluster mode): the engine only hides expired keys, and
+    /// removes one only through [`Engine::expire`], applied from a log entry. So replicas at
+    /// the same log position hold the same keys whatever their clocks did (docs/CLUSTER.md).
+    Logged,
+}
+
 /// How much of one log segment is still the current value of some key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentUse {
@@ -131,10 +145,30 @@ pub trait Engine {
     fn flush(&mut self, log: &mut dyn Log) -> Result<u64, String>;
 
     /// Removes up to `budget` keys whose expiry is at or before `now_ms`; returns how many.
+    /// Under [`ExpiryRule::Logged`] it removes nothing: see [`Engine::due_expiries`].
     fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize;
+
+    /// [`ExpiryRule::Logged`]: up to `budget` keys expired at `now_ms`, with their versions,
+    /// for the partition's leader to propose their removal. Each is handed out once; give
+    /// back with [`Engine::expire_later`] what cannot be proposed now.
+    fn due_expiries(&mut self, now_ms: u64, budget: usize) -> Vec<(Bytes, u64)>;
+
+    /// Asks [`Engine::due_expiries`] to hand out `key` again at `due_ms`.
+    fn expire_later(&mut self, key: Bytes, due_ms: u64);
+
+    /// Applies a logged removal: if `key` is still at `version` and expired at `now_ms` (the
+    /// entry's stamp), logs a tombstone through `log` and removes the key. Whether it did.
+    fn expire(
+        &mut self,
+        key: &[u8],
+        version: u64,
+        now_ms: u64,
+        log: &mut dyn Log,
+    ) -> Result<bool, String>;
 
     /// Every live key for a checkpoint: an index record where its put is in the log, the put
     /// itself where it is not. Cheap per entry: keys and values are shared, not copied.
+    /// Under [`ExpiryRule::Logged`] expired keys are included: the log has not removed them.
     fn snapshot(&self, now_ms: u64) -> Vec<Mutation>;
 
     /// Keeps a value read from `loc` in memory (`data` = key ++ value, as read, kept without

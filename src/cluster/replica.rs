@@ -39,7 +39,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{EntryType, Message};
 use slab::Slab;
 
-use super::command;
+use super::command::{self, Command};
 use super::group::{self, Driven, Group, GroupStore as _};
 use super::store::{self, Recovered, WalStore};
 use super::transport::Links;
@@ -401,11 +401,19 @@ impl Replicas {
 
     /// Proposes `op` (this node should lead the partition) and waits until it is applied.
     pub async fn propose(&self, partition: u32, op: &corekv_schema::codec::Op) -> Reply {
+        self.propose_entry(partition, command::encode(now_ms(), op)).await
+    }
+
+    /// Proposes removing `keys` (expired by this leader's clock, at these versions).
+    pub async fn propose_expiry(&self, partition: u32, keys: &[(Bytes, u64)]) -> Reply {
+        self.propose_entry(partition, command::encode_expiry(now_ms(), keys)).await
+    }
+
+    async fn propose_entry(&self, partition: u32, data: Vec<u8>) -> Reply {
         if let Some(e) = self.failed.borrow().clone() {
             return Reply::error(ErrorCode::Unavailable, e);
         }
         let wait = self.waits.open();
-        let data = command::encode(now_ms(), op);
         self.proposals.borrow_mut().push(Proposal { partition, data, wait });
         self.wake.notify();
         self.counters.proposals.set(self.counters.proposals.get() + 1);
@@ -694,8 +702,13 @@ async fn apply(
             continue;
         }
         let reply = match command::decode(&e.data, &core.limits) {
-            Ok((stamp, op)) => {
-                let reply = core.apply_replicated(op, stamp, e.index).await;
+            Ok((stamp, command)) => {
+                // Only the proposer reads the reply: elsewhere an entry's reads are skipped.
+                let answered = waiting.is_some();
+                let reply = match command {
+                    Command::Op(op) => core.apply_replicated(op, stamp, e.index, answered).await,
+                    Command::Expiry(keys) => core.apply_expiry(keys, stamp, e.index),
+                };
                 if let Some(failed) = core.wal.as_ref().and_then(|w| w.failure()) {
                     // Committed, and not applied here: this replica must stop rather than
                     // skip it, and the proposer cannot say whether it happened.

@@ -14,26 +14,7 @@ use raft::eraftpb::{ConfState, Message};
 use raft::storage::MemStorage;
 
 use super::group::{self, Group, GroupStore as _};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
+use crate::testing::{Rng, seeds};
 
 struct Flight {
     at: u64,
@@ -65,7 +46,7 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, nodes: u64, partitions: u32) -> Sim {
         let ids: Vec<u64> = (1..=nodes).collect();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut groups = BTreeMap::new();
         for &id in &ids {
             for p in 0..partitions {
@@ -248,11 +229,7 @@ fn run(seed: u64) {
 
 #[test]
 fn raft_groups_stay_safe_and_converge_over_a_lossy_network() {
-    let seeds: Vec<u64> = match std::env::var("COREKV_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("COREKV_SIM_SEED is a number")],
-        Err(_) => (1..=12).collect(),
-    };
-    for seed in seeds {
+    for seed in seeds("COREKV_SIM_SEED", 12) {
         eprintln!("raft simulation seed {seed} (COREKV_SIM_SEED={seed} reruns it)");
         run(seed);
     }

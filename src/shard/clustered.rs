@@ -25,6 +25,53 @@ use crate::storage::record::{self, Mutation};
 
 /// How long a request keeps looking for a partition's leader (elections, lost links).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// When an expired key this core cannot propose the removal of now is looked at again.
+const EXPIRY_RETRY_MS: u64 = 1_000;
+
+/// The key a request is routed by: its own, or for a piece of a batch the first op's, once
+/// every op is checked to be keyed, in the same partition, and at most one a write (a Raft
+/// entry gives one version, its index). The reason otherwise.
+fn routing_key(op: &Op, partitions: u32) -> Result<Bytes, String> {
+    let Op::Batch(ops) = op else {
+        return op.key().cloned().ok_or_else(|| format!("{} has no key", op.name()));
+    };
+    let mut key: Option<&Bytes> = None;
+    let mut writes = 0;
+    for op in ops {
+        let Some(k) = op.key() else {
+            return Err(format!("{} is not allowed in a batch", op.name()));
+        };
+        let first = key.get_or_insert(k);
+        if meta::partition_of(k, partitions) != meta::partition_of(first, partitions) {
+            return Err("a replicated batch spans partitions".into());
+        }
+        writes += usize::from(!matches!(op, Op::Get { .. }));
+    }
+    if writes > 1 {
+        return Err("a replicated batch holds more than one write".into());
+    }
+    key.cloned().ok_or_else(|| "empty batch".into())
+}
+
+/// Cuts a batch into the pieces the cluster applies atomically, in order: consecutive ops
+/// on one partition, reads first, closed by at most one write. So `GETSET` (`[Get, Set]`),
+/// `GETDEL` and `SET … GET` are each one piece, read and written at one log position.
+/// An op without a key is a piece of its own (and is refused).
+fn pieces(ops: Vec<Op>, partitions: u32) -> Vec<Vec<Op>> {
+    let mut out: Vec<Vec<Op>> = Vec::new();
+    let mut open: Option<u32> = None;
+    for op in ops {
+        let partition = op.key().map(|k| meta::partition_of(k, partitions));
+        let joins = partition.is_some() && partition == open;
+        match out.last_mut() {
+            Some(piece) if joins => piece.push(op),
+            _ => out.push(vec![op]),
+        }
+        let closes = !matches!(out.last().and_then(|p| p.last()), Some(Op::Get { .. }));
+        open = if closes { None } else { partition };
+    }
+    out
+}
 
 impl Core {
     /// Starts `work` in its own task; the slot resolves with its reply.
@@ -64,43 +111,52 @@ impl Core {
         }
         match op {
             Op::Topology => self.spawn_slot(async move { meta::topology(&me).await }),
-            Op::Batch(ops) => self.spawn_slot(async move {
-                let tasks: Vec<_> = ops
-                    .into_iter()
-                    .map(|op| {
-                        let me = me.clone();
-                        glommio::spawn_local(async move {
-                            if op.key().is_none() {
-                                return Reply::error(
-                                    ErrorCode::BadRequest,
-                                    format!("{} is not allowed in a batch", op.name()),
-                                );
-                            }
-                            me.cluster_op(op, consistency, Origin::Client).await
-                        })
-                    })
-                    .collect();
-                let mut replies = Vec::with_capacity(tasks.len());
-                for t in tasks {
-                    replies.push(t.await);
-                }
-                Reply::Batch(replies)
-            }),
+            Op::Batch(ops) => {
+                self.spawn_slot(async move { me.cluster_batch(ops, consistency).await })
+            }
             op => self.spawn_slot(async move { me.cluster_op(op, consistency, origin).await }),
         }
     }
 
-    /// Runs a keyed operation in the cluster, from any core of this node.
+    /// A client's batch: its pieces (see [`pieces`]) one after another, so each piece is
+    /// atomic and the batch applies in order.
+    async fn cluster_batch(self: &Rc<Self>, ops: Vec<Op>, consistency: Consistency) -> Reply {
+        let mut replies = Vec::with_capacity(ops.len());
+        for mut piece in pieces(ops, self.partitions) {
+            let n = piece.len();
+            if n == 1 {
+                let op = piece.pop().expect("one op");
+                replies.push(match op.key() {
+                    Some(_) => self.cluster_op(op, consistency, Origin::Client).await,
+                    None => Reply::error(
+                        ErrorCode::BadRequest,
+                        format!("{} is not allowed in a batch", op.name()),
+                    ),
+                });
+                continue;
+            }
+            match self.cluster_op(Op::Batch(piece), consistency, Origin::Client).await {
+                Reply::Batch(answers) if answers.len() == n => replies.extend(answers),
+                // The piece as a whole failed (no leader, refused): so did each of its ops.
+                failed => replies.extend(std::iter::repeat_n(failed, n)),
+            }
+        }
+        Reply::Batch(replies)
+    }
+
+    /// Runs a keyed operation, or a piece of a batch, in the cluster, from any core of this
+    /// node.
     pub async fn cluster_op(
         self: &Rc<Self>,
         op: Op,
         consistency: Consistency,
         origin: Origin,
     ) -> Reply {
-        let Some(key) = op.key() else {
-            return Reply::error(ErrorCode::BadRequest, "operation has no key");
+        let key = match routing_key(&op, self.partitions) {
+            Ok(key) => key,
+            Err(reason) => return Reply::error(ErrorCode::BadRequest, reason),
         };
-        let owner = self.owner_of(key);
+        let owner = self.owner_of(&key);
         if owner == self.index {
             return self.cluster_here(op, consistency, origin).await;
         }
@@ -121,7 +177,10 @@ impl Core {
         let Some(r) = self.cluster.as_ref() else {
             return Reply::error(ErrorCode::Internal, "not in cluster mode");
         };
-        let key = op.key().cloned().unwrap_or_default();
+        let key = match routing_key(&op, self.partitions) {
+            Ok(key) => key,
+            Err(reason) => return Reply::error(ErrorCode::BadRequest, reason),
+        };
         let partition = meta::partition_of(&key, self.partitions);
         // Direct clients and peers route themselves: they get the leader, not a forward.
         let forwards = origin == Origin::Client;
@@ -132,7 +191,10 @@ impl Core {
             },
             c => c,
         };
-        let is_read = matches!(op, Op::Get { .. });
+        let is_read = match &op {
+            Op::Batch(ops) => ops.iter().all(|op| matches!(op, Op::Get { .. })),
+            op => matches!(op, Op::Get { .. }),
+        };
         let deadline = Instant::now() + LEADER_WAIT;
         let replicas = r.map[partition as usize].clone();
         let mut hint = 0u64;
@@ -269,20 +331,111 @@ impl Core {
         failed.map_or(Ok((groups, counters)), Err)
     }
 
-    /// Reads this replica's engine (a value on disk only is read back).
+    /// Reads this replica's engine (a value on disk only is read back): one read, or a
+    /// piece of a batch that only reads.
     async fn read_local(&self, op: Op) -> Reply {
-        match self.apply(op, now_ms()).await {
+        let now = now_ms();
+        let Op::Batch(ops) = op else { return self.read_one(op, now).await };
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            replies.push(self.read_one(op, now).await);
+        }
+        Reply::Batch(replies)
+    }
+
+    async fn read_one(&self, op: Op, now: u64) -> Reply {
+        match self.apply(op, now).await {
             (Answered::Reply(reply), _) => reply,
             (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
         }
     }
 
-    /// Applies a committed write: version = its Raft index, time = the leader's stamp.
-    pub async fn apply_replicated(&self, op: Op, stamp_ms: u64, index: u64) -> Reply {
+    /// Applies a committed entry's operation: version = its Raft index, time = the leader's
+    /// stamp. A batch's ops apply in order with nothing between them; its write (a piece has
+    /// at most one) takes the index as version. `answered`: someone waits for the reply;
+    /// otherwise reads are skipped, since under the logged expiry rule they change nothing.
+    pub async fn apply_replicated(
+        &self,
+        op: Op,
+        stamp_ms: u64,
+        index: u64,
+        answered: bool,
+    ) -> Reply {
+        let Op::Batch(ops) = op else {
+            return self.apply_one_replicated(op, stamp_ms, index).await;
+        };
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            if !answered && matches!(op, Op::Get { .. }) {
+                continue;
+            }
+            replies.push(self.apply_one_replicated(op, stamp_ms, index).await);
+        }
+        Reply::Batch(replies)
+    }
+
+    async fn apply_one_replicated(&self, op: Op, stamp_ms: u64, index: u64) -> Reply {
         self.engine.borrow_mut().next_version(index);
         match self.apply_unqueued(op, stamp_ms).await {
             (Answered::Reply(reply), _) => reply,
             (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
+        }
+    }
+
+    /// Applies a committed expiry entry: each key still at its version and expired at the
+    /// leader's stamp is removed with a tombstone versioned with the entry's index.
+    pub fn apply_expiry(&self, keys: Vec<(Bytes, u64)>, stamp_ms: u64, index: u64) -> Reply {
+        let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };
+        let mut engine = self.engine.borrow_mut();
+        let replies = keys
+            .into_iter()
+            .map(|(key, version)| {
+                engine.next_version(index);
+                match engine.expire(&key, version, stamp_ms, &mut log) {
+                    Ok(true) => Reply::Deleted { version },
+                    Ok(false) => Reply::error(ErrorCode::NotFound, "not at that version, or live"),
+                    Err(e) => Reply::error(ErrorCode::Unavailable, e),
+                }
+            })
+            .collect();
+        Reply::Batch(replies)
+    }
+
+    /// The cluster's active expiry, on this core: keys found expired in partitions this node
+    /// leads are proposed for removal, one entry per partition; the others are looked at
+    /// again later (their leader removes them, or this node does if it comes to lead).
+    pub fn cluster_sweep(self: &Rc<Self>, now: u64, budget: usize) {
+        let Some(r) = self.cluster.as_ref() else { return };
+        let due = self.engine.borrow_mut().due_expiries(now, budget);
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<(Bytes, u64)>> =
+            Default::default();
+        for (key, version) in due {
+            by_partition
+                .entry(meta::partition_of(&key, self.partitions))
+                .or_default()
+                .push((key, version));
+        }
+        for (partition, keys) in by_partition {
+            if !r.leadership(partition).0 {
+                let mut engine = self.engine.borrow_mut();
+                for (key, _) in keys {
+                    engine.expire_later(key, now + EXPIRY_RETRY_MS);
+                }
+                continue;
+            }
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                let Some(r) = me.cluster.as_ref() else { return };
+                let reply = r.propose_expiry(partition, &keys).await;
+                if matches!(reply, Reply::Error(_)) {
+                    // Not applied, or unknown: look again (a removal twice is a no-op).
+                    let mut engine = me.engine.borrow_mut();
+                    for (key, _) in keys {
+                        engine.expire_later(key, now_ms() + EXPIRY_RETRY_MS);
+                    }
+                }
+            })
+            .detach();
         }
     }
 
@@ -363,7 +516,9 @@ impl Core {
         if ending != record::Ending::Clean {
             return Err(format!("partition {partition}: damaged snapshot ({ending:?})"));
         }
-        let present = self.partition_keys(partition, now);
+        // Every key, expired or not: under the logged rule only the log removes keys, and the
+        // snapshot holds what the leader's log left.
+        let present = self.partition_keys(partition, 0);
         let keep: std::collections::HashSet<&[u8]> = incoming.iter().map(|m| m.key()).collect();
         let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };
         {

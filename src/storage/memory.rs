@@ -11,8 +11,9 @@
 //!
 //! Semantics every engine must keep:
 //! - a key's version is assigned from one per-core counter, so it only grows, per key too;
-//! - an expired key is absent for every operation, and is removed when touched (lazy expiry)
-//!   or by [`Engine::sweep_expired`] (active expiry);
+//! - an expired key is absent for every operation. Under [`ExpiryRule::Local`] it is removed
+//!   when touched (lazy expiry) or by [`Engine::sweep_expired`] (active expiry); under
+//!   [`ExpiryRule::Logged`] only by [`Engine::expire`], so that removal is a log entry;
 //! - `IfVersion(0)` holds exactly when the key is absent, so "create if absent" can be said
 //!   with a version too;
 //! - a failed condition reports the key's current version (0 when absent);
@@ -29,7 +30,7 @@ use corekv_schema::codec::{Condition, ErrorCode, Expected, Op, Reply, SetOp, Wir
 use hashbrown::HashTable;
 
 use super::record::{HEADER_BYTES, Loc, Mutation};
-use super::{Applied, Engine, EngineStats, Fetch, Log, SegmentUse};
+use super::{Applied, Engine, EngineStats, ExpiryRule, Fetch, Log, SegmentUse};
 
 /// One stored key. Key and cached value share one allocation (`data = key ++ value`): a
 /// lookup that finds the key has the value's first bytes in the same cache lines, and each key
@@ -152,6 +153,7 @@ pub struct MemEngine {
     version_last: u64,
     value_bytes: u64,
     expired: u64,
+    rule: ExpiryRule,
 }
 
 impl Default for MemEngine {
@@ -192,7 +194,19 @@ impl MemEngine {
             version_last: 0,
             value_bytes: 0,
             expired: 0,
+            rule: ExpiryRule::Local,
         }
+    }
+
+    /// The same engine, with `rule` deciding who removes expired keys.
+    pub fn with_expiry(mut self, rule: ExpiryRule) -> MemEngine {
+        self.rule = rule;
+        self
+    }
+
+    /// Whether an operation that finds a key expired may remove it by its own time.
+    fn removes_on_touch(&self) -> bool {
+        self.rule == ExpiryRule::Local
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -353,7 +367,7 @@ impl MemEngine {
             Some(_) => {}
         }
         // Lazy expiry: the key was found dead; drop it now.
-        if self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
+        if self.removes_on_touch() && self.remove_if(key, |e| !e.is_expired(now_ms)).is_some() {
             self.expired += 1;
         }
         Applied::Done(not_found())
@@ -426,7 +440,9 @@ impl MemEngine {
         };
         let old_version = match found {
             None => {
-                if self.remove_if(&key, |e| !e.is_expired(now_ms)).is_some() {
+                if self.removes_on_touch()
+                    && self.remove_if(&key, |e| !e.is_expired(now_ms)).is_some()
+                {
                     self.expired += 1;
                 }
                 return Applied::Done(not_found());
@@ -619,7 +635,7 @@ impl Engine for MemEngine {
                 self.clear();
             }
             Mutation::Put { expires_at_ms, .. } | Mutation::Index { expires_at_ms, .. }
-                if expires_at_ms != 0 && expires_at_ms <= now_ms =>
+                if expires_at_ms != 0 && expires_at_ms <= now_ms && self.removes_on_touch() =>
             {
                 self.logged(loc, false);
                 // Expired while the node was down: it hides any older value of the key.
@@ -661,6 +677,9 @@ impl Engine for MemEngine {
     }
 
     fn sweep_expired(&mut self, now_ms: u64, budget: usize) -> usize {
+        if !self.removes_on_touch() {
+            return 0;
+        }
         let mut removed = 0;
         for _ in 0..budget {
             match self.expiry.peek() {
@@ -678,9 +697,53 @@ impl Engine for MemEngine {
         removed
     }
 
+    fn due_expiries(&mut self, now_ms: u64, budget: usize) -> Vec<(Bytes, u64)> {
+        let mut due = Vec::new();
+        while due.len() < budget {
+            match self.expiry.peek() {
+                Some(Reverse((at, _))) if *at <= now_ms => {}
+                _ => break,
+            }
+            let Some(Reverse((_, key))) = self.expiry.pop() else { break };
+            // A stale ticket (the key rewritten or gone) finds nothing expired.
+            let found = self.table.find(self.hash(&key), |e| e.key() == &key[..]);
+            if let Some(e) = found.filter(|e| e.is_expired(now_ms)) {
+                due.push((key, e.version));
+            }
+        }
+        due
+    }
+
+    fn expire_later(&mut self, key: Bytes, due_ms: u64) {
+        self.expiry.push(Reverse((due_ms, key)));
+    }
+
+    fn expire(
+        &mut self,
+        key: &[u8],
+        version: u64,
+        now_ms: u64,
+        log: &mut dyn Log,
+    ) -> Result<bool, String> {
+        let found = self.table.find(self.hash(key), |e| e.key() == key);
+        if !found.is_some_and(|e| e.version == version && e.is_expired(now_ms)) {
+            return Ok(false);
+        }
+        // A tombstone, as a delete writes: replay must not bring the key back.
+        let tombstone = self.version_last + 1;
+        let mutation = Mutation::Delete { key: Bytes::copy_from_slice(key), version: tombstone };
+        let loc = log.append(&mutation)?;
+        self.version_last = tombstone;
+        self.logged(loc, false);
+        self.remove_if(key, |_| false);
+        self.expired += 1;
+        Ok(true)
+    }
+
     fn snapshot(&self, now_ms: u64) -> Vec<Mutation> {
         let clock = Mutation::Clock { version: self.version_last };
-        let entries = self.table.iter().filter(|e| !e.is_expired(now_ms)).map(|e| match e.loc {
+        let hides = |e: &Entry| self.removes_on_touch() && e.is_expired(now_ms);
+        let entries = self.table.iter().filter(|e| !hides(e)).map(|e| match e.loc {
             Some(loc) => Mutation::Index {
                 key: e.data.slice(..e.key_len as usize),
                 version: e.version,
@@ -816,597 +879,8 @@ impl Engine for MemEngine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::NoLog;
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    fn set(k: &str, v: &str) -> Op {
-        Op::set(b(k), b(v))
-    }
-
-    fn set_if(k: &str, v: &str, condition: Condition) -> Op {
-        Op::set_if(b(k), b(v), condition)
-    }
-
-    fn get(k: &str) -> Op {
-        Op::get(b(k))
-    }
-
-    fn run(e: &mut MemEngine, op: Op, now_ms: u64) -> Reply {
-        match e.execute(op, now_ms, &mut NoLog, None) {
-            Applied::Done(reply) => reply,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn code(r: &Reply) -> Option<ErrorCode> {
-        match r {
-            Reply::Error(e) => Some(e.code),
-            _ => None,
-        }
-    }
-
-    fn version(r: &Reply) -> u64 {
-        match r {
-            Reply::Written { version } | Reply::Deleted { version } => *version,
-            Reply::Value { version, .. } => *version,
-            other => panic!("no version in {other:?}"),
-        }
-    }
-
-    #[test]
-    fn set_get_delete() {
-        let mut e = MemEngine::new();
-        assert_eq!(code(&run(&mut e, get("a"), 0)), Some(ErrorCode::NotFound));
-        let v1 = version(&run(&mut e, set("a", "1"), 0));
-        match run(&mut e, get("a"), 0) {
-            Reply::Value { value, version, ttl_ms } => {
-                assert_eq!(value, b("1"));
-                assert_eq!(version, v1);
-                assert_eq!(ttl_ms, None);
-            }
-            other => panic!("{other:?}"),
-        }
-        let v2 = version(&run(&mut e, set("a", "22"), 0));
-        assert!(v2 > v1);
-        assert_eq!(e.stats().value_bytes, 3);
-        let del = run(&mut e, Op::Delete { key: b("a"), condition: Condition::Always }, 0);
-        assert_eq!(del, Reply::Deleted { version: v2 });
-        let again = run(&mut e, Op::Delete { key: b("a"), condition: Condition::Always }, 0);
-        assert_eq!(code(&again), Some(ErrorCode::NotFound));
-        assert_eq!(e.stats(), EngineStats::default());
-    }
-
-    #[test]
-    fn conditions() {
-        let mut e = MemEngine::new();
-        assert_eq!(
-            code(&run(&mut e, set_if("k", "x", Condition::IfPresent), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        let v1 = version(&run(&mut e, set_if("k", "a", Condition::IfAbsent), 0));
-        match run(&mut e, set_if("k", "b", Condition::IfAbsent), 0) {
-            Reply::Error(err) => {
-                assert_eq!(err.code, ErrorCode::ConditionFailed);
-                assert_eq!(err.current_version, v1);
-            }
-            other => panic!("{other:?}"),
-        }
-        let v2 = version(&run(&mut e, set_if("k", "b", Condition::IfPresent), 0));
-        assert_eq!(
-            code(&run(&mut e, set_if("k", "c", Condition::IfVersion(v1)), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        let v3 = version(&run(&mut e, set_if("k", "c", Condition::IfVersion(v2)), 0));
-        assert_eq!(
-            code(&run(&mut e, set_if("k", "d", Condition::IfValue(b("b"))), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        version(&run(&mut e, set_if("k", "d", Condition::IfValue(b("c"))), 0));
-        assert!(v3 > v2);
-        // IfVersion(0) means "absent".
-        version(&run(&mut e, set_if("new", "1", Condition::IfVersion(0)), 0));
-        assert_eq!(
-            code(&run(&mut e, set_if("new", "2", Condition::IfVersion(0)), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-    }
-
-    #[test]
-    fn cas_by_value_and_version() {
-        let mut e = MemEngine::new();
-        let v = version(&run(&mut e, set("k", "a"), 0));
-        let cas =
-            |expected, new: &str| Op::Cas { key: b("k"), expected, new_value: b(new), ttl_ms: 0 };
-        assert_eq!(
-            code(&run(&mut e, cas(Expected::Value(b("z")), "b"), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        let v2 = version(&run(&mut e, cas(Expected::Value(b("a")), "b"), 0));
-        assert_eq!(
-            code(&run(&mut e, cas(Expected::Version(v), "c"), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        version(&run(&mut e, cas(Expected::Version(v2), "c"), 0));
-        assert!(matches!(run(&mut e, get("k"), 0), Reply::Value { value, .. } if value == b("c")));
-    }
-
-    #[test]
-    fn delete_conditions() {
-        let mut e = MemEngine::new();
-        let v = version(&run(&mut e, set("k", "a"), 0));
-        let del = |c| Op::Delete { key: b("k"), condition: c };
-        assert_eq!(
-            code(&run(&mut e, del(Condition::IfVersion(v + 1)), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        assert_eq!(
-            code(&run(&mut e, del(Condition::IfValue(b("b"))), 0)),
-            Some(ErrorCode::ConditionFailed)
-        );
-        assert_eq!(run(&mut e, del(Condition::IfValue(b("a"))), 0), Reply::Deleted { version: v });
-    }
-
-    #[test]
-    fn ttl_lazy_and_active() {
-        let mut e = MemEngine::new();
-        let with_ttl = |k: &str, ttl_ms| {
-            Op::Set(SetOp { key: b(k), value: b("v"), ttl_ms, ..Default::default() })
-        };
-        run(&mut e, with_ttl("a", 100), 1_000);
-        run(&mut e, with_ttl("b", 100), 1_000);
-        run(&mut e, with_ttl("c", 500), 1_000);
-        match run(&mut e, get("a"), 1_040) {
-            Reply::Value { ttl_ms, .. } => assert_eq!(ttl_ms, Some(60)),
-            other => panic!("{other:?}"),
-        }
-        // Lazy: reading at the expiry instant already misses.
-        assert_eq!(code(&run(&mut e, get("a"), 1_100)), Some(ErrorCode::NotFound));
-        assert_eq!(e.stats().expired, 1);
-        // Active: the sweep removes b, leaves c, and skips a's stale ticket.
-        assert_eq!(e.sweep_expired(1_200, 100), 1);
-        assert_eq!(e.stats().keys, 1);
-        assert_eq!(e.sweep_expired(1_500, 100), 1);
-        assert_eq!(e.stats(), EngineStats { expired: 3, ..EngineStats::default() });
-    }
-
-    #[test]
-    fn overwrite_clears_or_keeps_ttl() {
-        let mut e = MemEngine::new();
-        run(
-            &mut e,
-            Op::Set(SetOp { key: b("k"), value: b("v"), ttl_ms: 100, ..Default::default() }),
-            0,
-        );
-        run(
-            &mut e,
-            Op::Set(SetOp { key: b("k"), value: b("w"), keep_ttl: true, ..Default::default() }),
-            10,
-        );
-        assert!(matches!(run(&mut e, get("k"), 50), Reply::Value { ttl_ms: Some(50), .. }));
-        run(&mut e, set("k", "x"), 60);
-        // The old ticket must not expire the rewritten key.
-        assert_eq!(e.sweep_expired(1_000, 100), 0);
-        assert!(matches!(run(&mut e, get("k"), 1_000), Reply::Value { ttl_ms: None, .. }));
-    }
-
-    #[test]
-    fn sweep_respects_budget() {
-        let mut e = MemEngine::new();
-        for i in 0..10 {
-            run(
-                &mut e,
-                Op::Set(SetOp {
-                    key: b(&format!("k{i}")),
-                    value: b("v"),
-                    ttl_ms: 1,
-                    ..Default::default()
-                }),
-                0,
-            );
-        }
-        assert_eq!(e.sweep_expired(5, 3), 3);
-        assert_eq!(e.sweep_expired(5, 100), 7);
-    }
-
-    #[test]
-    fn refreshing_long_ttls_keeps_the_expiry_heap_bounded() {
-        let mut e = MemEngine::new();
-        for round in 0..50u64 {
-            for i in 0..100 {
-                let op = Op::Set(SetOp {
-                    key: b(&format!("session:{i}")),
-                    value: b("v"),
-                    ttl_ms: 1_800_000,
-                    ..Default::default()
-                });
-                run(&mut e, op, round);
-            }
-        }
-        assert!(e.expiry.len() <= 2 * 100 + EXPIRY_STALE_TICKETS_MAX, "{}", e.expiry.len());
-        assert_eq!(e.ttl_keys, 100);
-        // keep_ttl rewrites add no tickets at all.
-        let before = e.expiry.len();
-        for i in 0..100 {
-            let op = Op::Set(SetOp {
-                key: b(&format!("session:{i}")),
-                value: b("w"),
-                keep_ttl: true,
-                ..Default::default()
-            });
-            run(&mut e, op, 100);
-        }
-        assert_eq!(e.expiry.len(), before);
-        // Everything still expires on time, exactly once.
-        assert_eq!(e.sweep_expired(1_800_000 + 100, usize::MAX), 100);
-        assert_eq!(e.stats().keys, 0);
-        assert_eq!(e.ttl_keys, 0);
-    }
-
-    /// Replay goes through the same bookkeeping as writes: refreshed TTLs in a long log do not
-    /// grow the expiry heap without bound, and byte counts match a table built by writes.
-    #[test]
-    fn replay_shares_write_bookkeeping() {
-        let mut replayed = MemEngine::new();
-        let mut version = 0;
-        for round in 0..50u64 {
-            for i in 0..100 {
-                version += 1;
-                let key = format!("session:{i}");
-                let m = Mutation::put(key.as_bytes(), b"v", version, 1_800_000 + round);
-                replayed.replay(m, None, 0);
-            }
-        }
-        assert!(replayed.expiry.len() <= 2 * 100 + EXPIRY_STALE_TICKETS_MAX);
-        assert_eq!(replayed.ttl_keys, 100);
-        assert_eq!(replayed.stats().value_bytes, 100 * ("session:0".len() as u64 + 1) + 90);
-    }
-
-    /// A log in memory: records get consecutive locations in segment `segment`; records up
-    /// to `durable` (and every earlier segment) are durable.
-    #[derive(Default)]
-    struct MemLog {
-        records: Vec<(Loc, Mutation)>,
-        segment: u64,
-        end: u64,
-        durable: u64,
-        refuse: bool,
-    }
-
-    impl MemLog {
-        fn new() -> MemLog {
-            MemLog { segment: 1, ..MemLog::default() }
-        }
-
-        fn value_at(&self, loc: Loc) -> Bytes {
-            match self.records.iter().find(|(l, _)| *l == loc) {
-                Some((_, Mutation::Put { data, key_len, .. })) => data.slice(*key_len..),
-                other => panic!("no put at {loc:?}: {other:?}"),
-            }
-        }
-    }
-
-    impl Log for MemLog {
-        fn append(&mut self, m: &Mutation) -> Result<Option<Loc>, String> {
-            if self.refuse {
-                return Err("disk full".into());
-            }
-            let loc = Loc::new(self.segment, self.end, m.encoded_len());
-            self.end += m.encoded_len() as u64;
-            self.records.push((loc, m.clone()));
-            Ok(Some(loc))
-        }
-
-        fn is_durable(&self, loc: Loc) -> bool {
-            loc.segment() < self.segment || loc.end() <= self.durable
-        }
-    }
-
-    fn failed_with(applied: &Applied, code: ErrorCode) -> bool {
-        matches!(applied, Applied::Done(Reply::Error(w)) if w.code == code)
-    }
-
-    fn exec(e: &mut MemEngine, log: &mut MemLog, op: Op) -> Applied {
-        e.execute(op, 0, log, None)
-    }
-
-    #[test]
-    fn cache_stays_within_budget_and_cold_values_are_fetched() {
-        let mut e = MemEngine::with_cache(1_000);
-        let mut log = MemLog::new();
-        let value = |i: usize| b(&format!("{i:0100}"));
-        for i in 0..100 {
-            exec(&mut e, &mut log, Op::set(b(&format!("k{i}")), value(i)));
-        }
-        // Nothing is durable yet: every value must stay.
-        assert_eq!(e.stats().cached_bytes, 100 * 100);
-        log.durable = log.end;
-        exec(&mut e, &mut log, Op::set(b("last"), value(0)));
-        let stats = e.stats();
-        assert!(stats.cached_bytes <= 1_000 + 100, "{stats:?}");
-        assert!(stats.evicted >= 89, "{stats:?}");
-        assert_eq!(stats.value_bytes, stats.log_live_bytes - 101 * HEADER_BYTES as u64);
-        let mut fetched = 0;
-        for i in 0..100 {
-            let key = b(&format!("k{i}"));
-            match exec(&mut e, &mut log, Op::get(key.clone())) {
-                Applied::Done(Reply::Value { value: v, .. }) => assert_eq!(v, value(i)),
-                Applied::Fetch(f) => {
-                    fetched += 1;
-                    assert_eq!(log.value_at(f.loc), value(i));
-                    assert_eq!(f.key_len as usize, key.len());
-                    let data = [&key[..], &log.value_at(f.loc)[..]].concat();
-                    e.cache_fetched(Bytes::from(data), key.len(), f.loc, &log);
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        assert!(fetched >= 89, "{fetched}");
-        assert!(e.stats().cached_bytes <= 1_000 + 100, "{:?}", e.stats());
-    }
-
-    #[test]
-    fn compare_by_value_reads_a_cold_value_first() {
-        let mut e = MemEngine::with_cache(0);
-        let mut log = MemLog::new();
-        exec(&mut e, &mut log, Op::set(b("k"), b("old")));
-        log.durable = log.end;
-        exec(&mut e, &mut log, Op::set(b("other"), b("x")));
-        assert_eq!(e.stats().cached_bytes, 1, "only the not-yet-durable value stays");
-        let cas = |expected: &str| Op::Cas {
-            key: b("k"),
-            expected: Expected::Value(b(expected)),
-            new_value: b("new"),
-            ttl_ms: 0,
-        };
-        // A different length cannot match: decided without reading.
-        let short = exec(&mut e, &mut log, cas("ol"));
-        assert!(failed_with(&short, ErrorCode::ConditionFailed));
-        for (expected, wins) in [("odd", false), ("old", true)] {
-            let Applied::NeedValue(op, loc) = exec(&mut e, &mut log, cas(expected)) else {
-                panic!("a cold compare must ask for the value");
-            };
-            let value = log.value_at(loc);
-            match e.execute(op, 0, &mut log, Some((loc, &value))) {
-                Applied::Done(Reply::Written { .. }) => assert!(wins, "{expected}"),
-                Applied::Done(Reply::Error(w)) => {
-                    assert!(!wins, "{expected}");
-                    assert_eq!(w.code, ErrorCode::ConditionFailed);
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        assert!(matches!(
-            exec(&mut e, &mut log, Op::get(b("k"))),
-            Applied::Done(Reply::Value { value, .. }) if value == b("new")
-        ));
-    }
-
-    #[test]
-    fn a_write_the_log_refuses_changes_nothing() {
-        let mut e = MemEngine::new();
-        let mut log = MemLog::new();
-        exec(&mut e, &mut log, Op::set(b("k"), b("v1")));
-        log.refuse = true;
-        let refused = exec(&mut e, &mut log, Op::set(b("k"), b("v2")));
-        assert!(failed_with(&refused, ErrorCode::Unavailable));
-        let refused =
-            exec(&mut e, &mut log, Op::Delete { key: b("k"), condition: Condition::Always });
-        assert!(failed_with(&refused, ErrorCode::Unavailable));
-        assert!(matches!(
-            exec(&mut e, &mut log, Op::get(b("k"))),
-            Applied::Done(Reply::Value { value, version: 1, .. }) if value == b("v1")
-        ));
-    }
-
-    #[test]
-    fn relocate_moves_only_current_puts_and_tracks_live_bytes() {
-        let mut e = MemEngine::new();
-        let mut log = MemLog::new();
-        exec(&mut e, &mut log, Op::set(b("a"), b("1")));
-        exec(&mut e, &mut log, Op::set(b("b"), b("2")));
-        exec(&mut e, &mut log, Op::set(b("a"), b("3")));
-        exec(&mut e, &mut log, Op::Delete { key: b("b"), condition: Condition::Always });
-        exec(&mut e, &mut log, Op::set(b("c"), b("4")));
-        let rec = (HEADER_BYTES + 2) as u64;
-        let seg1 = e.segments()[0].1;
-        assert_eq!(seg1, SegmentUse { total: 5 * rec - 1, live: 2 * rec });
-        // Compact segment 1 into segment 2.
-        let old = std::mem::take(&mut log.records);
-        log.segment = 2;
-        log.end = 0;
-        let moved: Vec<bool> = old
-            .iter()
-            .filter(|(_, m)| matches!(m, Mutation::Put { .. }))
-            .map(|(loc, m)| e.relocate(m, *loc, &mut log).unwrap())
-            .collect();
-        assert_eq!(moved, [false, false, true, true]);
-        assert_eq!(
-            e.segments(),
-            [
-                (1, SegmentUse { total: 5 * rec - 1, live: 0 }),
-                (2, SegmentUse { total: 2 * rec, live: 2 * rec }),
-            ]
-        );
-        e.forget_segment(1);
-        assert!(matches!(
-            exec(&mut e, &mut log, Op::get(b("a"))),
-            Applied::Done(Reply::Value { value, .. }) if value == b("3")
-        ));
-        // A checkpoint then points at the new places.
-        let snap = e.snapshot(0);
-        assert!(snap.iter().all(|m| match m {
-            Mutation::Index { loc, .. } => loc.segment() == 2,
-            Mutation::Clock { version } => *version == 5,
-            other => panic!("{other:?}"),
-        }));
-    }
-
-    /// A checkpoint's index records come back cold, with the right lengths, and values are
-    /// fetched from where they point.
-    #[test]
-    fn index_records_replay_cold() {
-        let mut e = MemEngine::new();
-        let mut log = MemLog::new();
-        exec(&mut e, &mut log, Op::set(b("key"), b("value")));
-        let snap = e.snapshot(0);
-        let mut restored = MemEngine::new();
-        for m in snap {
-            restored.replay(m, None, 0);
-        }
-        let stats = restored.stats();
-        assert_eq!((stats.keys, stats.value_bytes, stats.cached_bytes), (1, 8, 0));
-        assert_eq!(stats.log_live_bytes, (HEADER_BYTES + 8) as u64);
-        let Applied::Fetch(f) = exec(&mut restored, &mut log, Op::get(b("key"))) else {
-            panic!("a restored value is read from the log");
-        };
-        assert_eq!(log.value_at(f.loc), b("value"));
-        assert_eq!(f.version, 1);
-    }
-
-    /// A flush is logged first, empties the table and the live bytes, and replays the same.
-    #[test]
-    fn flush_logs_then_clears_and_replays() {
-        let mut e = MemEngine::new();
-        let mut log = MemLog::new();
-        for k in ["a", "b", "c"] {
-            exec(&mut e, &mut log, Op::set(b(k), b("v")));
-        }
-        assert_eq!(e.flush(&mut log), Ok(3));
-        exec(&mut e, &mut log, Op::set(b("after"), b("w")));
-        assert_eq!(e.stats().keys, 1);
-        assert_eq!(e.segments()[0].1.live, (HEADER_BYTES + 6) as u64);
-        let mut replayed = MemEngine::new();
-        for (loc, m) in &log.records {
-            replayed.replay(m.clone(), Some(*loc), 0);
-        }
-        assert_eq!(replayed.stats().keys, 1);
-        assert!(matches!(
-            exec(&mut replayed, &mut log, Op::get(b("a"))),
-            Applied::Done(Reply::Error(_))
-        ));
-        log.refuse = true;
-        assert!(e.flush(&mut log).is_err());
-        assert_eq!(e.stats().keys, 1, "a flush the log refused changes nothing");
-    }
-
-    /// An empty value is always "in memory": it never enters the CLOCK, so eviction cannot
-    /// count it twice, and the cache's counts stay those of the table.
-    #[test]
-    fn empty_values_are_never_evicted() {
-        let mut e = MemEngine::with_cache(0);
-        let mut log = MemLog::new();
-        exec(&mut e, &mut log, Op::set(b("empty"), b("")));
-        exec(&mut e, &mut log, Op::set(b("x"), b("1")));
-        log.durable = log.end;
-        for round in 0..3 {
-            exec(&mut e, &mut log, Op::set(b(&format!("y{round}")), b("v")));
-            log.durable = log.end;
-        }
-        assert_eq!(e.stats().evicted, 3, "x, y0 and y1; never the empty value");
-        exec(&mut e, &mut log, Op::Delete { key: b("empty"), condition: Condition::Always });
-        let cached = e.table.iter().filter(|x| x.cached()).count();
-        assert_eq!(e.cached_entries, cached);
-        assert_eq!(e.stats().cached_bytes, 1, "y2, not durable when written");
-    }
-}
-
+mod expiry_tests;
 #[cfg(test)]
-mod scan_tests {
-    use super::*;
-    use std::collections::HashSet;
-
-    fn key(i: u32) -> Bytes {
-        Bytes::from(format!("key:{i}"))
-    }
-
-    fn put(e: &mut MemEngine, i: u32) {
-        let mut log = crate::storage::NoLog;
-        let applied = e.execute(Op::set(key(i), Bytes::from_static(b"v")), 0, &mut log, None);
-        assert!(matches!(applied, Applied::Done(Reply::Written { .. })));
-    }
-
-    fn del(e: &mut MemEngine, i: u32) {
-        let mut log = crate::storage::NoLog;
-        e.execute(Op::Delete { key: key(i), condition: Condition::Always }, 0, &mut log, None);
-    }
-
-    /// Keys present for a whole scan come back exactly once, although the table grows
-    /// (rehashing every entry) and keys come and go between the calls.
-    #[test]
-    fn scan_returns_every_steady_key_once_through_growth_and_churn() {
-        let mut e = MemEngine::new();
-        // 880 keys fill hashbrown's 1024 buckets nearly to the brim: the puts below grow it.
-        for i in 0..880 {
-            put(&mut e, i);
-        }
-        let buckets_before = e.table.capacity();
-        let steady: HashSet<Bytes> = (0..880).filter(|i| i % 3 != 0).map(key).collect();
-        let mut seen: Vec<Bytes> = Vec::new();
-        let mut cursor = 0;
-        let mut round = 0u32;
-        loop {
-            let (keys, next) = e.scan(cursor, 7, 0, &|_| true);
-            assert!(keys.len() <= 7);
-            seen.extend(keys);
-            // Churn: drop the keys that are not steady, add new ones (the table grows and
-            // rehashes), and delete some of the new ones again.
-            for i in (round * 3..round * 3 + 3).filter(|i| i % 3 == 0 && *i < 880) {
-                del(&mut e, i);
-            }
-            // (Fewer new positions per call than a call walks, or the walk never ends: the
-            // same holds for Redis's SCAN.)
-            for i in 0..6 {
-                put(&mut e, 100_000 + round * 6 + i);
-            }
-            for i in (0..6).step_by(2) {
-                del(&mut e, 100_000 + round * 6 + i);
-            }
-            round += 1;
-            match next {
-                Some(n) => cursor = n,
-                None => break,
-            }
-        }
-        assert!(e.table.capacity() > buckets_before, "the table grew during the walk");
-        let mut counted: std::collections::HashMap<Bytes, u32> = Default::default();
-        for k in &seen {
-            *counted.entry(k.clone()).or_default() += 1;
-        }
-        for k in &steady {
-            assert_eq!(counted.get(k), Some(&1), "{k:?}");
-        }
-        assert!(counted.values().all(|&n| n == 1), "no key twice");
-    }
-
-    #[test]
-    fn scan_filters_and_skips_expired_keys() {
-        let mut e = MemEngine::new();
-        let mut log = crate::storage::NoLog;
-        for i in 0..50 {
-            put(&mut e, i);
-        }
-        let set = SetOp {
-            key: Bytes::from_static(b"short"),
-            value: Bytes::from_static(b"v"),
-            ttl_ms: 10,
-            ..Default::default()
-        };
-        e.execute(Op::Set(set), 0, &mut log, None);
-        let (keys, next) = e.scan(0, 1000, 5, &|k| k.ends_with(b"7"));
-        assert_eq!(next, None);
-        let mut keys: Vec<_> =
-            keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
-        keys.sort();
-        assert_eq!(keys, ["key:17", "key:27", "key:37", "key:47", "key:7"]);
-        assert_eq!(e.scan(0, 1000, 5, &|k| k == b"short").0.len(), 1);
-        assert_eq!(e.scan(0, 1000, 11, &|k| k == b"short").0.len(), 0);
-        // A flush forgets every position.
-        e.flush(&mut log).unwrap();
-        assert_eq!(e.scan(0, 10, 0, &|_| true), (vec![], None));
-    }
-}
+mod scan_tests;
+#[cfg(test)]
+mod tests;
