@@ -39,3 +39,5 @@ pub mod shutdown;
 pub mod storage;
 #[cfg(test)]
 pub mod testing;
+pub mod time;
+pub mod waiting;

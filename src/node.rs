@@ -433,9 +433,14 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
             _ => {}
         }
     };
-    let report =
-        recovery::recover_observed(&dir, &mut engine, c.salvage, shard::now_ms(), &mut observe)
-            .map_err(|e| e.to_string())?;
+    let report = recovery::recover_observed(
+        &dir,
+        &mut engine,
+        c.salvage,
+        crate::time::now_ms(),
+        &mut observe,
+    )
+    .map_err(|e| e.to_string())?;
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     let (checkpoint_path, checkpoint_records) = match &report.checkpoint {
         Some((path, records)) => (path.display().to_string(), *records),
@@ -648,9 +653,9 @@ async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
     while !stop.is_fired() {
         glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
         if core.cluster.is_some() {
-            core.cluster_sweep(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
+            core.cluster_sweep(crate::time::now_ms(), TTL_SWEEP_KEYS_MAX);
         } else {
-            core.sweep_expired(shard::now_ms(), TTL_SWEEP_KEYS_MAX);
+            core.sweep_expired(crate::time::now_ms(), TTL_SWEEP_KEYS_MAX);
         }
     }
 }

@@ -44,6 +44,7 @@ use glommio::io::DmaFile;
 use crate::storage::record::{self, Loc, Mutation};
 use crate::storage::wal::Wal;
 use crate::storage::{Applied, Engine, Fetch, Log, checkpoint};
+use crate::time::now_ms;
 pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
 
 /// Where a request came from, in cluster mode; it decides whether the request may be forwarded
@@ -1176,13 +1177,6 @@ impl Future for AnswerFuture<'_> {
             None => Poll::Ready(Done::One(Reply::error(ErrorCode::Internal, "answer lost"))),
         }
     }
-}
-
-/// Wall-clock Unix time in milliseconds: expiry is absolute so it survives restarts.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Log bytes appended but not yet flushed beyond which new requests wait for the log.

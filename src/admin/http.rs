@@ -33,7 +33,8 @@ use super::prometheus;
 use crate::cluster::replica::{GroupStatus, Replicas};
 use crate::cluster::{health, meta};
 use crate::shard::metrics::{OPS, RESULTS, Snapshot, op_index, result_index, rss_bytes};
-use crate::shard::{Core, Origin, now_ms};
+use crate::shard::{Core, Origin};
+use crate::time::now_ms;
 
 type Answer = Response<Full<Bytes>>;
 

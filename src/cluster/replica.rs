@@ -24,10 +24,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,136 +34,21 @@ use corekv_schema::ring::Ring;
 use futures_lite::future;
 use protobuf::Message as _;
 use raft::eraftpb::{EntryType, Message};
-use slab::Slab;
 
 use super::command::{self, Command};
 use super::group::{self, Driven, Group, GroupStore as _};
 use super::store::{self, Recovered, WalStore};
 use super::transport::Links;
 use crate::config::ClusterConfig;
-use crate::shard::{Core, now_ms};
+use crate::shard::Core;
 use crate::storage::wal::Wal;
+use crate::time::now_ms;
+use crate::waiting::{Waits, Wake};
 
 /// Virtual nodes per node on the placement ring.
 pub const RING_VNODES: u32 = 256;
 /// How long a proposal may wait for its entry to be applied.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Answers that tasks wait for by id: an id is a slab slot plus a generation, so an answer
-/// that comes after its waiter gave up never reaches a later waiter of the same slot.
-#[derive(Default)]
-pub struct Waits {
-    slots: RefCell<Slab<(u32, WaitState)>>,
-    generation: Cell<u32>,
-}
-
-enum WaitState {
-    Waiting(Option<Waker>),
-    Done(Reply),
-}
-
-impl Waits {
-    pub fn open(&self) -> u64 {
-        let generation = self.generation.get().wrapping_add(1);
-        self.generation.set(generation);
-        let slot = self.slots.borrow_mut().insert((generation, WaitState::Waiting(None)));
-        (u64::from(generation) << 32) | slot as u64
-    }
-
-    fn find(&self, id: u64) -> Option<usize> {
-        let slot = (id & 0xFFFF_FFFF) as usize;
-        let generation = (id >> 32) as u32;
-        let slots = self.slots.borrow();
-        slots.get(slot).filter(|(g, _)| *g == generation).map(|_| slot)
-    }
-
-    /// Files the answer for `id`; one nobody waits for any more is dropped.
-    pub fn complete(&self, id: u64, reply: Reply) {
-        let Some(slot) = self.find(id) else { return };
-        let mut slots = self.slots.borrow_mut();
-        let state = &mut slots[slot].1;
-        if let WaitState::Waiting(waker) = std::mem::replace(state, WaitState::Done(reply))
-            && let Some(w) = waker
-        {
-            w.wake();
-        }
-    }
-
-    pub fn cancel(&self, id: u64) {
-        if let Some(slot) = self.find(id) {
-            self.slots.borrow_mut().remove(slot);
-        }
-    }
-
-    /// The answer for `id`, or `None` after `timeout`. The id is forgotten however this ends,
-    /// also when the caller drops the future (a wait raced against something else).
-    pub async fn wait(&self, id: u64, timeout: Duration) -> Option<Reply> {
-        let answer = WaitFuture { waits: self, id };
-        let expired = async {
-            glommio::timer::sleep(timeout).await;
-            None
-        };
-        future::or(async { Some(answer.await) }, expired).await.flatten()
-    }
-}
-
-struct WaitFuture<'a> {
-    waits: &'a Waits,
-    id: u64,
-}
-
-impl Drop for WaitFuture<'_> {
-    fn drop(&mut self) {
-        // Answered: already removed by `poll`. Otherwise nobody will take the answer.
-        self.waits.cancel(self.id);
-    }
-}
-
-impl Future for WaitFuture<'_> {
-    type Output = Option<Reply>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
-        let Some(slot) = self.waits.find(self.id) else { return Poll::Ready(None) };
-        let mut slots = self.waits.slots.borrow_mut();
-        match &mut slots[slot].1 {
-            WaitState::Done(_) => match slots.remove(slot).1 {
-                WaitState::Done(reply) => Poll::Ready(Some(reply)),
-                WaitState::Waiting(_) => unreachable!("checked just above"),
-            },
-            WaitState::Waiting(waker) => {
-                *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
-
-/// A flag plus a waker: one task sleeps on it, anyone with work for it sets it.
-#[derive(Default)]
-pub struct Wake {
-    set: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Wake {
-    pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        future::poll_fn(move |cx| {
-            if self.set.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-    }
-}
 
 /// A proposal in the log, waiting for its index to be applied: (its term, wait, proposed at).
 /// In Raft an (index, term) pair names one entry, so the entry applied at that index is this
@@ -256,7 +138,10 @@ pub struct Replicas {
     /// Reads whose index is known, waiting for it to be applied.
     read_waits: RefCell<Vec<(u32, u64, u64)>>,
     next_context: Cell<u64>,
-    pub waits: Rc<Waits>,
+    /// Who waits for a proposal's reply (shared with the links, for forwards).
+    pub waits: Rc<Waits<Reply>>,
+    /// Who waits for a read barrier: go ahead, or the reason not to.
+    reads: Waits<Result<(), Reply>>,
     wake: Wake,
     pub links: Links,
     pub counters: RaftCounters,
@@ -312,6 +197,7 @@ impl Replicas {
             read_waits: RefCell::new(Vec::new()),
             next_context: Cell::new(1),
             waits,
+            reads: Waits::default(),
             wake: Wake::default(),
             links,
             counters: RaftCounters::default(),
@@ -436,13 +322,12 @@ impl Replicas {
     /// ReadIndex: returns once this replica has applied everything committed when the read
     /// arrived (confirmed by a quorum of heartbeats), so a read after it is linearizable.
     pub async fn read_barrier(&self, partition: u32) -> Result<(), Reply> {
-        let wait = self.waits.open();
+        let wait = self.reads.open();
         self.read_asks.borrow_mut().push((partition, wait));
         self.wake.notify();
         self.counters.read_indexes.set(self.counters.read_indexes.get() + 1);
-        match self.waits.wait(wait, PROPOSAL_TIMEOUT).await {
-            Some(Reply::Pong { .. }) => Ok(()),
-            Some(other) => Err(other),
+        match self.reads.wait(wait, PROPOSAL_TIMEOUT).await {
+            Some(answer) => answer,
             None => Err(Reply::error(
                 ErrorCode::Unavailable,
                 format!(
@@ -467,10 +352,6 @@ pub fn wrong_node_error(partition: u32, leader: u64) -> WireError {
         format!("partition {partition} is led by node {leader}")
     };
     WireError { leader, ..WireError::new(ErrorCode::WrongNode, text) }
-}
-
-fn go() -> Reply {
-    Reply::Pong { payload: Bytes::new() }
 }
 
 /// The driver task of one core's groups; see the module doc.
@@ -537,12 +418,12 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
         }
         for (p, waits) in asks {
             let Some(g) = groups.get_mut(&p) else {
-                waits.into_iter().for_each(|w| r.waits.complete(w, wrong_node(p, 0)));
+                waits.into_iter().for_each(|w| r.reads.complete(w, Err(wrong_node(p, 0))));
                 continue;
             };
             if !g.is_leader() {
                 let leader = g.leader().1;
-                waits.into_iter().for_each(|w| r.waits.complete(w, wrong_node(p, leader)));
+                waits.into_iter().for_each(|w| r.reads.complete(w, Err(wrong_node(p, leader))));
                 continue;
             }
             if !g.can_read_index() {
@@ -582,7 +463,7 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
                 if q != p {
                     return true;
                 }
-                waits.drain(..).for_each(|w| r.waits.complete(w, wrong_node(*p, leader)));
+                waits.drain(..).for_each(|w| r.reads.complete(w, Err(wrong_node(*p, leader))));
                 false
             });
         }
@@ -781,7 +662,7 @@ fn release_reads(r: &Replicas) {
     let applied = r.applied.borrow();
     r.read_waits.borrow_mut().retain(|(p, index, wait)| {
         if applied.get(p).copied().unwrap_or(0) >= *index {
-            r.waits.complete(*wait, go());
+            r.reads.complete(*wait, Ok(()));
             false
         } else {
             true

@@ -29,9 +29,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
-use super::replica::{Waits, Wake};
 use crate::shard::{Core, Origin};
 use crate::shutdown::Shutdown;
+use crate::waiting::{Waits, Wake};
 
 /// Frames queued per link before more are dropped (Raft) or refused (forwards).
 const LINK_QUEUE_FRAMES: usize = 4096;
@@ -98,13 +98,13 @@ pub struct Links {
     node: u64,
     links: HashMap<u64, Link>,
     /// Forwards waiting for their answers, by id.
-    pub waits: Rc<Waits>,
+    pub waits: Rc<Waits<Reply>>,
     pub frames_dropped: Cell<u64>,
 }
 
 impl Links {
     /// Starts a link task per other node (on the calling executor).
-    pub fn start(node: u64, nodes: &[(u64, SocketAddr)], waits: Rc<Waits>) -> Links {
+    pub fn start(node: u64, nodes: &[(u64, SocketAddr)], waits: Rc<Waits<Reply>>) -> Links {
         let mut links = HashMap::new();
         for &(peer, addr) in nodes.iter().filter(|(n, _)| *n != node) {
             let tx = Rc::new(Outbox::default());
@@ -186,7 +186,7 @@ async fn run_link(
     addr: SocketAddr,
     rx: Rc<Outbox>,
     up: Rc<Cell<bool>>,
-    waits: Rc<Waits>,
+    waits: Rc<Waits<Reply>>,
 ) {
     let mut backoff = RECONNECT_MIN;
     loop {

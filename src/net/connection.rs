@@ -35,8 +35,9 @@ use glommio::net::TcpStream;
 
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::shard::metrics::{Metrics, OP_OTHER, op_index, result_index};
-use crate::shard::{Core, Origin, Slot, now_ms};
+use crate::shard::{Core, Origin, Slot};
 use crate::shutdown::Shutdown;
+use crate::time::now_ms;
 
 pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Replies are written out once this much has accumulated, even mid-batch.

@@ -29,8 +29,9 @@ use crate::resp::out;
 use crate::resp::parse::{self, ProtocolError};
 use crate::resp::rmw::{self, Rmw, Step};
 use crate::shard::metrics::{OP_OTHER, OP_RMW, op_index, result_index, rss_bytes};
-use crate::shard::{Core, Origin, ScanStep, Slot, now_ms};
+use crate::shard::{Core, Origin, ScanStep, Slot};
 use crate::shutdown::Shutdown;
+use crate::time::now_ms;
 
 /// Client ids, unique in the process (CLIENT ID, HELLO).
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);

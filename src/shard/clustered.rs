@@ -17,11 +17,12 @@ use bytes::Bytes;
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use corekv_schema::placement;
 
-use super::{Answered, Core, Done, Origin, Pending, Slot, Work, now_ms, unexpected};
+use super::{Answered, Core, Done, Origin, Pending, Slot, Work, unexpected};
 use crate::cluster::meta;
 use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node, wrong_node_error};
 use crate::config::ConsistencyMode;
 use crate::storage::record::{self, Mutation};
+use crate::time::now_ms;
 
 /// How long a request keeps looking for a partition's leader (elections, lost links).
 const LEADER_WAIT: Duration = Duration::from_secs(5);

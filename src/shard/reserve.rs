@@ -88,7 +88,7 @@ impl Core {
             self.held.borrow_mut().entry(key.clone()).or_default().reserved = true;
         }
         let failed = self.wal.as_ref().and_then(|w| w.failure());
-        let now = super::now_ms();
+        let now = crate::time::now_ms();
         let exists = {
             let engine = self.engine.borrow();
             keys.iter().any(|k| engine.version_of(k, now) != 0)
@@ -124,7 +124,7 @@ impl Core {
     /// Ends reservations by applying their sets, then releasing the keys; the replies and
     /// the last log record to wait for.
     pub async fn commit(&self, sets: Vec<SetOp>) -> (Vec<Reply>, Option<u64>) {
-        let now = super::now_ms();
+        let now = crate::time::now_ms();
         let keys: Vec<Bytes> = sets.iter().map(|s| s.key.clone()).collect();
         let mut replies = Vec::with_capacity(sets.len());
         let mut last = None;
