@@ -149,7 +149,7 @@ impl hyper::rt::Timer for LocalTimer {
 
 /// Serves one HTTP connection (keep-alive) until the client closes or the node shuts down.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
-    let _gauge = crate::net::connection::ConnectionGauge::new(core.clone());
+    let _gauge = crate::shard::ConnectionGauge::new(core.clone());
     let _ = stream.set_nodelay(true);
     let header_timeout = Duration::from_millis(core.node.partial_frame_timeout_ms);
     let service = hyper::service::service_fn(move |request| {

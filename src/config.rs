@@ -26,6 +26,11 @@ pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Requests a connection parses before answering them, bounding per-connection memory.
 pub const CONNECTION_BATCH_REQUESTS_MAX: usize = 1024;
+/// Segment size at which the log moves to a new file.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Largest log record accepted on read: a maximal key and value (see `frame::Limits`) fit
+/// with room to spare, and a corrupt `len` cannot make recovery read gigabytes.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
 // A connection forwards at most one call per request it holds; a mesh that can hold a whole
 // batch keeps one busy connection from filling it alone.
@@ -342,7 +347,7 @@ impl Config {
             segment_bytes_max: args
                 .segment_bytes_max
                 .or(file.segment_bytes_max)
-                .unwrap_or(crate::storage::wal::SEGMENT_BYTES_MAX_DEFAULT),
+                .unwrap_or(SEGMENT_BYTES_MAX_DEFAULT),
             checkpoint_interval_s: args
                 .checkpoint_interval_s
                 .or(file.checkpoint_interval_s)
@@ -436,7 +441,7 @@ impl Config {
         }
         // A value must fit in one log record, or writing it would be a bug that aborts the node.
         let record_bytes = l.key_bytes_max.saturating_add(l.value_bytes_max).saturating_add(32);
-        if record_bytes > crate::storage::record::RECORD_BYTES_MAX {
+        if record_bytes > RECORD_BYTES_MAX {
             return Err(invalid(
                 "value_bytes_max",
                 l.value_bytes_max,

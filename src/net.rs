@@ -2,35 +2,32 @@
 //!
 //! Every core accepts on the shared port (SO_REUSEPORT: the kernel spreads connections over
 //! cores) and, with `--shard-ports`, on its own port so shard-aware clients skip the
-//! cross-core hop. `net` reaches data only through [`crate::shard::Core`].
+//! cross-core hop. `net` reaches data only through [`crate::shard::Core`]. Which protocol a
+//! listener speaks is the [`Serve`] function `node` hands it.
 
 pub mod connection;
+pub mod peer;
 pub mod resp;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 
 use crate::shard::Core;
 use crate::shutdown::Shutdown;
 
-/// Which protocol a listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Native,
-    Resp,
-    Http,
-    /// Links from other nodes of the cluster.
-    Peer,
-}
+/// Serves one accepted connection until it closes or the node shuts down.
+pub type Serve = fn(Rc<Core>, TcpStream, Rc<Shutdown>) -> Pin<Box<dyn Future<Output = ()>>>;
 
 /// Accepts until shutdown, spawning one task per connection on this core.
 pub async fn accept_loop(
     core: Rc<Core>,
     listener: TcpListener,
-    protocol: Protocol,
+    serve: Serve,
     shutdown: Rc<Shutdown>,
 ) {
     loop {
@@ -42,23 +39,7 @@ pub async fn accept_loop(
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                let (core, shutdown) = (core.clone(), shutdown.clone());
-                match protocol {
-                    Protocol::Native => {
-                        glommio::spawn_local(connection::serve(core, stream, shutdown)).detach();
-                    }
-                    Protocol::Resp => {
-                        glommio::spawn_local(resp::serve(core, stream, shutdown)).detach();
-                    }
-                    Protocol::Peer => {
-                        let serve = crate::cluster::transport::serve(core, stream, shutdown);
-                        glommio::spawn_local(serve).detach();
-                    }
-                    Protocol::Http => {
-                        let serve = crate::admin::serve(core, stream, shutdown);
-                        glommio::spawn_local(serve).detach();
-                    }
-                }
+                glommio::spawn_local(serve(core.clone(), stream, shutdown.clone())).detach();
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on the error.

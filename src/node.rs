@@ -31,7 +31,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{Config, DurabilityMode, TTL_SWEEP_KEYS_MAX};
 use crate::error::NodeError;
-use crate::net::Protocol;
+use crate::net::Serve;
 use crate::shard::mesh::MeshBuilders;
 use crate::shard::{self, Core, NodeInfo};
 use crate::shutdown::{self, Shutdown};
@@ -334,15 +334,19 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
 
     let local_stop = Rc::new(Shutdown::default());
     glommio::spawn_local(shutdown::watch(boot.stop.clone(), local_stop.clone())).detach();
+    let native: Serve = |c, s, d| Box::pin(crate::net::connection::serve(c, s, d));
+    let resp: Serve = |c, s, d| Box::pin(crate::net::resp::serve(c, s, d));
+    let http: Serve = |c, s, d| Box::pin(crate::admin::serve(c, s, d));
+    let peer: Serve = |c, s, d| Box::pin(crate::net::peer::serve(c, s, d));
     let listeners = [
-        Some((main_listener, Protocol::Native)),
-        shard_listener.map(|l| (l, Protocol::Native)),
-        resp_listener.map(|l| (l, Protocol::Resp)),
-        http_listener.map(|l| (l, Protocol::Http)),
-        cluster_listener.map(|l| (l, Protocol::Peer)),
+        Some((main_listener, native)),
+        shard_listener.map(|l| (l, native)),
+        resp_listener.map(|l| (l, resp)),
+        http_listener.map(|l| (l, http)),
+        cluster_listener.map(|l| (l, peer)),
     ];
-    for (listener, protocol) in listeners.into_iter().flatten() {
-        let accept = crate::net::accept_loop(core.clone(), listener, protocol, local_stop.clone());
+    for (listener, serve) in listeners.into_iter().flatten() {
+        let accept = crate::net::accept_loop(core.clone(), listener, serve, local_stop.clone());
         glommio::spawn_local(accept).detach();
     }
     glommio::spawn_local(sweep_loop(core.clone(), c.ttl_sweep_interval_ms, local_stop.clone()))

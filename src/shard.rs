@@ -47,6 +47,24 @@ use crate::storage::{Applied, Engine, Fetch, Log, checkpoint};
 use crate::time::now_ms;
 pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
 
+/// Keeps the per-core connection gauge right on every exit path.
+pub struct ConnectionGauge(Rc<Core>);
+
+impl ConnectionGauge {
+    pub fn new(core: Rc<Core>) -> ConnectionGauge {
+        let c = &core.counters.connections;
+        c.set(c.get() + 1);
+        ConnectionGauge(core)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        let c = &self.0.counters.connections;
+        c.set(c.get() - 1);
+    }
+}
+
 /// Where a request came from, in cluster mode; it decides whether the request may be forwarded
 /// to another node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

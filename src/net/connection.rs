@@ -45,24 +45,6 @@ pub(super) const OUTPUT_FLUSH_BYTES: usize = 1024 * 1024;
 /// Buffers (and the encoder) that grew past this for one huge reply are released after use.
 pub(super) const BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
-/// Keeps the per-core connection gauge right on every exit path.
-pub(crate) struct ConnectionGauge(Rc<Core>);
-
-impl ConnectionGauge {
-    pub(crate) fn new(core: Rc<Core>) -> ConnectionGauge {
-        let c = &core.counters.connections;
-        c.set(c.get() + 1);
-        ConnectionGauge(core)
-    }
-}
-
-impl Drop for ConnectionGauge {
-    fn drop(&mut self) {
-        let c = &self.0.counters.connections;
-        c.set(c.get() - 1);
-    }
-}
-
 pub(super) enum ReadOutcome {
     Data(usize),
     Closed,
@@ -71,7 +53,7 @@ pub(super) enum ReadOutcome {
 }
 
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>) {
-    let _gauge = ConnectionGauge::new(core.clone());
+    let _gauge = crate::shard::ConnectionGauge::new(core.clone());
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }

@@ -20,8 +20,7 @@ use corekv_schema::codec::{
 use glommio::net::TcpStream;
 
 use super::connection::{
-    BUFFER_KEEP_BYTES, ConnectionGauge, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, fill,
-    send,
+    BUFFER_KEEP_BYTES, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, fill, send,
 };
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
@@ -53,7 +52,7 @@ enum Pending {
 type Queued = (Pending, bool, usize, Instant);
 
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>) {
-    let _gauge = ConnectionGauge::new(core.clone());
+    let _gauge = crate::shard::ConnectionGauge::new(core.clone());
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }

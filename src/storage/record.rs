@@ -45,9 +45,7 @@ pub const HEADER_BYTES: usize = EXPIRES_AT_OFFSET + 8;
 const _: () = assert!(HEADER_BYTES == 32);
 const _: () = assert!(VERSION_OFFSET.is_multiple_of(8) && EXPIRES_AT_OFFSET.is_multiple_of(8));
 
-/// Largest record accepted on read: a maximal key and value (see `frame::Limits`) fit with
-/// room to spare, and a corrupt `len` cannot make recovery read gigabytes.
-pub const RECORD_BYTES_MAX: usize = 64 << 20;
+pub use crate::config::RECORD_BYTES_MAX;
 
 pub const KIND_PUT: u8 = 1;
 pub const KIND_DELETE: u8 = 2;

@@ -32,8 +32,7 @@ use hdrhistogram::Histogram;
 
 use super::record::{self, Loc, Mutation};
 
-/// Segment size at which the log moves to a new file.
-pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+pub use crate::config::SEGMENT_BYTES_MAX_DEFAULT;
 /// Initial capacity of the pending-records buffer.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
 /// O_DIRECT granularity: offsets and lengths of every write are multiples of this.

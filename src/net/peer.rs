@@ -1,0 +1,106 @@
+//! Incoming links from other nodes of the cluster: the `Hello` check, then Raft traffic to
+//! the cores that own its partitions, forwarded client requests run here and answered on
+//! the same link, and peers' health reports. The outgoing side is `cluster::transport`.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use corekv_schema::codec::{Encoder, Reply, decode_request};
+use corekv_schema::frame::take_frame;
+use corekv_schema::peer::{self, PEER_VERSION, PeerMessage};
+use futures_lite::{AsyncWriteExt, future};
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+
+use crate::cluster::transport::{LINK_QUEUE_FRAMES, PEER_FRAME_BYTES_MAX, read_some};
+use crate::shard::{Core, Origin};
+use crate::shutdown::Shutdown;
+
+/// Serves one incoming link from another node.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
+    let Some(replicas) = core.cluster.as_ref() else { return };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(LINK_QUEUE_FRAMES);
+    let writing = glommio::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut greeted = false;
+    let mut greeted_by = 0;
+    let tx = Rc::new(tx);
+    'read: loop {
+        loop {
+            let frame = match take_frame(&mut buf, PEER_FRAME_BYTES_MAX) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer frame refused; closing the link");
+                    break 'read;
+                }
+            };
+            let message = match peer::decode(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad peer frame; closing the link");
+                    break 'read;
+                }
+            };
+            match message {
+                PeerMessage::Hello { to_node, version, from_node, .. } => {
+                    if to_node != replicas.node || version != PEER_VERSION {
+                        tracing::warn!(
+                            from_node,
+                            to_node,
+                            version,
+                            "link hello for another node or version; closing"
+                        );
+                        break 'read;
+                    }
+                    greeted = true;
+                    greeted_by = from_node;
+                }
+                _ if !greeted => break 'read,
+                PeerMessage::Raft { messages, .. } => core.deliver_raft(messages).await,
+                PeerMessage::Forward { id, request } => {
+                    let (core, tx) = (core.clone(), tx.clone());
+                    glommio::spawn_local(async move {
+                        let reply = match decode_request(&request, &core.limits) {
+                            Ok(r) => core.cluster_op(r.op, r.consistency, Origin::Peer).await,
+                            Err(e) => Reply::error(e.code, e.message),
+                        };
+                        let mut response = BytesMut::new();
+                        Encoder::new().response(id, &reply, &mut response);
+                        let frame = peer::encode(&PeerMessage::Forwarded {
+                            id,
+                            response: response.freeze(),
+                        });
+                        let _ = tx.send(frame).await;
+                    })
+                    .detach();
+                }
+                PeerMessage::Forwarded { .. } => {}
+                PeerMessage::Report(report) if report.from_node == greeted_by => {
+                    core.node.peers.record(report);
+                }
+                PeerMessage::Report(report) => {
+                    tracing::warn!(from = report.from_node, greeted_by, "report for another node");
+                }
+            }
+        }
+        let n = future::or(read_some(&mut reader, &mut buf), async {
+            shutdown.wait().await;
+            0
+        })
+        .await;
+        if n == 0 {
+            break;
+        }
+    }
+    drop(tx);
+    writing.cancel().await;
+}
