@@ -313,11 +313,11 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     if core.cluster.is_some() {
         glommio::spawn_local(crate::cluster::replica::run(core.clone())).detach();
         if core.index == 0 {
-            glommio::spawn_local(crate::cluster::health::report_loop(core.clone())).detach();
+            glommio::spawn_local(shard::status::report_loop(core.clone())).detach();
         }
         // The metadata group's core records this node in it.
         if core.index == placement::core_of_partition(core.partitions, core.cores) {
-            glommio::spawn_local(crate::cluster::meta::register(core.clone())).detach();
+            glommio::spawn_local(shard::topology::register(core.clone())).detach();
         }
     }
     let _ = boot.report.send(CoreReport { index, shard_port, result: Ok(()) });

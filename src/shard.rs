@@ -22,6 +22,8 @@ mod clustered;
 pub mod mesh;
 pub mod metrics;
 mod reserve;
+pub mod status;
+pub mod topology;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

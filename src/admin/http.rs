@@ -492,9 +492,9 @@ fn peer_links(r: &Replicas, field: &str) -> Vec<Value> {
 /// The cluster section of `/api/nodes/status`: every node, this one from its own figures and
 /// the others from their last heartbeat (up when heard within `health::DOWN_AFTER`).
 async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats]) -> Value {
-    let mine = health::gather(core, cores).await;
+    let mine = core.node_report(cores).await;
     let topology = match core.rc() {
-        Some(me) => match meta::topology(&me).await {
+        Some(me) => match crate::shard::topology::topology(&me).await {
             Reply::Topology(t) => *t,
             _ => TopologyInfo::default(),
         },

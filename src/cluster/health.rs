@@ -7,14 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use corekv_schema::codec::CoreStats;
-use corekv_schema::peer::{self, NodeReport, PeerMessage};
+use corekv_schema::peer::NodeReport;
 
-use crate::shard::Core;
+use super::replica::GroupStatus;
 
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// Silence after which a peer counts as down: four missed heartbeats.
@@ -52,13 +51,18 @@ pub fn disk_space(dir: &Path) -> (u64, u64) {
     }
 }
 
-/// This node's own figures (`stats`: every core's, as `Core::node_stats` gives them), as its
-/// peers are told them.
-pub async fn gather(core: &Core, stats: &[CoreStats]) -> NodeReport {
-    let node = core.cluster.as_ref().map_or(0, |r| r.node);
-    let (groups, _) = core.cluster_status().await.unwrap_or_default();
-    let data: Vec<_> = groups.iter().filter(|g| g.partition < core.partitions).collect();
-    let (free, total) = disk_space(&core.node.data_dir);
+/// This node's own figures, as its peers are told them: `groups`, the Raft groups it holds
+/// (data partitions are those below `partitions`); `stats`, every core's.
+pub fn report(
+    node: u64,
+    partitions: u32,
+    groups: &[GroupStatus],
+    data_dir: &Path,
+    started: Instant,
+    stats: &[CoreStats],
+) -> NodeReport {
+    let data: Vec<_> = groups.iter().filter(|g| g.partition < partitions).collect();
+    let (free, total) = disk_space(data_dir);
     let errors: Vec<String> = stats
         .iter()
         .filter(|c| !c.log_error.is_empty())
@@ -66,7 +70,7 @@ pub async fn gather(core: &Core, stats: &[CoreStats]) -> NodeReport {
         .collect();
     NodeReport {
         from_node: node,
-        uptime_ms: core.node.started.elapsed().as_millis() as u64,
+        uptime_ms: started.elapsed().as_millis() as u64,
         keys: stats.iter().map(|c| c.keys).sum(),
         log_bytes: stats.iter().map(|c| c.log_disk_bytes).sum(),
         disk_free_bytes: free,
@@ -86,19 +90,5 @@ pub fn health(report: &NodeReport, ago: Duration) -> &'static str {
         "up"
     } else {
         "degraded"
-    }
-}
-
-/// Sends this node's report to every peer, forever; runs on core 0.
-pub async fn report_loop(core: Rc<Core>) {
-    let Some(r) = core.cluster.as_ref() else { return };
-    loop {
-        glommio::timer::sleep(REPORT_INTERVAL).await;
-        let stats = core.node_stats().await.unwrap_or_default();
-        let frame = peer::encode(&PeerMessage::Report(gather(&core, &stats).await));
-        for (peer, _) in r.config.nodes.iter().filter(|(n, _)| *n != r.node) {
-            // A peer whose link is down misses this one; the next goes out in 500 ms.
-            r.links.send_frame(*peer, frame.clone());
-        }
     }
 }

@@ -111,7 +111,7 @@ impl Core {
             ));
         }
         match op {
-            Op::Topology => self.spawn_slot(async move { meta::topology(&me).await }),
+            Op::Topology => self.spawn_slot(async move { super::topology::topology(&me).await }),
             Op::Batch(ops) => {
                 self.spawn_slot(async move { me.cluster_batch(ops, consistency).await })
             }
@@ -298,7 +298,7 @@ impl Core {
     async fn wrong_node_direct(self: &Rc<Self>, partition: u32, leader: u64) -> Reply {
         let mut e = wrong_node_error(partition, leader);
         // Boxed: the topology reads metadata through `cluster_op`, which led here.
-        if let Reply::Topology(t) = Box::pin(meta::topology(self)).await {
+        if let Reply::Topology(t) = Box::pin(super::topology::topology(self)).await {
             e.topology = Some(t);
         }
         Reply::Error(e)
