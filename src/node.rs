@@ -35,6 +35,7 @@ use crate::net::Serve;
 use crate::shard::mesh::MeshBuilders;
 use crate::shard::{self, Core, NodeInfo};
 use crate::shutdown::{self, Shutdown};
+use crate::storage::store::Store;
 use crate::storage::wal::{self, SyncMode, Wal};
 use crate::storage::{ExpiryRule, MemEngine, recovery};
 
@@ -277,6 +278,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     let flusher = wal.as_ref().map(|(wal, _, _)| glommio::spawn_local(wal.clone().run()));
     let checkpoint_seq = wal.as_ref().map_or(0, |(_, seq, _)| *seq);
     let wal = wal.map(|(wal, _, _)| wal);
+    let store = Rc::new(Store::new(index as u16, engine, wal, checkpoint_seq));
     let cluster = match &c.cluster {
         None => None,
         Some(cc) => {
@@ -286,10 +288,11 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
                 index as u16,
                 boot.cores as u16,
                 recovered,
-                wal.clone(),
+                store.clone(),
+                boot.node.limits,
             );
             match made {
-                Ok(r) => Some(r),
+                Ok(r) => Some(Rc::new(r)),
                 Err(e) => {
                     let _ =
                         boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
@@ -303,15 +306,15 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
             index as u16,
             boot.cores as u16,
             boot.node.clone(),
-            shard::CoreStorage { engine, wal, checkpoint_seq },
+            store,
             mesh,
-            cluster,
+            cluster.clone(),
             this.clone(),
         )
     });
     shard::spawn_mesh_tasks(&core, calls, answers);
-    if core.cluster.is_some() {
-        glommio::spawn_local(crate::cluster::replica::run(core.clone())).detach();
+    if let Some(replicas) = cluster {
+        glommio::spawn_local(crate::cluster::replica::run(replicas)).detach();
         if core.index == 0 {
             glommio::spawn_local(shard::status::report_loop(core.clone())).detach();
         }
@@ -351,7 +354,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     }
     glommio::spawn_local(sweep_loop(core.clone(), c.ttl_sweep_interval_ms, local_stop.clone()))
         .detach();
-    if core.wal.is_some() {
+    if core.store.wal.is_some() {
         let compact = compaction_loop(core.clone(), c.clone(), local_stop.clone());
         let queue = glommio::executor().create_task_queue(
             glommio::Shares::Static(COMPACTION_SHARES),
@@ -381,7 +384,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     // Last: write and sync what the log holds, and close the segment.
-    if let (Some(wal), Some(flusher)) = (&core.wal, flusher) {
+    if let (Some(wal), Some(flusher)) = (&core.store.wal, flusher) {
         wal.close();
         flusher.await;
         if let Some(e) = wal.failure() {
@@ -592,7 +595,7 @@ async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
     let mut last = Instant::now();
     while !stop.is_fired() {
         glommio::timer::sleep(Duration::from_millis(COMPACTION_CHECK_MS)).await;
-        let Some((since, checkpoint_bytes)) = core.log_growth() else { return };
+        let Some((since, checkpoint_bytes)) = core.store.log_growth() else { return };
         let grown = since > checkpoint_bytes.max(floor);
         let due = since > 0 && last.elapsed().as_secs() >= c.checkpoint_interval_s;
         if (grown || due) && !stop.is_fired() {
@@ -616,7 +619,7 @@ async fn compaction_loop(core: Rc<Core>, c: Config, stop: Rc<Shutdown>) {
         }
         // Compact until no covered segment is below the ratio (or shutdown).
         while !stop.is_fired() {
-            match core.compact(c.compaction_live_ratio, c.compaction_bytes_per_s).await {
+            match core.store.compact(c.compaction_live_ratio, c.compaction_bytes_per_s).await {
                 Ok(done) if done.segment.is_none() => {
                     if done.segments_removed > 0 {
                         tracing::info!(
@@ -659,7 +662,7 @@ async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
         if core.cluster.is_some() {
             core.cluster_sweep(crate::time::now_ms(), TTL_SWEEP_KEYS_MAX);
         } else {
-            core.sweep_expired(crate::time::now_ms(), TTL_SWEEP_KEYS_MAX);
+            core.store.sweep_expired(crate::time::now_ms(), TTL_SWEEP_KEYS_MAX);
         }
     }
 }

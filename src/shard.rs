@@ -41,11 +41,10 @@ use corekv_schema::placement;
 use slab::Slab;
 
 use bytes::Bytes;
-use glommio::io::DmaFile;
 
-use crate::storage::record::{self, Loc, Mutation};
-use crate::storage::wal::Wal;
-use crate::storage::{Applied, Engine, Fetch, Log, checkpoint};
+use crate::storage::checkpoint;
+pub use crate::storage::store::{Answered, FetchIo};
+use crate::storage::store::{CheckpointExtra, Store, prepare_backup_dir};
 use crate::time::now_ms;
 pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
 
@@ -90,47 +89,11 @@ pub struct Counters {
     pub forwarded_in: Cell<u64>,
     pub backpressure_events: Cell<u64>,
     pub connections: Cell<u64>,
-    pub fetches: Cell<u64>,
-    pub compacted_bytes: Cell<u64>,
-    pub segments_removed: Cell<u64>,
     pub metrics: metrics::Metrics,
 }
 
 fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
-}
-
-fn bump_by(c: &Cell<u64>, n: u64) {
-    c.set(c.get() + n);
-}
-
-/// Sleeps while `bytes` done since `started` run ahead of `bytes_per_s`.
-async fn pace(started: Instant, bytes: u64, bytes_per_s: u64) {
-    let due = std::time::Duration::from_secs_f64(bytes as f64 / bytes_per_s.max(1) as f64);
-    match due.checked_sub(started.elapsed()) {
-        Some(ahead) if ahead > std::time::Duration::from_millis(1) => {
-            glommio::timer::sleep(ahead).await;
-        }
-        _ => glommio::yield_if_needed().await,
-    }
-}
-
-/// Reads a whole segment with direct I/O, in chunks paced to `bytes_per_s`.
-async fn read_whole(file: &DmaFile, bytes_per_s: u64) -> std::io::Result<Bytes> {
-    const CHUNK: usize = 1 << 20;
-    let size = file.file_size().await.map_err(std::io::Error::from)?;
-    let mut out = Vec::with_capacity(size as usize);
-    let started = Instant::now();
-    while (out.len() as u64) < size {
-        let want = CHUNK.min((size - out.len() as u64) as usize);
-        let read = file.read_at(out.len() as u64, want).await.map_err(std::io::Error::from)?;
-        if read.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&read);
-        pace(started, out.len() as u64, bytes_per_s).await;
-    }
-    Ok(Bytes::from(out))
 }
 
 /// Node-wide facts every core reads; fixed once boot has bound every listener.
@@ -148,14 +111,6 @@ pub struct NodeInfo {
     pub peers: crate::cluster::health::Board,
 }
 
-/// What a core's data lives in: its engine, its log (`None` under `--durability none`) and
-/// the newest checkpoint's segment number (0: none).
-pub struct CoreStorage {
-    pub engine: Box<dyn Engine>,
-    pub wal: Option<Rc<Wal>>,
-    pub checkpoint_seq: u64,
-}
-
 /// A forwarded request waiting for its answer.
 enum Pending {
     Waiting(Option<Waker>),
@@ -169,25 +124,15 @@ pub struct Core {
     pub limits: Limits,
     pub counters: Counters,
     pub node: Arc<NodeInfo>,
-    engine: RefCell<Box<dyn Engine>>,
-    /// A checkpoint, backup or compaction is running (one at a time).
-    checkpointing: Cell<bool>,
-    /// Log bytes written when the last checkpoint started (checkpoint trigger).
-    log_bytes_at_checkpoint: Cell<u64>,
-    /// The newest checkpoint's segment number (0: none). Segments before it are read only
-    /// through the checkpoint's index, so compaction may rewrite them and drop tombstones.
-    checkpoint_seq: Cell<u64>,
-    /// Bytes the newest checkpoint took: the next one waits for at least that much new log.
-    checkpoint_bytes: Cell<u64>,
-    /// The core's write-ahead log; `None` under `--durability none`.
-    pub wal: Option<Rc<Wal>>,
+    /// This core's data: engine, log, checkpoints, compaction (shared with its Raft driver).
+    pub store: Rc<Store>,
     mesh: Mesh,
     pending: RefCell<Slab<Pending>>,
     /// Keys held by a write spanning cores (`reserve.rs`); operations on them wait.
     held: RefCell<std::collections::HashMap<Bytes, reserve::Held>>,
     next_ticket: Cell<u64>,
     /// Cluster mode: this core's Raft groups and links (`cluster::replica`).
-    pub cluster: Option<crate::cluster::replica::Replicas>,
+    pub cluster: Option<Rc<crate::cluster::replica::Replicas>>,
     /// This core itself, for tasks a `&self` method starts.
     this: Weak<Core>,
 }
@@ -214,20 +159,6 @@ pub enum Slot {
     },
 }
 
-/// What applying an operation here gave: a reply, or a value to read from the log first.
-pub enum Answered {
-    Reply(Reply),
-    Fetch(FetchIo),
-}
-
-/// A read of a value from the log. The file is taken when the read is applied, so a segment
-/// compaction deletes meanwhile stays readable; `None` when the segment was not open yet (its
-/// record is not durable yet either, and the read waits for both).
-pub struct FetchIo {
-    fetch: Fetch,
-    file: Option<Rc<DmaFile>>,
-}
-
 /// Work another core sent, done here: the answer, the log record it waits for, and reads
 /// still to do (by reply index) before it can be sent.
 pub struct Worked {
@@ -236,44 +167,14 @@ pub struct Worked {
     pub fetches: Vec<(usize, FetchIo)>,
 }
 
-/// The engine's view of this core's log: appends go to the write-ahead log, and the last
-/// one's sequence number is what the reply must wait for.
-struct CoreLog<'a> {
-    wal: Option<&'a Wal>,
-    last: Option<u64>,
-}
-
-impl Log for CoreLog<'_> {
-    fn append(&mut self, m: &Mutation) -> Result<Option<Loc>, String> {
-        let Some(wal) = self.wal else { return Ok(None) };
-        let (seq, loc) = wal.append(m).map_err(|e| e.to_string())?;
-        self.last = Some(seq);
-        Ok(Some(loc))
-    }
-
-    fn is_durable(&self, loc: Loc) -> bool {
-        self.wal.is_some_and(|w| w.is_durable(loc))
-    }
-}
-
-/// What one compaction pass did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Compacted {
-    /// The segment rewritten, if one was below the live ratio.
-    pub segment: Option<u64>,
-    pub records_moved: u64,
-    pub bytes_moved: u64,
-    pub segments_removed: u64,
-}
-
 impl Core {
     pub fn new(
         index: u16,
         cores: u16,
         node: Arc<NodeInfo>,
-        storage: CoreStorage,
+        store: Rc<Store>,
         mesh: Mesh,
-        cluster: Option<crate::cluster::replica::Replicas>,
+        cluster: Option<Rc<crate::cluster::replica::Replicas>>,
         this: Weak<Core>,
     ) -> Core {
         Core {
@@ -283,12 +184,7 @@ impl Core {
             limits: node.limits,
             counters: Counters::default(),
             node,
-            engine: RefCell::new(storage.engine),
-            checkpointing: Cell::new(false),
-            log_bytes_at_checkpoint: Cell::new(0),
-            checkpoint_seq: Cell::new(storage.checkpoint_seq),
-            checkpoint_bytes: Cell::new(0),
-            wal: storage.wal,
+            store,
             mesh,
             pending: RefCell::new(Slab::with_capacity(1024)),
             held: RefCell::new(std::collections::HashMap::new()),
@@ -301,6 +197,37 @@ impl Core {
     /// This core as an `Rc`, for work that outlives a borrow (None while it shuts down).
     pub fn rc(&self) -> Option<Rc<Core>> {
         self.this.upgrade()
+    }
+
+    /// `apply` without waiting for a turn on a reserved key (the reservation's own commit).
+    async fn apply_unqueued(&self, op: Op, now_ms: u64) -> (Answered, Option<u64>) {
+        debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
+        self.store.execute(op, now_ms).await
+    }
+
+    /// Whether the node's writes are acknowledged only once durable (sync mode).
+    fn acks_wait(&self) -> bool {
+        self.store.acks_wait()
+    }
+
+    /// Reads a fetched value and answers with it.
+    async fn resolve_fetch(&self, f: FetchIo) -> Reply {
+        self.store.resolve_fetch(f).await
+    }
+
+    /// Waits until log record `seq` is durable; an error reply if the log failed.
+    pub async fn durable(&self, seq: u64) -> Result<(), Reply> {
+        self.store.durable(seq).await
+    }
+
+    /// What a checkpoint of this core holds besides its keys: its Raft groups' state.
+    fn checkpoint_extra(&self) -> Option<&dyn CheckpointExtra> {
+        self.cluster.as_deref().map(|r| r as &dyn CheckpointExtra)
+    }
+
+    /// Writes a checkpoint of this core (and deletes older checkpoints). One at a time.
+    pub async fn checkpoint(&self) -> Result<checkpoint::Written, String> {
+        self.store.checkpoint(self.checkpoint_extra()).await
     }
 
     pub fn owner_of(&self, key: &[u8]) -> u16 {
@@ -337,11 +264,8 @@ impl Core {
         // When acks do not wait for the log (periodic mode, or a request asking for less),
         // nothing else stops writers from outrunning the disk: hold this connection until
         // the log has caught up below its bound.
-        if let Some(wal) = &self.wal
-            && wal.pending_bytes() > LOG_PENDING_BYTES_MAX
-        {
+        if self.store.wait_log_room().await {
             bump(&self.counters.backpressure_events);
-            let _ = wal.wait(wal.appended()).await;
         }
         match op {
             Op::Ping { payload } => Slot::Ready(Reply::Pong { payload }),
@@ -392,7 +316,7 @@ impl Core {
         match asked {
             Durability::Default => Ok(node_syncs),
             Durability::Memory => Ok(false),
-            Durability::Periodic if self.wal.is_some() => Ok(false),
+            Durability::Periodic if self.store.wal.is_some() => Ok(false),
             Durability::Periodic => Err(more_than_node("periodic")),
             Durability::Sync if node_syncs => Ok(true),
             Durability::Sync => Err(more_than_node("sync")),
@@ -454,118 +378,6 @@ impl Core {
             self.wait_turn(&key).await;
         }
         self.apply_unqueued(op, now_ms).await
-    }
-
-    /// Whether the node's writes are acknowledged only once durable (sync mode).
-    fn acks_wait(&self) -> bool {
-        self.wal.as_ref().is_some_and(|w| w.acks_wait())
-    }
-
-    /// `apply` without waiting for a turn on a reserved key (the reservation's own commit).
-    async fn apply_unqueued(&self, mut op: Op, now_ms: u64) -> (Answered, Option<u64>) {
-        debug_assert!(op.key().is_none_or(|k| self.owner_of(k) == self.index));
-        let is_read = matches!(op, Op::Get { .. });
-        if !is_read && let Some(e) = self.wal.as_ref().and_then(|w| w.failure()) {
-            return (Answered::Reply(Reply::error(ErrorCode::Unavailable, e.to_string())), None);
-        }
-        let mut fetched: Option<(Loc, Bytes)> = None;
-        loop {
-            let mut log = CoreLog { wal: self.wal.as_deref(), last: None };
-            let value = fetched.as_ref().map(|(loc, v)| (*loc, &v[..]));
-            let applied = self.engine.borrow_mut().execute(op, now_ms, &mut log, value);
-            match applied {
-                Applied::Done(reply) => return (Answered::Reply(reply), log.last),
-                Applied::Fetch(fetch) => {
-                    let file = self.wal.as_ref().and_then(|w| w.reader(fetch.loc.segment()));
-                    return (Answered::Fetch(FetchIo { fetch, file }), None);
-                }
-                // The key may change while the value is read: then the engine asks again.
-                Applied::NeedValue(back, loc) => match self.read_put(loc, None).await {
-                    Ok((data, key_len, _)) => {
-                        fetched = Some((loc, data.slice(key_len..)));
-                        op = back;
-                    }
-                    Err(reply) => return (Answered::Reply(reply), None),
-                },
-            }
-        }
-    }
-
-    /// Reads the put record at `loc` from the log (waiting first if it is not durable yet) and
-    /// checks it: `(key ++ value, key_len, version)`.
-    async fn read_put(
-        &self,
-        loc: Loc,
-        file: Option<Rc<DmaFile>>,
-    ) -> Result<(Bytes, usize, u64), Reply> {
-        let Some(wal) = &self.wal else {
-            return Err(Reply::error(ErrorCode::Internal, "a value without a log to read it from"));
-        };
-        let unavailable = |e: String| Reply::error(ErrorCode::Unavailable, e);
-        if !wal.is_durable(loc) {
-            wal.wait(wal.appended()).await.map_err(|e| unavailable(e.to_string()))?;
-        }
-        let Some(file) = file.or_else(|| wal.reader(loc.segment())) else {
-            return Err(Reply::error(
-                ErrorCode::Internal,
-                format!("log segment {} is not open", loc.segment()),
-            ));
-        };
-        bump(&self.counters.fetches);
-        let at = || {
-            format!(
-                "log segment {} of {} at offset {}",
-                loc.segment(),
-                wal.dir().display(),
-                loc.offset
-            )
-        };
-        let read = file
-            .read_at(u64::from(loc.offset), loc.len as usize)
-            .await
-            .map_err(|e| unavailable(format!("reading {}: {e}", at())))?;
-        if read.len() != loc.len as usize {
-            return Err(unavailable(format!(
-                "short read of {}: {} of {}",
-                at(),
-                read.len(),
-                loc.len
-            )));
-        }
-        let bytes = Bytes::copy_from_slice(&read);
-        match record::decode(&bytes, 0) {
-            Ok((Mutation::Put { data, key_len, version, .. }, _)) => Ok((data, key_len, version)),
-            Ok(_) => Err(Reply::error(ErrorCode::Internal, format!("{} is not a put", at()))),
-            Err(invalid) => {
-                tracing::error!(record = %at(), ?invalid, "damaged record read back from the log");
-                Err(Reply::error(ErrorCode::Internal, format!("{} is damaged ({invalid:?})", at())))
-            }
-        }
-    }
-
-    /// Reads a fetched value and answers with it; keeps it in the cache if there is room.
-    async fn resolve_fetch(&self, f: FetchIo) -> Reply {
-        let fetch = f.fetch;
-        match self.read_put(fetch.loc, f.file).await {
-            Ok((data, key_len, version))
-                if version == fetch.version && key_len == fetch.key_len as usize =>
-            {
-                let value = data.slice(key_len..);
-                let log = CoreLog { wal: self.wal.as_deref(), last: None };
-                self.engine.borrow_mut().cache_fetched(data, key_len, fetch.loc, &log);
-                Reply::Value { value, version, ttl_ms: fetch.ttl_ms }
-            }
-            Ok((_, _, version)) => Reply::error(
-                ErrorCode::Internal,
-                format!(
-                    "log segment {} at offset {} holds version {version}, the index says {}",
-                    fetch.loc.segment(),
-                    fetch.loc.offset,
-                    fetch.version
-                ),
-            ),
-            Err(reply) => reply,
-        }
     }
 
     /// Runs work another core sent here.
@@ -642,9 +454,8 @@ impl Core {
     /// Deletes every key of this core, logging a flush record first; the answer and the log
     /// record it must wait for.
     fn flush_here(&self) -> (Done, Option<u64>) {
-        let mut log = CoreLog { wal: self.wal.as_deref(), last: None };
-        let flushed = self.engine.borrow_mut().flush(&mut log);
-        (Done::Admin(flushed.map(|keys| (keys, 0))), log.last)
+        let (flushed, seq) = self.store.flush();
+        (Done::Admin(flushed.map(|keys| (keys, 0))), seq)
     }
 
     /// FLUSHDB: deletes every key on every core; done when every core's flush is durable
@@ -673,7 +484,7 @@ impl Core {
         }
         let result = match work {
             Work::Checkpoint => self.checkpoint().await.map(|w| (w.records, w.bytes)),
-            Work::Backup(dir) => self.backup(dir).await,
+            Work::Backup(dir) => self.store.backup(dir, self.checkpoint_extra()).await,
             other => Err(format!("{} is not an admin operation", other.kind())),
         };
         Done::Admin(result)
@@ -686,7 +497,8 @@ impl Core {
             step.pattern.as_ref().is_none_or(|g| g.matches(key))
                 && !crate::cluster::meta::is_meta(key)
         };
-        let (keys, next) = self.engine.borrow().scan(step.position, step.count, now_ms, &wanted);
+        let (keys, next) =
+            self.store.engine.borrow().scan(step.position, step.count, now_ms, &wanted);
         Done::Scanned(keys, next)
     }
 
@@ -739,7 +551,7 @@ impl Core {
     }
 
     async fn admin_backup(&self, dir: String) -> Reply {
-        let Some(wal) = &self.wal else {
+        let Some(wal) = &self.store.wal else {
             return Reply::error(
                 ErrorCode::BadRequest,
                 "--durability none keeps no data to back up",
@@ -752,228 +564,24 @@ impl Core {
         self.admin(|| Work::Backup(target.clone()), "backup").await
     }
 
-    /// Checkpoints, then copies this core's checkpoint and every segment up to it into
-    /// `target/core-<index>`.
-    async fn backup(&self, target: std::path::PathBuf) -> Result<(u64, u64), String> {
-        let Some(wal) = self.wal.clone() else { return Err("no log".into()) };
-        // Hold the guard through the copy: a checkpoint meanwhile would delete what we copy.
-        self.checkpoint_guard().await;
-        let result = async {
-            let written = self.checkpoint_locked(&wal).await?;
-            // Roll once more so every segment to copy is closed: copying the one being
-            // written could catch a later block of a write before an earlier one.
-            let last = wal.roll().await.map_err(|e| e.to_string())? - 1;
-            let source = wal.dir().to_path_buf();
-            let dest = target.join(format!("core-{}", self.index));
-            let segments = wal.segment_numbers();
-            glommio::executor()
-                .spawn_blocking(move || {
-                    checkpoint::copy(&source, &dest, written.seq, last, &segments)
-                })
-                .await
-                .map(|bytes| (written.records, bytes))
-                .map_err(|e| format!("backup to {}: {e}", target.display()))
-        }
-        .await;
-        self.checkpointing.set(false);
-        result
-    }
-
-    /// Waits until log record `seq` is durable; an error reply if the log failed.
-    pub async fn durable(&self, seq: u64) -> Result<(), Reply> {
-        let Some(wal) = &self.wal else { return Ok(()) };
-        wal.wait(seq).await.map_err(|e| Reply::error(ErrorCode::Unavailable, e.to_string()))
-    }
-
-    /// Log bytes written since the last checkpoint, and the size of that checkpoint: the
-    /// inputs of the checkpoint trigger.
-    pub fn log_growth(&self) -> Option<(u64, u64)> {
-        let wal = self.wal.as_ref()?;
-        let since = wal.stats().bytes - self.log_bytes_at_checkpoint.get();
-        Some((since, self.checkpoint_bytes.get()))
-    }
-
-    /// Writes a checkpoint of this core (and deletes older checkpoints). One at a time.
-    pub async fn checkpoint(&self) -> Result<checkpoint::Written, String> {
-        let Some(wal) = self.wal.clone() else {
-            return Err("--durability none keeps no log to checkpoint".into());
-        };
-        self.checkpoint_guard().await;
-        let result = self.checkpoint_locked(&wal).await;
-        self.checkpointing.set(false);
-        result
-    }
-
-    /// One checkpoint (or backup) at a time per core: a second one waits for the first.
-    async fn checkpoint_guard(&self) {
-        while self.checkpointing.replace(true) {
-            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn checkpoint_locked(&self, wal: &Rc<Wal>) -> Result<checkpoint::Written, String> {
-        let bytes_before = wal.stats().bytes;
-        let seq = wal.roll().await.map_err(|e| e.to_string())?;
-        // Everything from here on is also in segment `seq` or later.
-        let mut entries = self.engine.borrow().snapshot(now_ms());
-        // In the same step: the groups' points are their applied indexes, which is exactly
-        // what the engine's snapshot holds.
-        if let Some(cluster) = &self.cluster {
-            entries.extend(cluster.checkpoint_records());
-        }
-        // The snapshot may hold writes still pending in the log: the checkpoint must not make
-        // durable what the log has not (a failed flush, or a crash that keeps only part of
-        // segment `seq`, would otherwise rebuild a state that never existed).
-        wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
-        let dir = wal.dir().to_path_buf();
-        let written = glommio::executor()
-            .spawn_blocking(move || checkpoint::write(&dir, seq, entries))
-            .await
-            .map_err(|e| format!("checkpoint in {}: {e}", wal.dir().display()))?;
-        self.log_bytes_at_checkpoint.set(bytes_before);
-        self.checkpoint_seq.set(seq);
-        self.checkpoint_bytes.set(written.bytes);
-        Ok(written)
-    }
-
-    /// One compaction pass: deletes the segments before the newest checkpoint that hold no
-    /// current value, then rewrites the one with the lowest live ratio below `live_ratio`
-    /// (its current puts are appended again, everything else in it is dropped) and deletes
-    /// it. Moves at most `bytes_per_s` so foreground writes keep the disk.
-    pub async fn compact(&self, live_ratio: f64, bytes_per_s: u64) -> Result<Compacted, String> {
-        let Some(wal) = self.wal.clone() else { return Ok(Compacted::default()) };
-        self.checkpoint_guard().await;
-        let result = self.compact_locked(&wal, live_ratio, bytes_per_s).await;
-        self.checkpointing.set(false);
-        result
-    }
-
-    async fn compact_locked(
-        &self,
-        wal: &Rc<Wal>,
-        live_ratio: f64,
-        bytes_per_s: u64,
-    ) -> Result<Compacted, String> {
-        let covered = self.checkpoint_seq.get();
-        let mut done = Compacted::default();
-        let usage = self.engine.borrow().segments();
-        // Segments before the checkpoint with nothing current in them, including ones that
-        // never held a record (a roll right before a stop). Nothing new ever points into a
-        // segment before the checkpoint, so once dead it stays dead; but the records that
-        // emptied it (overwrites, deletes) may not be durable yet, and until they are, a
-        // crash would bring back a checkpoint pointing into the deleted file.
-        let dead: Vec<u64> = wal
-            .segment_numbers()
-            .into_iter()
-            .filter(|seg| *seg < covered)
-            .filter(|seg| usage.iter().find(|(s, _)| s == seg).is_none_or(|(_, u)| u.live == 0))
-            .collect();
-        if !dead.is_empty() {
-            wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
-        }
-        for seg in dead {
-            self.remove_segment(wal, seg).await?;
-            done.segments_removed += 1;
-        }
-        let sparsest = usage
-            .iter()
-            .filter(|(seg, u)| *seg < covered && u.live > 0)
-            .map(|(seg, u)| (*seg, u.live as f64 / u.total.max(1) as f64))
-            .filter(|(_, ratio)| *ratio < live_ratio)
-            .min_by(|a, b| a.1.total_cmp(&b.1));
-        let Some((seg, _)) = sparsest else { return Ok(done) };
-        done.segment = Some(seg);
-        let Some(file) = wal.reader(seg) else {
-            return Err(format!("log segment {seg} is not open"));
-        };
-        let bytes = read_whole(&file, bytes_per_s)
-            .await
-            .map_err(|e| format!("reading log segment {seg}: {e}"))?;
-        let mut puts = Vec::new();
-        let ending = record::scan(
-            &bytes,
-            false,
-            |m, at| {
-                if matches!(m, Mutation::Put { .. }) {
-                    puts.push((m, at));
-                }
-            },
-            |_, _, _| {},
-        );
-        if ending != record::Ending::Clean {
-            return Err(format!("log segment {seg} is damaged ({ending:?}); not compacting it"));
-        }
-        let started = std::time::Instant::now();
-        for (m, at) in puts {
-            let from = Loc::new(seg, at as u64, m.encoded_len());
-            let mut log = CoreLog { wal: Some(wal), last: None };
-            if self.engine.borrow_mut().relocate(&m, from, &mut log)? {
-                done.records_moved += 1;
-                done.bytes_moved += u64::from(from.len);
-                pace(started, done.bytes_moved, bytes_per_s).await;
-            }
-        }
-        bump_by(&self.counters.compacted_bytes, done.bytes_moved);
-        let still_live =
-            self.engine.borrow().segments().iter().any(|(s, u)| *s == seg && u.live > 0);
-        // Wait for the moved copies and for whatever else emptied the segment meanwhile
-        // (everything appended up to now), then delete it.
-        wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
-        if !still_live {
-            self.remove_segment(wal, seg).await?;
-            done.segments_removed += 1;
-        }
-        Ok(done)
-    }
-
-    async fn remove_segment(&self, wal: &Wal, seg: u64) -> Result<(), String> {
-        wal.remove_segment(seg).await.map_err(|e| format!("deleting log segment {seg}: {e}"))?;
-        self.engine.borrow_mut().forget_segment(seg);
-        bump(&self.counters.segments_removed);
-        Ok(())
-    }
-
-    pub fn sweep_expired(&self, now_ms: u64, budget: usize) -> usize {
-        self.engine.borrow_mut().sweep_expired(now_ms, budget)
-    }
-
     pub fn core_stats(&self) -> CoreStats {
-        let e = self.engine.borrow().stats();
         let c = &self.counters;
-        let log = self.wal.as_ref().map(|w| w.stats()).unwrap_or_default();
-        CoreStats {
+        let mut stats = CoreStats {
             core: self.index,
-            keys: e.keys,
-            value_bytes: e.value_bytes,
             requests: c.requests.get(),
             forwarded_out: c.forwarded_out.get(),
             forwarded_in: c.forwarded_in.get(),
-            expired: e.expired,
             backpressure_events: c.backpressure_events.get(),
             connections: c.connections.get(),
-            log_flushes: log.flushes,
-            log_records: log.records,
-            log_bytes: log.bytes,
-            log_error: self
-                .wal
-                .as_ref()
-                .and_then(|w| w.failure())
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-            cached_bytes: e.cached_bytes,
-            evicted: e.evicted,
-            fetches: c.fetches.get(),
-            log_disk_bytes: e.log_total_bytes,
-            log_live_bytes: e.log_live_bytes,
-            compacted_bytes: c.compacted_bytes.get(),
-            segments_removed: c.segments_removed.get(),
-            ttl_keys: e.ttl_keys,
-        }
+            ..CoreStats::default()
+        };
+        self.store.fill_stats(&mut stats);
+        stats
     }
 
     /// This core's metrics, with its stats and its log's histograms.
     pub fn metrics_snapshot(&self) -> metrics::Snapshot {
-        let (fsync, batch) = match &self.wal {
+        let (fsync, batch) = match &self.store.wal {
             Some(w) => w.histograms(),
             None => (metrics::histogram(), metrics::histogram()),
         };
@@ -1155,20 +763,6 @@ impl Core {
     }
 }
 
-/// Checks the backup target (absent or empty), creates it and copies the layout file.
-fn prepare_backup_dir(dir: &str, core_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
-    let target = std::path::absolute(dir).map_err(|e| format!("backup dir {dir}: {e}"))?;
-    if target.exists() && std::fs::read_dir(&target).map_or(true, |mut d| d.next().is_some()) {
-        return Err(format!("backup dir {} exists and is not empty", target.display()));
-    }
-    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-    if let Some(data_dir) = core_dir.parent() {
-        std::fs::copy(data_dir.join("META"), target.join("META"))
-            .map_err(|e| format!("copying META to {}: {e}", target.display()))?;
-    }
-    Ok(target)
-}
-
 fn unexpected(done: Done) -> Reply {
     // A mismatched answer kind is a bug in this file, not bad input: say so loudly in tests.
     debug_assert!(false, "unexpected answer kind: {}", done.kind());
@@ -1198,9 +792,6 @@ impl Future for AnswerFuture<'_> {
         }
     }
 }
-
-/// Log bytes appended but not yet flushed beyond which new requests wait for the log.
-const LOG_PENDING_BYTES_MAX: usize = 64 << 20;
 
 /// Answers held back until their log records are durable, per peer; bounded so a peer that
 /// sends faster than the log syncs is slowed down rather than queued without limit.

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod memory;
 pub mod record;
 pub mod recovery;
+pub mod store;
 pub mod wal;
 
 use bytes::Bytes;

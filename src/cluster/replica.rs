@@ -37,13 +37,14 @@ use raft::eraftpb::{EntryType, Message};
 
 use super::command::{self, Command};
 use super::group::{self, Driven, Group, GroupStore as _};
+use super::meta;
 use super::store::{self, Recovered, WalStore};
 use super::transport::Links;
 use crate::config::ClusterConfig;
-use crate::shard::Core;
-use crate::storage::wal::Wal;
+use crate::storage::store::{CheckpointExtra, Store};
 use crate::time::now_ms;
 use crate::waiting::{Waits, Wake};
+use corekv_schema::frame::Limits;
 
 /// Virtual nodes per node on the placement ring.
 pub const RING_VNODES: u32 = 256;
@@ -122,6 +123,11 @@ pub struct GroupStatus {
 pub struct Replicas {
     pub node: u64,
     pub core: u16,
+    /// Data partitions of the cluster (the metadata group is partition `partitions`).
+    pub partitions: u32,
+    limits: Limits,
+    /// This core's data, which the groups' committed entries are applied to.
+    store: Rc<Store>,
     pub config: ClusterConfig,
     /// Replicas of every partition, preferred leader first, then (at index `partitions`) the
     /// metadata group's: every node.
@@ -157,8 +163,10 @@ impl Replicas {
         core: u16,
         cores: u16,
         mut recovered: HashMap<u32, Recovered>,
-        wal: Option<Rc<Wal>>,
+        data: Rc<Store>,
+        limits: Limits,
     ) -> Result<Replicas, String> {
+        let wal = data.wal.clone();
         let ids: Vec<u64> = config.nodes.iter().map(|(n, _)| *n).collect();
         let mut map = Ring::new(&ids, RING_VNODES).map(partitions, config.replication_factor);
         // The metadata group, partition `partitions`, lives on every node.
@@ -185,6 +193,9 @@ impl Replicas {
         Ok(Replicas {
             node: config.node,
             core,
+            partitions,
+            limits,
+            store: data,
             config: config.clone(),
             map,
             groups: RefCell::new(groups),
@@ -355,8 +366,8 @@ pub fn wrong_node_error(partition: u32, leader: u64) -> WireError {
 }
 
 /// The driver task of one core's groups; see the module doc.
-pub async fn run(core: Rc<Core>) {
-    let Some(r) = core.cluster.as_ref() else { return };
+pub async fn run(r: Rc<Replicas>) {
+    let r = &*r;
     let tick = Duration::from_millis(r.config.raft_tick_ms);
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -372,7 +383,7 @@ pub async fn run(core: Rc<Core>) {
                 next_tick = Instant::now() + tick;
             }
         }
-        if let Err(e) = round(&core, r, ticking).await {
+        if let Err(e) = round(r, ticking).await {
             tracing::error!(core = r.core, error = %e, "raft driver stopped: the log failed");
             *r.failed.borrow_mut() = Some(e);
             return;
@@ -381,7 +392,7 @@ pub async fn run(core: Rc<Core>) {
     }
 }
 
-async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), String> {
+async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     let mut driven: Vec<(u32, Driven)> = Vec::new();
     {
         let mut groups = r.groups.borrow_mut();
@@ -474,7 +485,9 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
         if let Some(snapshot) = d.snapshot.take() {
             let index = snapshot.get_metadata().index;
             // Data first, then the snapshot point: both are in the log before the wait below.
-            core.install_snapshot(*p, &snapshot.data, index).await?;
+            let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == *p;
+            let done = r.store.install_where(&mine, &snapshot.data, index).await;
+            done.map_err(|e| format!("partition {p}: installing a snapshot: {e}"))?;
             if let Some(g) = r.groups.borrow_mut().get_mut(p) {
                 g.store_mut()
                     .apply_snapshot(snapshot)
@@ -486,11 +499,11 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
             r.counters.snapshots_installed.set(r.counters.snapshots_installed.get() + 1);
             tracing::info!(partition = *p, index, "installed a snapshot");
         }
-        apply(core, r, *p, std::mem::take(&mut d.committed)).await?;
+        apply(r, *p, std::mem::take(&mut d.committed)).await?;
     }
     // One wait for everything this round appended, every group of the core together.
     if !driven.is_empty()
-        && let Some(wal) = core.wal.as_ref()
+        && let Some(wal) = r.store.wal.as_ref()
     {
         wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
     }
@@ -521,7 +534,7 @@ async fn round(core: &Rc<Core>, r: &Replicas, ticking: bool) -> Result<(), Strin
         }
     }
     release_reads(r);
-    build_snapshots(core, r).await;
+    build_snapshots(r).await;
     compact_logs(r);
     Ok(())
 }
@@ -568,7 +581,6 @@ fn note_lost_leadership(r: &Replicas, partition: u32, leader: u64) {
 
 /// Applies committed entries in order; `Err` when this core's log failed (the driver stops).
 async fn apply(
-    core: &Rc<Core>,
     r: &Replicas,
     partition: u32,
     entries: Vec<raft::eraftpb::Entry>,
@@ -582,15 +594,15 @@ async fn apply(
             }
             continue;
         }
-        let reply = match command::decode(&e.data, &core.limits) {
+        let reply = match command::decode(&e.data, &r.limits) {
             Ok((stamp, command)) => {
                 // Only the proposer reads the reply: elsewhere an entry's reads are skipped.
                 let answered = waiting.is_some();
                 let reply = match command {
-                    Command::Op(op) => core.apply_replicated(op, stamp, e.index, answered).await,
-                    Command::Expiry(keys) => core.apply_expiry(keys, stamp, e.index),
+                    Command::Op(op) => r.store.apply_replicated(op, stamp, e.index, answered).await,
+                    Command::Expiry(keys) => r.store.apply_expiry(keys, stamp, e.index),
                 };
-                if let Some(failed) = core.wal.as_ref().and_then(|w| w.failure()) {
+                if let Some(failed) = r.store.log_failure() {
                     // Committed, and not applied here: this replica must stop rather than
                     // skip it, and the proposer cannot say whether it happened.
                     if let Some((_, wait, _)) = waiting {
@@ -672,7 +684,7 @@ fn release_reads(r: &Replicas) {
 
 /// Builds the snapshots raft-rs asked for since the last round, at each partition's applied
 /// index (no apply runs meanwhile: this is the driver).
-async fn build_snapshots(core: &Rc<Core>, r: &Replicas) {
+async fn build_snapshots(r: &Replicas) {
     let wanted: Vec<u32> = r
         .groups
         .borrow()
@@ -682,7 +694,8 @@ async fn build_snapshots(core: &Rc<Core>, r: &Replicas) {
         .collect();
     for p in wanted {
         let index = r.applied.borrow().get(&p).copied().unwrap_or(0);
-        match core.partition_snapshot(p).await {
+        let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == p;
+        match r.store.snapshot_where(&mine).await {
             Ok(data) => {
                 let bytes = data.len();
                 if let Some(g) = r.groups.borrow_mut().get_mut(&p) {
@@ -708,10 +721,10 @@ fn compact_logs(r: &Replicas) {
     }
 }
 
-impl Replicas {
+impl CheckpointExtra for Replicas {
     /// Records for a checkpoint: every group's point at its applied index, hard state and
     /// later entries. Taken in the same synchronous step as the engine's snapshot.
-    pub fn checkpoint_records(&self) -> Vec<crate::storage::Mutation> {
+    fn checkpoint_records(&self) -> Vec<crate::storage::Mutation> {
         let applied = self.applied.borrow();
         self.groups
             .borrow()

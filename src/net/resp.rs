@@ -352,7 +352,7 @@ fn info(core: &Core, session: &Session, stats: &StatsInfo, sections: &[String]) 
         "Persistence",
         vec![
             ("loading", "0".into()),
-            ("aof_enabled", u8::from(core.wal.is_some()).to_string()),
+            ("aof_enabled", u8::from(core.store.wal.is_some()).to_string()),
             ("aof_last_write_status", if log_error { "err" } else { "ok" }.into()),
             ("log_disk_bytes", sum(|c| c.log_disk_bytes).to_string()),
             ("log_live_bytes", sum(|c| c.log_live_bytes).to_string()),

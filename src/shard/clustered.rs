@@ -21,7 +21,6 @@ use super::{Answered, Core, Done, Origin, Pending, Slot, Work, unexpected};
 use crate::cluster::meta;
 use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node, wrong_node_error};
 use crate::config::ConsistencyMode;
-use crate::storage::record::{self, Mutation};
 use crate::time::now_ms;
 
 /// How long a request keeps looking for a partition's leader (elections, lost links).
@@ -351,63 +350,12 @@ impl Core {
         }
     }
 
-    /// Applies a committed entry's operation: version = its Raft index, time = the leader's
-    /// stamp. A batch's ops apply in order with nothing between them; its write (a piece has
-    /// at most one) takes the index as version. `answered`: someone waits for the reply;
-    /// otherwise reads are skipped, since under the logged expiry rule they change nothing.
-    pub async fn apply_replicated(
-        &self,
-        op: Op,
-        stamp_ms: u64,
-        index: u64,
-        answered: bool,
-    ) -> Reply {
-        let Op::Batch(ops) = op else {
-            return self.apply_one_replicated(op, stamp_ms, index).await;
-        };
-        let mut replies = Vec::with_capacity(ops.len());
-        for op in ops {
-            if !answered && matches!(op, Op::Get { .. }) {
-                continue;
-            }
-            replies.push(self.apply_one_replicated(op, stamp_ms, index).await);
-        }
-        Reply::Batch(replies)
-    }
-
-    async fn apply_one_replicated(&self, op: Op, stamp_ms: u64, index: u64) -> Reply {
-        self.engine.borrow_mut().next_version(index);
-        match self.apply_unqueued(op, stamp_ms).await {
-            (Answered::Reply(reply), _) => reply,
-            (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
-        }
-    }
-
-    /// Applies a committed expiry entry: each key still at its version and expired at the
-    /// leader's stamp is removed with a tombstone versioned with the entry's index.
-    pub fn apply_expiry(&self, keys: Vec<(Bytes, u64)>, stamp_ms: u64, index: u64) -> Reply {
-        let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };
-        let mut engine = self.engine.borrow_mut();
-        let replies = keys
-            .into_iter()
-            .map(|(key, version)| {
-                engine.next_version(index);
-                match engine.expire(&key, version, stamp_ms, &mut log) {
-                    Ok(true) => Reply::Deleted { version },
-                    Ok(false) => Reply::error(ErrorCode::NotFound, "not at that version, or live"),
-                    Err(e) => Reply::error(ErrorCode::Unavailable, e),
-                }
-            })
-            .collect();
-        Reply::Batch(replies)
-    }
-
     /// The cluster's active expiry, on this core: keys found expired in partitions this node
     /// leads are proposed for removal, one entry per partition; the others are looked at
     /// again later (their leader removes them, or this node does if it comes to lead).
     pub fn cluster_sweep(self: &Rc<Self>, now: u64, budget: usize) {
         let Some(r) = self.cluster.as_ref() else { return };
-        let due = self.engine.borrow_mut().due_expiries(now, budget);
+        let due = self.store.engine.borrow_mut().due_expiries(now, budget);
         let mut by_partition: std::collections::BTreeMap<u32, Vec<(Bytes, u64)>> =
             Default::default();
         for (key, version) in due {
@@ -418,7 +366,7 @@ impl Core {
         }
         for (partition, keys) in by_partition {
             if !r.leadership(partition).0 {
-                let mut engine = self.engine.borrow_mut();
+                let mut engine = self.store.engine.borrow_mut();
                 for (key, _) in keys {
                     engine.expire_later(key, now + EXPIRY_RETRY_MS);
                 }
@@ -430,7 +378,7 @@ impl Core {
                 let reply = r.propose_expiry(partition, &keys).await;
                 if matches!(reply, Reply::Error(_)) {
                     // Not applied, or unknown: look again (a removal twice is a no-op).
-                    let mut engine = me.engine.borrow_mut();
+                    let mut engine = me.store.engine.borrow_mut();
                     for (key, _) in keys {
                         engine.expire_later(key, now_ms() + EXPIRY_RETRY_MS);
                     }
@@ -459,81 +407,5 @@ impl Core {
                 let _ = self.mesh.try_call(core as u16, call);
             }
         }
-    }
-
-    /// Every live key of `partition` on this replica.
-    fn partition_keys(&self, partition: u32, now: u64) -> Vec<Bytes> {
-        let wanted = |key: &[u8]| meta::partition_of(key, self.partitions) == partition;
-        let mut keys = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let (found, next) = self.engine.borrow().scan(cursor, 1024, now, &wanted);
-            keys.extend(found);
-            match next {
-                Some(n) => cursor = n,
-                None => return keys,
-            }
-        }
-    }
-
-    /// Every live key of `partition` as put records with their exact versions and expiries
-    /// (from the engine's own snapshot; values on disk only are read back), for a follower
-    /// that needs a snapshot.
-    pub async fn partition_snapshot(&self, partition: u32) -> Result<Bytes, String> {
-        let mine = |m: &Mutation| meta::partition_of(m.key(), self.partitions) == partition;
-        let entries: Vec<Mutation> =
-            self.engine.borrow().snapshot(now_ms()).into_iter().filter(mine).collect();
-        let mut out = Vec::new();
-        for m in entries {
-            let put = match m {
-                Mutation::Index { version, expires_at_ms, loc, .. } => {
-                    let (data, key_len, _) = self
-                        .read_put(loc, None)
-                        .await
-                        .map_err(|r| format!("reading a value for the snapshot: {}", r.name()))?;
-                    Mutation::Put { data, key_len, version, expires_at_ms }
-                }
-                put @ Mutation::Put { .. } => put,
-                _ => continue,
-            };
-            record::encode(&put, &mut out);
-        }
-        Ok(Bytes::from(out))
-    }
-
-    /// Replaces this replica's keys of `partition` with a snapshot's, taken at Raft `index`:
-    /// tombstones (at `index`: above every version this replica holds, since it is behind
-    /// the snapshot) for keys it lacks, then its puts with their own versions, all through
-    /// the log and durable when this returns.
-    pub async fn install_snapshot(
-        &self,
-        partition: u32,
-        data: &Bytes,
-        index: u64,
-    ) -> Result<(), String> {
-        let now = now_ms();
-        let mut incoming = Vec::new();
-        let ending = record::scan(data, false, |m, _| incoming.push(m), |_, _, _| {});
-        if ending != record::Ending::Clean {
-            return Err(format!("partition {partition}: damaged snapshot ({ending:?})"));
-        }
-        // Every key, expired or not: under the logged rule only the log removes keys, and the
-        // snapshot holds what the leader's log left.
-        let present = self.partition_keys(partition, 0);
-        let keep: std::collections::HashSet<&[u8]> = incoming.iter().map(|m| m.key()).collect();
-        let mut log = super::CoreLog { wal: self.wal.as_deref(), last: None };
-        {
-            let mut engine = self.engine.borrow_mut();
-            for key in present.into_iter().filter(|k| !keep.contains(&k[..])) {
-                engine.load(Mutation::Delete { key, version: index }, now, &mut log)?;
-            }
-            for m in incoming {
-                engine.load(m, now, &mut log)?;
-            }
-        }
-        if let (Some(wal), Some(seq)) = (&self.wal, log.last) {
-            wal.wait(seq).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 }

@@ -87,10 +87,10 @@ impl Core {
             // Our turn: nothing runs on this key until the reservation ends.
             self.held.borrow_mut().entry(key.clone()).or_default().reserved = true;
         }
-        let failed = self.wal.as_ref().and_then(|w| w.failure());
+        let failed = self.store.wal.as_ref().and_then(|w| w.failure());
         let now = crate::time::now_ms();
         let exists = {
-            let engine = self.engine.borrow();
+            let engine = self.store.engine.borrow();
             keys.iter().any(|k| engine.version_of(k, now) != 0)
         };
         if failed.is_some() || exists {
