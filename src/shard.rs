@@ -46,7 +46,7 @@ use crate::storage::checkpoint;
 pub use crate::storage::store::{Answered, FetchIo};
 use crate::storage::store::{CheckpointExtra, Store, prepare_backup_dir};
 use crate::time::now_ms;
-pub use mesh::{Answer, Call, Done, Mesh, ScanStep, Work};
+pub use mesh::{Answer, Call, Done, Mesh, Origin, ScanStep, Work};
 
 /// Keeps the per-core connection gauge right on every exit path.
 pub struct ConnectionGauge(Rc<Core>);
@@ -64,21 +64,6 @@ impl Drop for ConnectionGauge {
         let c = &self.0.counters.connections;
         c.set(c.get() - 1);
     }
-}
-
-/// Where a request came from, in cluster mode; it decides whether the request may be forwarded
-/// to another node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// A client that does not route (RESP, HTTP, a native client without the topology), or
-    /// this node's own metadata requests: the node forwards it to the partition's leader.
-    /// (Clients' keys are checked against the reserved metadata prefix in `dispatch`.)
-    Client,
-    /// A native client that routed by the topology: a node that does not lead the partition
-    /// answers `WrongNode` with the leader it knows and the current map.
-    Direct,
-    /// Another node forwarded it: answered here or `WrongNode`, never forwarded again.
-    Peer,
 }
 
 /// Per-core counters: plain cells, summed over cores only when someone asks.
@@ -129,12 +114,20 @@ pub struct Core {
     mesh: Mesh,
     pending: RefCell<Slab<Pending>>,
     /// Keys held by a write spanning cores (`reserve.rs`); operations on them wait.
-    held: RefCell<std::collections::HashMap<Bytes, reserve::Held>>,
+    held: RefCell<std::collections::HashMap<Bytes, Held>>,
     next_ticket: Cell<u64>,
     /// Cluster mode: this core's Raft groups and links (`cluster::replica`).
     pub cluster: Option<Rc<crate::cluster::replica::Replicas>>,
     /// This core itself, for tasks a `&self` method starts.
     this: Weak<Core>,
+}
+
+/// A key that is reserved, or has operations queued for it, or both.
+#[derive(Default)]
+pub(crate) struct Held {
+    reserved: bool,
+    /// Tickets in arrival order, each with the waker of the operation holding it.
+    queue: std::collections::VecDeque<(u64, Option<Waker>)>,
 }
 
 /// A parsed request on its way to a reply; see the module doc.

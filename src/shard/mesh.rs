@@ -11,6 +11,21 @@ use glommio::GlommioError;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
+/// Where a request came from, in cluster mode; it decides whether the request may be forwarded
+/// to another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client that does not route (RESP, HTTP, a native client without the topology), or
+    /// this node's own metadata requests: the node forwards it to the partition's leader.
+    /// (Clients' keys are checked against the reserved metadata prefix in `dispatch`.)
+    Client,
+    /// A native client that routed by the topology: a node that does not lead the partition
+    /// answers `WrongNode` with the leader it knows and the current map.
+    Direct,
+    /// Another node forwarded it: answered here or `WrongNode`, never forwarded again.
+    Peer,
+}
+
 /// What a core asks of another.
 /// What a core asks of another. The `bool` says whether the answer must wait until the
 /// writes are durable in the target's log.
@@ -33,7 +48,7 @@ pub enum Work {
     Commit(Vec<corekv_schema::codec::SetOp>, bool),
     /// Cluster mode: run a keyed operation for its partition (on the core that owns it):
     /// consistency, and where it came from (which decides whether it may be forwarded).
-    Cluster(Op, corekv_schema::codec::Consistency, super::Origin),
+    Cluster(Op, corekv_schema::codec::Consistency, Origin),
     /// Cluster mode: where this core's Raft groups stand.
     ClusterStatus,
     /// Cluster mode: Raft messages from a peer for partitions of the target; not answered.

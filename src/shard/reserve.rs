@@ -26,24 +26,16 @@
 //!   (a compare by value) can meet a reservation taken meanwhile on one of its later keys,
 //!   and then waits inside the loop.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use corekv_schema::codec::{Condition, ErrorCode, Op, Reply, SetOp};
 
 use super::{Answered, Core, Done, Work};
-
-/// A key that is reserved, or has operations queued for it, or both.
-#[derive(Default)]
-pub(super) struct Held {
-    reserved: bool,
-    /// Tickets in arrival order, each with the waker of the operation holding it.
-    queue: VecDeque<(u64, Option<Waker>)>,
-}
 
 impl Core {
     /// Whether work from a peer could have to queue (then it must not run in the peer's

@@ -1,6 +1,6 @@
 //! Repository hygiene as a test: every source file says what it owns (`//!` first), no
-//! leftover `todo!`/`dbg!`/`unimplemented!`, lines within 100 columns, and the import
-//! direction of `src/lib.rs` (storage never reaches up into net, shard or node).
+//! leftover `todo!`/`dbg!`/`unimplemented!`, lines within 100 columns, the layers of
+//! `src/` (each module names only the modules below it), and no import circle between files.
 
 use std::path::{Path, PathBuf};
 
@@ -61,26 +61,185 @@ fn no_stubs_or_debug_macros_and_short_lines() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Files of module `name` (`src/name.rs` and `src/name/`) never name `forbidden` paths.
-fn assert_no_imports(name: &str, forbidden: &[&str]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![root.join(format!("{name}.rs"))];
-    rust_files(&root.join(name), &mut files);
-    for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        for upward in forbidden {
-            assert!(!text.contains(upward), "{} imports {upward}", path.display());
+/// The layers of `src/`, lowest first, as `(module, the crate modules it may name)`.
+/// `schema` (the `corekv_schema` crate) is below them all; `testing` (cfg(test) helpers)
+/// may be named by any test code. docs/ARCHITECTURE.md draws the same map.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("config", &[]),
+    ("error", &["config"]),
+    ("time", &[]),
+    ("waiting", &[]),
+    ("shutdown", &[]),
+    ("testing", &[]),
+    ("resp", &[]),
+    ("storage", &["config", "error", "time"]),
+    ("cluster", &["config", "error", "time", "waiting", "storage"]),
+    ("shard", &["config", "error", "time", "waiting", "shutdown", "resp", "storage", "cluster"]),
+    ("net", &["config", "error", "time", "shutdown", "resp", "shard", "cluster"]),
+    ("admin", &["config", "error", "time", "shutdown", "shard", "cluster"]),
+    ("cli", &["config"]),
+    ("devcluster", &["config"]),
+    (
+        "node",
+        &[
+            "config", "error", "time", "waiting", "shutdown", "storage", "cluster", "shard", "net",
+            "admin",
+        ],
+    ),
+];
+
+/// The code of a file that counts for imports: no comment lines, and nothing from the first
+/// `#[cfg(test)]` on (inline test modules sit at the end of a file).
+fn code_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .take_while(|l| l.trim() != "#[cfg(test)]")
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every `crate::NAME` a text names.
+fn crate_modules(code: &str) -> Vec<String> {
+    code.match_indices("crate::")
+        .filter(|(at, _)| !code[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+        .map(|(at, _)| {
+            code[at + 7..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_layer_imports_only_the_layers_below_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut problems = Vec::new();
+    for (module, allowed) in LAYERS {
+        let mut files = vec![src.join(format!("{module}.rs"))];
+        rust_files(&src.join(module), &mut files);
+        for path in files.iter().filter(|p| p.exists()) {
+            let code = code_of(path);
+            for named in crate_modules(&code) {
+                let free = named == *module || named == "testing";
+                if !free && !allowed.contains(&named.as_str()) {
+                    problems.push(format!("{} ({module}) names crate::{named}", path.display()));
+                }
+            }
         }
     }
+    problems.sort();
+    problems.dedup();
+    assert!(problems.is_empty(), "imports against the layers:\n{}", problems.join("\n"));
+    // Every module of src/ has its place (a new one must be added above).
+    let mut unplaced = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().trim_end_matches(".rs").to_string();
+        if !["lib", "main"].contains(&name.as_str()) && !LAYERS.iter().any(|(m, _)| *m == name) {
+            unplaced.push(name);
+        }
+    }
+    assert!(unplaced.is_empty(), "modules without a layer: {unplaced:?}");
+}
+
+/// The file a module path names (`["shard", "mesh", "Call"]` → `src/shard/mesh.rs`): the
+/// deepest prefix that is a file.
+fn file_of(src: &Path, path: &[String]) -> Option<PathBuf> {
+    (1..=path.len()).rev().find_map(|n| {
+        let file = src.join(path[..n].join("/")).with_extension("rs");
+        file.exists().then_some(file)
+    })
+}
+
+/// The module path of a file (`src/shard/mesh.rs` → `["shard", "mesh"]`).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    rel.iter().map(|c| c.to_string_lossy().into_owned()).collect()
+}
+
+/// The files `file` names: `crate::a::b` paths, `super::` paths, and paths through the child
+/// modules it declares. A parent's `pub use child::Item` re-export is not a use of the child.
+fn named_files(src: &Path, file: &Path) -> Vec<PathBuf> {
+    let code = code_of(file);
+    let me = module_of(src, file);
+    let children: Vec<String> = code
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().trim_start_matches("pub ").trim_start_matches("pub(crate) ");
+            l.strip_prefix("mod ")?.strip_suffix(';').map(str::to_string)
+        })
+        .collect();
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == ':';
+    let mut out = Vec::new();
+    for line in code.lines().filter(|l| !l.trim_start().starts_with("pub use ")) {
+        let mut rest = line;
+        while let Some(at) = rest.find(|c: char| c.is_alphabetic()) {
+            let word: String = rest[at..].chars().take_while(|c| ident(*c)).collect();
+            let before = rest[..at].chars().last();
+            rest = &rest[at + word.len().max(1)..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let parts: Vec<String> =
+                word.split("::").filter(|p| !p.is_empty()).map(str::to_string).collect();
+            if parts.len() < 2 {
+                continue;
+            }
+            let path = match parts[0].as_str() {
+                "crate" => parts[1..].to_vec(),
+                "super" => {
+                    let ups = parts.iter().take_while(|p| *p == "super").count();
+                    let base = &me[..me.len().saturating_sub(ups)];
+                    base.iter().cloned().chain(parts[ups..].iter().cloned()).collect()
+                }
+                child if children.iter().any(|c| c == child) => {
+                    me.iter().cloned().chain(parts.iter().cloned()).collect()
+                }
+                _ => continue,
+            };
+            if let Some(target) = file_of(src, &path).filter(|t| t != file) {
+                out.push(target);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[test]
-fn storage_does_not_import_upward() {
-    assert_no_imports("storage", &["crate::net", "crate::shard", "crate::node", "crate::cli"]);
-}
-
-#[test]
-fn resp_does_not_import_upward() {
-    let forbidden = ["crate::net", "crate::shard", "crate::node", "crate::cli", "crate::storage"];
-    assert_no_imports("resp", &forbidden);
+fn no_import_circle_between_files() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let edges: Vec<(PathBuf, Vec<PathBuf>)> =
+        files.iter().map(|f| (f.clone(), named_files(&src, f))).collect();
+    assert!(edges.iter().map(|(_, e)| e.len()).sum::<usize>() > 50, "too few imports found");
+    // Depth-first search; a file met again while it is on the stack closes a circle.
+    fn visit(
+        f: &Path,
+        edges: &[(PathBuf, Vec<PathBuf>)],
+        stack: &mut Vec<PathBuf>,
+        done: &mut Vec<PathBuf>,
+        circles: &mut Vec<String>,
+    ) {
+        if done.iter().any(|d| d == f) {
+            return;
+        }
+        if let Some(at) = stack.iter().position(|s| s == f) {
+            let names: Vec<_> = stack[at..].iter().map(|p| p.display().to_string()).collect();
+            circles.push(names.join(" -> "));
+            return;
+        }
+        stack.push(f.to_path_buf());
+        let next = edges.iter().find(|(from, _)| from == f).map(|(_, to)| to.clone());
+        for to in next.unwrap_or_default() {
+            visit(&to, edges, stack, done, circles);
+        }
+        stack.pop();
+        done.push(f.to_path_buf());
+    }
+    let (mut done, mut circles) = (Vec::new(), Vec::new());
+    for f in &files {
+        visit(f, &edges, &mut Vec::new(), &mut done, &mut circles);
+    }
+    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
 }
