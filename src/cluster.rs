@@ -1,12 +1,13 @@
 //! The cluster: partitions replicated by Raft groups (raft-rs) across nodes.
 //!
 //! - placement: `corekv_schema::ring` (partition → replicas by consistent hashing);
-//! - [`group`]: one Raft group's driver over raft-rs, proven by [`sim`] (tests only);
+//! - [`group`]: one Raft group over raft-rs, as a state machine with no I/O;
 //! - [`store`]: a group's log and hard state in the core's WAL;
-//! - [`replica`]: one core's groups and the task that drives them;
+//! - [`replica`]: one core's groups and the task that drives them, run under seeded
+//!   simulation by `sim` (tests only: fake links, real stores, crashes and restarts);
 //! - [`transport`]: node-to-node links (Raft batches, forwarded requests);
 //! - [`health`]: heartbeats with each node's figures, and what this node heard of its peers;
-//! - [`meta`]: the metadata group (nodes, partition map, epoch) and the topology clients get;
+//! - [`meta`]: the metadata group's keys (nodes, partition map) and their encoding;
 //! - [`command`]: what a Raft entry carries.
 //!
 //! See docs/CLUSTER.md.

@@ -419,34 +419,12 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
     // In a cluster only the Raft log removes expired keys (docs/CLUSTER.md, "Expiry").
     let rule = if clustered { ExpiryRule::Logged } else { ExpiryRule::Local };
     let mut engine = MemEngine::with_cache(c.cache_bytes / cores as u64).with_expiry(rule);
-    let mut raft = HashMap::new();
-    let partitions = c.partitions;
-    let mut observe = |m: &crate::storage::Mutation| {
-        if !clustered {
-            return;
-        }
-        use crate::storage::Mutation;
-        match m {
-            Mutation::Raft { partition, what, body } => {
-                crate::cluster::store::replay(&mut raft, *partition, *what, body);
-            }
-            // A key's version is the Raft index that wrote it: every entry up to the highest
-            // one seen was applied before the crash.
-            Mutation::Put { .. } | Mutation::Delete { .. } | Mutation::Index { .. } => {
-                let p = crate::cluster::meta::partition_of(m.key(), partitions);
-                let r = raft.entry(p).or_default();
-                r.applied = r.applied.max(m.version());
-            }
-            _ => {}
-        }
-    };
-    let report = recovery::recover_observed(
-        &dir,
-        &mut engine,
-        c.salvage,
-        crate::time::now_ms(),
-        &mut observe,
-    )
+    let (report, raft) = if clustered {
+        crate::cluster::store::recover(&dir, &mut engine, c.partitions, c.salvage)
+    } else {
+        let now = crate::time::now_ms();
+        recovery::recover(&dir, &mut engine, c.salvage, now).map(|r| (r, HashMap::new()))
+    }
     .map_err(|e| e.to_string())?;
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     let (checkpoint_path, checkpoint_records) = match &report.checkpoint {

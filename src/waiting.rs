@@ -59,6 +59,19 @@ impl<T> Waits<T> {
         }
     }
 
+    /// The answer for `id` if it has come (and forgets the id then), without waiting.
+    pub fn try_take(&self, id: u64) -> Option<T> {
+        let slot = self.find(id)?;
+        let mut slots = self.slots.borrow_mut();
+        if !matches!(slots[slot].1, WaitState::Done(_)) {
+            return None;
+        }
+        match slots.remove(slot).1 {
+            WaitState::Done(answer) => Some(answer),
+            WaitState::Waiting(_) => unreachable!("checked just above"),
+        }
+    }
+
     pub fn cancel(&self, id: u64) {
         if let Some(slot) = self.find(id) {
             self.slots.borrow_mut().remove(slot);

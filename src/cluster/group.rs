@@ -1,6 +1,6 @@
 //! One partition's Raft group on one node: raft-rs's `RawNode` driven as a plain state machine.
 //!
-//! The owner (a core's executor; the simulation in tests) calls [`Group::tick`] on its timer,
+//! The owner (a core's driver, `replica.rs`, also under simulation in `sim.rs`) calls [`Group::tick`] on its timer,
 //! [`Group::step`] for each message from a peer, [`Group::propose`] for client writes, and
 //! then [`Group::drive`], which takes everything raft-rs has ready in the order Raft requires:
 //! 1. messages a leader may send before its own log is durable (raft-rs's `messages`) are
@@ -17,7 +17,9 @@
 //! all its groups, waits once for its log, then finishes every group's round.
 
 use raft::eraftpb::{Entry, HardState, Message, Snapshot};
-use raft::{Config, RawNode, StateRole, Storage};
+use std::collections::HashMap;
+
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage};
 
 /// Where a group's log lives: raft-rs reads through `Storage`, the driver writes through this.
 pub trait GroupStore: Storage {
@@ -53,10 +55,18 @@ pub struct Driven {
     pub leader_changed: Option<(u64, u64)>,
 }
 
+/// Ticks a follower may stay waiting for a snapshot before it is sent again: 10 s at the
+/// default tick, longer than an election timeout so that a snapshot in transit is not cut off.
+pub const SNAPSHOT_STALL_TICKS: u32 = 100;
+
 pub struct Group<S: GroupStore> {
     pub partition: u32,
     node: RawNode<S>,
     leader: (u64, u64),
+    /// A leader's followers waiting for a snapshot: (the snapshot's index, ticks waited).
+    snapshot_waits: HashMap<u64, (u64, u32)>,
+    /// See [`SNAPSHOT_STALL_TICKS`].
+    pub snapshot_stall_ticks: u32,
 }
 
 /// Raft timing in ticks. A tick is `--raft-tick-ms`; elections start after a randomized
@@ -85,11 +95,56 @@ impl<S: GroupStore> Group<S> {
     pub fn new(partition: u32, config: &Config, store: S) -> raft::Result<Group<S>> {
         config.validate()?;
         let node = RawNode::new(config, store, &discard_logger())?;
-        Ok(Group { partition, node, leader: (0, 0) })
+        Ok(Group {
+            partition,
+            node,
+            leader: (0, 0),
+            snapshot_waits: HashMap::new(),
+            snapshot_stall_ticks: SNAPSHOT_STALL_TICKS,
+        })
     }
 
     pub fn tick(&mut self) {
         self.node.tick();
+        self.retry_stalled_snapshots();
+    }
+
+    /// raft-rs holds a follower it sent a snapshot to until the owner reports how the send
+    /// went, and sends it nothing meanwhile. A snapshot lost on the way (a link that broke, a
+    /// follower that crashed before it was durable) would stall that follower for as long as
+    /// this leader leads. One not acknowledged within the stall limit is reported failed, so
+    /// raft-rs probes the follower and sends a snapshot again.
+    fn retry_stalled_snapshots(&mut self) {
+        if !self.is_leader() {
+            self.snapshot_waits.clear();
+            return;
+        }
+        let waiting: Vec<(u64, u64)> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == ProgressState::Snapshot)
+            .map(|(id, pr)| (*id, pr.pending_snapshot))
+            .collect();
+        self.snapshot_waits.retain(|id, _| waiting.iter().any(|(w, _)| w == id));
+        for (id, index) in waiting {
+            let wait = self.snapshot_waits.entry(id).or_insert((index, 0));
+            if wait.0 != index {
+                *wait = (index, 0);
+            }
+            wait.1 += 1;
+            if wait.1 >= self.snapshot_stall_ticks {
+                self.snapshot_waits.remove(&id);
+                self.node.report_snapshot(id, SnapshotStatus::Failure);
+                tracing::warn!(
+                    partition = self.partition,
+                    follower = id,
+                    index,
+                    "snapshot not acknowledged; sending it again"
+                );
+            }
+        }
     }
 
     pub fn step(&mut self, message: Message) -> raft::Result<()> {
@@ -204,27 +259,5 @@ impl<S: GroupStore> Group<S> {
 
     pub fn commit_index(&self) -> u64 {
         self.node.raft.raft_log.committed
-    }
-}
-
-/// A `GroupStore` in memory: raft-rs's `MemStorage`. The simulation runs on it; a node's
-/// groups keep their log in the core's WAL instead.
-impl GroupStore for raft::storage::MemStorage {
-    fn apply_snapshot(&mut self, snapshot: Snapshot) -> raft::Result<()> {
-        self.wl().apply_snapshot(snapshot)
-    }
-
-    fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
-        self.wl().append(entries)
-    }
-
-    fn set_hard_state(&mut self, hs: &HardState) -> raft::Result<()> {
-        self.wl().set_hardstate(hs.clone());
-        Ok(())
-    }
-
-    fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
-        self.wl().mut_hard_state().set_commit(commit);
-        Ok(())
     }
 }

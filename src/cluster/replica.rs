@@ -144,6 +144,9 @@ pub struct Replicas {
     /// Reads whose index is known, waiting for it to be applied.
     read_waits: RefCell<Vec<(u32, u64, u64)>>,
     next_context: Cell<u64>,
+    /// Applied entries kept in memory for followers (fewer in the simulation, so that
+    /// followers there fall behind far enough to need snapshots).
+    entries_retained: Cell<u64>,
     /// Who waits for a proposal's reply (shared with the links, for forwards).
     pub waits: Rc<Waits<Reply>>,
     /// Who waits for a read barrier: go ahead, or the reason not to.
@@ -162,9 +165,29 @@ impl Replicas {
         partitions: u32,
         core: u16,
         cores: u16,
+        recovered: HashMap<u32, Recovered>,
+        data: Rc<Store>,
+        limits: Limits,
+    ) -> Result<Replicas, String> {
+        let (node, nodes) = (config.node, config.nodes.clone());
+        let links = move |waits| Links::start(node, &nodes, waits);
+        Replicas::with_links(config, partitions, core, cores, recovered, data, limits, links, None)
+    }
+
+    /// [`Replicas::new`] over the links `links` makes (the simulation's have no sockets), and,
+    /// when `election_tick` is given, that fixed election timeout instead of raft-rs's random
+    /// one (its RNG cannot be seeded; the simulation draws the timeout from its seed).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn with_links(
+        config: &ClusterConfig,
+        partitions: u32,
+        core: u16,
+        cores: u16,
         mut recovered: HashMap<u32, Recovered>,
         data: Rc<Store>,
         limits: Limits,
+        links: impl FnOnce(Rc<Waits<Reply>>) -> Links,
+        election_tick: Option<usize>,
     ) -> Result<Replicas, String> {
         let wal = data.wal.clone();
         let ids: Vec<u64> = config.nodes.iter().map(|(n, _)| *n).collect();
@@ -182,6 +205,10 @@ impl Replicas {
             let done = state.applied.max(state.point.index);
             let store = WalStore::new(p, replicas.clone(), state, wal.clone());
             let mut raft_config = group::config(config.node);
+            if let Some(ticks) = election_tick {
+                raft_config.min_election_tick = ticks;
+                raft_config.max_election_tick = ticks + 1;
+            }
             raft_config.applied = done.min(store.last_index_now());
             let g = Group::new(p, &raft_config, store)
                 .map_err(|e| format!("partition {p}: raft: {e}"))?;
@@ -189,7 +216,7 @@ impl Replicas {
             groups.insert(p, g);
         }
         let waits = Rc::new(Waits::default());
-        let links = Links::start(config.node, &config.nodes, waits.clone());
+        let links = links(waits.clone());
         Ok(Replicas {
             node: config.node,
             core,
@@ -207,6 +234,7 @@ impl Replicas {
             read_batches: RefCell::new(HashMap::new()),
             read_waits: RefCell::new(Vec::new()),
             next_context: Cell::new(1),
+            entries_retained: Cell::new(store::ENTRIES_RETAINED),
             waits,
             reads: Waits::default(),
             wake: Wake::default(),
@@ -306,14 +334,63 @@ impl Replicas {
         self.propose_entry(partition, command::encode_expiry(now_ms(), keys)).await
     }
 
-    async fn propose_entry(&self, partition: u32, data: Vec<u8>) -> Reply {
-        if let Some(e) = self.failed.borrow().clone() {
-            return Reply::error(ErrorCode::Unavailable, e);
+    #[cfg(test)]
+    /// Shorter memory for the simulation: `retained` applied entries kept for followers, and
+    /// `stall_ticks` before an unacknowledged snapshot is sent again.
+    pub(super) fn shorten_for_simulation(&self, retained: u64, stall_ticks: u32) {
+        self.entries_retained.set(retained);
+        for g in self.groups.borrow_mut().values_mut() {
+            g.snapshot_stall_ticks = stall_ticks;
         }
+    }
+
+    #[cfg(test)]
+    /// The reply to proposal `id`, if it has come (the simulation polls).
+    pub(super) fn take_reply(&self, id: u64) -> Option<Reply> {
+        self.waits.try_take(id)
+    }
+
+    #[cfg(test)]
+    /// The go-ahead (or refusal) for read ask `id`, if it has come.
+    pub(super) fn take_read(&self, id: u64) -> Option<Result<(), Reply>> {
+        self.reads.try_take(id)
+    }
+
+    #[cfg(test)]
+    /// The term of entry `index` of `partition` in this replica's log, while it holds it.
+    pub(super) fn term_of(&self, partition: u32, index: u64) -> Option<u64> {
+        self.groups.borrow().get(&partition)?.store().term_of(index)
+    }
+
+    #[cfg(test)]
+    /// The first index `partition`'s log still holds (entries before it are compacted away).
+    pub(super) fn first_index(&self, partition: u32) -> u64 {
+        self.groups.borrow().get(&partition).map_or(0, |g| g.store().first_index_now())
+    }
+
+    /// Queues a proposal for the driver's next round: the id its reply comes under.
+    pub(super) fn submit(&self, partition: u32, data: Vec<u8>) -> u64 {
         let wait = self.waits.open();
         self.proposals.borrow_mut().push(Proposal { partition, data, wait });
         self.wake.notify();
         self.counters.proposals.set(self.counters.proposals.get() + 1);
+        wait
+    }
+
+    /// Queues a ReadIndex ask for the driver's next round: the id its go-ahead comes under.
+    pub(super) fn submit_read(&self, partition: u32) -> u64 {
+        let wait = self.reads.open();
+        self.read_asks.borrow_mut().push((partition, wait));
+        self.wake.notify();
+        self.counters.read_indexes.set(self.counters.read_indexes.get() + 1);
+        wait
+    }
+
+    async fn propose_entry(&self, partition: u32, data: Vec<u8>) -> Reply {
+        if let Some(e) = self.failed.borrow().clone() {
+            return Reply::error(ErrorCode::Unavailable, e);
+        }
+        let wait = self.submit(partition, data);
         match self.waits.wait(wait, PROPOSAL_TIMEOUT).await {
             Some(reply) => reply,
             None => {
@@ -333,10 +410,7 @@ impl Replicas {
     /// ReadIndex: returns once this replica has applied everything committed when the read
     /// arrived (confirmed by a quorum of heartbeats), so a read after it is linearizable.
     pub async fn read_barrier(&self, partition: u32) -> Result<(), Reply> {
-        let wait = self.reads.open();
-        self.read_asks.borrow_mut().push((partition, wait));
-        self.wake.notify();
-        self.counters.read_indexes.set(self.counters.read_indexes.get() + 1);
+        let wait = self.submit_read(partition);
         match self.reads.wait(wait, PROPOSAL_TIMEOUT).await {
             Some(answer) => answer,
             None => Err(Reply::error(
@@ -392,7 +466,8 @@ pub async fn run(r: Rc<Replicas>) {
     }
 }
 
-async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
+/// One round of the driver (the module doc's four steps); `Err` when the log failed.
+pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     let mut driven: Vec<(u32, Driven)> = Vec::new();
     {
         let mut groups = r.groups.borrow_mut();
@@ -714,10 +789,11 @@ fn compact_logs(r: &Replicas) {
     let mut groups = r.groups.borrow_mut();
     for (p, g) in groups.iter_mut() {
         let done = applied.get(p).copied().unwrap_or(0);
-        if done < g.store().first_index_now() + 2 * store::ENTRIES_RETAINED {
+        let retained = r.entries_retained.get();
+        if done < g.store().first_index_now() + 2 * retained {
             continue;
         }
-        g.store_mut().compact_to(done - store::ENTRIES_RETAINED);
+        g.store_mut().compact_to(done - retained);
     }
 }
 

@@ -22,6 +22,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::path::Path;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -30,8 +31,11 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use super::group::GroupStore;
+use super::meta;
 use crate::storage::record::Mutation;
 use crate::storage::wal::Wal;
+use crate::storage::{Engine, recovery};
+use crate::time::now_ms;
 
 pub const WHAT_ENTRIES: u8 = 1;
 pub const WHAT_HARD_STATE: u8 = 2;
@@ -51,6 +55,30 @@ pub struct Recovered {
     /// Highest version of any put or tombstone of this partition replayed: every entry up to
     /// it was applied before the crash.
     pub applied: u64,
+}
+
+/// Recovers a cluster core's data from `dir` into `engine`, and each Raft group's state
+/// from the raft records met on the way (in log order). A key's version is the Raft index
+/// that wrote it, so the highest version of a partition replayed is its applied index: every
+/// entry up to it was applied before the crash.
+pub fn recover(
+    dir: &Path,
+    engine: &mut dyn Engine,
+    partitions: u32,
+    salvage: bool,
+) -> Result<(recovery::Report, HashMap<u32, Recovered>), recovery::RecoveryError> {
+    let mut raft = HashMap::new();
+    let mut observe = |m: &Mutation| match m {
+        Mutation::Raft { partition, what, body } => replay(&mut raft, *partition, *what, body),
+        Mutation::Put { .. } | Mutation::Delete { .. } | Mutation::Index { .. } => {
+            let r: &mut Recovered =
+                raft.entry(meta::partition_of(m.key(), partitions)).or_default();
+            r.applied = r.applied.max(m.version());
+        }
+        _ => {}
+    };
+    let report = recovery::recover_observed(dir, engine, salvage, now_ms(), &mut observe)?;
+    Ok((report, raft))
 }
 
 /// Folds one raft record into the per-partition state (recovery, in log order).
@@ -280,8 +308,15 @@ impl Storage for WalStore {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match &self.built {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+        // A snapshot older than the log's start would leave its follower a gap before the
+        // first entry still held: it would install it, ask for the next entry, and be sent
+        // the same snapshot again, forever.
+        let usable = |s: &&Snapshot| {
+            let index = s.get_metadata().index;
+            index >= request_index && index >= self.point.index
+        };
+        match self.built.as_ref().filter(usable) {
+            Some(s) => Ok(s.clone()),
             _ => {
                 // Built asynchronously by the driver (values may have to be read from disk);
                 // raft-rs asks again on its next attempt.

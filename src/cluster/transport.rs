@@ -112,6 +112,39 @@ impl Links {
         Links { node, links, waits, frames_dropped: Cell::new(0) }
     }
 
+    /// Links with no sockets behind them, for the simulation: what is sent to a peer waits
+    /// in its queue until [`Links::drain`] takes it, and `set_up` plays the cable.
+    #[cfg(test)]
+    pub fn simulated(node: u64, peers: &[u64], waits: Rc<Waits<Reply>>) -> Links {
+        let links = peers
+            .iter()
+            .filter(|p| **p != node)
+            .map(|&p| (p, Link { tx: Rc::new(Outbox::default()), up: Rc::new(Cell::new(true)) }))
+            .collect();
+        Links { node, links, waits, frames_dropped: Cell::new(0) }
+    }
+
+    /// The frames queued for `peer` (simulation).
+    #[cfg(test)]
+    pub fn drain(&self, peer: u64) -> Vec<u8> {
+        let mut all = Vec::new();
+        while let Some(batch) = self.links.get(&peer).and_then(|l| l.tx.take_now()) {
+            all.extend_from_slice(&batch);
+        }
+        all
+    }
+
+    /// Connects or cuts the link to `peer` (simulation); a cut link drops what it held.
+    #[cfg(test)]
+    pub fn set_up(&self, peer: u64, up: bool) {
+        if let Some(l) = self.links.get(&peer) {
+            l.up.set(up);
+            if !up {
+                l.tx.clear();
+            }
+        }
+    }
+
     pub fn is_up(&self, peer: u64) -> bool {
         self.links.get(&peer).is_some_and(|l| l.up.get())
     }

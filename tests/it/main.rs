@@ -11,6 +11,7 @@ mod enospc;
 mod harness;
 mod http;
 mod lifecycle;
+#[path = "../support/linearizable.rs"]
 mod linearizable;
 mod ops;
 mod pipeline;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use corekv_schema::codec::{Condition, Consistency, Op, SetOp};
 
-use super::{Cluster, value_of};
+use super::{Cluster, PARTITIONS, value_of};
 use crate::harness::{Rng, b, stat_sum};
 
 const KEYS: usize = 300;
@@ -26,7 +26,15 @@ const WRITERS: usize = 10;
 fn conditional_writes_racing_expiry_leave_every_replica_equal() {
     let c = Cluster::start(3);
     c.wait_writable();
-    let keys_before = stat_sum(&mut c.node(1).wire(), |s| s.keys);
+    // Before the race each node holds the warm-up keys (one per partition written through
+    // each node) and the metadata (the map and three nodes' addresses, registered shortly
+    // after start).
+    let keys_before = 3 * u64::from(PARTITIONS) + 4;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat_sum(&mut c.node(1).wire(), |s| s.keys) != keys_before {
+        assert!(Instant::now() < deadline, "node 1 never held {keys_before} keys");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let seed = Rng::seeded("expiry race").0;
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (1..=3)
