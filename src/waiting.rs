@@ -78,6 +78,12 @@ impl<T> Waits<T> {
         }
     }
 
+    /// The answer for `id`, however long it takes (`None`: the id is unknown or was
+    /// cancelled). The id is forgotten when the future is dropped.
+    pub fn answer(&self, id: u64) -> impl Future<Output = Option<T>> + '_ {
+        WaitFuture { waits: self, id }
+    }
+
     /// The answer for `id`, or `None` after `timeout`. The id is forgotten however this ends,
     /// also when the caller drops the future (a wait raced against something else).
     pub async fn wait(&self, id: u64, timeout: Duration) -> Option<T> {

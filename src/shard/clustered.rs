@@ -17,7 +17,8 @@ use bytes::Bytes;
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use corekv_schema::placement;
 
-use super::{Answered, Core, Done, Origin, Pending, Slot, Work, unexpected};
+use super::rpc::unexpected;
+use super::{Answered, Core, Done, Origin, Slot, Work};
 use crate::cluster::meta;
 use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node, wrong_node_error};
 use crate::config::ConsistencyMode;
@@ -79,7 +80,7 @@ impl Core {
         &self,
         work: impl std::future::Future<Output = Reply> + 'static,
     ) -> Slot {
-        let token = self.pending.borrow_mut().insert(Pending::Waiting(None));
+        let token = self.answers.open();
         let Some(me) = self.this.upgrade() else {
             self.complete(token, Done::One(Reply::error(ErrorCode::ShuttingDown, "core stopping")));
             return Slot::Remote(token);
@@ -316,19 +317,17 @@ impl Core {
         let Done::Groups(mut groups, mut counters) = self.groups_here() else {
             unreachable!("groups_here answers Groups")
         };
-        let mut failed = None;
-        for token in tokens {
-            match self.answer(token).await {
-                Done::Groups(g, c) => {
-                    groups.extend(g);
-                    counters.add(&c);
-                }
-                Done::One(reply) => failed = failed.or(Some(reply)),
-                other => failed = failed.or(Some(unexpected(other))),
+        self.fan_in(tokens, |done| match done {
+            Done::Groups(g, c) => {
+                groups.extend(g);
+                counters.add(&c);
+                None
             }
-        }
+            other => Some(other),
+        })
+        .await?;
         groups.sort_by_key(|g| g.partition);
-        failed.map_or(Ok((groups, counters)), Err)
+        Ok((groups, counters))
     }
 
     /// Reads this replica's engine (a value on disk only is read back): one read, or a
@@ -402,7 +401,7 @@ impl Core {
             if core == usize::from(self.index) {
                 r.deliver(messages);
             } else {
-                let call = super::Call { token: usize::MAX, work: Work::Raft(messages) };
+                let call = super::Call { token: u64::MAX, work: Work::Raft(messages) };
                 // Raft resends what is lost; a full mesh drops rather than blocks the link.
                 let _ = self.mesh.try_call(core as u16, call);
             }

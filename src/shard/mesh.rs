@@ -120,13 +120,13 @@ pub struct ScanStep {
 }
 
 pub struct Call {
-    /// Where the caller files the answer (its pending-slab key).
-    pub token: usize,
+    /// The id the caller waits for the answer under (`Core::answers`).
+    pub token: u64,
     pub work: Work,
 }
 
 pub struct Answer {
-    pub token: usize,
+    pub token: u64,
     pub done: Done,
 }
 
