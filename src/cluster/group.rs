@@ -2,7 +2,8 @@
 //!
 //! The owner (a core's driver, `replica.rs`, also run under simulation by `sim.rs`) calls
 //! [`Group::tick`] on its timer, [`Group::step`] for each message from a peer,
-//! [`Group::propose`] for client writes, and then [`Group::drive`], which takes everything raft-rs has ready in the order Raft requires:
+//! [`Group::propose`] for client writes, and then [`Group::drive`], which takes everything
+//! raft-rs has ready in the order Raft requires:
 //! 1. messages a leader may send before its own log is durable (raft-rs's `messages`) are
 //!    handed out to send at once;
 //! 2. a snapshot, new entries and the hard state are appended to the store
