@@ -135,6 +135,8 @@ pub enum Slot {
     /// A read applied here whose value is read from the log.
     Fetch(FetchIo),
     Remote(u64),
+    /// A cluster request waiting in this core's Raft driver (`clustered.rs`).
+    Led(Box<clustered::Led>),
     /// `durable_seq`: the last log record of the local part to wait for; `fetches`: local
     /// reads whose values are read from the log.
     Batch {
@@ -237,7 +239,7 @@ impl Core {
         {
             // Durability in a cluster is the Raft quorum's: every replica's log is synced
             // before it acknowledges, whatever the request asked.
-            return self.cluster_slot(op, consistency, origin);
+            return self.cluster_slot(op, consistency, origin).await;
         }
         let wait = match self.ack_waits(durability) {
             Ok(wait) => wait,
@@ -371,6 +373,7 @@ impl Core {
                 Err(failed) => failed,
             },
             Slot::Fetch(f) => self.resolve_fetch(f).await,
+            Slot::Led(led) => self.resolve_led(*led).await,
             Slot::Remote(token) => match self.answer(token).await {
                 Done::One(reply) => reply,
                 other => unexpected(other),

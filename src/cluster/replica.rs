@@ -378,7 +378,7 @@ impl Replicas {
     }
 
     /// Queues a ReadIndex ask for the driver's next round: the id its go-ahead comes under.
-    pub(super) fn submit_read(&self, partition: u32) -> u64 {
+    pub fn submit_read(&self, partition: u32) -> u64 {
         let wait = self.reads.open();
         self.read_asks.borrow_mut().push((partition, wait));
         self.wake.notify();
@@ -387,11 +387,24 @@ impl Replicas {
     }
 
     async fn propose_entry(&self, partition: u32, data: Vec<u8>) -> Reply {
-        if let Some(e) = self.failed.borrow().clone() {
-            return Reply::error(ErrorCode::Unavailable, e);
+        match self.try_submit(partition, data) {
+            Ok(id) => self.proposal_reply(partition, id).await,
+            Err(refused) => refused,
         }
-        let wait = self.submit(partition, data);
-        match self.waits.wait(wait, PROPOSAL_TIMEOUT).await {
+    }
+
+    /// Queues a proposal unless the driver has stopped: the id its reply comes under.
+    pub fn try_submit(&self, partition: u32, data: Vec<u8>) -> Result<u64, Reply> {
+        if let Some(e) = self.failed.borrow().clone() {
+            return Err(Reply::error(ErrorCode::Unavailable, e));
+        }
+        Ok(self.submit(partition, data))
+    }
+
+    /// The reply to proposal `id`: the engine's once its entry is applied, or "outcome
+    /// unknown" when nothing is applied at its index within [`PROPOSAL_TIMEOUT`].
+    pub async fn proposal_reply(&self, partition: u32, id: u64) -> Reply {
+        match self.waits.wait(id, PROPOSAL_TIMEOUT).await {
             Some(reply) => reply,
             None => {
                 self.counters.proposals_failed.set(self.counters.proposals_failed.get() + 1);
@@ -410,8 +423,13 @@ impl Replicas {
     /// ReadIndex: returns once this replica has applied everything committed when the read
     /// arrived (confirmed by a quorum of heartbeats), so a read after it is linearizable.
     pub async fn read_barrier(&self, partition: u32) -> Result<(), Reply> {
-        let wait = self.submit_read(partition);
-        match self.reads.wait(wait, PROPOSAL_TIMEOUT).await {
+        let id = self.submit_read(partition);
+        self.read_ready(partition, id).await
+    }
+
+    /// Waits for read ask `id` to be cleared: go ahead, or the reason not to.
+    pub async fn read_ready(&self, partition: u32, id: u64) -> Result<(), Reply> {
+        match self.reads.wait(id, PROPOSAL_TIMEOUT).await {
             Some(answer) => answer,
             None => Err(Reply::error(
                 ErrorCode::Unavailable,

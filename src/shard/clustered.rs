@@ -19,6 +19,7 @@ use corekv_schema::placement;
 
 use super::rpc::unexpected;
 use super::{Answered, Core, Done, Origin, Slot, Work};
+use crate::cluster::command;
 use crate::cluster::meta;
 use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node, wrong_node_error};
 use crate::config::ConsistencyMode;
@@ -26,6 +27,21 @@ use crate::time::now_ms;
 
 /// How long a request keeps looking for a partition's leader (elections, lost links).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// A request queued in this core's Raft driver by [`Core::cluster_led`], kept for its reply.
+pub struct Led {
+    op: Op,
+    consistency: Consistency,
+    origin: Origin,
+    partition: u32,
+    wait: LedWait,
+}
+
+/// What a led request waits for: its proposal's id, or its read ask's.
+enum LedWait {
+    Proposal(u64),
+    Read(u64),
+}
+
 /// When an expired key this core cannot propose the removal of now is looked at again.
 const EXPIRY_RETRY_MS: u64 = 1_000;
 
@@ -93,8 +109,16 @@ impl Core {
         Slot::Remote(token)
     }
 
-    /// Cluster mode's `dispatch` of a keyed operation, a batch or a topology request.
-    pub(super) fn cluster_slot(&self, op: Op, consistency: Consistency, origin: Origin) -> Slot {
+    /// Cluster mode's `dispatch` of a keyed operation, a batch or a topology request. A keyed
+    /// operation goes to the core that owns its partition; there, a partition this core leads
+    /// takes it straight into its Raft driver ([`Core::cluster_led`]), and anything else
+    /// (forwarding to the leader, waiting out an election) runs in a task of its own.
+    pub(super) async fn cluster_slot(
+        &self,
+        op: Op,
+        consistency: Consistency,
+        origin: Origin,
+    ) -> Slot {
         let Some(me) = self.this.upgrade() else {
             return Slot::Ready(Reply::error(ErrorCode::ShuttingDown, "core stopping"));
         };
@@ -115,7 +139,88 @@ impl Core {
             Op::Batch(ops) => {
                 self.spawn_slot(async move { me.cluster_batch(ops, consistency).await })
             }
-            op => self.spawn_slot(async move { me.cluster_op(op, consistency, origin).await }),
+            op => {
+                let owner = op.key().map_or(self.index, |k| self.owner_of(k));
+                if owner != self.index {
+                    // The owning core runs it; its answer comes back under this one id.
+                    let work = Work::Cluster(op, consistency, origin);
+                    return Slot::Remote(self.forward(owner, work).await);
+                }
+                match self.cluster_led(op, consistency, origin).await {
+                    Ok(slot) => slot,
+                    Err(op) => self
+                        .spawn_slot(async move { me.cluster_here(op, consistency, origin).await }),
+                }
+            }
+        }
+    }
+
+    /// A request for a partition this core holds, when no waiting of its own is needed: an
+    /// eventual read is answered from this replica; on the leader, a write is proposed and a
+    /// strong read asks for a read index, and the slot waits in the Raft driver for either.
+    /// The op comes back when it needs the general path.
+    pub(super) async fn cluster_led(
+        &self,
+        op: Op,
+        consistency: Consistency,
+        origin: Origin,
+    ) -> Result<Slot, Op> {
+        let (Some(r), Some(key)) = (self.cluster.as_ref(), op.key()) else { return Err(op) };
+        let partition = meta::partition_of(key, self.partitions);
+        let consistency = self.consistency_of(consistency);
+        let is_read = matches!(op, Op::Get { .. });
+        if is_read && consistency == Consistency::Eventual && r.has_group(partition) {
+            return Ok(match self.apply(op, now_ms()).await {
+                (Answered::Reply(reply), _) => Slot::Ready(reply),
+                (Answered::Fetch(f), _) => Slot::Fetch(f),
+            });
+        }
+        if !r.leadership(partition).0 {
+            return Err(op);
+        }
+        let wait = if is_read {
+            LedWait::Read(r.submit_read(partition))
+        } else {
+            match r.try_submit(partition, command::encode(now_ms(), &op)) {
+                Ok(id) => LedWait::Proposal(id),
+                Err(refused) => return Ok(Slot::Ready(refused)),
+            }
+        };
+        Ok(Slot::Led(Box::new(Led { op, consistency, origin, partition, wait })))
+    }
+
+    /// Waits for a request [`Core::cluster_led`] queued. A leader deposed meanwhile answers
+    /// `WrongNode`: nothing happened, so the request takes the general path from there.
+    pub(super) async fn resolve_led(&self, led: Led) -> Reply {
+        let Some(r) = self.cluster.as_ref() else {
+            return Reply::error(ErrorCode::Internal, "not in cluster mode");
+        };
+        let Led { op, consistency, origin, partition, wait } = led;
+        let reply = match wait {
+            LedWait::Proposal(id) => r.proposal_reply(partition, id).await,
+            LedWait::Read(id) => match r.read_ready(partition, id).await {
+                Ok(()) => return self.read_local(op).await,
+                Err(reply) => reply,
+            },
+        };
+        match reply {
+            Reply::Error(e) if e.code == ErrorCode::WrongNode => match (origin, self.rc()) {
+                (Origin::Client, Some(me)) => {
+                    Box::pin(me.cluster_here(op, consistency, origin)).await
+                }
+                (Origin::Direct, Some(me)) => me.wrong_node_direct(partition, e.leader).await,
+                _ => Reply::Error(e),
+            },
+            other => other,
+        }
+    }
+
+    /// The consistency a request gets: its own, or the node's default.
+    fn consistency_of(&self, asked: Consistency) -> Consistency {
+        match (asked, self.cluster.as_ref().map(|r| r.config.consistency)) {
+            (Consistency::Default, Some(ConsistencyMode::Eventual)) => Consistency::Eventual,
+            (Consistency::Default, _) => Consistency::Strong,
+            (c, _) => c,
         }
     }
 
@@ -185,13 +290,7 @@ impl Core {
         let partition = meta::partition_of(&key, self.partitions);
         // Direct clients and peers route themselves: they get the leader, not a forward.
         let forwards = origin == Origin::Client;
-        let consistency = match consistency {
-            Consistency::Default => match r.config.consistency {
-                ConsistencyMode::Strong => Consistency::Strong,
-                ConsistencyMode::Eventual => Consistency::Eventual,
-            },
-            c => c,
-        };
+        let consistency = self.consistency_of(consistency);
         let is_read = match &op {
             Op::Batch(ops) => ops.iter().all(|op| matches!(op, Op::Get { .. })),
             op => matches!(op, Op::Get { .. }),

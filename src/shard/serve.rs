@@ -1,14 +1,15 @@
-//! Serving the other cores of this node: one task per peer core runs its calls in order
-//! (answers that wait for the log are held back, in order, by a second task), one files the
-//! answers to this core's own calls, and calls that must wait for a key's reservation run in
-//! a lane beside the loop (`reserve.rs`).
+//! Serving the other cores of this node: one task per peer core runs its calls in order;
+//! answers that wait for the log are held back, in order, by a second task, and cluster
+//! requests this core leads wait in its Raft driver and are answered, in order, by a third
+//! (no task per request). Calls that must wait for a key's reservation run in a lane beside
+//! the loop (`reserve.rs`). One task files the answers to this core's own calls.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use corekv_schema::codec::{ErrorCode, Reply};
 
-use super::{Answer, Answered, Call, Core, Done, FetchIo, Work, bump, mesh};
+use super::{Answer, Answered, Call, Core, Done, FetchIo, Slot, Work, bump, mesh};
 use crate::time::now_ms;
 
 /// Work another core sent, done here: the answer, the log record it waits for, and reads
@@ -110,6 +111,10 @@ pub fn spawn_mesh_tasks(
         // Calls that wait for a key's reservation, in arrival order, and how many are there.
         let (lane_tx, lane_rx) = glommio::channels::local_channel::new_unbounded::<Call>();
         let lane_len = Rc::new(Cell::new(0usize));
+        // Cluster requests this core leads, waiting in its Raft driver, in arrival order.
+        let (led_tx, led_rx) = glommio::channels::local_channel::new_bounded::<(u64, Slot)>(
+            DURABLE_ANSWERS_QUEUED_MAX,
+        );
         let (lane, waiting) = (core.clone(), lane_len.clone());
         glommio::spawn_local(async move {
             while let Some(call) = lane_rx.recv().await {
@@ -135,15 +140,25 @@ pub fn spawn_mesh_tasks(
                         continue;
                     }
                     Work::Cluster(op, consistency, origin) => {
-                        // Waits for Raft: beside the loop, answered when done.
-                        let core = serving.clone();
                         let token = call.token;
-                        glommio::spawn_local(async move {
-                            let reply = core.cluster_here(op, consistency, origin).await;
-                            let done = Done::One(reply);
-                            let _ = core.mesh.answer(peer, Answer { token, done }).await;
-                        })
-                        .detach();
+                        let sent = match serving.cluster_led(op, consistency, origin).await {
+                            // Led here: it waits in the Raft driver, and the led lane answers.
+                            Ok(slot) => led_tx.send((token, slot)).await.is_ok(),
+                            // Forwarded, or waiting out an election: in a task of its own.
+                            Err(op) => {
+                                let core = serving.clone();
+                                glommio::spawn_local(async move {
+                                    let reply = core.cluster_here(op, consistency, origin).await;
+                                    let done = Done::One(reply);
+                                    let _ = core.mesh.answer(peer, Answer { token, done }).await;
+                                })
+                                .detach();
+                                true
+                            }
+                        };
+                        if !sent {
+                            break;
+                        }
                         continue;
                     }
                     work => Call { token: call.token, work },
@@ -204,6 +219,16 @@ pub fn spawn_mesh_tasks(
                     Err(failed) => Done::One(failed),
                 };
                 if holding.mesh.answer(peer, Answer { token, done }).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+        let leading = core.clone();
+        glommio::spawn_local(async move {
+            while let Some((token, slot)) = led_rx.recv().await {
+                let done = Done::One(leading.resolve(slot).await);
+                if leading.mesh.answer(peer, Answer { token, done }).await.is_err() {
                     break;
                 }
             }
