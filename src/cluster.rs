@@ -10,6 +10,8 @@
 //! - [`meta`]: the metadata group's keys (nodes, partition map) and their encoding;
 //! - [`command`]: what a Raft entry carries.
 //!
+//! This file holds the Raft counters that the driver and the links both count into.
+//!
 //! See docs/CLUSTER.md.
 
 pub mod command;
@@ -21,3 +23,23 @@ pub mod replica;
 mod sim;
 pub mod store;
 pub mod transport;
+
+use crate::counters::counters;
+
+counters!(
+    /// Counters for `/metrics`.
+    RaftCounters => CounterValues {
+        proposals,
+        proposals_failed,
+        leader_changes,
+        elections_won,
+        snapshots_sent,
+        snapshots_installed,
+        read_indexes,
+        /// Sum and count of proposal-to-apply times, microseconds.
+        commit_us_sum,
+        commits,
+        /// Raft frames the links dropped (link down, or its queue full).
+        link_frames_dropped,
+    }
+);

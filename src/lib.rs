@@ -1,24 +1,21 @@
 //! corekv: a thread-per-core key-value store on io_uring (glommio).
 //!
-//! # Map (request path order)
+//! # Map, by layer (each names only the layers below it)
 //!
-//! - [`config`]: flags, the TOML file, defaults and every limit.
-//! - [`node`]: boot (pin cores, bind, publish topology) and graceful shutdown.
-//! - [`net`]: per-core accept loops and pipelined connections (native and Redis protocol).
-//! - [`resp`]: the Redis protocol (RESP2): parsing, and Redis commands over native operations.
-//! - [`shard`]: `Core`, everything one core owns; routing to the owning core over the
-//!   bounded channel mesh ([`shard::mesh`]).
-//! - [`storage`]: the `Engine` seam, [`storage::MemEngine`] (index and value cache), the
-//!   write-ahead log, recovery, checkpoints.
+//! - [`node`]: boot (pin cores, recover, bind, publish topology) and graceful shutdown.
+//! - [`net`] (per-core accept loops; native, Redis and peer connections) and [`admin`] (the
+//!   HTTP API: `/api/*`, Prometheus `/metrics`). [`cli`] and [`devcluster`] are commands.
+//! - [`shard`]: `Core`, what one core owns; routing a request to its core over the bounded
+//!   channel mesh ([`shard::mesh`]), or in a cluster to its partition's leader.
+//! - [`cluster`]: Raft groups driving a core's store; node links; the metadata keys.
+//! - [`storage`]: the `Engine` seam, [`storage::MemEngine`], the write-ahead log, recovery,
+//!   checkpoints, and [`storage::store::Store`]: a core's data and everything done to it.
+//! - [`config`], [`error`], [`time`], [`waiting`], [`shutdown`], [`resp`] (Redis commands as
+//!   plans over native operations): leaves.
 //! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
-//! - [`admin`]: the HTTP admin API (hyper): `/api/*` routes, Prometheus `/metrics`, health.
-//! - [`cli`]: the `corekv get|set|del|cas|ping|stats` client commands.
 //!
-//! # Dependency rule
-//!
-//! `storage` imports only `config`, `error` and the schema crate; `resp` only the schema
-//! crate. `shard` wires storage to the mesh. `net` reaches data only through `shard::Core`.
-//! `node` wires everything at boot. The `tidy` integration test checks these imports.
+//! `tests/it/tidy.rs` checks the layers and that no two files import each other, directly
+//! or around a circle (docs/ARCHITECTURE.md, "Layers").
 //!
 //! # Threading
 //!
@@ -29,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod counters;
 pub mod devcluster;
 pub mod error;
 pub mod net;

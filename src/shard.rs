@@ -42,6 +42,7 @@ use corekv_schema::placement;
 
 use bytes::Bytes;
 
+use crate::counters::{bump, counters};
 use crate::storage::checkpoint;
 pub use crate::storage::store::{Answered, FetchIo};
 use crate::storage::store::{CheckpointExtra, Store};
@@ -68,20 +69,17 @@ impl Drop for ConnectionGauge {
     }
 }
 
-/// Per-core counters: plain cells, summed over cores only when someone asks.
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub requests: Cell<u64>,
-    pub forwarded_out: Cell<u64>,
-    pub forwarded_in: Cell<u64>,
-    pub backpressure_events: Cell<u64>,
-    pub connections: Cell<u64>,
-    pub metrics: metrics::Metrics,
-}
-
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
-}
+counters!(
+    /// Per-core request counters: plain cells, summed over cores only when someone asks.
+    Counters => Counts {
+        requests,
+        forwarded_out,
+        forwarded_in,
+        backpressure_events,
+        /// Open client connections (a gauge: it goes down too).
+        connections,
+    }
+);
 
 /// Node-wide facts every core reads; fixed once boot has bound every listener.
 #[derive(Debug)]
@@ -104,6 +102,8 @@ pub struct Core {
     pub partitions: u32,
     pub limits: Limits,
     pub counters: Counters,
+    /// Request latencies and sizes, per protocol and operation.
+    pub metrics: metrics::Metrics,
     pub node: Arc<NodeInfo>,
     /// This core's data: engine, log, checkpoints, compaction (shared with its Raft driver).
     pub store: Rc<Store>,
@@ -136,7 +136,7 @@ pub enum Slot {
     Fetch(FetchIo),
     Remote(u64),
     /// A cluster request waiting in this core's Raft driver (`clustered.rs`).
-    Led(Box<clustered::Led>),
+    Led(Box<Led>),
     /// `durable_seq`: the last log record of the local part to wait for; `fetches`: local
     /// reads whose values are read from the log.
     Batch {
@@ -149,6 +149,21 @@ pub enum Slot {
         local: CoreStats,
         tokens: Vec<u64>,
     },
+}
+
+/// A cluster request queued in this core's Raft driver (`clustered.rs`), kept for its reply.
+pub struct Led {
+    op: Op,
+    consistency: Consistency,
+    origin: Origin,
+    partition: u32,
+    wait: LedWait,
+}
+
+/// What a led request waits for: its proposal's id, or its read ask's.
+enum LedWait {
+    Proposal(u64),
+    Read(u64),
 }
 
 impl Core {
@@ -167,6 +182,7 @@ impl Core {
             partitions: node.partitions,
             limits: node.limits,
             counters: Counters::default(),
+            metrics: metrics::Metrics::default(),
             node,
             store,
             mesh,

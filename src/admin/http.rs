@@ -211,7 +211,7 @@ async fn run(core: &Core, op: Op) -> Reply {
                 .await,
         )
         .await;
-    core.counters.metrics.record(kind, started, result_index(&reply));
+    core.metrics.record(kind, started, result_index(&reply));
     reply
 }
 

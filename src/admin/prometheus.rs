@@ -52,12 +52,7 @@ fn summary(
 }
 
 /// Cluster mode's Raft families, appended to the node's exposition.
-pub fn render_raft(
-    out: &mut String,
-    c: &crate::cluster::replica::CounterValues,
-    led: usize,
-    held: usize,
-) {
+pub fn render_raft(out: &mut String, c: &crate::cluster::CounterValues, led: usize, held: usize) {
     let counters: [(&str, &str, u64); 8] = [
         (
             "corekv_raft_proposals_total",

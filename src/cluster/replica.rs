@@ -40,7 +40,9 @@ use super::group::{self, Driven, Group, GroupStore as _};
 use super::meta;
 use super::store::{self, Recovered, WalStore};
 use super::transport::Links;
+use super::{CounterValues, RaftCounters};
 use crate::config::ClusterConfig;
+use crate::counters::{bump, bump_by};
 use crate::storage::store::{CheckpointExtra, Store};
 use crate::time::now_ms;
 use crate::waiting::{Waits, Wake};
@@ -60,51 +62,6 @@ struct Proposal {
     partition: u32,
     data: Vec<u8>,
     wait: u64,
-}
-
-/// Counters for `/metrics`.
-#[derive(Default, Debug)]
-pub struct RaftCounters {
-    pub proposals: Cell<u64>,
-    pub proposals_failed: Cell<u64>,
-    pub leader_changes: Cell<u64>,
-    pub elections_won: Cell<u64>,
-    pub snapshots_sent: Cell<u64>,
-    pub snapshots_installed: Cell<u64>,
-    pub read_indexes: Cell<u64>,
-    /// Sum and count of proposal-to-apply times, microseconds.
-    pub commit_us_sum: Cell<u64>,
-    pub commits: Cell<u64>,
-}
-
-/// [`RaftCounters`] read out, to be summed over cores.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CounterValues {
-    pub proposals: u64,
-    pub proposals_failed: u64,
-    pub leader_changes: u64,
-    pub elections_won: u64,
-    pub snapshots_sent: u64,
-    pub snapshots_installed: u64,
-    pub read_indexes: u64,
-    pub commit_us_sum: u64,
-    pub commits: u64,
-    pub link_frames_dropped: u64,
-}
-
-impl CounterValues {
-    pub fn add(&mut self, o: &CounterValues) {
-        self.proposals += o.proposals;
-        self.proposals_failed += o.proposals_failed;
-        self.leader_changes += o.leader_changes;
-        self.elections_won += o.elections_won;
-        self.snapshots_sent += o.snapshots_sent;
-        self.snapshots_installed += o.snapshots_installed;
-        self.read_indexes += o.read_indexes;
-        self.commit_us_sum += o.commit_us_sum;
-        self.commits += o.commits;
-        self.link_frames_dropped += o.link_frames_dropped;
-    }
 }
 
 /// Where things stand in one group, for the status APIs.
@@ -153,7 +110,8 @@ pub struct Replicas {
     reads: Waits<Result<(), Reply>>,
     wake: Wake,
     pub links: Links,
-    pub counters: RaftCounters,
+    /// Shared with the links, which count the frames they drop.
+    pub counters: Rc<RaftCounters>,
     /// Set once the driver stops (the WAL failed): nothing more is proposed.
     failed: RefCell<Option<String>>,
 }
@@ -170,7 +128,7 @@ impl Replicas {
         limits: Limits,
     ) -> Result<Replicas, String> {
         let (node, nodes) = (config.node, config.nodes.clone());
-        let links = move |waits| Links::start(node, &nodes, waits);
+        let links = move |waits, counters| Links::start(node, &nodes, waits, counters);
         Replicas::with_links(config, partitions, core, cores, recovered, data, limits, links, None)
     }
 
@@ -186,7 +144,7 @@ impl Replicas {
         mut recovered: HashMap<u32, Recovered>,
         data: Rc<Store>,
         limits: Limits,
-        links: impl FnOnce(Rc<Waits<Reply>>) -> Links,
+        links: impl FnOnce(Rc<Waits<Reply>>, Rc<RaftCounters>) -> Links,
         election_tick: Option<usize>,
     ) -> Result<Replicas, String> {
         let wal = data.wal.clone();
@@ -216,7 +174,8 @@ impl Replicas {
             groups.insert(p, g);
         }
         let waits = Rc::new(Waits::default());
-        let links = links(waits.clone());
+        let counters = Rc::new(RaftCounters::default());
+        let links = links(waits.clone(), counters.clone());
         Ok(Replicas {
             node: config.node,
             core,
@@ -239,7 +198,7 @@ impl Replicas {
             reads: Waits::default(),
             wake: Wake::default(),
             links,
-            counters: RaftCounters::default(),
+            counters,
             failed: RefCell::new(None),
         })
     }
@@ -257,19 +216,7 @@ impl Replicas {
     }
 
     pub fn counter_values(&self) -> CounterValues {
-        let c = &self.counters;
-        CounterValues {
-            proposals: c.proposals.get(),
-            proposals_failed: c.proposals_failed.get(),
-            leader_changes: c.leader_changes.get(),
-            elections_won: c.elections_won.get(),
-            snapshots_sent: c.snapshots_sent.get(),
-            snapshots_installed: c.snapshots_installed.get(),
-            read_indexes: c.read_indexes.get(),
-            commit_us_sum: c.commit_us_sum.get(),
-            commits: c.commits.get(),
-            link_frames_dropped: self.links.frames_dropped.get(),
-        }
+        self.counters.values()
     }
 
     /// Whether this core's link to `peer` is connected.
@@ -373,7 +320,7 @@ impl Replicas {
         let wait = self.waits.open();
         self.proposals.borrow_mut().push(Proposal { partition, data, wait });
         self.wake.notify();
-        self.counters.proposals.set(self.counters.proposals.get() + 1);
+        bump(&self.counters.proposals);
         wait
     }
 
@@ -382,7 +329,7 @@ impl Replicas {
         let wait = self.reads.open();
         self.read_asks.borrow_mut().push((partition, wait));
         self.wake.notify();
-        self.counters.read_indexes.set(self.counters.read_indexes.get() + 1);
+        bump(&self.counters.read_indexes);
         wait
     }
 
@@ -407,7 +354,7 @@ impl Replicas {
         match self.waits.wait(id, PROPOSAL_TIMEOUT).await {
             Some(reply) => reply,
             None => {
-                self.counters.proposals_failed.set(self.counters.proposals_failed.get() + 1);
+                bump(&self.counters.proposals_failed);
                 Reply::error(
                     ErrorCode::OutcomeUnknown,
                     format!(
@@ -556,9 +503,9 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     for (p, d) in &mut driven {
         queue(&mut outgoing, *p, d.messages.drain(..), r);
         if let Some((term, leader)) = d.leader_changed {
-            r.counters.leader_changes.set(r.counters.leader_changes.get() + 1);
+            bump(&r.counters.leader_changes);
             if leader == r.node {
-                r.counters.elections_won.set(r.counters.elections_won.get() + 1);
+                bump(&r.counters.elections_won);
                 tracing::info!(partition = *p, term, "leading");
             }
             note_lost_leadership(r, *p, leader);
@@ -589,7 +536,7 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
             r.applied.borrow_mut().insert(*p, index);
             forget_proposals_covered(r, *p, index);
             installed.push((*p, index));
-            r.counters.snapshots_installed.set(r.counters.snapshots_installed.get() + 1);
+            bump(&r.counters.snapshots_installed);
             tracing::info!(partition = *p, index, "installed a snapshot");
         }
         apply(r, *p, std::mem::take(&mut d.committed)).await?;
@@ -640,7 +587,7 @@ fn queue(
 ) {
     for m in messages {
         if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-            r.counters.snapshots_sent.set(r.counters.snapshots_sent.get() + 1);
+            bump(&r.counters.snapshots_sent);
         }
         let to = m.to;
         match m.write_to_bytes() {
@@ -707,8 +654,8 @@ async fn apply(
                 match waiting {
                     Some((term, wait, at)) if term == e.term => {
                         let us = at.elapsed().as_micros() as u64;
-                        r.counters.commit_us_sum.set(r.counters.commit_us_sum.get() + us);
-                        r.counters.commits.set(r.counters.commits.get() + 1);
+                        bump_by(&r.counters.commit_us_sum, us);
+                        bump(&r.counters.commits);
                         r.waits.complete(wait, reply);
                     }
                     Some((_, wait, _)) => r.waits.complete(wait, not_applied(partition)),

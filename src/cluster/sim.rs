@@ -156,7 +156,7 @@ async fn boot(id: u64, dir: &Path, election_tick: usize) -> Up {
         recovered,
         store.clone(),
         Limits::DEFAULT,
-        |waits| Links::simulated(id, &ids, waits),
+        |waits, counters| Links::simulated(id, &ids, waits, counters),
         Some(election_tick),
     )
     .expect("replicas");

@@ -26,6 +26,8 @@ use corekv_schema::peer::{self, BATCH_MESSAGES_MAX, PEER_VERSION, PeerMessage};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 
+use super::RaftCounters;
+use crate::counters::bump;
 use crate::waiting::{Waits, Wake};
 
 /// Frames queued per link before more are dropped (Raft) or refused (forwards).
@@ -94,12 +96,18 @@ pub struct Links {
     links: HashMap<u64, Link>,
     /// Forwards waiting for their answers, by id.
     pub waits: Rc<Waits<Reply>>,
-    pub frames_dropped: Cell<u64>,
+    /// The driver's counters: links count the Raft frames they drop.
+    counters: Rc<RaftCounters>,
 }
 
 impl Links {
     /// Starts a link task per other node (on the calling executor).
-    pub fn start(node: u64, nodes: &[(u64, SocketAddr)], waits: Rc<Waits<Reply>>) -> Links {
+    pub fn start(
+        node: u64,
+        nodes: &[(u64, SocketAddr)],
+        waits: Rc<Waits<Reply>>,
+        counters: Rc<RaftCounters>,
+    ) -> Links {
         let mut links = HashMap::new();
         for &(peer, addr) in nodes.iter().filter(|(n, _)| *n != node) {
             let tx = Rc::new(Outbox::default());
@@ -109,19 +117,24 @@ impl Links {
                 .detach();
             links.insert(peer, Link { tx, up });
         }
-        Links { node, links, waits, frames_dropped: Cell::new(0) }
+        Links { node, links, waits, counters }
     }
 
     /// Links with no sockets behind them, for the simulation: what is sent to a peer waits
     /// in its queue until [`Links::drain`] takes it, and `set_up` plays the cable.
     #[cfg(test)]
-    pub fn simulated(node: u64, peers: &[u64], waits: Rc<Waits<Reply>>) -> Links {
+    pub fn simulated(
+        node: u64,
+        peers: &[u64],
+        waits: Rc<Waits<Reply>>,
+        counters: Rc<RaftCounters>,
+    ) -> Links {
         let links = peers
             .iter()
             .filter(|p| **p != node)
             .map(|&p| (p, Link { tx: Rc::new(Outbox::default()), up: Rc::new(Cell::new(true)) }))
             .collect();
-        Links { node, links, waits, frames_dropped: Cell::new(0) }
+        Links { node, links, waits, counters }
     }
 
     /// The frames queued for `peer` (simulation).
@@ -165,7 +178,7 @@ impl Links {
                 messages: chunk.to_vec(),
             });
             if !link.up.get() || link.tx.try_send(frame).is_err() {
-                self.frames_dropped.set(self.frames_dropped.get() + 1);
+                bump(&self.counters.link_frames_dropped);
                 sent = false;
             }
         }

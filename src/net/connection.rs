@@ -64,7 +64,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     let mut encoder = Encoder::new();
     // (request id, slot, operation kind and start time for metrics)
     let mut slots: Vec<(u64, Slot, usize, Instant)> = Vec::with_capacity(64);
-    let metrics = &core.counters.metrics;
+    let metrics = &core.metrics;
     // When the frame at the head of `input` started arriving, if it is incomplete.
     let mut partial_since: Option<Instant> = None;
     loop {

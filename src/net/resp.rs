@@ -75,7 +75,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     let mut pending: Vec<Queued> = Vec::with_capacity(64);
     let mut reply = Vec::new();
     let mut partial_since: Option<Instant> = None;
-    let metrics = &core.counters.metrics;
+    let metrics = &core.metrics;
     loop {
         glommio::yield_if_needed().await;
         let mut close = false;

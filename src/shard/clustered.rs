@@ -18,30 +18,16 @@ use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use corekv_schema::placement;
 
 use super::rpc::unexpected;
-use super::{Answered, Core, Done, Origin, Slot, Work};
+use super::{Answered, Core, Done, Led, LedWait, Origin, Slot, Work};
+use crate::cluster::CounterValues;
 use crate::cluster::command;
 use crate::cluster::meta;
-use crate::cluster::replica::{CounterValues, GroupStatus, wrong_node, wrong_node_error};
+use crate::cluster::replica::{GroupStatus, wrong_node, wrong_node_error};
 use crate::config::ConsistencyMode;
 use crate::time::now_ms;
 
 /// How long a request keeps looking for a partition's leader (elections, lost links).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
-/// A request queued in this core's Raft driver by [`Core::cluster_led`], kept for its reply.
-pub struct Led {
-    op: Op,
-    consistency: Consistency,
-    origin: Origin,
-    partition: u32,
-    wait: LedWait,
-}
-
-/// What a led request waits for: its proposal's id, or its read ask's.
-enum LedWait {
-    Proposal(u64),
-    Read(u64),
-}
-
 /// When an expired key this core cannot propose the removal of now is looked at again.
 const EXPIRY_RETRY_MS: u64 = 1_000;
 

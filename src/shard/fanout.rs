@@ -132,14 +132,14 @@ impl Core {
     }
 
     pub fn core_stats(&self) -> CoreStats {
-        let c = &self.counters;
+        let c = self.counters.values();
         let mut stats = CoreStats {
             core: self.index,
-            requests: c.requests.get(),
-            forwarded_out: c.forwarded_out.get(),
-            forwarded_in: c.forwarded_in.get(),
-            backpressure_events: c.backpressure_events.get(),
-            connections: c.connections.get(),
+            requests: c.requests,
+            forwarded_out: c.forwarded_out,
+            forwarded_in: c.forwarded_in,
+            backpressure_events: c.backpressure_events,
+            connections: c.connections,
             ..CoreStats::default()
         };
         self.store.fill_stats(&mut stats);
@@ -152,7 +152,7 @@ impl Core {
             Some(w) => w.histograms(),
             None => (metrics::histogram(), metrics::histogram()),
         };
-        self.counters.metrics.snapshot(self.core_stats(), fsync, batch)
+        self.metrics.snapshot(self.core_stats(), fsync, batch)
     }
 
     /// Every core's stats, in core order (cheap: no histograms, unlike `node_metrics`).

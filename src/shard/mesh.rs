@@ -92,7 +92,7 @@ pub enum Done {
     /// Whether the keys were reserved (always `false` for a release).
     Reserved(bool),
     /// Cluster mode: this core's groups, and its Raft counters.
-    Groups(Vec<crate::cluster::replica::GroupStatus>, crate::cluster::replica::CounterValues),
+    Groups(Vec<crate::cluster::replica::GroupStatus>, crate::cluster::CounterValues),
 }
 
 impl Done {

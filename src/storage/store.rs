@@ -11,6 +11,8 @@ mod maintain;
 mod replicated;
 
 use std::cell::{Cell, RefCell};
+
+use crate::counters::{bump, counters};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -25,17 +27,16 @@ pub use maintain::{CheckpointExtra, Compacted, prepare_backup_dir};
 /// Log bytes appended but not yet flushed beyond which new requests wait for the log.
 const LOG_PENDING_BYTES_MAX: usize = 64 << 20;
 
-/// Counters of what the store did, for `Stats` and `/metrics`.
-#[derive(Default, Debug)]
-pub struct StoreCounters {
-    pub fetches: Cell<u64>,
-    pub compacted_bytes: Cell<u64>,
-    pub segments_removed: Cell<u64>,
-}
-
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
-}
+counters!(
+    /// Counters of what the store did, for `Stats` and `/metrics`.
+    StoreCounters => StoreCounts {
+        /// Values read back from the log with direct I/O.
+        fetches,
+        /// Compaction: record bytes moved, and segments deleted.
+        compacted_bytes,
+        segments_removed,
+    }
+);
 
 pub struct Store {
     pub index: u16,
@@ -267,7 +268,7 @@ impl Store {
     pub fn fill_stats(&self, s: &mut CoreStats) {
         let e = self.engine.borrow().stats();
         let log = self.wal.as_ref().map(|w| w.stats()).unwrap_or_default();
-        let c = &self.counters;
+        let c = self.counters.values();
         s.keys = e.keys;
         s.value_bytes = e.value_bytes;
         s.expired = e.expired;
@@ -277,11 +278,11 @@ impl Store {
         s.log_error = self.log_failure().unwrap_or_default();
         s.cached_bytes = e.cached_bytes;
         s.evicted = e.evicted;
-        s.fetches = c.fetches.get();
+        s.fetches = c.fetches;
         s.log_disk_bytes = e.log_total_bytes;
         s.log_live_bytes = e.log_live_bytes;
-        s.compacted_bytes = c.compacted_bytes.get();
-        s.segments_removed = c.segments_removed.get();
+        s.compacted_bytes = c.compacted_bytes;
+        s.segments_removed = c.segments_removed;
         s.ttl_keys = e.ttl_keys;
     }
 }

@@ -434,34 +434,4 @@ pub fn key_on_core(prefix: &str, core: u16, cores: u16) -> String {
         .expect("some key lands on every core")
 }
 
-/// A small seeded PRNG (SplitMix64) so a failing random test can be replayed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Seeded from `COREKV_TEST_SEED` when set, else from the clock; prints the seed so a
-    /// failing run (whose output cargo shows) can be replayed.
-    pub fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("COREKV_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                now.expect("clock").as_nanos() as u64
-            });
-        eprintln!("{test}: seed {seed} (replay with COREKV_TEST_SEED={seed})");
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-}
+pub use crate::rng::Rng;

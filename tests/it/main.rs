@@ -18,5 +18,8 @@ mod pipeline;
 #[path = "../support/redis_server.rs"]
 mod redis_server;
 mod resp;
+#[path = "../support/rng.rs"]
+#[allow(dead_code)]
+mod rng;
 mod sdk;
 mod tidy;

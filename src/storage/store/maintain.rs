@@ -9,6 +9,7 @@ use bytes::Bytes;
 use glommio::io::DmaFile;
 
 use super::{Store, StoreLog};
+use crate::counters::{bump, bump_by};
 use crate::storage::checkpoint;
 use crate::storage::record::{self, Loc, Mutation};
 use crate::storage::wal::Wal;
@@ -243,8 +244,7 @@ impl Store {
                 pace(started, done.bytes_moved, bytes_per_s).await;
             }
         }
-        let c = &self.counters.compacted_bytes;
-        c.set(c.get() + done.bytes_moved);
+        bump_by(&self.counters.compacted_bytes, done.bytes_moved);
         let still_live =
             self.engine.borrow().segments().iter().any(|(s, u)| *s == seg && u.live > 0);
         // Wait for the moved copies and for whatever else emptied the segment meanwhile
@@ -260,8 +260,7 @@ impl Store {
     async fn remove_segment(&self, wal: &Wal, seg: u64) -> Result<(), String> {
         wal.remove_segment(seg).await.map_err(|e| format!("deleting log segment {seg}: {e}"))?;
         self.engine.borrow_mut().forget_segment(seg);
-        let c = &self.counters.segments_removed;
-        c.set(c.get() + 1);
+        bump(&self.counters.segments_removed);
         Ok(())
     }
 }
