@@ -118,19 +118,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                 let reply = core.resolve(slot).await;
                 metrics.record(kind, started, result_index(&reply));
                 encoder.response(id, &reply, &mut output);
-                if output.len() >= OUTPUT_FLUSH_BYTES {
-                    if !send(&mut stream, &output, metrics).await {
-                        return;
-                    }
-                    output.clear();
+                if !flush_full(&mut stream, &mut output, metrics).await {
+                    return;
                 }
             }
-            if !send(&mut stream, &output, metrics).await {
+            if !flush(&mut stream, &mut output, metrics).await {
                 return;
-            }
-            output.clear();
-            if output.capacity() > BUFFER_KEEP_BYTES {
-                output = BytesMut::with_capacity(READ_CHUNK_BYTES);
             }
             if encoder.peak_bytes() > BUFFER_KEEP_BYTES {
                 encoder = Encoder::new();
@@ -176,6 +169,67 @@ async fn last_word(stream: &mut TcpStream, encoder: &mut Encoder, reply: &Reply)
 pub(super) async fn send(stream: &mut TcpStream, out: &[u8], metrics: &Metrics) -> bool {
     metrics.add_out(out.len());
     stream.write_all(out).await.is_ok()
+}
+
+/// A connection's reply buffer (the native one is a `BytesMut`, the Redis one a `Vec`).
+pub(super) trait Output: AsRef<[u8]> {
+    fn clear(&mut self);
+    fn capacity(&self) -> usize;
+    fn fresh() -> Self;
+}
+
+impl Output for BytesMut {
+    fn clear(&mut self) {
+        BytesMut::clear(self);
+    }
+    fn capacity(&self) -> usize {
+        BytesMut::capacity(self)
+    }
+    fn fresh() -> Self {
+        BytesMut::with_capacity(READ_CHUNK_BYTES)
+    }
+}
+
+impl Output for Vec<u8> {
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn fresh() -> Self {
+        Vec::with_capacity(READ_CHUNK_BYTES)
+    }
+}
+
+/// Writes the replies out once they reach `OUTPUT_FLUSH_BYTES`, even mid-batch, so a pipeline
+/// of large values never builds one huge buffer. False when the client is gone.
+pub(super) async fn flush_full(
+    stream: &mut TcpStream,
+    output: &mut impl Output,
+    metrics: &Metrics,
+) -> bool {
+    if output.as_ref().len() < OUTPUT_FLUSH_BYTES {
+        return true;
+    }
+    flush(stream, output, metrics).await
+}
+
+/// Writes every reply out, then releases a buffer one huge reply made grow. False when the
+/// client is gone.
+pub(super) async fn flush<O: Output>(
+    stream: &mut TcpStream,
+    output: &mut O,
+    metrics: &Metrics,
+) -> bool {
+    if !send(stream, output.as_ref(), metrics).await {
+        return false;
+    }
+    output.clear();
+    if output.capacity() > BUFFER_KEEP_BYTES {
+        *output = O::fresh();
+    }
+    true
 }
 
 /// Reads more input into `input` (shared by the native and the Redis connection loops).

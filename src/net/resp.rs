@@ -19,9 +19,7 @@ use corekv_schema::codec::{
 };
 use glommio::net::TcpStream;
 
-use super::connection::{
-    BUFFER_KEEP_BYTES, OUTPUT_FLUSH_BYTES, READ_CHUNK_BYTES, ReadOutcome, fill, send,
-};
+use super::connection::{READ_CHUNK_BYTES, ReadOutcome, fill, flush, flush_full, send};
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
 use crate::resp::out;
@@ -179,19 +177,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
                     out::to_resp3(&reply, &mut output);
                     reply.clear();
                 }
-                if output.len() >= OUTPUT_FLUSH_BYTES {
-                    if !send(&mut stream, &output, metrics).await {
-                        return;
-                    }
-                    output.clear();
+                if !flush_full(&mut stream, &mut output, metrics).await {
+                    return;
                 }
             }
-            if !send(&mut stream, &output, metrics).await {
+            if !flush(&mut stream, &mut output, metrics).await {
                 return;
-            }
-            output.clear();
-            if output.capacity() > BUFFER_KEEP_BYTES {
-                output = Vec::with_capacity(READ_CHUNK_BYTES);
             }
             if close {
                 return;
