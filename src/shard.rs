@@ -48,7 +48,6 @@ pub use crate::storage::store::{Answered, FetchIo};
 use crate::storage::store::{CheckpointExtra, Store};
 use crate::waiting::Waits;
 pub use mesh::{Answer, Call, Done, Mesh, Origin, ScanStep, Work};
-use rpc::unexpected;
 pub use serve::spawn_mesh_tasks;
 
 /// Keeps the per-core connection gauge right on every exit path.
@@ -463,4 +462,10 @@ impl Core {
             }
         }
     }
+}
+
+fn unexpected(done: Done) -> Reply {
+    // A mismatched answer kind is a bug in this file, not bad input: say so loudly in tests.
+    debug_assert!(false, "unexpected answer kind: {}", done.kind());
+    Reply::error(ErrorCode::Internal, "internal routing error")
 }

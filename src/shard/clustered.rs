@@ -17,8 +17,7 @@ use bytes::Bytes;
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use corekv_schema::placement;
 
-use super::rpc::unexpected;
-use super::{Answered, Core, Done, Led, LedWait, Origin, Slot, Work};
+use super::{Answered, Core, Done, Led, LedWait, Origin, Slot, Work, unexpected};
 use crate::cluster::CounterValues;
 use crate::cluster::command;
 use crate::cluster::meta;

@@ -5,8 +5,7 @@
 use bytes::Bytes;
 use corekv_schema::codec::{CoreStats, ErrorCode, Reply};
 
-use super::rpc::unexpected;
-use super::{Core, Done, ScanStep, Work, metrics};
+use super::{Core, Done, ScanStep, Work, metrics, unexpected};
 use crate::storage::store::prepare_backup_dir;
 use crate::time::now_ms;
 

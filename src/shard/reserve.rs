@@ -213,7 +213,7 @@ impl Core {
                     break;
                 }
                 other => {
-                    refused = Some(Err(super::rpc::unexpected(other)));
+                    refused = Some(Err(super::unexpected(other)));
                     break;
                 }
             }
@@ -257,7 +257,7 @@ impl Core {
                     }
                 }
                 Done::One(reply) => failed = failed.or(Some(reply)),
-                other => failed = failed.or(Some(super::rpc::unexpected(other))),
+                other => failed = failed.or(Some(super::unexpected(other))),
             }
         }
         failed.map_or(Ok(true), Err)

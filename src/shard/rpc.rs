@@ -5,7 +5,7 @@
 //! [`Core::fan_in`] is the one way to gather what several cores answered: every answer is
 //! awaited, even after a failure, so no id is left waiting.
 
-use super::{Call, Core, Done, Work, bump, mesh};
+use super::{Call, Core, Done, Work, bump, mesh, unexpected};
 use corekv_schema::codec::{ErrorCode, Reply};
 
 impl Core {
@@ -71,10 +71,4 @@ impl Core {
         }
         failed.map_or(Ok(()), Err)
     }
-}
-
-pub(super) fn unexpected(done: Done) -> Reply {
-    // A mismatched answer kind is a bug in this file, not bad input: say so loudly in tests.
-    debug_assert!(false, "unexpected answer kind: {}", done.kind());
-    Reply::error(ErrorCode::Internal, "internal routing error")
 }

@@ -176,32 +176,52 @@ fn named_files(src: &Path, file: &Path) -> Vec<PathBuf> {
         .collect();
     let ident = |c: char| c.is_alphanumeric() || c == '_' || c == ':';
     let mut out = Vec::new();
-    for line in code.lines().filter(|l| !l.trim_start().starts_with("pub use ")) {
-        let mut rest = line;
-        while let Some(at) = rest.find(|c: char| c.is_alphabetic()) {
-            let word: String = rest[at..].chars().take_while(|c| ident(*c)).collect();
-            let before = rest[..at].chars().last();
-            rest = &rest[at + word.len().max(1)..];
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-                continue;
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("pub use "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut rest = &code[..];
+    while let Some(at) = rest.find(|c: char| c.is_alphabetic()) {
+        let word: String = rest[at..].chars().take_while(|c| ident(*c)).collect();
+        let before = rest[..at].chars().last();
+        let after = &rest[at + word.len()..];
+        rest = &rest[at + word.len().max(1)..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') || !word.contains("::") {
+            continue;
+        }
+        let mut parts: Vec<String> =
+            word.split("::").filter(|p| !p.is_empty()).map(str::to_string).collect();
+        // `path::{a, b::c}`: each item of the group is a path of its own.
+        let group: Vec<String> = match (word.ends_with("::"), after.strip_prefix('{')) {
+            (true, Some(inner)) => inner[..inner.find('}').unwrap_or(0)]
+                .split(',')
+                .map(|i| i.trim().split("::").next().unwrap_or("").to_string())
+                .filter(|i| i.chars().next().is_some_and(|c| c.is_alphabetic()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let Some(first) = parts.first().cloned() else { continue };
+        let base: Vec<String> = match first.as_str() {
+            "crate" => Vec::new(),
+            "super" => {
+                let ups = parts.iter().take_while(|p| *p == "super").count();
+                parts.drain(..ups);
+                me[..me.len().saturating_sub(ups)].to_vec()
             }
-            let parts: Vec<String> =
-                word.split("::").filter(|p| !p.is_empty()).map(str::to_string).collect();
-            if parts.len() < 2 {
-                continue;
-            }
-            let path = match parts[0].as_str() {
-                "crate" => parts[1..].to_vec(),
-                "super" => {
-                    let ups = parts.iter().take_while(|p| *p == "super").count();
-                    let base = &me[..me.len().saturating_sub(ups)];
-                    base.iter().cloned().chain(parts[ups..].iter().cloned()).collect()
-                }
-                child if children.iter().any(|c| c == child) => {
-                    me.iter().cloned().chain(parts.iter().cloned()).collect()
-                }
-                _ => continue,
-            };
+            child if children.iter().any(|c| c == child) => me.clone(),
+            _ => continue,
+        };
+        if first == "crate" {
+            parts.remove(0);
+        }
+        let heads: Vec<Vec<String>> = if group.is_empty() {
+            vec![parts.clone()]
+        } else {
+            group.iter().map(|g| parts.iter().cloned().chain([g.clone()]).collect()).collect()
+        };
+        for head in heads {
+            let path: Vec<String> = base.iter().cloned().chain(head).collect();
             if let Some(target) = file_of(src, &path).filter(|t| t != file) {
                 out.push(target);
             }
