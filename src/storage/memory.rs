@@ -286,7 +286,11 @@ impl MemEngine {
         let expires_at_ms = fresh.expires_at_ms;
         if expires_at_ms != 0 {
             self.ttl_keys += 1;
-            if !old_ticket_live || old.is_none_or(|o| o.expires_at_ms != expires_at_ms) {
+            // Under the logged rule the old ticket may be out with the leader's sweep, whose
+            // removal this write has just made miss (another version): always a new one.
+            let logged = self.rule == ExpiryRule::Logged;
+            if logged || !old_ticket_live || old.is_none_or(|o| o.expires_at_ms != expires_at_ms)
+            {
                 // The ticket owns a copy of the key, not a slice of `data`: a stale ticket
                 // must not keep an overwritten value alive until its old expiry time.
                 self.expiry.push(Reverse((expires_at_ms, Bytes::copy_from_slice(key))));
@@ -699,7 +703,8 @@ impl Engine for MemEngine {
 
     fn due_expiries(&mut self, now_ms: u64, budget: usize) -> Vec<(Bytes, u64)> {
         let mut due = Vec::new();
-        while due.len() < budget {
+        // Stale tickets count against the budget too, so one sweep stays bounded.
+        for _ in 0..budget {
             match self.expiry.peek() {
                 Some(Reverse((at, _))) if *at <= now_ms => {}
                 _ => break,

@@ -196,3 +196,26 @@ fn replicas_that_expire_by_their_own_clocks_diverge() {
     assert!(diverged > 0, "local expiry never changed a conditional write's outcome");
     eprintln!("local expiry: {diverged} of 200 seeds applied an entry differently");
 }
+
+/// A write that keeps the TTL, applied between the leader's sweep taking a key and its removal
+/// entry, makes that removal miss (another version): the key must still come due again, or it
+/// would stay, hidden, on every replica (review of issue 12).
+#[test]
+fn a_kept_ttl_rewrite_racing_the_sweep_leaves_the_key_due_again() {
+    let mut e = MemEngine::new().with_expiry(ExpiryRule::Logged);
+    let k = Bytes::from_static(b"k");
+    let set = |value: &'static str, ttl_ms: u64, keep_ttl: bool| {
+        let value = Bytes::from_static(value.as_bytes());
+        Op::Set(SetOp { key: k.clone(), value, ttl_ms, keep_ttl, condition: Condition::Always })
+    };
+    e.execute(set("a", 100, false), 1_000, &mut NoLog, None);
+    let due = e.due_expiries(1_100, 10);
+    assert_eq!(due.len(), 1, "the sweep takes it at its expiry");
+    // Stamped just before the expiry, applied before the removal entry.
+    e.execute(set("b", 0, true), 1_099, &mut NoLog, None);
+    assert!(!e.expire(&k, due[0].1, 1_100, &mut NoLog).unwrap(), "another version now");
+    let again = e.due_expiries(1_100, 10);
+    assert_eq!(again.len(), 1, "due again, at its new version");
+    assert!(e.expire(&k, again[0].1, 1_100, &mut NoLog).unwrap());
+    assert_eq!(e.stats().keys, 0);
+}
