@@ -42,6 +42,7 @@ use corekv_schema::placement;
 
 use bytes::Bytes;
 
+use crate::cluster::replica::{Replicas, Submitted};
 use crate::counters::{bump, counters};
 use crate::storage::checkpoint;
 pub use crate::storage::store::{Answered, FetchIo};
@@ -113,7 +114,7 @@ pub struct Core {
     held: RefCell<std::collections::HashMap<Bytes, Held>>,
     next_ticket: Cell<u64>,
     /// Cluster mode: this core's Raft groups and links (`cluster::replica`).
-    pub cluster: Option<Rc<crate::cluster::replica::Replicas>>,
+    pub cluster: Option<Rc<Replicas>>,
     /// This core itself, for tasks a `&self` method starts.
     this: Weak<Core>,
 }
@@ -156,13 +157,23 @@ pub struct Led {
     consistency: Consistency,
     origin: Origin,
     partition: u32,
+    /// When the wait gives up: its submission plus the proposal timeout, so waits that are
+    /// resolved one after another do not add up.
+    deadline: Instant,
     wait: LedWait,
 }
 
-/// What a led request waits for: its proposal's id, or its read ask's.
-enum LedWait {
-    Proposal(u64),
-    Read(u64),
+/// The id a led request waits under; dropped unanswered (its connection went away), it is
+/// forgotten, so its answer is not kept for nobody.
+struct LedWait {
+    submitted: Submitted,
+    replicas: Rc<Replicas>,
+}
+
+impl Drop for LedWait {
+    fn drop(&mut self) {
+        self.replicas.forget(self.submitted);
+    }
 }
 
 impl Core {
@@ -172,7 +183,7 @@ impl Core {
         node: Arc<NodeInfo>,
         store: Rc<Store>,
         mesh: Mesh,
-        cluster: Option<Rc<crate::cluster::replica::Replicas>>,
+        cluster: Option<Rc<Replicas>>,
         this: Weak<Core>,
     ) -> Core {
         Core {

@@ -53,6 +53,14 @@ pub const RING_VNODES: u32 = 256;
 /// How long a proposal may wait for its entry to be applied.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a request queued in the driver waits for: its proposal's reply, or its read ask's
+/// go-ahead, under this id.
+#[derive(Clone, Copy, Debug)]
+pub enum Submitted {
+    Proposal(u64),
+    Read(u64),
+}
+
 /// A proposal in the log, waiting for its index to be applied: (its term, wait, proposed at).
 /// In Raft an (index, term) pair names one entry, so the entry applied at that index is this
 /// proposal exactly when its term is this one.
@@ -335,8 +343,17 @@ impl Replicas {
 
     async fn propose_entry(&self, partition: u32, data: Vec<u8>) -> Reply {
         match self.try_submit(partition, data) {
-            Ok(id) => self.proposal_reply(partition, id).await,
+            Ok(id) => self.proposal_reply(partition, id, Instant::now() + PROPOSAL_TIMEOUT).await,
             Err(refused) => refused,
+        }
+    }
+
+    /// Forgets a submitted proposal or read ask nobody will wait for any more (its answer,
+    /// when it comes, is dropped instead of kept).
+    pub fn forget(&self, submitted: Submitted) {
+        match submitted {
+            Submitted::Proposal(id) => self.waits.cancel(id),
+            Submitted::Read(id) => self.reads.cancel(id),
         }
     }
 
@@ -349,9 +366,11 @@ impl Replicas {
     }
 
     /// The reply to proposal `id`: the engine's once its entry is applied, or "outcome
-    /// unknown" when nothing is applied at its index within [`PROPOSAL_TIMEOUT`].
-    pub async fn proposal_reply(&self, partition: u32, id: u64) -> Reply {
-        match self.waits.wait(id, PROPOSAL_TIMEOUT).await {
+    /// unknown" when nothing is applied at its index by `deadline` (its submission plus
+    /// [`PROPOSAL_TIMEOUT`]).
+    pub async fn proposal_reply(&self, partition: u32, id: u64, deadline: Instant) -> Reply {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.waits.wait(id, left).await {
             Some(reply) => reply,
             None => {
                 bump(&self.counters.proposals_failed);
@@ -371,12 +390,18 @@ impl Replicas {
     /// arrived (confirmed by a quorum of heartbeats), so a read after it is linearizable.
     pub async fn read_barrier(&self, partition: u32) -> Result<(), Reply> {
         let id = self.submit_read(partition);
-        self.read_ready(partition, id).await
+        self.read_ready(partition, id, Instant::now() + PROPOSAL_TIMEOUT).await
     }
 
-    /// Waits for read ask `id` to be cleared: go ahead, or the reason not to.
-    pub async fn read_ready(&self, partition: u32, id: u64) -> Result<(), Reply> {
-        match self.reads.wait(id, PROPOSAL_TIMEOUT).await {
+    /// Waits until `deadline` for read ask `id` to be cleared: go ahead, or the reason not to.
+    pub async fn read_ready(
+        &self,
+        partition: u32,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<(), Reply> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.reads.wait(id, left).await {
             Some(answer) => answer,
             None => Err(Reply::error(
                 ErrorCode::Unavailable,

@@ -22,6 +22,7 @@ use crate::cluster::CounterValues;
 use crate::cluster::command;
 use crate::cluster::meta;
 use crate::cluster::replica::{GroupStatus, wrong_node, wrong_node_error};
+use crate::cluster::replica::{PROPOSAL_TIMEOUT, Submitted};
 use crate::config::ConsistencyMode;
 use crate::time::now_ms;
 
@@ -121,9 +122,9 @@ impl Core {
         }
         match op {
             Op::Topology => self.spawn_slot(async move { super::topology::topology(&me).await }),
-            Op::Batch(ops) => {
-                self.spawn_slot(async move { me.cluster_batch(ops, consistency).await })
-            }
+            // A barrier in its connection: the requests after it are dispatched once it is
+            // done, so a batch and a later request on the same key apply in request order.
+            Op::Batch(ops) => Slot::Ready(me.cluster_batch(ops, consistency).await),
             op => {
                 let owner = op.key().map_or(self.index, |k| self.owner_of(k));
                 if owner != self.index {
@@ -163,40 +164,64 @@ impl Core {
         if !r.leadership(partition).0 {
             return Err(op);
         }
-        let wait = if is_read {
-            LedWait::Read(r.submit_read(partition))
+        let submitted = if is_read {
+            Submitted::Read(r.submit_read(partition))
         } else {
             match r.try_submit(partition, command::encode(now_ms(), &op)) {
-                Ok(id) => LedWait::Proposal(id),
+                Ok(id) => Submitted::Proposal(id),
                 Err(refused) => return Ok(Slot::Ready(refused)),
             }
         };
-        Ok(Slot::Led(Box::new(Led { op, consistency, origin, partition, wait })))
+        let deadline = Instant::now() + PROPOSAL_TIMEOUT;
+        let wait = LedWait { submitted, replicas: r.clone() };
+        Ok(Slot::Led(Box::new(Led { op, consistency, origin, partition, deadline, wait })))
     }
 
-    /// Waits for a request [`Core::cluster_led`] queued. A leader deposed meanwhile answers
-    /// `WrongNode`: nothing happened, so the request takes the general path from there.
-    pub(super) async fn resolve_led(&self, led: Led) -> Reply {
-        let Some(r) = self.cluster.as_ref() else {
-            return Reply::error(ErrorCode::Internal, "not in cluster mode");
-        };
-        let Led { op, consistency, origin, partition, wait } = led;
-        let reply = match wait {
-            LedWait::Proposal(id) => r.proposal_reply(partition, id).await,
-            LedWait::Read(id) => match r.read_ready(partition, id).await {
-                Ok(()) => return self.read_local(op).await,
+    /// Waits for a request [`Core::cluster_led`] queued: its reply, or the request back when
+    /// its leader was deposed before proposing it (`WrongNode`: nothing happened), for the
+    /// general path ([`Core::retry_led`]).
+    pub(super) async fn wait_led(&self, led: Led) -> Result<Reply, Led> {
+        let (r, partition, deadline) = (led.wait.replicas.clone(), led.partition, led.deadline);
+        let reply = match led.wait.submitted {
+            Submitted::Proposal(id) => r.proposal_reply(partition, id, deadline).await,
+            Submitted::Read(id) => match r.read_ready(partition, id, deadline).await {
+                Ok(()) => return Ok(self.read_local(led.op).await),
                 Err(reply) => reply,
             },
         };
         match reply {
-            Reply::Error(e) if e.code == ErrorCode::WrongNode => match (origin, self.rc()) {
-                (Origin::Client, Some(me)) => {
-                    Box::pin(me.cluster_here(op, consistency, origin)).await
-                }
-                (Origin::Direct, Some(me)) => me.wrong_node_direct(partition, e.leader).await,
-                _ => Reply::Error(e),
+            Reply::Error(e)
+                if e.code == ErrorCode::WrongNode
+                    && matches!(led.origin, Origin::Client | Origin::Direct) =>
+            {
+                Err(led)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// A led request whose leader was deposed: forwarded to the new leader (a client that
+    /// does not route), or answered `WrongNode` with the map (one that does).
+    pub(super) async fn retry_led(self: &Rc<Self>, led: Led) -> Reply {
+        let Led { op, consistency, origin, partition, .. } = led;
+        match origin {
+            Origin::Direct => {
+                let (_, leader) =
+                    self.cluster.as_ref().map_or((false, 0), |r| r.leadership(partition));
+                self.wrong_node_direct(partition, leader).await
+            }
+            _ => Box::pin(self.cluster_here(op, consistency, origin)).await,
+        }
+    }
+
+    /// [`Core::wait_led`], then [`Core::retry_led`] if need be.
+    pub(super) async fn resolve_led(&self, led: Led) -> Reply {
+        match self.wait_led(led).await {
+            Ok(reply) => reply,
+            Err(led) => match self.rc() {
+                Some(me) => me.retry_led(led).await,
+                None => Reply::error(ErrorCode::ShuttingDown, "core stopping"),
             },
-            other => other,
         }
     }
 
@@ -209,30 +234,60 @@ impl Core {
         }
     }
 
-    /// A client's batch: its pieces (see [`pieces`]) one after another, so each piece is
-    /// atomic and the batch applies in order.
+    /// A client's batch: its pieces (see [`pieces`]), each atomic. Pieces of one partition
+    /// run one after another, in batch order; pieces of different partitions side by side
+    /// (their keys differ, so no order between them is observable but their timing).
     async fn cluster_batch(self: &Rc<Self>, ops: Vec<Op>, consistency: Consistency) -> Reply {
-        let mut replies = Vec::with_capacity(ops.len());
-        for mut piece in pieces(ops, self.partitions) {
-            let n = piece.len();
-            if n == 1 {
-                let op = piece.pop().expect("one op");
-                replies.push(match op.key() {
-                    Some(_) => self.cluster_op(op, consistency, Origin::Client).await,
-                    None => Reply::error(
-                        ErrorCode::BadRequest,
-                        format!("{} is not allowed in a batch", op.name()),
-                    ),
-                });
-                continue;
-            }
-            match self.cluster_op(Op::Batch(piece), consistency, Origin::Client).await {
-                Reply::Batch(answers) if answers.len() == n => replies.extend(answers),
-                // The piece as a whole failed (no leader, refused): so did each of its ops.
-                failed => replies.extend(std::iter::repeat_n(failed, n)),
-            }
+        let pieces = pieces(ops, self.partitions);
+        let mut chains: std::collections::BTreeMap<Option<u32>, Vec<(usize, Vec<Op>)>> =
+            Default::default();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let partition = piece[0].key().map(|k| meta::partition_of(k, self.partitions));
+            chains.entry(partition).or_default().push((i, piece));
         }
-        Reply::Batch(replies)
+        let tasks: Vec<_> = chains
+            .into_values()
+            .map(|chain| {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    let mut done = Vec::with_capacity(chain.len());
+                    for (i, piece) in chain {
+                        done.push((i, me.cluster_piece(piece, consistency).await));
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        for task in tasks {
+            answered.extend(task.await);
+        }
+        answered.sort_by_key(|(i, _)| *i);
+        Reply::Batch(answered.into_iter().flat_map(|(_, replies)| replies).collect())
+    }
+
+    /// One piece of a batch: its replies, one per op.
+    async fn cluster_piece(
+        self: &Rc<Self>,
+        mut piece: Vec<Op>,
+        consistency: Consistency,
+    ) -> Vec<Reply> {
+        let n = piece.len();
+        if n == 1 {
+            let op = piece.pop().expect("one op");
+            return vec![match op.key() {
+                Some(_) => self.cluster_op(op, consistency, Origin::Client).await,
+                None => Reply::error(
+                    ErrorCode::BadRequest,
+                    format!("{} is not allowed in a batch", op.name()),
+                ),
+            }];
+        }
+        match self.cluster_op(Op::Batch(piece), consistency, Origin::Client).await {
+            Reply::Batch(answers) if answers.len() == n => answers,
+            // The piece as a whole failed (no leader, refused): so did each of its ops.
+            failed => vec![failed; n],
+        }
     }
 
     /// Runs a keyed operation, or a piece of a batch, in the cluster, from any core of this

@@ -227,7 +227,25 @@ pub fn spawn_mesh_tasks(
         let leading = core.clone();
         glommio::spawn_local(async move {
             while let Some((token, slot)) = led_rx.recv().await {
-                let done = Done::One(leading.resolve(slot).await);
+                let reply = match slot {
+                    Slot::Led(led) => match leading.wait_led(*led).await {
+                        Ok(reply) => reply,
+                        // Its leader was deposed: the general path may wait on elections and
+                        // on other cores, so it runs in a task of its own and answers when
+                        // done (answers are matched by token); the lane goes on.
+                        Err(led) => {
+                            let core = leading.clone();
+                            glommio::spawn_local(async move {
+                                let done = Done::One(core.retry_led(led).await);
+                                let _ = core.mesh.answer(peer, Answer { token, done }).await;
+                            })
+                            .detach();
+                            continue;
+                        }
+                    },
+                    slot => leading.resolve(slot).await,
+                };
+                let done = Done::One(reply);
                 if leading.mesh.answer(peer, Answer { token, done }).await.is_err() {
                     break;
                 }

@@ -289,8 +289,7 @@ impl MemEngine {
             // Under the logged rule the old ticket may be out with the leader's sweep, whose
             // removal this write has just made miss (another version): always a new one.
             let logged = self.rule == ExpiryRule::Logged;
-            if logged || !old_ticket_live || old.is_none_or(|o| o.expires_at_ms != expires_at_ms)
-            {
+            if logged || !old_ticket_live || old.is_none_or(|o| o.expires_at_ms != expires_at_ms) {
                 // The ticket owns a copy of the key, not a slice of `data`: a stale ticket
                 // must not keep an overwritten value alive until its old expiry time.
                 self.expiry.push(Reverse((expires_at_ms, Bytes::copy_from_slice(key))));

@@ -26,16 +26,24 @@ impl Resp {
     }
 
     fn send(&mut self, args: &[&[u8]]) {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
+        self.pipeline(&[args]);
+    }
+
+    /// Sends several commands in one write, so the server reads them together.
+    pub(crate) fn pipeline(&mut self, commands: &[&[&[u8]]]) {
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in *args {
+                out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a);
+                out.extend_from_slice(b"\r\n");
+            }
         }
         self.writer.write_all(&out).unwrap();
     }
 
-    fn reply(&mut self) -> String {
+    pub(crate) fn reply(&mut self) -> String {
         let mut raw = Vec::new();
         self.read_one(&mut raw);
         String::from_utf8_lossy(&raw).into_owned()

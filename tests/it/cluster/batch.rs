@@ -5,7 +5,8 @@
 //! own. If each is atomic, the old values returned, plus the final value, are exactly the
 //! initial value and every value written, each once: no client gets back its own value, and
 //! no two get the same old value. Run concurrently as separate proposals (as before this
-//! change), a `GETSET` could return the value it had just written.
+//! change), a `GETSET` could return the value it had just written. Pipelined, a batch and the
+//! requests around it on the same key apply in the order the connection sent them.
 
 use std::collections::HashSet;
 
@@ -66,4 +67,23 @@ fn getset_getdel_and_set_get_are_atomic_through_every_node() {
     assert_eq!(r.call(&["GETDEL", "atomic"]), "$-1\r\n");
     assert_eq!(r.call(&["SET", "atomic", "x", "GET"]), "$-1\r\n");
     assert_eq!(r.call(&["GET", "atomic"]), "$1\r\nx\r\n");
+
+    // Pipelined through every node: a batch and the requests around it on the same key
+    // apply in the order the connection sent them (review of issue 12).
+    for id in 1..=3 {
+        let mut r = Resp::connect(c.node(id).resp);
+        for round in 0..20 {
+            let (a, b) = (format!("a{id}-{round}"), format!("b{id}-{round}"));
+            r.pipeline(&[
+                &[b"SET", b"order", a.as_bytes()],
+                &[b"GETSET", b"order", b.as_bytes()],
+                &[b"SET", b"order", b"after"],
+                &[b"GETDEL", b"order"],
+            ]);
+            assert_eq!(r.reply(), "+OK\r\n");
+            assert_eq!(r.reply(), format!("${}\r\n{a}\r\n", a.len()), "GETSET saw a later write");
+            assert_eq!(r.reply(), "+OK\r\n");
+            assert_eq!(r.reply(), "$5\r\nafter\r\n", "GETDEL ran before the SET before it");
+        }
+    }
 }
