@@ -50,6 +50,8 @@ use corekv_schema::frame::Limits;
 
 /// Virtual nodes per node on the placement ring.
 pub const RING_VNODES: u32 = 256;
+/// When an expired key this core cannot propose the removal of now is looked at again.
+const EXPIRY_RETRY_MS: u64 = 1_000;
 /// How long a proposal may wait for its entry to be applied.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -282,6 +284,36 @@ impl Replicas {
     /// Proposes `op` (this node should lead the partition) and waits until it is applied.
     pub async fn propose(&self, partition: u32, op: &corekv_schema::codec::Op) -> Reply {
         self.propose_entry(partition, command::encode(now_ms(), op)).await
+    }
+
+    /// The cluster's active expiry, on this core: the keys expired at `now` (up to `budget`),
+    /// by partition, for the partitions this core leads, to propose the removal of. The
+    /// others are looked at again later (their leader removes them, or this core does once
+    /// it leads).
+    pub fn due_removals(&self, now: u64, budget: usize) -> Vec<(u32, Vec<(Bytes, u64)>)> {
+        let due = self.store.engine.borrow_mut().due_expiries(now, budget);
+        let mut by_partition: BTreeMap<u32, Vec<(Bytes, u64)>> = BTreeMap::new();
+        for (key, version) in due {
+            let p = meta::partition_of(&key, self.partitions);
+            by_partition.entry(p).or_default().push((key, version));
+        }
+        let mut led = Vec::new();
+        for (partition, keys) in by_partition {
+            if self.leadership(partition).0 {
+                led.push((partition, keys));
+            } else {
+                self.expire_later(keys, now);
+            }
+        }
+        led
+    }
+
+    /// Hands `keys` back to the sweep, due again a while after `now`.
+    pub fn expire_later(&self, keys: Vec<(Bytes, u64)>, now: u64) {
+        let mut engine = self.store.engine.borrow_mut();
+        for (key, _) in keys {
+            engine.expire_later(key, now + EXPIRY_RETRY_MS);
+        }
     }
 
     /// Proposes removing `keys` (expired by this leader's clock, at these versions).

@@ -11,7 +11,8 @@
 //!
 //! Clients propose sets and compare-and-sets and ask for strong reads (ReadIndex, then the
 //! replica's own engine) on a few keys, each through the node that thinks it leads the key's
-//! partition, and record what they learned. Checked after every step:
+//! partition, and record what they learned. Other keys are written with TTLs, and every
+//! node sweeps as a core does: a leader proposes removing what expired by its clock. Checked after every step:
 //! - at most one leader per partition and term;
 //! - a committed entry never changes or disappears: whatever a node has committed at an
 //!   index is the entry every node commits there;
@@ -19,7 +20,8 @@
 //!   expiries) are the same on every node that has applied the same index.
 //!
 //! After the weather calms down every partition must elect a leader and commit a last write
-//! on every node, and the client history must be accepted by the linearizability checker.
+//! on every node, no node may still hold a key that expired long before, and the client
+//! history must be accepted by the linearizability checker.
 //! A failing seed is printed; `COREKV_SIM_SEED=N` replays it and `COREKV_SIM_SEEDS=N` runs
 //! N seeds.
 
@@ -29,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use corekv_schema::codec::{ErrorCode, Expected, Op, Reply};
+use corekv_schema::codec::{ErrorCode, Expected, Op, Reply, SetOp};
 use corekv_schema::frame::{Limits, take_frame};
 use corekv_schema::peer::{self, PeerMessage};
 use glommio::task::JoinHandle;
@@ -53,6 +55,10 @@ const NODES: u64 = 3;
 /// Data partitions; the metadata group is one more, on every node.
 const PARTITIONS: u32 = 2;
 const KEYS: u64 = 3;
+/// Keys written with TTLs (not in the checked history: a key that expires is no register).
+const TTL_KEYS: u64 = 3;
+/// Simulated milliseconds per step: one Raft tick.
+const STEP_MS: u64 = 100;
 /// Small segments: the simulation writes little, and each node preallocates one.
 const SEGMENT_BYTES: u64 = 1 << 20;
 /// Applied entries a group keeps for followers: few, so that snapshots happen.
@@ -117,6 +123,11 @@ struct Sim {
     crashes: u64,
     /// Snapshots installed, by nodes since crashed too.
     snapshots: u64,
+    /// Proposals whose replies nobody checks (TTL writes), and expiry proposals with their keys.
+    unchecked: Vec<(u64, u64)>,
+    sweeps: Vec<(u64, u64, Vec<(Bytes, u64)>)>,
+    /// Keys the leaders' expiry entries removed.
+    expired: u64,
 }
 
 /// A replica's keys of one partition: (key, version, expiry, value), in key order.
@@ -192,6 +203,9 @@ impl Sim {
             states: HashMap::new(),
             crashes: 0,
             snapshots: 0,
+            unchecked: Vec::new(),
+            sweeps: Vec::new(),
+            expired: 0,
         }
     }
 
@@ -212,6 +226,10 @@ impl Sim {
         if self.rng.percent(client_percent) {
             self.invoke();
         }
+        if self.rng.percent(client_percent / 2) {
+            self.invoke_ttl();
+        }
+        self.sweep();
         for n in 0..self.nodes.len() {
             let Some(up) = &self.nodes[n].up else { continue };
             let r = up.replicas.clone();
@@ -299,15 +317,68 @@ impl Sim {
                     (Input::Cas { expected, new }, op)
                 };
                 // The stamp is the simulation's clock: entries apply the same everywhere.
-                let data = command::encode(1_000_000 + self.step, &op);
+                let data = command::encode(self.stamp(), &op);
                 (false, input, r.submit(partition, data))
             }
         };
         self.pending.push(Pending { node, id, read, key, input, call });
     }
 
+    /// The leaders' clock: every node's, here.
+    fn stamp(&self) -> u64 {
+        1_000_000 + STEP_MS * self.step
+    }
+
+    /// A write with a TTL (or one keeping it) on a TTL key, through its partition's leader.
+    fn invoke_ttl(&mut self) {
+        let key = Bytes::from(format!("t{}", self.rng.below(TTL_KEYS)));
+        let partition = meta::partition_of(&key, PARTITIONS);
+        let Some(node) = self.leader_of(partition) else { return };
+        let keep_ttl = self.rng.percent(30);
+        let ttl_ms = if keep_ttl { 0 } else { STEP_MS * (5 + self.rng.below(35)) };
+        let value = Bytes::from(self.rng.below(1000).to_string());
+        let op = Op::Set(SetOp { key, value, ttl_ms, keep_ttl, ..Default::default() });
+        let r = self.up(node).expect("leader up").replicas.clone();
+        let id = r.submit(partition, command::encode(self.stamp(), &op));
+        self.unchecked.push((node, id));
+    }
+
+    /// Every node's active expiry, as a core's sweep does it: the leader of a partition
+    /// proposes removing its keys expired by the (simulated) clock.
+    fn sweep(&mut self) {
+        let stamp = self.stamp();
+        for n in 1..=NODES {
+            let Some(up) = self.up(n) else { continue };
+            let r = up.replicas.clone();
+            for (partition, keys) in r.due_removals(stamp, 16) {
+                let id = r.submit(partition, command::encode_expiry(stamp, &keys));
+                self.sweeps.push((n, id, keys));
+            }
+        }
+    }
+
     /// Records the answers that came this step.
     async fn collect(&mut self) {
+        let stamp = self.stamp();
+        for (n, id) in std::mem::take(&mut self.unchecked) {
+            if let Some(up) = self.up(n)
+                && up.replicas.take_reply(id).is_none()
+            {
+                self.unchecked.push((n, id));
+            }
+        }
+        for (n, id, keys) in std::mem::take(&mut self.sweeps) {
+            let Some(up) = self.up(n) else { continue };
+            match up.replicas.take_reply(id) {
+                None => self.sweeps.push((n, id, keys)),
+                Some(Reply::Batch(removed)) => {
+                    let gone = removed.iter().filter(|r| matches!(r, Reply::Deleted { .. }));
+                    self.expired += gone.count() as u64;
+                }
+                // Not applied: look again, as the core's sweep does.
+                Some(_) => up.replicas.expire_later(keys, stamp),
+            }
+        }
         let ret = 2 * self.step + 1;
         let mut still = Vec::new();
         for p in std::mem::take(&mut self.pending) {
@@ -450,6 +521,7 @@ impl Sim {
 #[derive(Default, Debug)]
 struct Totals {
     answered: usize,
+    expired: u64,
     crashes: u64,
     snapshots: u64,
     terms: usize,
@@ -527,6 +599,29 @@ async fn run(seed: u64) -> Totals {
             }
         }
     }
+    // Only the log removes expired keys, and it does: what expired a while ago is gone from
+    // every node (a key handed back waits a second; a removal needs a commit).
+    let long_ago = sim.stamp() - 3_000;
+    for n in 1..=NODES {
+        let store = sim.up(n).expect("up").store.clone();
+        let lingering: Vec<_> = store
+            .engine
+            .borrow()
+            .snapshot(0)
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::Put { expires_at_ms, .. } | Mutation::Index { expires_at_ms, .. }
+                    if *expires_at_ms != 0 && *expires_at_ms <= long_ago =>
+                {
+                    Some(Bytes::copy_from_slice(m.key()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !lingering.is_empty() {
+            sim.fail(&format!("node {n} still holds keys expired long ago: {lingering:?}"));
+        }
+    }
     sim.pending.clear();
     if let Err((key, ops)) = linearizable::check(&sim.history) {
         sim.fail(&format!("key {key}: not linearizable: {ops:?}"));
@@ -539,7 +634,8 @@ async fn run(seed: u64) -> Totals {
     if answered < 10 {
         sim.fail(&format!("only {answered} operations answered"));
     }
-    Totals { answered, crashes, snapshots: sim.snapshots, terms: sim.leaders.len() }
+    let expired = sim.expired;
+    Totals { answered, expired, crashes, snapshots: sim.snapshots, terms: sim.leaders.len() }
 }
 
 /// What a replica holds of partition `p`: every key (expired or not) with its version,
@@ -597,6 +693,7 @@ fn the_production_driver_stays_safe_under_faults_and_converges() {
             for seed in seeds {
                 let t = run(seed).await;
                 all.answered += t.answered;
+                all.expired += t.expired;
                 all.crashes += t.crashes;
                 all.snapshots += t.snapshots;
                 all.terms += t.terms;
@@ -605,7 +702,7 @@ fn the_production_driver_stays_safe_under_faults_and_converges() {
             // The weather did happen: leaders changed, nodes crashed, followers needed
             // snapshots (over many seeds; one replayed seed need not show all).
             if runs >= 20 {
-                assert!(all.crashes > 0 && all.snapshots > 0, "{all:?}");
+                assert!(all.crashes > 0 && all.snapshots > 0 && all.expired > 0, "{all:?}");
                 assert!(all.terms > runs * PARTITIONS as usize * 2, "{all:?}");
             }
         })

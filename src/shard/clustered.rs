@@ -28,8 +28,6 @@ use crate::time::now_ms;
 
 /// How long a request keeps looking for a partition's leader (elections, lost links).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
-/// When an expired key this core cannot propose the removal of now is looked at again.
-const EXPIRY_RETRY_MS: u64 = 1_000;
 
 /// The key a request is routed by: its own, or for a piece of a batch the first op's, once
 /// every op is checked to be keyed, in the same partition, and at most one a write (a Raft
@@ -493,33 +491,13 @@ impl Core {
     /// again later (their leader removes them, or this node does if it comes to lead).
     pub fn cluster_sweep(self: &Rc<Self>, now: u64, budget: usize) {
         let Some(r) = self.cluster.as_ref() else { return };
-        let due = self.store.engine.borrow_mut().due_expiries(now, budget);
-        let mut by_partition: std::collections::BTreeMap<u32, Vec<(Bytes, u64)>> =
-            Default::default();
-        for (key, version) in due {
-            by_partition
-                .entry(meta::partition_of(&key, self.partitions))
-                .or_default()
-                .push((key, version));
-        }
-        for (partition, keys) in by_partition {
-            if !r.leadership(partition).0 {
-                let mut engine = self.store.engine.borrow_mut();
-                for (key, _) in keys {
-                    engine.expire_later(key, now + EXPIRY_RETRY_MS);
-                }
-                continue;
-            }
-            let me = self.clone();
+        for (partition, keys) in r.due_removals(now, budget) {
+            let r = r.clone();
             glommio::spawn_local(async move {
-                let Some(r) = me.cluster.as_ref() else { return };
                 let reply = r.propose_expiry(partition, &keys).await;
                 if matches!(reply, Reply::Error(_)) {
                     // Not applied, or unknown: look again (a removal twice is a no-op).
-                    let mut engine = me.store.engine.borrow_mut();
-                    for (key, _) in keys {
-                        engine.expire_later(key, now_ms() + EXPIRY_RETRY_MS);
-                    }
+                    r.expire_later(keys, now_ms());
                 }
             })
             .detach();
