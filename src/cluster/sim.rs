@@ -123,12 +123,16 @@ struct Sim {
     crashes: u64,
     /// Snapshots installed, by nodes since crashed too.
     snapshots: u64,
-    /// Proposals whose replies nobody checks (TTL writes), and expiry proposals with their keys.
+    /// Proposals whose replies nobody checks (TTL writes): (node, id).
     unchecked: Vec<(u64, u64)>,
-    sweeps: Vec<(u64, u64, Vec<(Bytes, u64)>)>,
+    /// Expiry proposals: (node, id, the keys and versions to remove).
+    sweeps: Vec<(u64, u64, Removals)>,
     /// Keys the leaders' expiry entries removed.
     expired: u64,
 }
+
+/// Keys to remove, with the versions they were seen expired at.
+type Removals = Vec<(Bytes, u64)>;
 
 /// A replica's keys of one partition: (key, version, expiry, value), in key order.
 type State = Vec<(Bytes, u64, u64, Bytes)>;
