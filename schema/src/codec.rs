@@ -1,8 +1,9 @@
 //! The typed protocol vocabulary and its FlatBuffers encoding.
 //!
 //! The node, the SDK and the load generator speak only these types; `generated::` stays an
-//! implementation detail of this module (`codec/encode.rs`, `codec/decode.rs`). Decoding verifies the buffer (untrusted input), checks
-//! [`Limits`], and returns keys and values as zero-copy `Bytes` slices of the frame.
+//! implementation detail of this module (`codec/encode.rs`, `codec/decode.rs`). Decoding
+//! verifies the buffer (untrusted input), checks [`Limits`], and returns keys and values as
+//! zero-copy `Bytes` slices of the frame.
 //!
 //! Errors split by what the reader does next (see [`DecodeError::fatal`]): a buffer that fails
 //! verification or names an unknown operation ends the connection; a well-formed request that
