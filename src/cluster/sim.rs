@@ -12,7 +12,8 @@
 //! Clients propose sets and compare-and-sets and ask for strong reads (ReadIndex, then the
 //! replica's own engine) on a few keys, each through the node that thinks it leads the key's
 //! partition, and record what they learned. Other keys are written with TTLs, and every
-//! node sweeps as a core does: a leader proposes removing what expired by its clock. Checked after every step:
+//! node sweeps as a core does: a leader proposes removing what expired by its clock.
+//! Checked after every step:
 //! - at most one leader per partition and term;
 //! - a committed entry never changes or disappears: whatever a node has committed at an
 //!   index is the entry every node commits there;
