@@ -250,7 +250,8 @@ impl Core {
     }
 
     /// Turns one request into a slot. Waits only when the mesh to the owning core is full,
-    /// which is the back-pressure that stops the calling connection from reading.
+    /// which is the back-pressure that stops the calling connection from reading, and, in a
+    /// cluster, for a whole batch: a barrier, so the connection's later requests apply after it.
     pub async fn dispatch(
         &self,
         op: Op,
