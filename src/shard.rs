@@ -109,7 +109,7 @@ pub struct Core {
     pub store: Rc<Store>,
     mesh: Mesh,
     /// Answers this core waits for from other cores (and from its own cluster tasks).
-    answers: Waits<Done>,
+    answers: Rc<Waits<Done>>,
     /// Keys held by a write spanning cores (`reserve.rs`); operations on them wait.
     held: RefCell<std::collections::HashMap<Bytes, Held>>,
     next_ticket: Cell<u64>,
@@ -134,21 +134,35 @@ pub enum Slot {
     Durable(Reply, u64),
     /// A read applied here whose value is read from the log.
     Fetch(FetchIo),
-    Remote(u64),
+    Remote(Token),
     /// A cluster request waiting in this core's Raft driver (`clustered.rs`).
     Led(Box<Led>),
     /// `durable_seq`: the last log record of the local part to wait for; `fetches`: local
     /// reads whose values are read from the log.
     Batch {
         replies: Vec<Option<Reply>>,
-        parts: Vec<(u64, Vec<usize>)>,
+        parts: Vec<(Token, Vec<usize>)>,
         durable_seq: Option<u64>,
         fetches: Vec<(usize, FetchIo)>,
     },
     Stats {
         local: CoreStats,
-        tokens: Vec<u64>,
+        tokens: Vec<Token>,
     },
+}
+
+/// The id an answer from another core (or from a task of this one) comes under, in
+/// `Core::answers`. Dropped unanswered (its connection went away), it is forgotten, so the
+/// answer is not kept for nobody.
+pub struct Token {
+    id: u64,
+    answers: Rc<Waits<Done>>,
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.answers.cancel(self.id);
+    }
 }
 
 /// A cluster request queued in this core's Raft driver (`clustered.rs`), kept for its reply.
@@ -196,7 +210,7 @@ impl Core {
             node,
             store,
             mesh,
-            answers: Waits::default(),
+            answers: Rc::new(Waits::default()),
             held: RefCell::new(std::collections::HashMap::new()),
             next_ticket: Cell::new(0),
             cluster,

@@ -153,3 +153,33 @@ impl Wake {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_answer_never_reaches_a_later_waiter_of_the_same_slot() {
+        let waits: Waits<&str> = Waits::default();
+        let first = waits.open();
+        waits.cancel(first);
+        let second = waits.open();
+        assert_ne!(first, second, "a new generation");
+        waits.complete(first, "late");
+        assert_eq!(waits.try_take(second), None, "the late answer went nowhere");
+        waits.complete(second, "mine");
+        assert_eq!(waits.try_take(second), Some("mine"));
+        assert_eq!(waits.try_take(second), None, "taken once");
+    }
+
+    #[test]
+    fn an_answer_nobody_takes_is_gone_once_its_id_is_cancelled() {
+        let waits: Waits<u32> = Waits::default();
+        let ids: Vec<u64> = (0..100).map(|_| waits.open()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            waits.complete(*id, n as u32);
+            waits.cancel(*id);
+        }
+        assert!(waits.slots.borrow().is_empty(), "no answer kept for nobody");
+    }
+}

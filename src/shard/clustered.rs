@@ -80,14 +80,15 @@ impl Core {
         &self,
         work: impl std::future::Future<Output = Reply> + 'static,
     ) -> Slot {
-        let token = self.answers.open();
+        let token = self.token();
+        let id = token.id;
         let Some(me) = self.this.upgrade() else {
-            self.complete(token, Done::One(Reply::error(ErrorCode::ShuttingDown, "core stopping")));
+            self.complete(id, Done::One(Reply::error(ErrorCode::ShuttingDown, "core stopping")));
             return Slot::Remote(token);
         };
         glommio::spawn_local(async move {
             let reply = work.await;
-            me.complete(token, Done::One(reply));
+            me.complete(id, Done::One(reply));
         })
         .detach();
         Slot::Remote(token)

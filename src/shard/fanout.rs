@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use corekv_schema::codec::{CoreStats, ErrorCode, Reply};
 
-use super::{Core, Done, ScanStep, Work, metrics, unexpected};
+use super::{Core, Done, ScanStep, Token, Work, metrics, unexpected};
 use crate::storage::store::prepare_backup_dir;
 use crate::time::now_ms;
 
@@ -164,7 +164,7 @@ impl Core {
     pub(super) async fn collect_stats(
         &self,
         local: CoreStats,
-        tokens: Vec<u64>,
+        tokens: Vec<Token>,
     ) -> Result<Vec<CoreStats>, Reply> {
         let mut cores = vec![local];
         self.fan_in(tokens, |done| match done {

@@ -5,12 +5,12 @@
 //! [`Core::fan_in`] is the one way to gather what several cores answered: every answer is
 //! awaited, even after a failure, so no id is left waiting.
 
-use super::{Call, Core, Done, Work, bump, mesh, unexpected};
+use super::{Call, Core, Done, Token, Work, bump, mesh, unexpected};
 use corekv_schema::codec::{ErrorCode, Reply};
 
 impl Core {
     /// Sends `work()` to every other core; the tokens their answers will be filed under.
-    pub(super) async fn forward_to_others(&self, work: impl Fn() -> Work) -> Vec<u64> {
+    pub(super) async fn forward_to_others(&self, work: impl Fn() -> Work) -> Vec<Token> {
         let mut tokens = Vec::with_capacity(usize::from(self.cores) - 1);
         for target in (0..self.cores).filter(|&c| c != self.index) {
             tokens.push(self.forward(target, work()).await);
@@ -19,10 +19,10 @@ impl Core {
     }
 
     /// Sends work to `target` and returns the token its answer will be filed under.
-    pub(super) async fn forward(&self, target: u16, work: Work) -> u64 {
-        let token = self.answers.open();
+    pub(super) async fn forward(&self, target: u16, work: Work) -> Token {
+        let token = self.token();
         bump(&self.counters.forwarded_out);
-        let call = Call { token, work };
+        let call = Call { token: token.id, work };
         let sent = match self.mesh.try_call(target, call) {
             Ok(()) => Ok(()),
             Err(mesh::SendFailed::Full(call)) => {
@@ -33,7 +33,7 @@ impl Core {
         };
         if sent.is_err() {
             let reply = Reply::error(ErrorCode::Unavailable, "core is shutting down");
-            self.complete(token, Done::One(reply));
+            self.complete(token.id, Done::One(reply));
         }
         token
     }
@@ -43,10 +43,15 @@ impl Core {
         self.answers.complete(token, done);
     }
 
+    /// A new id to wait for an answer under.
+    pub(super) fn token(&self) -> Token {
+        Token { id: self.answers.open(), answers: self.answers.clone() }
+    }
+
     /// The answer filed under `token`.
-    pub(super) async fn answer(&self, token: u64) -> Done {
+    pub(super) async fn answer(&self, token: Token) -> Done {
         let lost = || Done::One(Reply::error(ErrorCode::Internal, "answer lost"));
-        self.answers.answer(token).await.unwrap_or_else(lost)
+        self.answers.answer(token.id).await.unwrap_or_else(lost)
     }
 
     /// Waits for every token's answer and hands each to `fold`. An error reply, or an answer
@@ -54,7 +59,7 @@ impl Core {
     /// every answer has come.
     pub(super) async fn fan_in(
         &self,
-        tokens: Vec<u64>,
+        tokens: Vec<Token>,
         mut fold: impl FnMut(Done) -> Option<Done>,
     ) -> Result<(), Reply> {
         let mut failed = None;
