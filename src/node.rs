@@ -404,20 +404,20 @@ type OpenedStorage = (
 
 fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage, String> {
     let dir = c.data_dir.join(format!("core-{index}"));
+    let clustered = c.cluster.is_some();
+    // In a cluster only the Raft log removes expired keys (docs/CLUSTER.md, "Expiry").
+    let rule = if clustered { ExpiryRule::Logged } else { ExpiryRule::Local };
     let mode = match c.durability {
         DurabilityMode::None => {
             if wal::segments(&dir).is_ok_and(|s| !s.is_empty()) {
                 tracing::warn!(dir = %dir.display(), "--durability none: existing log ignored");
             }
             // Nothing is logged, so every value stays in memory.
-            return Ok((Box::new(MemEngine::new()), None, HashMap::new()));
+            return Ok((Box::new(MemEngine::new().with_expiry(rule)), None, HashMap::new()));
         }
         DurabilityMode::Sync => SyncMode::Sync,
         DurabilityMode::Periodic => SyncMode::Periodic { interval_ms: c.fsync_interval_ms },
     };
-    let clustered = c.cluster.is_some();
-    // In a cluster only the Raft log removes expired keys (docs/CLUSTER.md, "Expiry").
-    let rule = if clustered { ExpiryRule::Logged } else { ExpiryRule::Local };
     let mut engine = MemEngine::with_cache(c.cache_bytes / cores as u64).with_expiry(rule);
     let (report, raft) = if clustered {
         crate::cluster::store::recover(&dir, &mut engine, c.partitions, c.salvage)
