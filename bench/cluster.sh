@@ -16,11 +16,16 @@ ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 bin=target/release
 
 run_load() { # addr mix consistency preload -> "ops p50 p99 p999"
-  local pre=()
+  local pre=() out
   [ "$4" = yes ] && pre=(--preload)
-  "$bin/corekv-loadgen" --addr "$1" --keys 100000 --mix "$2" --consistency "$3" "${pre[@]}" \
-    --value-size 500 --connections 50 --pipeline 1 --duration "$secs" --warmup 2 2>/dev/null \
-    | awk -v op="${2%%=*}" '$1==op {printf "%.0f %s %s %s", $3, $4, $6, $7}'
+  out=$("$bin/corekv-loadgen" --addr "$1" --keys 100000 --mix "$2" --consistency "$3" \
+    "${pre[@]}" --value-size 500 --connections 50 --pipeline 1 --duration "$secs" --warmup 2 \
+    2>"$work/loadgen.err") || {
+    echo "bench/cluster.sh: corekv-loadgen $2 against $1 failed:" >&2
+    tail -5 "$work/loadgen.err" >&2
+    exit 1
+  }
+  echo "$out" | awk -v op="${2%%=*}" '$1==op {printf "%.0f %s %s %s", $3, $4, $6, $7}'
 }
 
 echo "== 1a. single node" >&2
@@ -33,12 +38,31 @@ s_get=$(run_load "127.0.0.1:$p" get=1 default yes)
 kill "$node"; wait "$node" 2>/dev/null || true
 
 echo "== 1b. 3-node cluster" >&2
-base=$(( ( $(free_port) / 100 ) * 100 ))
-[ "$base" -gt 60000 ] && base=7400
+# Node i listens on base+10i .. base+10i+3. Pick a base below the ephemeral port range, where
+# all of them are free: the load generator's closed connections (TIME_WAIT) sit in that range
+# and would make a node's bind fail.
+base=$(python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 32000, 100)
+    try:
+        for node in (1, 2, 3):
+            for off in range(4):
+                s = socket.socket(); s.bind(("127.0.0.1", base + 10 * node + off)); s.close()
+        print(base); break
+    except OSError:
+        continue
+PY
+)
 "$bin/corekv" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster" \
   --partitions 16 >"$work/cluster.out" 2>"$work/cluster.err" &
 dc=$!; pids+=("$dc")
 for _ in $(seq 1 100); do grep -q 'Ctrl-C' "$work/cluster.out" && break; sleep 0.2; done
+grep -q 'Ctrl-C' "$work/cluster.out" || {
+  echo "bench/cluster.sh: the dev cluster did not start (base port $base):" >&2
+  tail -5 "$work/cluster.err" >&2
+  exit 1
+}
 n1="127.0.0.1:$((base + 10))"
 for _ in $(seq 1 100); do "$bin/corekv" set --addr "$n1" warm up >/dev/null 2>&1 && break; sleep 0.2; done
 c_set=$(run_load "$n1" set=1 strong no)
