@@ -6,11 +6,17 @@
 //! initial value and every value written, each once: no client gets back its own value, and
 //! no two get the same old value. Run concurrently as separate proposals (as before this
 //! change), a `GETSET` could return the value it had just written. Pipelined, a batch and the
-//! requests around it on the same key apply in the order the connection sent them.
+//! requests around it on the same key apply in the order the connection sent them: a batch of
+//! two pieces followed by a write ended with the batch's second value, not the later write's,
+//! before a batch became a barrier in its connection.
 
 use std::collections::HashSet;
 
-use super::Cluster;
+use std::io::Write;
+
+use corekv_schema::codec::{Op, Reply};
+
+use super::{Cluster, value_of};
 use crate::resp::Resp;
 
 const CLIENTS: usize = 6;
@@ -84,6 +90,27 @@ fn getset_getdel_and_set_get_are_atomic_through_every_node() {
             assert_eq!(r.reply(), format!("${}\r\n{a}\r\n", a.len()), "GETSET saw a later write");
             assert_eq!(r.reply(), "+OK\r\n");
             assert_eq!(r.reply(), "$5\r\nafter\r\n", "GETDEL ran before the SET before it");
+        }
+        // A batch of two pieces on one key (two writes: two Raft entries, the second proposed
+        // once the first applied), then a write pipelined behind it: the later write must not
+        // slip in between the pieces. Native protocol, one write for all three.
+        let mut w = c.node(id).wire();
+        for round in 0..20 {
+            let mut out = Vec::new();
+            let ops = [
+                Op::Batch(vec![
+                    Op::set("order", format!("first{round}")),
+                    Op::set("order", format!("second{round}")),
+                ]),
+                Op::set("order", "after"),
+                Op::get("order"),
+            ];
+            for (i, op) in ops.into_iter().enumerate() {
+                out.extend_from_slice(&w.encode(1000 + i as u64, op));
+            }
+            w.stream.write_all(&out).unwrap();
+            let replies: Vec<Reply> = (0..3).map(|_| w.recv().expect("reply").reply).collect();
+            assert_eq!(value_of(&replies[2]), Some(b"after".to_vec()), "{replies:?}");
         }
     }
 }
