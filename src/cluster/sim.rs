@@ -42,7 +42,7 @@ use super::meta;
 use super::replica::{self, Replicas};
 use super::transport::{Links, PEER_FRAME_BYTES_MAX};
 use crate::config::{ClusterConfig, ConsistencyMode};
-use crate::storage::store::{Answered, Store};
+use crate::storage::store::Store;
 use crate::storage::wal::{SyncMode, Wal};
 use crate::storage::{ExpiryRule, MemEngine, Mutation};
 use crate::testing::{Rng, seeds};
@@ -400,10 +400,7 @@ impl Sim {
                     }
                     Some(Err(_)) => None,
                     Some(Ok(())) => {
-                        let got = match up.store.execute(Op::get(key_bytes(p.key)), 0).await {
-                            (Answered::Reply(reply), _) => reply,
-                            (Answered::Fetch(f), _) => up.store.resolve_fetch(f).await,
-                        };
+                        let got = up.store.execute_reply(Op::get(key_bytes(p.key)), 0).await;
                         Some(match got {
                             Reply::Value { value, .. } => {
                                 let text = String::from_utf8_lossy(&value);
@@ -664,10 +661,7 @@ async fn partition_state(store: &Store, p: u32) -> State {
     let mut state = Vec::new();
     for (key, version, expires) in held {
         // Time 0: nothing counts as expired, and under the logged rule a read removes nothing.
-        let value = match store.execute(Op::get(key.clone()), 0).await {
-            (Answered::Reply(reply), _) => reply,
-            (Answered::Fetch(f), _) => store.resolve_fetch(f).await,
-        };
+        let value = store.execute_reply(Op::get(key.clone()), 0).await;
         let Reply::Value { value, .. } = value else { panic!("{key:?} unreadable: {value:?}") };
         state.push((key, version, expires, value));
     }

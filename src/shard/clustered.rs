@@ -472,19 +472,12 @@ impl Core {
     /// piece of a batch that only reads.
     async fn read_local(&self, op: Op) -> Reply {
         let now = now_ms();
-        let Op::Batch(ops) = op else { return self.read_one(op, now).await };
+        let Op::Batch(ops) = op else { return self.store.execute_reply(op, now).await };
         let mut replies = Vec::with_capacity(ops.len());
         for op in ops {
-            replies.push(self.read_one(op, now).await);
+            replies.push(self.store.execute_reply(op, now).await);
         }
         Reply::Batch(replies)
-    }
-
-    async fn read_one(&self, op: Op, now: u64) -> Reply {
-        match self.apply(op, now).await {
-            (Answered::Reply(reply), _) => reply,
-            (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
-        }
     }
 
     /// The cluster's active expiry, on this core: keys found expired in partitions this node

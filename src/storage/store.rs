@@ -148,7 +148,7 @@ impl Store {
         }
         let mut fetched: Option<(Loc, Bytes)> = None;
         loop {
-            let mut log = StoreLog { wal: self.wal.as_deref(), last: None };
+            let mut log = self.log();
             let value = fetched.as_ref().map(|(loc, v)| (*loc, &v[..]));
             let applied = self.engine.borrow_mut().execute(op, now_ms, &mut log, value);
             match applied {
@@ -166,6 +166,15 @@ impl Store {
                     Err(reply) => return (Answered::Reply(reply), None),
                 },
             }
+        }
+    }
+
+    /// [`Store::execute`], its value read back from the log when it is on disk only: the
+    /// reply itself (for callers that do not wait for durability).
+    pub async fn execute_reply(&self, op: Op, now_ms: u64) -> Reply {
+        match self.execute(op, now_ms).await {
+            (Answered::Reply(reply), _) => reply,
+            (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
         }
     }
 
@@ -229,7 +238,7 @@ impl Store {
                 if version == fetch.version && key_len == fetch.key_len as usize =>
             {
                 let value = data.slice(key_len..);
-                let log = StoreLog { wal: self.wal.as_deref(), last: None };
+                let log = self.log();
                 self.engine.borrow_mut().cache_fetched(data, key_len, fetch.loc, &log);
                 Reply::Value { value, version, ttl_ms: fetch.ttl_ms }
             }

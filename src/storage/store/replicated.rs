@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use corekv_schema::codec::{ErrorCode, Op, Reply};
 
-use super::{Answered, Store};
+use super::Store;
 use crate::storage::record::{self, Mutation};
 use crate::time::now_ms;
 
@@ -42,10 +42,7 @@ impl Store {
 
     async fn apply_one_replicated(&self, op: Op, stamp_ms: u64, index: u64) -> Reply {
         self.engine.borrow_mut().next_version(index);
-        match self.execute(op, stamp_ms).await {
-            (Answered::Reply(reply), _) => reply,
-            (Answered::Fetch(f), _) => self.resolve_fetch(f).await,
-        }
+        self.execute_reply(op, stamp_ms).await
     }
 
     /// Applies a committed expiry entry: each key still at its version and expired at the
