@@ -13,6 +13,8 @@
 //! own clock, and only kind 2 removes an expired key: so every replica holds the same keys at
 //! the same index, whatever its clock did (docs/CLUSTER.md, "Expiry").
 
+use std::cell::RefCell;
+
 use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{self, Encoder, Op, Request};
 use corekv_schema::frame::Limits;
@@ -39,12 +41,33 @@ fn header(stamp_ms: u64, kind: u8, body_bytes: usize) -> Vec<u8> {
     out
 }
 
+thread_local! {
+    /// One FlatBuffers builder per core thread, reused by every entry and forward the core
+    /// encodes: a new one per proposal allocated and grew its buffer each time.
+    static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::new());
+}
+
+/// A builder that grew past this for one huge value is dropped after use.
+const ENCODER_KEEP_BYTES: usize = 4 << 20;
+
+/// Runs `f` with this thread's encoder (`f` must not call back in here).
+pub fn with_encoder<R>(f: impl FnOnce(&mut Encoder) -> R) -> R {
+    ENCODER.with(|cell| {
+        let mut encoder = cell.borrow_mut();
+        let out = f(&mut encoder);
+        if encoder.peak_bytes() > ENCODER_KEEP_BYTES {
+            *encoder = Encoder::new();
+        }
+        out
+    })
+}
+
 pub fn encode(stamp_ms: u64, op: &Op) -> Vec<u8> {
-    let mut frame = BytesMut::new();
-    Encoder::new().request(&Request::new(0, op.clone()), &mut frame);
-    let mut out = header(stamp_ms, KIND_OP, frame.len());
-    out.extend_from_slice(&frame);
-    out
+    let mut out = BytesMut::with_capacity(HEADER_BYTES + 64 + op.key().map_or(0, |k| k.len()));
+    out.extend_from_slice(&stamp_ms.to_le_bytes());
+    out.extend_from_slice(&[KIND_OP]);
+    with_encoder(|e| e.request(&Request::new(0, op.clone()), &mut out));
+    Vec::from(out)
 }
 
 pub fn encode_expiry(stamp_ms: u64, keys: &[(Bytes, u64)]) -> Vec<u8> {

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use corekv_schema::codec::{Consistency, Encoder, ErrorCode, Op, Reply, Request, decode_response};
+use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply, Request, decode_response};
 use corekv_schema::frame::take_frame;
 use corekv_schema::peer::{self, BATCH_MESSAGES_MAX, PEER_VERSION, PeerMessage};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
@@ -201,7 +201,7 @@ impl Links {
         let mut request = Request::new(id, op);
         request.consistency = consistency;
         let mut frame = BytesMut::new();
-        Encoder::new().request(&request, &mut frame);
+        super::command::with_encoder(|e| e.request(&request, &mut frame));
         let frame = peer::encode(&PeerMessage::Forward { id, request: frame.freeze() });
         if link.tx.try_send(frame).is_err() {
             self.waits.cancel(id);

@@ -5,13 +5,14 @@
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use corekv_schema::codec::{Encoder, Reply, decode_request};
+use corekv_schema::codec::{Reply, decode_request};
 use corekv_schema::frame::take_frame;
 use corekv_schema::peer::{self, PEER_VERSION, PeerMessage};
 use futures_lite::{AsyncWriteExt, future};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
+use crate::cluster::command::with_encoder;
 use crate::cluster::transport::{LINK_QUEUE_FRAMES, PEER_FRAME_BYTES_MAX, read_some};
 use crate::shard::{Core, Origin};
 use crate::shutdown::Shutdown;
@@ -74,7 +75,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                             Err(e) => Reply::error(e.code, e.message),
                         };
                         let mut response = BytesMut::new();
-                        Encoder::new().response(id, &reply, &mut response);
+                        with_encoder(|e| e.response(id, &reply, &mut response));
                         let frame = peer::encode(&PeerMessage::Forwarded {
                             id,
                             response: response.freeze(),
