@@ -36,14 +36,14 @@ fn routing_key(op: &Op, partitions: u32) -> Result<Bytes, String> {
     let Op::Batch(ops) = op else {
         return op.key().cloned().ok_or_else(|| format!("{} has no key", op.name()));
     };
-    let mut key: Option<&Bytes> = None;
+    let mut first: Option<(&Bytes, u32)> = None;
     let mut writes = 0;
     for op in ops {
         let Some(k) = op.key() else {
             return Err(format!("{} is not allowed in a batch", op.name()));
         };
-        let first = key.get_or_insert(k);
-        if meta::partition_of(k, partitions) != meta::partition_of(first, partitions) {
+        let partition = meta::partition_of(k, partitions);
+        if first.get_or_insert((k, partition)).1 != partition {
             return Err("a replicated batch spans partitions".into());
         }
         writes += usize::from(!matches!(op, Op::Get { .. }));
@@ -51,7 +51,7 @@ fn routing_key(op: &Op, partitions: u32) -> Result<Bytes, String> {
     if writes > 1 {
         return Err("a replicated batch holds more than one write".into());
     }
-    key.cloned().ok_or_else(|| "empty batch".into())
+    first.map(|(k, _)| k.clone()).ok_or_else(|| "empty batch".into())
 }
 
 /// Cuts a batch into the pieces the cluster applies atomically, in order: consecutive ops
