@@ -8,6 +8,7 @@
 //! - [`transport`]: node-to-node links (Raft batches, forwarded requests);
 //! - [`health`]: heartbeats with each node's figures, and what this node heard of its peers;
 //! - [`meta`]: the metadata group's keys (nodes, partition map) and their encoding;
+//! - [`moves`]: the next membership change that moves a partition's replicas to a target;
 //! - [`command`]: what a Raft entry carries.
 //!
 //! This file holds the Raft counters that the driver and the links both count into.
@@ -18,6 +19,7 @@ pub mod command;
 pub mod group;
 pub mod health;
 pub mod meta;
+pub mod moves;
 pub mod replica;
 #[cfg(test)]
 mod sim;

@@ -88,6 +88,9 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     pub raft_tick_ms: u64,
     pub consistency: ConsistencyMode,
+    /// Whether this node makes the groups the ring gives it on a first start (a founding
+    /// member); a node that joins later is sent each group it is added to instead.
+    pub bootstrap: bool,
 }
 
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
@@ -569,6 +572,7 @@ fn cluster_config(
         replication_factor,
         raft_tick_ms,
         consistency: args.consistency.or(file.consistency).unwrap_or_default(),
+        bootstrap: true,
     }))
 }
 

@@ -751,6 +751,7 @@ mod tests {
             replication_factor: 3,
             raft_tick_ms: 100,
             consistency: ConsistencyMode::default(),
+            bootstrap: true,
         };
         let a = advertised(&c, addr("0.0.0.0:7379"), Some(addr("127.0.0.1:7380")), None);
         assert_eq!(a.id, 2);

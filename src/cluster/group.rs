@@ -17,7 +17,7 @@
 //! Splitting 2 from 3 is what lets every group on a core share one fdatasync: the core drives
 //! all its groups, waits once for its log, then finishes every group's round.
 
-use raft::eraftpb::{Entry, HardState, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot};
 use std::collections::HashMap;
 
 use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage};
@@ -60,6 +60,11 @@ pub struct Driven {
 /// default tick, longer than an election timeout so that a snapshot in transit is not cut off.
 pub const SNAPSHOT_STALL_TICKS: u32 = 100;
 
+/// Ticks a replica may go without hearing from a leader before it asks the members it knows
+/// whether it is still one of them (a replica removed while it was away is never told
+/// otherwise: the leader stopped talking to it): 5 s at the default tick.
+pub const SILENT_TICKS: u32 = 50;
+
 pub struct Group<S: GroupStore> {
     pub partition: u32,
     node: RawNode<S>,
@@ -68,6 +73,8 @@ pub struct Group<S: GroupStore> {
     snapshot_waits: HashMap<u64, (u64, u32)>,
     /// See [`SNAPSHOT_STALL_TICKS`].
     pub snapshot_stall_ticks: u32,
+    /// Ticks since a leader's message last reached this replica (see [`SILENT_TICKS`]).
+    silent: u32,
 }
 
 /// Raft timing in ticks. A tick is `--raft-tick-ms`; elections start after a randomized
@@ -102,12 +109,24 @@ impl<S: GroupStore> Group<S> {
             leader: (0, 0),
             snapshot_waits: HashMap::new(),
             snapshot_stall_ticks: SNAPSHOT_STALL_TICKS,
+            silent: 0,
         })
     }
 
     pub fn tick(&mut self) {
         self.node.tick();
         self.retry_stalled_snapshots();
+        self.silent = if self.is_leader() { 0 } else { self.silent + 1 };
+    }
+
+    /// Whether this replica has heard no leader for [`SILENT_TICKS`]; asking resets the count,
+    /// so it is true once per period of silence.
+    pub fn silent_too_long(&mut self) -> bool {
+        if self.silent < SILENT_TICKS {
+            return false;
+        }
+        self.silent = 0;
+        true
     }
 
     /// raft-rs holds a follower it sent a snapshot to until the owner reports how the send
@@ -149,6 +168,10 @@ impl<S: GroupStore> Group<S> {
     }
 
     pub fn step(&mut self, message: Message) -> raft::Result<()> {
+        use raft::eraftpb::MessageType::*;
+        if matches!(message.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot) {
+            self.silent = 0;
+        }
         self.node.step(message)
     }
 
@@ -167,6 +190,49 @@ impl<S: GroupStore> Group<S> {
             return Err(raft::Error::ProposalDropped);
         }
         self.node.propose(Vec::new(), data)
+    }
+
+    /// Proposes a membership change; refused unless this node leads. raft-rs lets one change
+    /// be pending at a time: it turns a second into an empty entry, which the owner answers as
+    /// not applied.
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> raft::Result<()> {
+        if !self.is_leader() {
+            return Err(raft::Error::ProposalDropped);
+        }
+        self.node.propose_conf_change(Vec::new(), change)
+    }
+
+    /// Makes a committed membership change take effect here: the membership after it.
+    pub fn apply_conf_change(&mut self, change: &ConfChangeV2) -> raft::Result<ConfState> {
+        self.node.apply_conf_change(change)
+    }
+
+    /// The membership as applied here.
+    pub fn conf_state(&self) -> ConfState {
+        self.node.raft.prs().conf().to_conf_state()
+    }
+
+    /// Whether the group is between two memberships (joint consensus, not yet left).
+    pub fn is_joint(&self) -> bool {
+        !self.conf_state().voters_outgoing.is_empty()
+    }
+
+    /// Whether a membership change is proposed and not yet applied here.
+    pub fn has_pending_conf(&self) -> bool {
+        self.node.raft.has_pending_conf()
+    }
+
+    /// A leader's view of `follower`: (matched index, whether it takes entries from the log,
+    /// rather than waiting for a snapshot).
+    pub fn progress_of(&self, follower: u64) -> Option<(u64, bool)> {
+        let pr = self.node.raft.prs().get(follower)?;
+        Some((pr.matched, pr.state != ProgressState::Snapshot))
+    }
+
+    /// Asks the leader to hand leadership to `to` (a caught-up voter); it happens when `to`
+    /// wins the election this starts, or not at all within an election timeout.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
     }
 
     /// Asks the leader for a read index (ReadIndex); the answer comes back in

@@ -33,12 +33,12 @@ use corekv_schema::placement;
 use corekv_schema::ring::Ring;
 use futures_lite::future;
 use protobuf::Message as _;
-use raft::eraftpb::{EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 
 use super::command::{self, Command};
 use super::group::{self, Driven, Group, GroupStore as _};
 use super::meta;
-use super::store::{self, Recovered, WalStore};
+use super::store::{self, Recovered, WalStore, members};
 use super::transport::Links;
 use super::{CounterValues, RaftCounters};
 use crate::config::ClusterConfig;
@@ -70,15 +70,24 @@ type Proposed = (u64, u64, Instant);
 
 struct Proposal {
     partition: u32,
-    data: Vec<u8>,
+    what: Proposing,
     wait: u64,
+}
+
+/// What a proposal puts in the log.
+enum Proposing {
+    Command(Vec<u8>),
+    Membership(ConfChangeV2),
 }
 
 /// Where things stand in one group, for the status APIs.
 #[derive(Clone, Debug)]
 pub struct GroupStatus {
     pub partition: u32,
+    /// The voters (while joint, the incoming ones).
     pub replicas: Vec<u64>,
+    /// The membership as applied here, every role.
+    pub conf: ConfState,
     pub leader: u64,
     pub term: u64,
     pub commit: u64,
@@ -100,6 +109,16 @@ pub struct Replicas {
     /// metadata group's: every node.
     pub map: Vec<Vec<u64>>,
     groups: RefCell<BTreeMap<u32, Group<WalStore>>>,
+    /// Partitions of this core this node was removed from: the index of the removal. No
+    /// group is made for them again, unless a leader that committed past it talks to this
+    /// node (it was added back).
+    tombstones: RefCell<BTreeMap<u32, u64>>,
+    /// Groups to take down after this round: (partition, index of the removal).
+    leaving: RefCell<Vec<(u32, u64)>>,
+    /// Leadership transfers asked for: (partition, to).
+    transfers: RefCell<Vec<(u32, u64)>>,
+    /// Fixed election timeout, for groups made later (simulation only).
+    election_tick: Option<usize>,
     applied: RefCell<HashMap<u32, u64>>,
     inbox: RefCell<Vec<(u32, Message)>>,
     proposals: RefCell<Vec<Proposal>>,
@@ -164,23 +183,32 @@ impl Replicas {
         map.push(super::meta::replicas(&config.nodes));
         let mut groups = BTreeMap::new();
         let mut applied = HashMap::new();
+        let mut tombstones = BTreeMap::new();
         for (p, replicas) in map.iter().enumerate() {
             let p = p as u32;
-            if placement::core_of_partition(p, cores) != core || !replicas.contains(&config.node) {
+            if placement::core_of_partition(p, cores) != core {
                 continue;
             }
             let state = recovered.remove(&p).unwrap_or_default();
-            let done = state.applied.max(state.point.index);
-            let store = WalStore::new(p, replicas.clone(), state, wal.clone());
-            let mut raft_config = group::config(config.node);
-            if let Some(ticks) = election_tick {
-                raft_config.min_election_tick = ticks;
-                raft_config.max_election_tick = ticks + 1;
+            if let Some(index) = state.tombstone {
+                tombstones.insert(p, index);
+                continue;
             }
-            raft_config.applied = done.min(store.last_index_now());
-            let g = Group::new(p, &raft_config, store)
-                .map_err(|e| format!("partition {p}: raft: {e}"))?;
-            applied.insert(p, raft_config.applied);
+            // A group this node holds by its log, whatever the ring says: membership moves.
+            // A node that joins later starts with none and is sent each one it is added to.
+            let bootstrap = config.bootstrap && replicas.contains(&config.node);
+            if !state.initialized() && !bootstrap {
+                continue;
+            }
+            let fresh = !state.initialized();
+            let voters = if bootstrap { replicas.clone() } else { Vec::new() };
+            let (mut g, done) =
+                new_group(config.node, p, voters, state, wal.clone(), election_tick)?;
+            if fresh {
+                // Logged, so a restart finds the group where it began.
+                g.store_mut().record_point().map_err(|e| format!("partition {p}: {e}"))?;
+            }
+            applied.insert(p, done);
             groups.insert(p, g);
         }
         let waits = Rc::new(Waits::default());
@@ -195,6 +223,10 @@ impl Replicas {
             config: config.clone(),
             map,
             groups: RefCell::new(groups),
+            tombstones: RefCell::new(tombstones),
+            leaving: RefCell::new(Vec::new()),
+            transfers: RefCell::new(Vec::new()),
+            election_tick,
             applied: RefCell::new(applied),
             inbox: RefCell::new(Vec::new()),
             proposals: RefCell::new(Vec::new()),
@@ -255,9 +287,11 @@ impl Replicas {
                     })
                     .unwrap_or_default();
                 let (term, leader) = g.leader();
+                let conf = g.store().conf_state();
                 GroupStatus {
                     partition: *p,
-                    replicas: self.map[*p as usize].clone(),
+                    replicas: conf.voters.clone(),
+                    conf,
                     leader,
                     term,
                     commit: g.commit_index(),
@@ -339,8 +373,18 @@ impl Replicas {
 
     #[cfg(test)]
     /// The go-ahead (or refusal) for read ask `id`, if it has come.
-    pub(super) fn take_read(&self, id: u64) -> Option<Result<(), Reply>> {
-        self.reads.try_take(id)
+    pub(super) fn take_read(&self, partition: u32, id: u64) -> Option<Result<(), Reply>> {
+        self.reads.try_take(id).map(|answer| self.still_held(partition, answer))
+    }
+
+    /// A read's go-ahead stands only while this node still holds the partition: the group
+    /// may have been removed from here, and its keys deleted, after the go-ahead was given.
+    /// Checked with nothing awaited between it and the read, which therefore sees the keys.
+    fn still_held(&self, partition: u32, answer: Result<(), Reply>) -> Result<(), Reply> {
+        match answer {
+            Ok(()) if !self.has_group(partition) => Err(wrong_node(partition, 0)),
+            other => other,
+        }
     }
 
     #[cfg(test)]
@@ -358,10 +402,48 @@ impl Replicas {
     /// Queues a proposal for the driver's next round: the id its reply comes under.
     pub(super) fn submit(&self, partition: u32, data: Vec<u8>) -> u64 {
         let wait = self.waits.open();
-        self.proposals.borrow_mut().push(Proposal { partition, data, wait });
+        let what = Proposing::Command(data);
+        self.proposals.borrow_mut().push(Proposal { partition, what, wait });
         self.wake.notify();
         bump(&self.counters.proposals);
         wait
+    }
+
+    /// Queues a membership change of `partition` for the driver's next round: the id its
+    /// answer comes under (`Written` with the index it took effect at, once applied here).
+    pub fn submit_membership(&self, partition: u32, change: ConfChangeV2) -> u64 {
+        let wait = self.waits.open();
+        let what = Proposing::Membership(change);
+        self.proposals.borrow_mut().push(Proposal { partition, what, wait });
+        self.wake.notify();
+        wait
+    }
+
+    /// Asks this core's leader of `partition` to hand leadership to `to` next round.
+    pub fn transfer_leader(&self, partition: u32, to: u64) {
+        self.transfers.borrow_mut().push((partition, to));
+        self.wake.notify();
+    }
+
+    /// How a partition this node leads stands for a membership move: its applied membership,
+    /// whether a change is pending or the group is joint, and each member's matched index
+    /// and whether it is replicating normally. `None` unless this node leads it.
+    pub fn move_view(&self, partition: u32) -> Option<MoveView> {
+        let groups = self.groups.borrow();
+        let g = groups.get(&partition).filter(|g| g.is_leader())?;
+        let conf = g.conf_state();
+        let progress = members(&conf)
+            .into_iter()
+            .filter_map(|n| g.progress_of(n).map(|(matched, ok)| (n, matched, ok)))
+            .collect();
+        Some(MoveView {
+            removed: g.store().removed().iter().map(|(n, _)| *n).collect(),
+            conf,
+            pending: g.has_pending_conf(),
+            joint: g.is_joint(),
+            last_index: g.last_index(),
+            progress,
+        })
     }
 
     /// Queues a ReadIndex ask for the driver's next round: the id its go-ahead comes under.
@@ -434,7 +516,7 @@ impl Replicas {
     ) -> Result<(), Reply> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.reads.wait(id, left).await {
-            Some(answer) => answer,
+            Some(answer) => self.still_held(partition, answer),
             None => Err(Reply::error(
                 ErrorCode::Unavailable,
                 format!(
@@ -444,6 +526,65 @@ impl Replicas {
             )),
         }
     }
+}
+
+/// What a leader knows of its group for a membership move; see [`Replicas::move_view`].
+#[derive(Clone, Debug)]
+pub struct MoveView {
+    pub conf: ConfState,
+    pub pending: bool,
+    pub joint: bool,
+    pub last_index: u64,
+    /// (member, matched index, not waiting for a snapshot).
+    pub progress: Vec<(u64, u64, bool)>,
+    /// Nodes removed from the group before.
+    pub removed: Vec<u64>,
+}
+
+/// A group of `partition` for this node, from what recovery found (`state`), with `voters` as
+/// its membership when the log records none: the applied index it starts from, too.
+fn new_group(
+    node: u64,
+    partition: u32,
+    voters: Vec<u64>,
+    state: Recovered,
+    wal: Option<Rc<crate::storage::wal::Wal>>,
+    election_tick: Option<usize>,
+) -> Result<(Group<WalStore>, u64), String> {
+    let applied = state.applied;
+    let store = WalStore::new(partition, voters, state, wal);
+    let done = applied.max(store.first_index_now() - 1);
+    let mut raft_config = group::config(node);
+    if let Some(ticks) = election_tick {
+        raft_config.min_election_tick = ticks;
+        raft_config.max_election_tick = ticks + 1;
+    }
+    raft_config.applied = done.min(store.last_index_now());
+    let g = Group::new(partition, &raft_config, store)
+        .map_err(|e| format!("partition {partition}: raft: {e}"))?;
+    Ok((g, raft_config.applied))
+}
+
+/// A tombstone notice: a raft-rs message of a type raft-rs only ever makes for itself
+/// (`MsgUnreachable`), so it can never be mistaken for one of raft-rs's. It tells `to` it was
+/// removed from the group at `index`. The probe a silent replica sends is another such type
+/// (`MsgCheckQuorum`).
+fn tombstone_message(from: u64, to: u64, index: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgUnreachable);
+    m.from = from;
+    m.to = to;
+    m.index = index;
+    m
+}
+
+/// Raft messages that only a leader sends: the ones that may make a group for a partition
+/// this node was just added to.
+fn from_a_leader(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+    )
 }
 
 /// The `WrongNode` error this node gives for a partition it does not lead.
@@ -491,11 +632,16 @@ pub async fn run(r: Rc<Replicas>) {
 /// One round of the driver (the module doc's four steps); `Err` when the log failed.
 pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     let mut driven: Vec<(u32, Driven)> = Vec::new();
+    let mut outgoing: HashMap<u64, Vec<(u32, Bytes)>> = HashMap::new();
     {
         let mut groups = r.groups.borrow_mut();
-        for (p, m) in r.inbox.borrow_mut().drain(..) {
-            if let Some(g) = groups.get_mut(&p) {
-                let _ = g.step(m);
+        let inbox = std::mem::take(&mut *r.inbox.borrow_mut());
+        for (p, m) in inbox {
+            step_incoming(r, &mut groups, p, m, &mut outgoing)?;
+        }
+        for (p, to) in r.transfers.borrow_mut().drain(..) {
+            if let Some(g) = groups.get_mut(&p).filter(|g| g.is_leader()) {
+                g.transfer_leader(to);
             }
         }
         for prop in r.proposals.borrow_mut().drain(..) {
@@ -507,7 +653,11 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
                 r.waits.complete(prop.wait, wrong_node(prop.partition, g.leader().1));
                 continue;
             }
-            match g.propose(prop.data) {
+            let proposed = match prop.what {
+                Proposing::Command(data) => g.propose(data),
+                Proposing::Membership(change) => g.propose_conf_change(change),
+            };
+            match proposed {
                 Ok(()) => {
                     let (index, term) = (g.last_index(), g.leader().0);
                     r.proposed
@@ -546,7 +696,9 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
         if ticking {
             groups.values_mut().for_each(Group::tick);
+            probe_if_silent(r, &mut groups, &mut outgoing);
         }
+        leave_joint(&mut groups);
         for (p, g) in groups.iter_mut() {
             if !g.has_ready() {
                 continue;
@@ -556,7 +708,6 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
     }
     // Leaders' messages go out before the disk wait: replication overlaps the local write.
-    let mut outgoing: HashMap<u64, Vec<(u32, Bytes)>> = HashMap::new();
     for (p, d) in &mut driven {
         queue(&mut outgoing, *p, d.messages.drain(..), r);
         if let Some((term, leader)) = d.leader_changed {
@@ -606,7 +757,13 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     }
     {
         let mut groups = r.groups.borrow_mut();
+        // A group this node just left is taken down below: raft-rs must not count a log
+        // for a replica its membership no longer has.
+        let leaving: Vec<u32> = r.leaving.borrow().iter().map(|(p, _)| *p).collect();
         for (p, d) in &mut driven {
+            if leaving.contains(p) {
+                continue;
+            }
             queue(&mut outgoing, *p, d.after_persist.drain(..), r);
             if let (Some(number), Some(g)) = (d.persist, groups.get_mut(p)) {
                 g.persisted(number);
@@ -614,7 +771,7 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
         // raft-rs may count a snapshot as applied only once it is persisted.
         for (p, index) in installed {
-            if let Some(g) = groups.get_mut(&p) {
+            if let Some(g) = groups.get_mut(&p).filter(|_| !leaving.contains(&p)) {
                 g.applied(index);
             }
         }
@@ -631,8 +788,234 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
     }
     release_reads(r);
+    take_down_removed(r).await?;
     build_snapshots(r).await;
     compact_logs(r);
+    Ok(())
+}
+
+/// One incoming Raft message: stepped into its group; or it makes the group, when a leader
+/// talks to this node about a partition it was added to; or it is answered with a tombstone,
+/// when it comes from a replica removed from the group; or, from a removed replica's point of
+/// view, it is that tombstone. `Err` when the log failed.
+fn step_incoming(
+    r: &Replicas,
+    groups: &mut BTreeMap<u32, Group<WalStore>>,
+    p: u32,
+    m: Message,
+    outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>,
+) -> Result<(), String> {
+    if m.get_msg_type() == MessageType::MsgCheckQuorum {
+        // A probe from a replica that heard no leader for long: answered only when it was
+        // removed (see `probe_if_silent`).
+        if let Some(g) = groups.get(&p)
+            && let Some(at) = g.store().removed_at(m.from)
+        {
+            queue(outgoing, p, std::iter::once(tombstone_message(r.node, m.from, at)), r);
+        }
+        return Ok(());
+    }
+    if m.get_msg_type() == MessageType::MsgUnreachable {
+        // A tombstone: the sender applied this node's removal at `m.index`. A replica that
+        // applied that far and is still a member was added back since; any other is out.
+        if let Some(g) = groups.get(&p) {
+            let applied = r.applied.borrow().get(&p).copied().unwrap_or(0);
+            let member = members(&g.conf_state()).contains(&r.node);
+            if applied < m.index || !member {
+                tracing::info!(partition = p, index = m.index, from = m.from, "told removed");
+                r.leaving.borrow_mut().push((p, m.index));
+            }
+        }
+        return Ok(());
+    }
+    if let std::collections::btree_map::Entry::Vacant(slot) = groups.entry(p) {
+        // A node removed from a group is never added back under the same replica id (see
+        // `moves`), so whatever comes for a group it left is stale.
+        let removed = r.tombstones.borrow().contains_key(&p);
+        if !from_a_leader(&m) || removed || r.failed.borrow().is_some() {
+            return Ok(());
+        }
+        let (g, done) = new_group(
+            r.node,
+            p,
+            Vec::new(),
+            Recovered::default(),
+            r.store.wal.clone(),
+            r.election_tick,
+        )?;
+        tracing::info!(
+            partition = p,
+            leader = m.from,
+            "added to the group; waiting for a snapshot"
+        );
+        r.tombstones.borrow_mut().remove(&p);
+        r.applied.borrow_mut().insert(p, done);
+        slot.insert(g);
+    }
+    let Some(g) = groups.get_mut(&p) else { return Ok(()) };
+    if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > g.last_index() {
+        // A leader only ever commits a follower up to what it matched, which this replica
+        // holds durably: this heartbeat is stale (sent before this replica was remade) or
+        // forged, and raft-rs would abort on it.
+        tracing::warn!(partition = p, from = m.from, commit = m.commit, "stale heartbeat dropped");
+        return Ok(());
+    }
+    if let Some(at) = g.store().removed_at(m.from)
+        && !members(&g.conf_state()).contains(&m.from)
+    {
+        let notice = tombstone_message(r.node, m.from, at);
+        queue(outgoing, p, std::iter::once(notice), r);
+        return Ok(());
+    }
+    let _ = g.step(m);
+    Ok(())
+}
+
+/// A replica that heard no leader for long asks every member it knows whether it is still one
+/// of them: a replica removed while it was cut off or down is never told by the leader, which
+/// stopped talking to it, and a removed learner never campaigns, so nobody would answer it.
+/// A group made for a partition this node was added to that never got its snapshot (the
+/// addition was undone, or the message was stale) is dropped: it recorded nothing.
+fn probe_if_silent(
+    r: &Replicas,
+    groups: &mut BTreeMap<u32, Group<WalStore>>,
+    outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>,
+) {
+    let mut unused = Vec::new();
+    for (p, g) in groups.iter_mut() {
+        if !g.silent_too_long() {
+            continue;
+        }
+        let conf = g.store().conf_state();
+        if members(&conf).is_empty() {
+            unused.push(*p);
+            continue;
+        }
+        let probes = members(&conf).into_iter().filter(|n| *n != r.node).map(|to| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgCheckQuorum);
+            m.from = r.node;
+            m.to = to;
+            m
+        });
+        queue(outgoing, *p, probes, r);
+    }
+    for p in unused {
+        groups.remove(&p);
+        r.applied.borrow_mut().remove(&p);
+        tracing::info!(partition = p, "dropped a group that never received its data");
+    }
+}
+
+/// A leader whose group is joint (entered by a change it applied) proposes leaving it, once
+/// no other change is pending: the joint membership is left explicitly, by the group's
+/// leader of the moment, whoever proposed entering it.
+fn leave_joint(groups: &mut BTreeMap<u32, Group<WalStore>>) {
+    for g in groups.values_mut() {
+        if g.is_leader() && g.is_joint() && !g.has_pending_conf() {
+            let _ = g.propose_conf_change(ConfChangeV2::default());
+        }
+    }
+}
+
+/// Applies a committed membership change at entry `e`: raft-rs takes it, the store records
+/// the new membership, and a node it removed is told so (this one leaves after the round).
+fn apply_membership(
+    r: &Replicas,
+    partition: u32,
+    e: &raft::eraftpb::Entry,
+) -> Result<Reply, String> {
+    let change = match e.get_entry_type() {
+        EntryType::EntryConfChangeV2 => {
+            ConfChangeV2::parse_from_bytes(&e.data).map_err(|x| x.to_string())
+        }
+        // raft-rs writes the older form only when proposed as such; this node never does, but
+        // a log is read as raft-rs defines it.
+        _ => ConfChange::parse_from_bytes(&e.data).map(v2).map_err(|x| x.to_string()),
+    };
+    let mut groups = r.groups.borrow_mut();
+    let Some(g) = groups.get_mut(&partition) else { return Ok(not_applied(partition)) };
+    let conf = match change.and_then(|c| g.apply_conf_change(&c).map_err(|x| x.to_string())) {
+        Ok(conf) => conf,
+        Err(why) => {
+            // Every replica refuses the same change the same way, so they stay in step.
+            tracing::warn!(partition, index = e.index, error = %why, "membership change refused");
+            return Ok(Reply::error(
+                ErrorCode::BadRequest,
+                format!("membership change refused: {why}"),
+            ));
+        }
+    };
+    let before = members(&g.store().conf_state());
+    g.store_mut()
+        .set_membership(e.index, conf.clone())
+        .map_err(|x| format!("partition {partition}: {x}"))?;
+    let now = members(&conf);
+    tracing::info!(partition, index = e.index, ?conf, "membership changed");
+    for gone in before.into_iter().filter(|n| !now.contains(n)) {
+        if gone == r.node {
+            r.leaving.borrow_mut().push((partition, e.index));
+        } else if g.is_leader() {
+            let notice = tombstone_message(r.node, gone, e.index);
+            if let Ok(bytes) = protobuf::Message::write_to_bytes(&notice) {
+                r.links.send_raft(gone, vec![(partition, Bytes::from(bytes))]);
+            }
+        }
+    }
+    Ok(Reply::Written { version: e.index })
+}
+
+/// The one-change form of a membership change, as raft-rs reads it.
+fn v2(c: ConfChange) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(c.get_change_type());
+    single.node_id = c.node_id;
+    ConfChangeV2 { changes: vec![single].into(), context: c.context, ..Default::default() }
+}
+
+/// Takes down the groups this node was removed from: a tombstone record first (so a crash
+/// part way never brings the group back), then every key of the partition deleted, durably.
+/// Proposals still waiting on them cannot be told what became of them; reads go elsewhere.
+async fn take_down_removed(r: &Replicas) -> Result<(), String> {
+    let leaving = std::mem::take(&mut *r.leaving.borrow_mut());
+    let leaving: Vec<_> = {
+        let mut groups = r.groups.borrow_mut();
+        leaving.into_iter().filter_map(|(p, i)| groups.remove(&p).map(|g| (p, i, g))).collect()
+    };
+    for (p, index, mut g) in leaving {
+        g.store_mut().record_tombstone(index).map_err(|e| format!("partition {p}: {e}"))?;
+        r.applied.borrow_mut().remove(&p);
+        r.tombstones.borrow_mut().insert(p, index);
+        r.proposed.borrow_mut().retain(|&(q, _), &mut (_, wait, _)| {
+            if q == p {
+                // The group may still commit it without this node.
+                let text = format!(
+                    "partition {p}: this node left the group with the write in flight; it may \
+                     or may not have been applied"
+                );
+                r.waits.complete(wait, Reply::error(ErrorCode::OutcomeUnknown, text));
+            }
+            q != p
+        });
+        r.read_batches.borrow_mut().retain(|_, (q, waits)| {
+            if *q == p {
+                waits.drain(..).for_each(|w| r.reads.complete(w, Err(wrong_node(p, 0))));
+            }
+            *q != p
+        });
+        r.read_waits.borrow_mut().retain(|(q, _, wait)| {
+            if *q == p {
+                r.reads.complete(*wait, Err(wrong_node(p, 0)));
+            }
+            *q != p
+        });
+        let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == p;
+        r.store
+            .install_where(&mine, &Bytes::new(), index)
+            .await
+            .map_err(|e| format!("partition {p}: deleting a removed replica's data: {e}"))?;
+        tracing::info!(partition = p, index, "removed from the group; its data is deleted");
+    }
     Ok(())
 }
 
@@ -685,7 +1068,15 @@ async fn apply(
     let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
     for e in entries {
         let waiting = r.proposed.borrow_mut().remove(&(partition, e.index));
-        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        if e.get_entry_type() != EntryType::EntryNormal {
+            let reply = apply_membership(r, partition, &e)?;
+            if let Some((term, wait, _)) = waiting {
+                let reply = if term == e.term { reply } else { not_applied(partition) };
+                r.waits.complete(wait, reply);
+            }
+            continue;
+        }
+        if e.data.is_empty() {
             if let Some((_, wait, _)) = waiting {
                 r.waits.complete(wait, not_applied(partition));
             }
@@ -824,10 +1215,15 @@ impl CheckpointExtra for Replicas {
     /// later entries. Taken in the same synchronous step as the engine's snapshot.
     fn checkpoint_records(&self) -> Vec<crate::storage::Mutation> {
         let applied = self.applied.borrow();
-        self.groups
+        let mut out: Vec<_> = self
+            .groups
             .borrow()
             .iter()
             .flat_map(|(p, g)| g.store().checkpoint_records(applied.get(p).copied().unwrap_or(0)))
-            .collect()
+            .collect();
+        // A removal outlives the log segments that recorded it.
+        let tombstones = self.tombstones.borrow();
+        out.extend(tombstones.iter().map(|(p, index)| store::tombstone_record(*p, *index)));
+        out
     }
 }

@@ -36,9 +36,11 @@ use corekv_schema::codec::{ErrorCode, Expected, Op, Reply, SetOp};
 use corekv_schema::frame::{Limits, take_frame};
 use corekv_schema::peer::{self, PeerMessage};
 use glommio::task::JoinHandle;
+use raft::eraftpb::ConfState;
 
 use super::command;
 use super::meta;
+use super::moves::{self, Step};
 use super::replica::{self, Replicas};
 use super::transport::{Links, PEER_FRAME_BYTES_MAX};
 use crate::config::{ClusterConfig, ConsistencyMode};
@@ -52,7 +54,10 @@ use crate::testing::{Rng, seeds};
 mod linearizable;
 use linearizable::{Input, Operation, Output};
 
-const NODES: u64 = 3;
+/// Nodes 1 to 3 found the cluster; node 4 starts with no group, and moves add it to groups
+/// and remove others.
+const NODES: u64 = 4;
+const FOUNDERS: u64 = 3;
 /// Data partitions; the metadata group is one more, on every node.
 const PARTITIONS: u32 = 2;
 const KEYS: u64 = 3;
@@ -119,8 +124,14 @@ struct Sim {
     leaders: HashMap<(u32, u64), u64>,
     /// The term of the entry some node committed at (partition, index).
     committed: HashMap<(u32, u64), u64>,
-    /// The state some node held at (partition, applied index).
-    states: HashMap<(u32, u64), State>,
+    /// The state and membership some node held at (partition, applied index).
+    states: HashMap<(u32, u64), (State, ConfState)>,
+    /// Each group's target voters: moves change them, leaders step toward them.
+    targets: BTreeMap<u32, Vec<u64>>,
+    /// Every node each group's target ever named.
+    ever: BTreeMap<u32, Vec<u64>>,
+    /// Moves started.
+    moves: u64,
     crashes: u64,
     /// Snapshots installed, by nodes since crashed too.
     snapshots: u64,
@@ -147,10 +158,11 @@ fn config(id: u64) -> ClusterConfig {
     ClusterConfig {
         node: id,
         listen: addr(id),
-        nodes: (1..=NODES).map(|n| (n, addr(n))).collect(),
-        replication_factor: NODES as usize,
+        nodes: (1..=FOUNDERS).map(|n| (n, addr(n))).collect(),
+        replication_factor: FOUNDERS as usize,
         raft_tick_ms: 100,
         consistency: ConsistencyMode::Strong,
+        bootstrap: id <= FOUNDERS,
     }
 }
 
@@ -211,6 +223,9 @@ impl Sim {
             unchecked: Vec::new(),
             sweeps: Vec::new(),
             expired: 0,
+            targets: (0..=PARTITIONS).map(|p| (p, (1..=FOUNDERS).collect())).collect(),
+            ever: (0..=PARTITIONS).map(|p| (p, (1..=FOUNDERS).collect())).collect(),
+            moves: 0,
         }
     }
 
@@ -235,6 +250,7 @@ impl Sim {
             self.invoke_ttl();
         }
         self.sweep();
+        self.step_moves();
         for n in 0..self.nodes.len() {
             let Some(up) = &self.nodes[n].up else { continue };
             let r = up.replicas.clone();
@@ -362,6 +378,53 @@ impl Sim {
         }
     }
 
+    /// Starts moving a random group: one of its target voters is replaced by a node that is
+    /// not one (a move under way may be redirected: each step is decided afresh).
+    fn start_move(&mut self) {
+        let p = self.rng.below(u64::from(PARTITIONS) + 1) as u32;
+        let mut target = self.targets[&p].clone();
+        let out = self.rng.below(target.len() as u64) as usize;
+        // Never a node this group once had: replicas cannot be added back yet.
+        let candidates: Vec<u64> =
+            (1..=NODES).filter(|n| !target.contains(n) && !self.ever[&p].contains(n)).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let new = candidates[self.rng.below(candidates.len() as u64) as usize];
+        self.ever.get_mut(&p).expect("a group").push(new);
+        target[out] = new;
+        target.sort_unstable();
+        self.targets.insert(p, target);
+        self.moves += 1;
+    }
+
+    /// Every group's leader takes the next step toward its target, as a move's driver does.
+    fn step_moves(&mut self) {
+        for (p, target) in self.targets.clone() {
+            let Some(leader) = self.leader_of(p) else { continue };
+            let r = self.up(leader).expect("leader up").replicas.clone();
+            let Some(view) = r.move_view(p) else { continue };
+            match moves::next_step(leader, &view, &target) {
+                Step::Propose(change) => {
+                    let id = r.submit_membership(p, change);
+                    self.unchecked.push((leader, id));
+                }
+                Step::Transfer(to) => r.transfer_leader(p, to),
+                Step::Done | Step::Wait(_) => {}
+            }
+        }
+    }
+
+    /// Whether every group's leader has applied its target membership.
+    fn moves_done(&self) -> bool {
+        self.targets.iter().all(|(p, target)| {
+            self.leader_of(*p).is_some_and(|l| {
+                let view = self.up(l).and_then(|u| u.replicas.move_view(*p));
+                view.is_some_and(|v| moves::next_step(l, &v, target) == Step::Done)
+            })
+        })
+    }
+
     /// Records the answers that came this step.
     async fn collect(&mut self) {
         let stamp = self.stamp();
@@ -393,7 +456,7 @@ impl Sim {
                 continue;
             };
             let output = if p.read {
-                match up.replicas.take_read(p.id) {
+                match up.replicas.take_read(partition_of_key(p.key), p.id) {
                     None => {
                         still.push(p);
                         continue;
@@ -476,7 +539,11 @@ impl Sim {
                         ));
                     }
                 }
-                let state = partition_state(&store, p).await;
+                if super::store::members(&g.conf).is_empty() {
+                    // Made for a partition this node was added to; nothing reached it yet.
+                    continue;
+                }
+                let state = (partition_state(&store, p).await, sorted(&g.conf));
                 let first = self.states.entry((p, g.applied)).or_insert_with(|| state.clone());
                 if *first != state {
                     let first = first.clone();
@@ -527,6 +594,7 @@ struct Totals {
     crashes: u64,
     snapshots: u64,
     terms: usize,
+    moves: u64,
 }
 
 async fn run(seed: u64) -> Totals {
@@ -559,6 +627,9 @@ async fn run(seed: u64) -> Totals {
                 }
                 sim.set_cut(sim.cut.clone());
             }
+            if sim.rng.percent(2) {
+                sim.start_move();
+            }
             sim.step(60).await;
         }
     }
@@ -572,6 +643,20 @@ async fn run(seed: u64) -> Totals {
     sim.delay_max = 1;
     for _ in 0..60 {
         sim.step(20).await;
+    }
+    // Every move finishes, and the replicas it removed learn it and let go.
+    let mut settle = 0;
+    while !sim.moves_done() {
+        settle += 1;
+        if settle > 600 {
+            let status: Vec<_> =
+                (1..=NODES).map(|n| sim.up(n).map(|u| u.replicas.status())).collect();
+            sim.fail(&format!("moves to {:?} never finished; groups: {status:?}", sim.targets));
+        }
+        sim.step(0).await;
+    }
+    for _ in 0..2 * super::group::SILENT_TICKS {
+        sim.step(0).await;
     }
     let mut marks = BTreeMap::new();
     for p in 0..PARTITIONS {
@@ -591,7 +676,18 @@ async fn run(seed: u64) -> Totals {
             other => sim.fail(&format!("partition {p}: the last write answered {other:?}")),
         }
         for n in 1..=NODES {
-            let store = sim.up(n).expect("up").store.clone();
+            let up = sim.up(n).expect("up");
+            if !sim.targets[&p].contains(&n) {
+                let (held, has) = (partition_state(&up.store, p).await, up.replicas.has_group(p));
+                if has || !held.is_empty() {
+                    sim.fail(&format!(
+                        "node {n} was moved off partition {p} and still holds its group \
+                         ({has}) or keys: {held:?}"
+                    ));
+                }
+                continue;
+            }
+            let store = up.store.clone();
             if store.engine.borrow().version_of(&key, 0) == 0 {
                 let status: Vec<_> =
                     (1..=NODES).map(|n| sim.up(n).map(|u| u.replicas.status())).collect();
@@ -637,7 +733,8 @@ async fn run(seed: u64) -> Totals {
         sim.fail(&format!("only {answered} operations answered"));
     }
     let expired = sim.expired;
-    Totals { answered, expired, crashes, snapshots: sim.snapshots, terms: sim.leaders.len() }
+    let moves = sim.moves;
+    Totals { answered, expired, crashes, snapshots: sim.snapshots, terms: sim.leaders.len(), moves }
 }
 
 /// What a replica holds of partition `p`: every key (expired or not) with its version,
@@ -669,6 +766,19 @@ async fn partition_state(store: &Store, p: u32) -> State {
     state
 }
 
+/// A membership in a canonical order (raft-rs lists members in hash order).
+fn sorted(conf: &ConfState) -> ConfState {
+    let mut c = conf.clone();
+    for ids in [&mut c.voters, &mut c.learners, &mut c.voters_outgoing, &mut c.learners_next] {
+        ids.sort_unstable();
+    }
+    c
+}
+
+fn partition_of_key(key: u64) -> u32 {
+    meta::partition_of(&key_bytes(key), PARTITIONS)
+}
+
 /// A key of partition `p` that no client op uses.
 fn key_of_partition(p: u32) -> Bytes {
     (0..)
@@ -696,12 +806,14 @@ fn the_production_driver_stays_safe_under_faults_and_converges() {
                 all.crashes += t.crashes;
                 all.snapshots += t.snapshots;
                 all.terms += t.terms;
+                all.moves += t.moves;
             }
             eprintln!("production driver simulation, {runs} seeds: {all:?}");
             // The weather did happen: leaders changed, nodes crashed, followers needed
             // snapshots (over many seeds; one replayed seed need not show all).
             if runs >= 20 {
                 assert!(all.crashes > 0 && all.snapshots > 0 && all.expired > 0, "{all:?}");
+                assert!(all.moves > runs as u64 / 2, "{all:?}");
                 assert!(all.terms > runs * PARTITIONS as usize * 2, "{all:?}");
             }
         })

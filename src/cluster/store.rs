@@ -10,11 +10,19 @@
 //! | 1 entries | repeated (u32 LE length, protobuf `eraftpb::Entry`) |
 //! | 2 hard state | protobuf `eraftpb::HardState` |
 //! | 3 snapshot point | protobuf `eraftpb::SnapshotMetadata`: the log starts after it |
+//! | 4 membership | u64 LE index, u32 LE n, n × (u64 node, u64 removed at), `eraftpb::ConfState` |
+//! | 5 tombstone | u64 LE index: this replica left the group there, its data deleted |
 //!
 //! Appends return at once; the driver waits for the WAL once per round before it tells
 //! raft-rs the round is persisted. Recovery replays
 //! the records in log order ([`Recovered`]): a later entries record overwrites from its first
 //! index on (a new leader's conflicting suffix), a snapshot point drops what it covers.
+//!
+//! The membership record is written when a membership change is applied, so a restart starts
+//! from the membership of its applied index (raft-rs requires exactly that), and it keeps
+//! which nodes were removed and when: a removed replica that still talks to the group is
+//! answered with a tombstone. A tombstone record outlives the group: a later snapshot point
+//! (the node added back, with fresh data) ends it.
 //!
 //! A checkpoint is a compaction point: it stores each group's snapshot point at its applied
 //! index (the engine's checkpoint holds what those entries did), its hard state and the entries
@@ -40,10 +48,20 @@ use crate::time::now_ms;
 pub const WHAT_ENTRIES: u8 = 1;
 pub const WHAT_HARD_STATE: u8 = 2;
 pub const WHAT_SNAPSHOT_POINT: u8 = 3;
+pub const WHAT_MEMBERSHIP: u8 = 4;
+pub const WHAT_TOMBSTONE: u8 = 5;
 
 /// Entries kept in memory behind the applied index, so a follower a little behind catches up
 /// from the log rather than by snapshot.
 pub const ENTRIES_RETAINED: u64 = 4096;
+
+/// Where a founding member's new group begins: its log starts after this index and term, with
+/// the founders as members. Never at 0, so that the entries before it are compacted away on
+/// every replica, and a replica added later is always sent a snapshot (it would otherwise
+/// be sent the log from its first entry, without the founding membership, which is in no
+/// entry).
+pub const FOUNDING_INDEX: u64 = 5;
+pub const FOUNDING_TERM: u64 = 5;
 
 /// A group's state as recovery found it.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +73,22 @@ pub struct Recovered {
     /// Highest version of any put or tombstone of this partition replayed: every entry up to
     /// it was applied before the crash.
     pub applied: u64,
+    /// The newest membership record: (applied index, membership).
+    pub membership: Option<(u64, ConfState)>,
+    /// Nodes removed from the group: (node, index of the change that removed it).
+    pub removed: Vec<(u64, u64)>,
+    /// Set when this replica was removed at that index and its data deleted.
+    pub tombstone: Option<u64>,
+}
+
+impl Recovered {
+    /// Whether anything of a group was ever recorded here (besides a tombstone).
+    pub fn initialized(&self) -> bool {
+        self.point.index > 0
+            || !self.entries.is_empty()
+            || self.hard.term > 0
+            || self.membership.is_some()
+    }
 }
 
 /// Recovers a cluster core's data from `dir` into `engine`, and each Raft group's state
@@ -110,11 +144,56 @@ pub fn replay(state: &mut HashMap<u32, Recovered>, partition: u32, what: u8, bod
                     r.entries.clear();
                 }
                 r.applied = r.applied.max(point.index);
+                if r.tombstone.is_some_and(|t| point.index > t) {
+                    r.tombstone = None;
+                }
+                if r.membership.as_ref().is_some_and(|(at, _)| *at < point.index) {
+                    r.membership = None;
+                }
                 r.point = point;
+            }
+        }
+        WHAT_MEMBERSHIP => {
+            if let Some((index, removed, conf)) = decode_membership(body) {
+                r.applied = r.applied.max(index);
+                r.removed = removed;
+                r.membership = Some((index, conf));
+            }
+        }
+        WHAT_TOMBSTONE => {
+            if let Some(index) = body.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) {
+                *r = Recovered { tombstone: Some(index), ..Recovered::default() };
             }
         }
         _ => {}
     }
+}
+
+pub fn encode_membership(index: u64, removed: &[(u64, u64)], conf: &ConfState) -> Bytes {
+    let mut out = Vec::with_capacity(12 + 16 * removed.len() + 32);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&(removed.len() as u32).to_le_bytes());
+    for (node, at) in removed {
+        out.extend_from_slice(&node.to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    out.extend_from_slice(&conf.write_to_bytes().expect("conf state encodes"));
+    Bytes::from(out)
+}
+
+type Membership = (u64, Vec<(u64, u64)>, ConfState);
+
+fn decode_membership(body: &[u8]) -> Option<Membership> {
+    let u64_at =
+        |at: usize| body.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let index = u64_at(0)?;
+    let count = body.get(8..12).map(|b| u32::from_le_bytes(b.try_into().unwrap()))? as usize;
+    let mut removed = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        removed.push((u64_at(12 + 16 * i)?, u64_at(20 + 16 * i)?));
+    }
+    let conf = ConfState::parse_from_bytes(body.get(12 + 16 * count..)?).ok()?;
+    Some((index, removed, conf))
 }
 
 fn decode_entries(body: &Bytes) -> Vec<Entry> {
@@ -146,9 +225,13 @@ fn encode_entries(entries: &[Entry]) -> Bytes {
 pub struct WalStore {
     partition: u32,
     hard: HardState,
-    /// The log starts after `point.index`; `point.conf_state` is the membership.
+    /// The log starts after `point.index`.
     point: SnapshotMetadata,
     entries: Vec<Entry>,
+    /// The membership as of the applied index.
+    conf: ConfState,
+    /// Nodes removed from the group, with the index of the change that removed each.
+    removed: Vec<(u64, u64)>,
     wal: Option<Rc<Wal>>,
     /// A snapshot built for a follower that fell behind the retained log.
     pub built: Option<Snapshot>,
@@ -165,10 +248,22 @@ impl WalStore {
         recovered: Recovered,
         wal: Option<Rc<Wal>>,
     ) -> WalStore {
-        let Recovered { mut hard, mut point, entries, applied } = recovered;
-        if point.conf_state.as_ref().is_none_or(|c| c.voters.is_empty()) {
-            point.set_conf_state(ConfState { voters, ..Default::default() });
+        let Recovered { mut hard, mut point, entries, applied, membership, removed, .. } =
+            recovered;
+        let founding = membership.is_none()
+            && point.conf_state.as_ref().is_none_or(|c| c.voters.is_empty())
+            && !voters.is_empty();
+        let conf = match membership {
+            Some((_, conf)) => conf,
+            None if !founding => point.get_conf_state().clone(),
+            None => ConfState { voters, ..Default::default() },
+        };
+        if founding && point.index == 0 && entries.is_empty() && hard.term == 0 {
+            point.index = FOUNDING_INDEX;
+            point.term = FOUNDING_TERM;
+            hard.term = FOUNDING_TERM;
         }
+        point.set_conf_state(conf.clone());
         // Entries applied before the crash were committed, whatever the hard state managed to
         // record.
         let last = entries.last().map_or(point.index, |e| e.index);
@@ -178,6 +273,8 @@ impl WalStore {
             hard,
             point,
             entries,
+            conf,
+            removed,
             wal,
             built: None,
             snapshot_wanted: Cell::new(false),
@@ -204,7 +301,44 @@ impl WalStore {
     }
 
     pub fn conf_state(&self) -> ConfState {
-        self.point.get_conf_state().clone()
+        self.conf.clone()
+    }
+
+    /// Records where the log starts now, with the membership (a new group's beginning).
+    pub fn record_point(&mut self) -> raft::Result<()> {
+        let mut point = self.point.clone();
+        point.set_conf_state(self.conf.clone());
+        self.log(WHAT_SNAPSHOT_POINT, Bytes::from(point.write_to_bytes().expect("encodes")))
+    }
+
+    /// Records the membership a change applied at `index` made, durably with the round.
+    pub fn set_membership(&mut self, index: u64, conf: ConfState) -> raft::Result<()> {
+        let before = members(&self.conf);
+        let after = members(&conf);
+        for gone in before.iter().filter(|n| !after.contains(n)) {
+            self.removed.retain(|(n, _)| n != gone);
+            self.removed.push((*gone, index));
+        }
+        // A node added back is a member again, not a removed one.
+        self.removed.retain(|(n, _)| !after.contains(n));
+        self.log(WHAT_MEMBERSHIP, encode_membership(index, &self.removed, &conf))?;
+        self.conf = conf;
+        Ok(())
+    }
+
+    /// Nodes removed from the group: (node, index of the change that removed it).
+    pub fn removed(&self) -> &[(u64, u64)] {
+        &self.removed
+    }
+
+    /// The index at which `node` was removed from the group, if it was and is not back.
+    pub fn removed_at(&self, node: u64) -> Option<u64> {
+        self.removed.iter().find(|(n, _)| *n == node).map(|(_, at)| *at)
+    }
+
+    /// Records that this replica left the group at `index` (its data is deleted next).
+    pub fn record_tombstone(&mut self, index: u64) -> raft::Result<()> {
+        self.log(WHAT_TOMBSTONE, Bytes::copy_from_slice(&index.to_le_bytes()))
     }
 
     /// Term of entry `index` if it is still held (or is the compaction point).
@@ -243,9 +377,11 @@ impl WalStore {
         let later: Vec<Entry> =
             self.entries.iter().filter(|e| e.index > point.index).cloned().collect();
         let raft = |what, body| Mutation::Raft { partition: self.partition, what, body };
+        point.set_conf_state(self.conf.clone());
         let mut out = vec![
             raft(WHAT_SNAPSHOT_POINT, Bytes::from(point.write_to_bytes().expect("encodes"))),
             raft(WHAT_HARD_STATE, Bytes::from(self.hard.write_to_bytes().expect("encodes"))),
+            raft(WHAT_MEMBERSHIP, encode_membership(point.index, &self.removed, &self.conf)),
         ];
         if !later.is_empty() {
             out.push(raft(WHAT_ENTRIES, encode_entries(&later)));
@@ -336,6 +472,7 @@ impl GroupStore for WalStore {
             self.entries.clear();
         }
         self.hard.commit = self.hard.commit.max(meta.index);
+        self.conf = meta.get_conf_state().clone();
         self.point = meta;
         Ok(())
     }
@@ -364,6 +501,27 @@ impl GroupStore for WalStore {
         self.hard.commit = commit;
         Ok(())
     }
+}
+
+/// Every node in a membership, in any role.
+pub fn members(conf: &ConfState) -> Vec<u64> {
+    let mut all: Vec<u64> = conf
+        .voters
+        .iter()
+        .chain(&conf.learners)
+        .chain(&conf.voters_outgoing)
+        .chain(&conf.learners_next)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// A tombstone record stating a replica was removed at `index`, for a checkpoint to carry.
+pub fn tombstone_record(partition: u32, index: u64) -> Mutation {
+    let body = Bytes::copy_from_slice(&index.to_le_bytes());
+    Mutation::Raft { partition, what: WHAT_TOMBSTONE, body }
 }
 
 #[cfg(test)]
@@ -405,28 +563,64 @@ mod tests {
 
     #[test]
     fn checkpoint_records_rebuild_the_store() {
+        // A founding group's log starts after the founding point.
+        let f = FOUNDING_INDEX;
         let mut s = WalStore::new(7, vec![1, 2, 3], Recovered::default(), None);
-        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).unwrap();
-        let hs = HardState { term: 2, vote: 1, commit: 3, ..Default::default() };
+        assert_eq!(s.first_index_now(), f + 1);
+        s.append(&[entry(f + 1, 6), entry(f + 2, 6), entry(f + 3, 7)]).unwrap();
+        let hs = HardState { term: 7, vote: 1, commit: f + 3, ..Default::default() };
         s.set_hard_state(&hs).unwrap();
         let mut state = HashMap::new();
-        for m in s.checkpoint_records(2) {
+        for m in s.checkpoint_records(f + 2) {
             let (p, what, body) = body(&m);
             replay(&mut state, p, what, &body);
         }
         let back = WalStore::new(7, vec![9], state.remove(&7).unwrap(), None);
-        assert_eq!(back.first_index_now(), 3);
-        assert_eq!(back.last_index_now(), 3);
-        assert_eq!(back.term(2).unwrap(), 1);
-        assert_eq!(back.term(3).unwrap(), 2);
+        assert_eq!(back.first_index_now(), f + 3);
+        assert_eq!(back.last_index_now(), f + 3);
+        assert_eq!(back.term(f + 2).unwrap(), 6);
+        assert_eq!(back.term(f + 3).unwrap(), 7);
         assert_eq!(back.initial_state().unwrap().hard_state, hs);
         assert_eq!(back.conf_state().voters, vec![1, 2, 3], "membership comes from the log");
-        assert!(matches!(back.term(1), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(back.term(f + 1), Err(raft::Error::Store(StorageError::Compacted))));
+    }
+
+    #[test]
+    fn membership_and_removals_survive_replay_and_a_tombstone_ends_the_group() {
+        let f = FOUNDING_INDEX;
+        let mut s = WalStore::new(2, vec![1, 2, 3], Recovered::default(), None);
+        let joint = ConfState {
+            voters: vec![1, 2, 4],
+            voters_outgoing: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let after = ConfState { voters: vec![1, 2, 4], ..Default::default() };
+        let mut state = HashMap::new();
+        for (index, conf) in [(f + 2, joint), (f + 3, after.clone())] {
+            s.set_membership(index, conf.clone()).unwrap();
+            let body = encode_membership(index, s.removed(), &conf);
+            replay(&mut state, 2, WHAT_MEMBERSHIP, &body);
+        }
+        assert_eq!(s.removed_at(3), Some(f + 3), "node 3 left when the joint state was left");
+        let r = state[&2].clone();
+        assert_eq!(r.applied, f + 3);
+        let back = WalStore::new(2, vec![1, 2, 3], r, None);
+        assert_eq!(back.conf_state(), after, "the recorded membership wins over the founders");
+        assert_eq!(back.removed_at(3), Some(f + 3));
+        // This node's removal: the group is gone, until a snapshot brings it back later.
+        let tomb = Bytes::copy_from_slice(&(f + 9).to_le_bytes());
+        replay(&mut state, 2, WHAT_TOMBSTONE, &tomb);
+        assert_eq!(state[&2].tombstone, Some(f + 9));
+        assert!(!state[&2].initialized());
+        let point = SnapshotMetadata { index: f + 20, term: 9, ..Default::default() };
+        replay(&mut state, 2, WHAT_SNAPSHOT_POINT, &Bytes::from(point.write_to_bytes().unwrap()));
+        assert_eq!(state[&2].tombstone, None);
+        assert!(decode_membership(&[1, 2, 3]).is_none(), "a torn record is no membership");
     }
 
     #[test]
     fn compaction_keeps_terms_and_refuses_compacted_reads() {
-        let mut s = WalStore::new(1, vec![1], Recovered::default(), None);
+        let mut s = WalStore::new(1, Vec::new(), Recovered::default(), None);
         s.append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>()).unwrap();
         s.compact_to(6);
         assert_eq!(s.first_index_now(), 7);
