@@ -578,8 +578,9 @@ fn cluster_config(
 
 fn parse_node_id(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
-        Ok(id) if id >= 1 => Ok(id),
-        _ => Err(format!("node id {text:?} must be an integer ≥ 1")),
+        // Raft replica ids keep the node id in their low 32 bits (`cluster::group`).
+        Ok(id) if (1..=u64::from(u32::MAX)).contains(&id) => Ok(id),
+        _ => Err(format!("node id {text:?} must be an integer from 1 to {}", u32::MAX)),
     }
 }
 

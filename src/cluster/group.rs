@@ -60,6 +60,25 @@ pub struct Driven {
 /// default tick, longer than an election timeout so that a snapshot in transit is not cut off.
 pub const SNAPSHOT_STALL_TICKS: u32 = 100;
 
+/// A replica's Raft id: its node id in the low 32 bits, and which time this node holds the
+/// group in the high 32 (0 for a founding member). A node added back to a group it left is a
+/// new replica with a new id, so nothing the old replica said or was told (its votes, what it
+/// acknowledged, a tombstone meant for it) can be taken for the new one's.
+pub fn replica_id(node: u64, incarnation: u64) -> u64 {
+    debug_assert!(node <= u64::from(u32::MAX));
+    node | (incarnation << 32)
+}
+
+/// The node a replica id is on.
+pub fn node_of(replica: u64) -> u64 {
+    replica & u64::from(u32::MAX)
+}
+
+/// Which time its node holds the group (see [`replica_id`]).
+pub fn incarnation(replica: u64) -> u64 {
+    replica >> 32
+}
+
 /// Ticks a replica may go without hearing from a leader before it asks the members it knows
 /// whether it is still one of them (a replica removed while it was away is never told
 /// otherwise: the leader stopped talking to it): 5 s at the default tick.
@@ -179,9 +198,14 @@ impl<S: GroupStore> Group<S> {
         self.node.raft.state == StateRole::Leader
     }
 
-    /// (term, leader id) as this node knows them; leader 0 when unknown.
+    /// (term, leader's node) as this replica knows them; leader 0 when unknown.
     pub fn leader(&self) -> (u64, u64) {
-        (self.node.raft.term, self.node.raft.leader_id)
+        (self.node.raft.term, node_of(self.node.raft.leader_id))
+    }
+
+    /// This replica's id (see [`replica_id`]).
+    pub fn id(&self) -> u64 {
+        self.node.raft.id
     }
 
     /// Proposes a command; refused unless this node leads (the caller routes to the leader).

@@ -15,7 +15,9 @@
 
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 
+use super::group::{incarnation, node_of, replica_id};
 use super::replica::MoveView;
+use super::store::members;
 
 /// A learner is caught up when its matched index is this close to the leader's last one and
 /// it is not waiting for a snapshot.
@@ -45,7 +47,21 @@ fn simple(node: u64, kind: ConfChangeType) -> ConfChangeV2 {
     ConfChangeV2 { changes: vec![single(node, kind)].into(), ..Default::default() }
 }
 
-/// The next step of moving to voters `target`, for leader `me` seeing `view`.
+/// The replica id node `n` has in the group, or the one it gets when added: one past any
+/// it ever had there, so that a node added back is never taken for the replica it was.
+fn replica_of(view: &MoveView, n: u64) -> u64 {
+    let mine = |id: &&u64| node_of(**id) == n;
+    if let Some(&id) = members(&view.conf).iter().find(mine) {
+        return id;
+    }
+    match view.removed.iter().filter(mine).map(|id| incarnation(*id)).max() {
+        Some(last) => replica_id(n, last + 1),
+        None => replica_id(n, 0),
+    }
+}
+
+/// The next step of moving to voters `target` (node ids), for the leader on node `me` seeing
+/// `view`.
 pub fn next_step(me: u64, view: &MoveView, target: &[u64]) -> Step {
     if view.pending {
         return Step::Wait("a membership change is in flight");
@@ -53,26 +69,24 @@ pub fn next_step(me: u64, view: &MoveView, target: &[u64]) -> Step {
     if view.joint {
         return Step::Wait("leaving the joint membership");
     }
-    let voters = &view.conf.voters;
-    let learners = &view.conf.learners;
+    let nodes = |ids: &[u64]| ids.iter().map(|id| node_of(*id)).collect::<Vec<u64>>();
+    let voters = nodes(&view.conf.voters);
+    let learners = nodes(&view.conf.learners);
     if let Some(&new) = target.iter().find(|t| !voters.contains(t) && !learners.contains(t)) {
-        if view.removed.contains(&new) {
-            // Its old replica may still answer under the same Raft id: adding it back needs
-            // a fresh replica id, which replicas do not have yet.
-            return Step::Wait("a node removed from this group cannot be added back yet");
-        }
-        return Step::Propose(simple(new, ConfChangeType::AddLearnerNode));
+        return Step::Propose(simple(replica_of(view, new), ConfChangeType::AddLearnerNode));
     }
     let same = voters.len() == target.len() && voters.iter().all(|v| target.contains(v));
     if same {
         return match learners.first() {
-            Some(&stray) => Step::Propose(simple(stray, ConfChangeType::RemoveNode)),
+            Some(&stray) => {
+                Step::Propose(simple(replica_of(view, stray), ConfChangeType::RemoveNode))
+            }
             None => Step::Done,
         };
     }
     let caught_up = |n: u64| {
         view.progress.iter().any(|&(id, matched, replicating)| {
-            id == n && replicating && matched + CAUGHT_UP_GAP >= view.last_index
+            node_of(id) == n && replicating && matched + CAUGHT_UP_GAP >= view.last_index
         })
     };
     let promote: Vec<u64> = target.iter().copied().filter(|t| learners.contains(t)).collect();
@@ -92,12 +106,12 @@ pub fn next_step(me: u64, view: &MoveView, target: &[u64]) -> Step {
         }
     }
     let mut changes: Vec<ConfChangeSingle> =
-        promote.iter().map(|&n| single(n, ConfChangeType::AddNode)).collect();
+        promote.iter().map(|&n| single(replica_of(view, n), ConfChangeType::AddNode)).collect();
     changes.extend(
         voters
             .iter()
             .filter(|v| !target.contains(v))
-            .map(|&v| single(v, ConfChangeType::RemoveNode)),
+            .map(|&v| single(replica_of(view, v), ConfChangeType::RemoveNode)),
     );
     let mut change = ConfChangeV2 { changes: changes.into(), ..Default::default() };
     change.set_transition(ConfChangeTransition::Explicit);
@@ -162,8 +176,16 @@ mod tests {
         // Replacing every voter: no heir exists, the leader stays through the joint change.
         let all_new = view(&[1], &[5], &[(5, 1000, true)]);
         assert!(matches!(next_step(1, &all_new, &[5]), Step::Propose(_)));
+        // Node 3 added back, after two earlier replicas there: a third replica id.
         let mut back = view(&[1, 2, 4], &[], &[]);
-        back.removed = vec![3];
-        assert!(matches!(next_step(1, &back, &[1, 2, 3]), Step::Wait(_)));
+        back.removed = vec![3, replica_id(3, 1)];
+        let added = kinds(&next_step(1, &back, &[1, 2, 3]));
+        assert_eq!(added, vec![(ConfChangeType::AddLearnerNode, replica_id(3, 2))]);
+        // Moves name replicas by node: a replica id's node is what the target lists.
+        let again = view(&[1, 2, 4], &[replica_id(3, 2)], &[(replica_id(3, 2), 1000, true)]);
+        let step = kinds(&next_step(1, &again, &[1, 2, 3]));
+        let want =
+            vec![(ConfChangeType::AddNode, replica_id(3, 2)), (ConfChangeType::RemoveNode, 4)];
+        assert_eq!(step, want);
     }
 }

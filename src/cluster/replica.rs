@@ -17,6 +17,15 @@
 //! there (the write did not happen), and with an "outcome unknown" error if nothing is applied
 //! there within [`PROPOSAL_TIMEOUT`].
 //!
+//! Membership: a change (raft-rs `ConfChangeV2`, proposed by `moves`' steps) takes effect
+//! when applied; it is logged with the round (`store`), a joint membership is left by the
+//! leader's next proposal, and a replica removed from its group records a tombstone and
+//! deletes its keys. A group is made on this node when a leader talks to it about a
+//! partition it was just added to (as a new replica id, `group::replica_id`); a message from
+//! a removed replica is answered with a tombstone, and a replica that hears no leader for long
+//! asks the members it knows. Tombstones and probes travel as raft-rs message types raft-rs
+//! never sends over a network.
+//!
 //! Snapshots: a follower too far behind the retained log gets the partition's keys as of the
 //! leader's applied index. The driver builds it between rounds (so no apply interleaves;
 //! values on disk are read back) and installs one the same way: tombstones for keys the
@@ -36,13 +45,14 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 
 use super::command::{self, Command};
-use super::group::{self, Driven, Group, GroupStore as _};
+use super::group::{self, Driven, Group, GroupStore as _, incarnation, node_of};
 use super::meta;
 use super::store::{self, Recovered, WalStore, members};
 use super::transport::Links;
 use super::{CounterValues, RaftCounters};
 use crate::config::ClusterConfig;
 use crate::counters::{bump, bump_by};
+use crate::storage::record;
 use crate::storage::store::{CheckpointExtra, Store};
 use crate::time::now_ms;
 use crate::waiting::{Waits, Wake};
@@ -109,10 +119,10 @@ pub struct Replicas {
     /// metadata group's: every node.
     pub map: Vec<Vec<u64>>,
     groups: RefCell<BTreeMap<u32, Group<WalStore>>>,
-    /// Partitions of this core this node was removed from: the index of the removal. No
-    /// group is made for them again, unless a leader that committed past it talks to this
-    /// node (it was added back).
-    tombstones: RefCell<BTreeMap<u32, u64>>,
+    /// Partitions of this core this node's replica was removed from: (index of the removal,
+    /// the replica's id). No group is made for them again but for a newer replica id (this
+    /// node added back).
+    tombstones: RefCell<BTreeMap<u32, (u64, u64)>>,
     /// Groups to take down after this round: (partition, index of the removal).
     leaving: RefCell<Vec<(u32, u64)>>,
     /// Leadership transfers asked for: (partition, to).
@@ -190,8 +200,8 @@ impl Replicas {
                 continue;
             }
             let state = recovered.remove(&p).unwrap_or_default();
-            if let Some(index) = state.tombstone {
-                tombstones.insert(p, index);
+            if let Some(tombstone) = state.tombstone {
+                tombstones.insert(p, tombstone);
                 continue;
             }
             // A group this node holds by its log, whatever the ring says: membership moves.
@@ -203,7 +213,7 @@ impl Replicas {
             let fresh = !state.initialized();
             let voters = if bootstrap { replicas.clone() } else { Vec::new() };
             let (mut g, done) =
-                new_group(config.node, p, voters, state, wal.clone(), election_tick)?;
+                new_group(config.node, None, p, voters, state, wal.clone(), election_tick)?;
             if fresh {
                 // Logged, so a restart finds the group where it began.
                 g.store_mut().record_point().map_err(|e| format!("partition {p}: {e}"))?;
@@ -281,7 +291,7 @@ impl Replicas {
                     .progress
                     .map(|pr| {
                         let mut m: Vec<(u64, u64)> =
-                            pr.iter().map(|(id, p)| (*id, p.matched)).collect();
+                            pr.iter().map(|(id, p)| (node_of(*id), p.matched)).collect();
                         m.sort_unstable();
                         m
                     })
@@ -290,7 +300,7 @@ impl Replicas {
                 let conf = g.store().conf_state();
                 GroupStatus {
                     partition: *p,
-                    replicas: conf.voters.clone(),
+                    replicas: conf.voters.iter().map(|v| node_of(*v)).collect(),
                     conf,
                     leader,
                     term,
@@ -419,7 +429,7 @@ impl Replicas {
         wait
     }
 
-    /// Asks this core's leader of `partition` to hand leadership to `to` next round.
+    /// Asks this core's leader of `partition` to hand leadership to node `to` next round.
     pub fn transfer_leader(&self, partition: u32, to: u64) {
         self.transfers.borrow_mut().push((partition, to));
         self.wake.notify();
@@ -437,7 +447,7 @@ impl Replicas {
             .filter_map(|n| g.progress_of(n).map(|(matched, ok)| (n, matched, ok)))
             .collect();
         Some(MoveView {
-            removed: g.store().removed().iter().map(|(n, _)| *n).collect(),
+            removed: g.store().removed().iter().map(|(id, _)| *id).collect(),
             conf,
             pending: g.has_pending_conf(),
             joint: g.is_joint(),
@@ -529,6 +539,7 @@ impl Replicas {
 }
 
 /// What a leader knows of its group for a membership move; see [`Replicas::move_view`].
+/// Members are replica ids (see `group::replica_id`).
 #[derive(Clone, Debug)]
 pub struct MoveView {
     pub conf: ConfState,
@@ -537,14 +548,17 @@ pub struct MoveView {
     pub last_index: u64,
     /// (member, matched index, not waiting for a snapshot).
     pub progress: Vec<(u64, u64, bool)>,
-    /// Nodes removed from the group before.
+    /// Replicas removed from the group before.
     pub removed: Vec<u64>,
 }
 
 /// A group of `partition` for this node, from what recovery found (`state`), with `voters` as
 /// its membership when the log records none: the applied index it starts from, too.
+/// Its replica id is `id` when a leader named it, else this node's id in the membership (the
+/// newest, should the log name two), else the founding one.
 fn new_group(
     node: u64,
+    id: Option<u64>,
     partition: u32,
     voters: Vec<u64>,
     state: Recovered,
@@ -554,7 +568,9 @@ fn new_group(
     let applied = state.applied;
     let store = WalStore::new(partition, voters, state, wal);
     let done = applied.max(store.first_index_now() - 1);
-    let mut raft_config = group::config(node);
+    let mine = members(&store.conf_state()).into_iter().filter(|m| node_of(*m) == node).max();
+    let id = id.or(mine).unwrap_or(node);
+    let mut raft_config = group::config(id);
     if let Some(ticks) = election_tick {
         raft_config.min_election_tick = ticks;
         raft_config.max_election_tick = ticks + 1;
@@ -641,7 +657,10 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
         for (p, to) in r.transfers.borrow_mut().drain(..) {
             if let Some(g) = groups.get_mut(&p).filter(|g| g.is_leader()) {
-                g.transfer_leader(to);
+                let voter = g.conf_state().voters.into_iter().find(|v| node_of(*v) == to);
+                if let Some(id) = voter {
+                    g.transfer_leader(id);
+                }
             }
         }
         for prop in r.proposals.borrow_mut().drain(..) {
@@ -734,12 +753,13 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
             let index = snapshot.get_metadata().index;
             // Data first, then the snapshot point: both are in the log before the wait below.
             let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == *p;
-            let done = r.store.install_where(&mine, &snapshot.data, index).await;
+            let (removed, data) = split_membership(&snapshot.data);
+            let done = r.store.install_where(&mine, &data, index).await;
             done.map_err(|e| format!("partition {p}: installing a snapshot: {e}"))?;
             if let Some(g) = r.groups.borrow_mut().get_mut(p) {
-                g.store_mut()
-                    .apply_snapshot(snapshot)
-                    .map_err(|e| format!("partition {p}: {e}"))?;
+                let store = g.store_mut();
+                store.apply_snapshot(snapshot).map_err(|e| format!("partition {p}: {e}"))?;
+                store.install_removed(index, removed).map_err(|e| format!("partition {p}: {e}"))?;
             }
             r.applied.borrow_mut().insert(*p, index);
             forget_proposals_covered(r, *p, index);
@@ -805,65 +825,70 @@ fn step_incoming(
     m: Message,
     outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>,
 ) -> Result<(), String> {
+    if node_of(m.to) != r.node {
+        return Ok(());
+    }
     if m.get_msg_type() == MessageType::MsgCheckQuorum {
         // A probe from a replica that heard no leader for long: answered only when it was
         // removed (see `probe_if_silent`).
         if let Some(g) = groups.get(&p)
             && let Some(at) = g.store().removed_at(m.from)
         {
-            queue(outgoing, p, std::iter::once(tombstone_message(r.node, m.from, at)), r);
+            queue(outgoing, p, std::iter::once(tombstone_message(g.id(), m.from, at)), r);
         }
         return Ok(());
     }
     if m.get_msg_type() == MessageType::MsgUnreachable {
-        // A tombstone: the sender applied this node's removal at `m.index`. A replica that
-        // applied that far and is still a member was added back since; any other is out.
-        if let Some(g) = groups.get(&p) {
-            let applied = r.applied.borrow().get(&p).copied().unwrap_or(0);
-            let member = members(&g.conf_state()).contains(&r.node);
-            if applied < m.index || !member {
-                tracing::info!(partition = p, index = m.index, from = m.from, "told removed");
-                r.leaving.borrow_mut().push((p, m.index));
-            }
+        // A tombstone: the sender applied this replica's removal at `m.index`. Replica ids
+        // are never given twice, so one addressed to this very replica is final.
+        if groups.get(&p).is_some_and(|g| g.id() == m.to) {
+            tracing::info!(partition = p, index = m.index, from = m.from, "told removed");
+            r.leaving.borrow_mut().push((p, m.index));
+        }
+        return Ok(());
+    }
+    if let Some(g) = groups.get(&p)
+        && g.id() != m.to
+    {
+        if incarnation(m.to) > incarnation(g.id()) && from_a_leader(&m) {
+            // This node was added back as a new replica: the old one was removed, whether
+            // or not it heard. It leaves now; the leader's next message makes the new one.
+            tracing::info!(partition = p, old = g.id(), new = m.to, "replaced by a new replica");
+            r.leaving.borrow_mut().push((p, g.last_index()));
         }
         return Ok(());
     }
     if let std::collections::btree_map::Entry::Vacant(slot) = groups.entry(p) {
-        // A node removed from a group is never added back under the same replica id (see
-        // `moves`), so whatever comes for a group it left is stale.
-        let removed = r.tombstones.borrow().contains_key(&p);
-        if !from_a_leader(&m) || removed || r.failed.borrow().is_some() {
+        let gone = r.tombstones.borrow().get(&p).map(|(_, id)| incarnation(*id));
+        let newer = gone.is_none_or(|old| incarnation(m.to) > old);
+        let leaving = r.leaving.borrow().iter().any(|(q, _)| *q == p);
+        if !from_a_leader(&m) || !newer || leaving || r.failed.borrow().is_some() {
             return Ok(());
         }
-        let (g, done) = new_group(
-            r.node,
-            p,
-            Vec::new(),
-            Recovered::default(),
-            r.store.wal.clone(),
-            r.election_tick,
-        )?;
+        let wal = r.store.wal.clone();
+        let state = Recovered::default();
+        let made = new_group(r.node, Some(m.to), p, Vec::new(), state, wal, r.election_tick);
+        let (g, done) = made?;
         tracing::info!(
             partition = p,
-            leader = m.from,
+            replica = m.to,
+            leader = node_of(m.from),
             "added to the group; waiting for a snapshot"
         );
-        r.tombstones.borrow_mut().remove(&p);
         r.applied.borrow_mut().insert(p, done);
         slot.insert(g);
     }
     let Some(g) = groups.get_mut(&p) else { return Ok(()) };
     if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > g.last_index() {
         // A leader only ever commits a follower up to what it matched, which this replica
-        // holds durably: this heartbeat is stale (sent before this replica was remade) or
-        // forged, and raft-rs would abort on it.
+        // holds durably: this heartbeat is stale or forged, and raft-rs would abort on it.
         tracing::warn!(partition = p, from = m.from, commit = m.commit, "stale heartbeat dropped");
         return Ok(());
     }
     if let Some(at) = g.store().removed_at(m.from)
         && !members(&g.conf_state()).contains(&m.from)
     {
-        let notice = tombstone_message(r.node, m.from, at);
+        let notice = tombstone_message(g.id(), m.from, at);
         queue(outgoing, p, std::iter::once(notice), r);
         return Ok(());
     }
@@ -891,10 +916,11 @@ fn probe_if_silent(
             unused.push(*p);
             continue;
         }
-        let probes = members(&conf).into_iter().filter(|n| *n != r.node).map(|to| {
+        let me = g.id();
+        let probes = members(&conf).into_iter().filter(|n| *n != me).map(|to| {
             let mut m = Message::default();
             m.set_msg_type(MessageType::MsgCheckQuorum);
-            m.from = r.node;
+            m.from = me;
             m.to = to;
             m
         });
@@ -953,12 +979,12 @@ fn apply_membership(
     let now = members(&conf);
     tracing::info!(partition, index = e.index, ?conf, "membership changed");
     for gone in before.into_iter().filter(|n| !now.contains(n)) {
-        if gone == r.node {
+        if gone == g.id() {
             r.leaving.borrow_mut().push((partition, e.index));
         } else if g.is_leader() {
-            let notice = tombstone_message(r.node, gone, e.index);
+            let notice = tombstone_message(g.id(), gone, e.index);
             if let Ok(bytes) = protobuf::Message::write_to_bytes(&notice) {
-                r.links.send_raft(gone, vec![(partition, Bytes::from(bytes))]);
+                r.links.send_raft(node_of(gone), vec![(partition, Bytes::from(bytes))]);
             }
         }
     }
@@ -983,9 +1009,10 @@ async fn take_down_removed(r: &Replicas) -> Result<(), String> {
         leaving.into_iter().filter_map(|(p, i)| groups.remove(&p).map(|g| (p, i, g))).collect()
     };
     for (p, index, mut g) in leaving {
-        g.store_mut().record_tombstone(index).map_err(|e| format!("partition {p}: {e}"))?;
+        let id = g.id();
+        g.store_mut().record_tombstone(index, id).map_err(|e| format!("partition {p}: {e}"))?;
         r.applied.borrow_mut().remove(&p);
-        r.tombstones.borrow_mut().insert(p, index);
+        r.tombstones.borrow_mut().insert(p, (index, id));
         r.proposed.borrow_mut().retain(|&(q, _), &mut (_, wait, _)| {
             if q == p {
                 // The group may still commit it without this node.
@@ -1029,7 +1056,7 @@ fn queue(
         if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             bump(&r.counters.snapshots_sent);
         }
-        let to = m.to;
+        let to = node_of(m.to);
         match m.write_to_bytes() {
             Ok(bytes) => outgoing.entry(to).or_default().push((partition, Bytes::from(bytes))),
             Err(e) => tracing::error!(error = %e, "raft message did not encode"),
@@ -1040,8 +1067,10 @@ fn queue(
 fn send(r: &Replicas, outgoing: &mut HashMap<u64, Vec<(u32, Bytes)>>) {
     for (to, messages) in outgoing.drain() {
         if !r.links.send_raft(to, messages) {
-            let mut groups = r.groups.borrow_mut();
-            groups.values_mut().for_each(|g| g.report_unreachable(to));
+            for g in r.groups.borrow_mut().values_mut() {
+                let on_it = members(&g.conf_state()).into_iter().filter(|m| node_of(*m) == to);
+                on_it.collect::<Vec<_>>().into_iter().for_each(|m| g.report_unreachable(m));
+            }
         }
     }
 }
@@ -1184,15 +1213,31 @@ async fn build_snapshots(r: &Replicas) {
         let index = r.applied.borrow().get(&p).copied().unwrap_or(0);
         let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == p;
         match r.store.snapshot_where(&mine).await {
-            Ok(data) => {
-                let bytes = data.len();
+            Ok(keys) => {
+                let bytes = keys.len();
                 if let Some(g) = r.groups.borrow_mut().get_mut(&p) {
-                    g.store_mut().set_built(index, data);
+                    let store = g.store_mut();
+                    let (removed, conf) = (store.removed().to_vec(), store.conf_state());
+                    let mut data = Vec::with_capacity(keys.len() + 64);
+                    record::encode(&store::membership_record(p, index, &removed, &conf), &mut data);
+                    data.extend_from_slice(&keys);
+                    store.set_built(index, Bytes::from(data));
                 }
                 tracing::info!(partition = p, index, bytes, "built a snapshot for a follower");
             }
             Err(e) => tracing::error!(partition = p, error = %e, "snapshot not built"),
         }
+    }
+}
+
+/// A snapshot's data as built: the removed replicas (a membership record first), then the
+/// partition's keys.
+fn split_membership(data: &Bytes) -> (Vec<(u64, u64)>, Bytes) {
+    match record::decode(data, 0) {
+        Ok((crate::storage::Mutation::Raft { what: store::WHAT_MEMBERSHIP, body, .. }, len)) => {
+            (store::removed_in(&body).unwrap_or_default(), data.slice(len..))
+        }
+        _ => (Vec::new(), data.clone()),
     }
 }
 
@@ -1223,7 +1268,7 @@ impl CheckpointExtra for Replicas {
             .collect();
         // A removal outlives the log segments that recorded it.
         let tombstones = self.tombstones.borrow();
-        out.extend(tombstones.iter().map(|(p, index)| store::tombstone_record(*p, *index)));
+        out.extend(tombstones.iter().map(|(p, (at, id))| store::tombstone_record(*p, *at, *id)));
         out
     }
 }

@@ -11,7 +11,7 @@
 //! | 2 hard state | protobuf `eraftpb::HardState` |
 //! | 3 snapshot point | protobuf `eraftpb::SnapshotMetadata`: the log starts after it |
 //! | 4 membership | u64 LE index, u32 LE n, n × (u64 node, u64 removed at), `eraftpb::ConfState` |
-//! | 5 tombstone | u64 LE index: this replica left the group there, its data deleted |
+//! | 5 tombstone | u64 LE index, u64 LE replica id: that replica left there, data deleted |
 //!
 //! Appends return at once; the driver waits for the WAL once per round before it tells
 //! raft-rs the round is persisted. Recovery replays
@@ -77,8 +77,8 @@ pub struct Recovered {
     pub membership: Option<(u64, ConfState)>,
     /// Nodes removed from the group: (node, index of the change that removed it).
     pub removed: Vec<(u64, u64)>,
-    /// Set when this replica was removed at that index and its data deleted.
-    pub tombstone: Option<u64>,
+    /// Set when this node's replica was removed, and its data deleted: (index, replica id).
+    pub tombstone: Option<(u64, u64)>,
 }
 
 impl Recovered {
@@ -144,7 +144,7 @@ pub fn replay(state: &mut HashMap<u32, Recovered>, partition: u32, what: u8, bod
                     r.entries.clear();
                 }
                 r.applied = r.applied.max(point.index);
-                if r.tombstone.is_some_and(|t| point.index > t) {
+                if r.tombstone.is_some_and(|(at, _)| point.index > at) {
                     r.tombstone = None;
                 }
                 if r.membership.as_ref().is_some_and(|(at, _)| *at < point.index) {
@@ -161,8 +161,11 @@ pub fn replay(state: &mut HashMap<u32, Recovered>, partition: u32, what: u8, bod
             }
         }
         WHAT_TOMBSTONE => {
-            if let Some(index) = body.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) {
-                *r = Recovered { tombstone: Some(index), ..Recovered::default() };
+            let u64_at = |at: usize| {
+                body.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            };
+            if let (Some(index), Some(id)) = (u64_at(0), u64_at(8)) {
+                *r = Recovered { tombstone: Some((index, id)), ..Recovered::default() };
             }
         }
         _ => {}
@@ -336,9 +339,18 @@ impl WalStore {
         self.removed.iter().find(|(n, _)| *n == node).map(|(_, at)| *at)
     }
 
-    /// Records that this replica left the group at `index` (its data is deleted next).
-    pub fn record_tombstone(&mut self, index: u64) -> raft::Result<()> {
-        self.log(WHAT_TOMBSTONE, Bytes::copy_from_slice(&index.to_le_bytes()))
+    /// Records that replica `id` (this node's) left the group at `index`; its data is
+    /// deleted next.
+    pub fn record_tombstone(&mut self, index: u64, id: u64) -> raft::Result<()> {
+        self.log(WHAT_TOMBSTONE, tombstone_body(index, id))
+    }
+
+    /// Records the replicas removed before a snapshot just applied at `index`, as its sender
+    /// listed them: a replica caught up by snapshot may lead later, and must neither give a
+    /// removed replica's id again nor fail to answer that replica with a tombstone.
+    pub fn install_removed(&mut self, index: u64, removed: Vec<(u64, u64)>) -> raft::Result<()> {
+        self.removed = removed;
+        self.log(WHAT_MEMBERSHIP, encode_membership(index, &self.removed, &self.conf))
     }
 
     /// Term of entry `index` if it is still held (or is the compaction point).
@@ -518,10 +530,35 @@ pub fn members(conf: &ConfState) -> Vec<u64> {
     all
 }
 
-/// A tombstone record stating a replica was removed at `index`, for a checkpoint to carry.
-pub fn tombstone_record(partition: u32, index: u64) -> Mutation {
-    let body = Bytes::copy_from_slice(&index.to_le_bytes());
-    Mutation::Raft { partition, what: WHAT_TOMBSTONE, body }
+fn tombstone_body(index: u64, id: u64) -> Bytes {
+    let mut body = index.to_le_bytes().to_vec();
+    body.extend_from_slice(&id.to_le_bytes());
+    Bytes::from(body)
+}
+
+/// A tombstone record stating replica `id` was removed at `index`, for a checkpoint to carry.
+pub fn tombstone_record(partition: u32, index: u64, id: u64) -> Mutation {
+    Mutation::Raft { partition, what: WHAT_TOMBSTONE, body: tombstone_body(index, id) }
+}
+
+/// A membership record for a snapshot's data: the removed replicas, which the snapshot's
+/// metadata cannot carry.
+pub fn membership_record(
+    partition: u32,
+    index: u64,
+    removed: &[(u64, u64)],
+    conf: &ConfState,
+) -> Mutation {
+    Mutation::Raft {
+        partition,
+        what: WHAT_MEMBERSHIP,
+        body: encode_membership(index, removed, conf),
+    }
+}
+
+/// The removed replicas a membership record (from a snapshot's data) lists.
+pub fn removed_in(body: &[u8]) -> Option<Vec<(u64, u64)>> {
+    decode_membership(body).map(|(_, removed, _)| removed)
 }
 
 #[cfg(test)]
@@ -608,9 +645,8 @@ mod tests {
         assert_eq!(back.conf_state(), after, "the recorded membership wins over the founders");
         assert_eq!(back.removed_at(3), Some(f + 3));
         // This node's removal: the group is gone, until a snapshot brings it back later.
-        let tomb = Bytes::copy_from_slice(&(f + 9).to_le_bytes());
-        replay(&mut state, 2, WHAT_TOMBSTONE, &tomb);
-        assert_eq!(state[&2].tombstone, Some(f + 9));
+        replay(&mut state, 2, WHAT_TOMBSTONE, &tombstone_body(f + 9, 3));
+        assert_eq!(state[&2].tombstone, Some((f + 9, 3)));
         assert!(!state[&2].initialized());
         let point = SnapshotMetadata { index: f + 20, term: 9, ..Default::default() };
         replay(&mut state, 2, WHAT_SNAPSHOT_POINT, &Bytes::from(point.write_to_bytes().unwrap()));
