@@ -8,6 +8,8 @@
 //! - [`transport`]: node-to-node links (Raft batches, forwarded requests);
 //! - [`health`]: heartbeats with each node's figures, and what this node heard of its peers;
 //! - [`meta`]: the metadata group's keys (nodes, partition map) and their encoding;
+//! - [`plan`]: the members and the membership operation under way, as the metadata group
+//!   records them;
 //! - [`moves`]: the next membership change that moves a partition's replicas to a target;
 //! - [`command`]: what a Raft entry carries.
 //!
@@ -20,6 +22,7 @@ pub mod group;
 pub mod health;
 pub mod meta;
 pub mod moves;
+pub mod plan;
 pub mod replica;
 #[cfg(test)]
 mod sim;

@@ -29,4 +29,10 @@ pub enum NodeError {
     Layout { path: PathBuf, found: String, wanted: String },
     #[error("core {core}: {message}")]
     Core { core: usize, message: String },
+    #[error(
+        "data directory {path} belongs to node {node}, which was removed from its cluster ({why}); \
+         a removed node never serves again. Start a new node with a new --node-id and an empty \
+         data directory instead"
+    )]
+    Removed { path: PathBuf, node: u64, why: String },
 }

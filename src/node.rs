@@ -56,6 +56,7 @@ struct CoreReport {
 pub fn run(config: Config) -> Result<(), NodeError> {
     abort_on_panic();
     let _lock = lock_data_dir(&config.data_dir)?;
+    refuse_if_removed(&config)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cores = config.cores.unwrap_or(cpus.len().max(1));
     if cores > cpus.len() {
@@ -100,6 +101,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         data_dir: config.data_dir.clone(),
         durability: format!("{:?}", config.durability).to_lowercase(),
         peers: Default::default(),
+        view: Default::default(),
     });
     let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
     let draining = Arc::new(AtomicUsize::new(cores));
@@ -314,14 +316,25 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     });
     shard::spawn_mesh_tasks(&core, calls, answers);
     if let Some(replicas) = cluster {
+        let (stop, dir) = (boot.stop.clone(), c.data_dir.clone());
+        replicas.on_retired(Box::new(move || {
+            let why = format!("told so at {} ms since the epoch", crate::time::now_ms());
+            if let Err(e) = std::fs::write(dir.join(REMOVED_MARKER), &why) {
+                tracing::error!(error = %e, "could not record the removal in the data directory");
+            }
+            tracing::error!("this node was removed from the cluster; stopping");
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }));
         glommio::spawn_local(crate::cluster::replica::run(replicas)).detach();
         if core.index == 0 {
             glommio::spawn_local(shard::status::report_loop(core.clone())).detach();
         }
-        // The metadata group's core records this node in it.
+        // The metadata group's core records this node in it, and follows its membership.
         if core.index == placement::core_of_partition(core.partitions, core.cores) {
             glommio::spawn_local(shard::topology::register(core.clone())).detach();
+            glommio::spawn_local(shard::membership::watch(core.clone())).detach();
         }
+        glommio::spawn_local(shard::membership::reconcile(core.clone())).detach();
     }
     let _ = boot.report.send(CoreReport { index, shard_port, result: Ok(()) });
 
@@ -693,6 +706,22 @@ fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, NodeError> {
         })
         .map_err(|source| listen_err(addr, source))?;
     Ok(sock)
+}
+
+/// The file a node writes in its data directory once it learns it was removed from the
+/// cluster (its replica of the metadata group was).
+pub const REMOVED_MARKER: &str = "REMOVED";
+
+fn refuse_if_removed(config: &Config) -> Result<(), NodeError> {
+    let Some(cluster) = &config.cluster else { return Ok(()) };
+    match std::fs::read_to_string(config.data_dir.join(REMOVED_MARKER)) {
+        Ok(why) => Err(NodeError::Removed {
+            path: config.data_dir.clone(),
+            node: cluster.node,
+            why: why.trim().to_string(),
+        }),
+        Err(_) => Ok(()),
+    }
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, NodeError> {

@@ -20,6 +20,7 @@
 
 mod clustered;
 mod fanout;
+pub mod membership;
 pub mod mesh;
 pub mod metrics;
 mod reserve;
@@ -94,6 +95,8 @@ pub struct NodeInfo {
     pub durability: String,
     /// Cluster mode: what this node last heard from each peer.
     pub peers: crate::cluster::health::Board,
+    /// Cluster mode: the members and the membership operation, as last read.
+    pub view: crate::cluster::plan::View,
 }
 
 pub struct Core {

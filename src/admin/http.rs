@@ -11,7 +11,9 @@
 //! | `GET /api/nodes/status` | this node: cores, keys, memory, disk, health |
 //! | `GET /api/metrics` | throughput and latency percentiles per operation |
 //! | `GET /api/replication/status` | replication is off on a single node |
-//! | `POST /api/nodes/add`, `DELETE /api/nodes/remove/{id}` | 409: no cluster yet |
+//! | `DELETE /api/nodes/remove/{id}` | 202 and the plan; 404/409 with the reason |
+//! | `GET /api/rebalance` | the membership operation: state, target epoch, progress |
+//! | `POST /api/nodes/add` | 409: joining is not built yet |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz`, `GET /readyz` | 200 or 503 |
 //!
@@ -30,10 +32,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::prometheus;
+use crate::cluster::plan::{Plan, PlanState};
 use crate::cluster::replica::{GroupStatus, Replicas};
 use crate::cluster::{health, meta};
 use crate::shard::metrics::{OPS, RESULTS, Snapshot, op_index, result_index, rss_bytes};
-use crate::shard::{Core, Origin};
+use crate::shard::{Core, Origin, membership};
 use crate::time::now_ms;
 
 type Answer = Response<Full<Bytes>>;
@@ -127,13 +130,18 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
                 "node_id": node_id(core),
             }),
         ),
-        (&Method::POST, ["api", "nodes", "add"])
-        | (&Method::DELETE, ["api", "nodes", "remove", _]) => error(
+        (&Method::DELETE, ["api", "nodes", "remove", id]) => match id.parse::<u64>() {
+            Ok(id) => remove_node(core, id).await,
+            Err(_) => error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id")),
+        },
+        (&Method::GET, ["api", "rebalance"]) => rebalance(core),
+        (&Method::POST, ["api", "nodes", "add"]) => error(
             StatusCode::CONFLICT,
             if core.cluster.is_some() {
-                "membership is fixed by --initial-cluster: nodes cannot be added or removed yet"
+                "adding a node is not built yet (a node cannot join a running cluster); \
+                 removing one is: DELETE /api/nodes/remove/{id}"
             } else {
-                "this node runs without a cluster: nodes cannot be added or removed yet"
+                "this node runs without a cluster: nodes cannot be added"
             },
         ),
         (_, ["healthz" | "readyz" | "metrics"])
@@ -383,6 +391,60 @@ fn ready(core: &Core) -> Answer {
 
 /// Cluster mode: this node's view of every partition it holds a replica of. Followers' lag
 /// is known where this node leads (the leader tracks each follower's matched index).
+async fn remove_node(core: &Core, id: u64) -> Answer {
+    let Some(core) = core.rc() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");
+    };
+    match membership::remove(&core, id).await {
+        Ok(plan) => json_answer(StatusCode::ACCEPTED, plan_json(&plan, 0)),
+        Err((status, why)) => {
+            error(StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), why)
+        }
+    }
+}
+
+/// A plan as `/api/rebalance` shows it; `done` partitions have reached its target.
+fn plan_json(p: &Plan, done: usize) -> Value {
+    let state = match p.state {
+        PlanState::Running => "running",
+        PlanState::Failed => "failed",
+        PlanState::Done => "idle",
+    };
+    let moved =
+        if p.state == PlanState::Done { p.moving } else { done.min(p.moving as usize) as u32 };
+    json!({
+        "state": state,
+        "operation": p.operation.describe(),
+        "plan": p.id,
+        "target_epoch": p.id,
+        "partitions_moved": moved,
+        "partitions_total": p.moving,
+        "partitions_done": done,
+        "started_ms": p.started_ms,
+        "finished_ms": p.finished_ms,
+        "error": p.error,
+    })
+}
+
+fn rebalance(core: &Core) -> Answer {
+    let Some(r) = core.cluster.as_ref() else {
+        return error(StatusCode::NOT_FOUND, "not in cluster mode");
+    };
+    let seen = core.node.view.get();
+    let counters = r.counter_values();
+    let mut body = match &seen.plan {
+        Some(p) => plan_json(p, seen.done.len()),
+        None => {
+            json!({"state": "idle", "operation": null, "plan": 0, "target_epoch": seen.map_version})
+        }
+    };
+    body["map_epoch"] = json!(seen.map_version);
+    body["members"] = json!(seen.members);
+    // Streamed from this node's core 0 only; every node reports its own.
+    body["snapshots_sent_here"] = json!(counters.snapshots_sent);
+    json_answer(StatusCode::OK, body)
+}
+
 async fn replication_status(core: &Core) -> Answer {
     let Some(r) = core.cluster.as_ref() else {
         return error(StatusCode::NOT_FOUND, "not in cluster mode");

@@ -27,21 +27,97 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Flags of `corekv cluster remove`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RemoveArgs {
+    /// The node to remove (alive or dead); its replicas move to the remaining nodes
+    #[arg(value_name = "ID")]
+    pub node: u64,
+    /// Any member's HTTP admin address (its --http-listen)
+    #[arg(long, value_name = "HOST:PORT", default_value = crate::config::HTTP_LISTEN_DEFAULT)]
+    pub http: String,
+    /// Return once the removal has started, instead of waiting for it to finish
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this long (the removal goes on)
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    pub timeout_s: u64,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Every node's health, figures and addresses, and every partition's leader, term,
-    /// commit index and follower lag (exit 2 if the node cannot be asked)
+    /// Every node's health, figures and addresses, every partition's leader, term, commit
+    /// index and follower lag, and the membership operation under way (exit 2 if the node
+    /// cannot be asked)
     Status(StatusArgs),
+    /// Removes a node, alive or dead, moving each of its replicas to the node the ring over
+    /// the others names; shows progress until done. The id is never used again, and the
+    /// removed node refuses to start on its data directory
+    Remove(RemoveArgs),
 }
 
 pub fn run(command: ClusterCommand) -> Result<(), String> {
     match command {
         ClusterCommand::Status(args) => status(&args),
+        ClusterCommand::Remove(args) => remove(&args),
+    }
+}
+
+fn remove(args: &RemoveArgs) -> Result<(), String> {
+    let timeout = Duration::from_secs(5);
+    let path = format!("/api/nodes/remove/{}", args.node);
+    let plan = request(&args.http, "DELETE", &path, timeout)?;
+    println!(
+        "removing node {}: plan {}, {} partitions to move",
+        args.node, plan["plan"], plan["partitions_total"]
+    );
+    if args.no_wait {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let r = match get(&args.http, "/api/rebalance", timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("corekv cluster remove: {e}; asking again");
+                continue;
+            }
+        };
+        let line = format!(
+            "{}: {}/{} partitions moved",
+            r["state"].as_str().unwrap_or("?"),
+            r["partitions_moved"],
+            r["partitions_total"]
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if r["plan"] == plan["plan"] && r["state"] == "idle" {
+            println!("node {} removed in {:.1}s", args.node, started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if r["state"] == "failed" {
+            return Err(format!("the removal failed: {}", r["error"]));
+        }
+        if started.elapsed() > Duration::from_secs(args.timeout_s) {
+            return Err(format!(
+                "still {} after {}s; it goes on (see corekv cluster status)",
+                r["state"], args.timeout_s
+            ));
+        }
     }
 }
 
 /// A minimal HTTP/1.1 GET (the node answers with a Content-Length body and closes).
 fn get(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
+    request(addr, "GET", path, timeout)
+}
+
+/// A minimal HTTP/1.1 request without a body; the answer's JSON, or its status and reason.
+fn request(addr: &str, method: &str, path: &str, timeout: Duration) -> Result<Value, String> {
     let target = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
@@ -49,14 +125,14 @@ fn get(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
         .ok_or_else(|| format!("{addr}: resolves to nothing"))?;
     let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
     s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| format!("{addr}{path}: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or(format!("{addr}{path}: no answer"))?;
     let status = head.split(' ').nth(1).unwrap_or("");
-    if status != "200" {
+    if !status.starts_with('2') {
         return Err(format!("{addr}{path}: HTTP {status}: {body}"));
     }
     serde_json::from_str(body).map_err(|e| format!("{addr}{path}: {e}"))
@@ -183,6 +259,22 @@ fn status(args: &StatusArgs) -> Result<(), String> {
             p["commit"].to_string(),
             p["applied"].to_string(),
             if lag.is_empty() { "-".to_string() } else { lag.join(" ") }
+        );
+    }
+    if let Ok(r) = get(&args.http, "/api/rebalance", timeout) {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "membership: {}{}, {}/{} partitions moved, map epoch {}{}",
+            r["state"].as_str().unwrap_or("?"),
+            r["operation"].as_str().map_or(String::new(), |o| format!(" ({o})")),
+            r["partitions_moved"],
+            r["partitions_total"],
+            r["map_epoch"],
+            r["error"]
+                .as_str()
+                .filter(|e| !e.is_empty())
+                .map_or(String::new(), |e| format!(", error: {e}")),
         );
     }
     let _ = std::io::stdout().write_all(out.as_bytes());

@@ -9,6 +9,8 @@
 //!   whichever node gets there first (if absent); every node proposes the same ring-derived
 //!   map. Moving a partition later is a new value of this key.
 //! - `node/<id>`: that node's client addresses, written by the node each time it starts.
+//! - `members`, `plan`, `done/<p>`: the members and the membership operation under way
+//!   (`plan.rs`).
 //!
 //! The map's epoch is the highest version among these keys, which is the metadata group's
 //! Raft index of its last change: it only grows, so a client keeps the newest map it has seen.
@@ -51,6 +53,21 @@ pub fn map_key() -> Bytes {
 
 pub fn node_key(id: u64) -> Bytes {
     key(&format!("node/{id}"))
+}
+
+/// The members with their cluster addresses and standing (`plan::Member`), JSON.
+pub fn members_key() -> Bytes {
+    key("members")
+}
+
+/// The newest membership operation (`plan::Plan`), JSON.
+pub fn plan_key() -> Bytes {
+    key("plan")
+}
+
+/// The id of the last plan whose target partition `p`'s leader reached.
+pub fn done_key(p: u32) -> Bytes {
+    key(&format!("done/{p}"))
 }
 
 /// The map as text, one line per partition: its replicas separated by spaces.

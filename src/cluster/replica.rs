@@ -116,8 +116,11 @@ pub struct Replicas {
     store: Rc<Store>,
     pub config: ClusterConfig,
     /// Replicas of every partition, preferred leader first, then (at index `partitions`) the
-    /// metadata group's: every node.
-    pub map: Vec<Vec<u64>>,
+    /// metadata group's: every node. The ring's at first; the recorded map once read.
+    map: RefCell<Vec<Vec<u64>>>,
+    /// Called when this node's replica of the metadata group is removed: the node was
+    /// removed from the cluster.
+    retired: RefCell<Option<Box<dyn Fn()>>>,
     groups: RefCell<BTreeMap<u32, Group<WalStore>>>,
     /// Partitions of this core this node's replica was removed from: (index of the removal,
     /// the replica's id). No group is made for them again but for a newer replica id (this
@@ -231,7 +234,8 @@ impl Replicas {
             limits,
             store: data,
             config: config.clone(),
-            map,
+            map: RefCell::new(map),
+            retired: RefCell::new(None),
             groups: RefCell::new(groups),
             tombstones: RefCell::new(tombstones),
             leaving: RefCell::new(Vec::new()),
@@ -253,6 +257,35 @@ impl Replicas {
             counters,
             failed: RefCell::new(None),
         })
+    }
+
+    /// The replicas of `partition` as the map says, preferred leader first.
+    pub fn replicas_of(&self, partition: u32) -> Vec<u64> {
+        self.map.borrow().get(partition as usize).cloned().unwrap_or_default()
+    }
+
+    /// The map of the data partitions.
+    pub fn map(&self) -> Vec<Vec<u64>> {
+        self.map.borrow()[..self.partitions as usize].to_vec()
+    }
+
+    /// Follows the recorded map (data partitions) and the metadata group's members.
+    pub fn set_map(&self, data: &[Vec<u64>], members: Vec<u64>) {
+        if data.len() != self.partitions as usize {
+            return;
+        }
+        let mut map = data.to_vec();
+        map.push(members);
+        *self.map.borrow_mut() = map;
+    }
+
+    /// What to do when this node is removed from the cluster (see `retired`): done at once
+    /// if this core's log already says so.
+    pub fn on_retired(&self, retire: Box<dyn Fn()>) {
+        if self.tombstones.borrow().contains_key(&self.partitions) {
+            retire();
+        }
+        *self.retired.borrow_mut() = Some(retire);
     }
 
     pub fn has_group(&self, partition: u32) -> bool {
@@ -1042,6 +1075,11 @@ async fn take_down_removed(r: &Replicas) -> Result<(), String> {
             .await
             .map_err(|e| format!("partition {p}: deleting a removed replica's data: {e}"))?;
         tracing::info!(partition = p, index, "removed from the group; its data is deleted");
+        if p == r.partitions
+            && let Some(retire) = r.retired.borrow().as_ref()
+        {
+            retire();
+        }
     }
     Ok(())
 }

@@ -67,6 +67,15 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                 }
                 _ if !greeted => break 'read,
                 PeerMessage::Raft { messages, .. } => core.deliver_raft(messages).await,
+                PeerMessage::Forward { id, .. } if core.node.view.get().removed(greeted_by) => {
+                    let why = format!("node {greeted_by} was removed from the cluster");
+                    let reply = Reply::error(corekv_schema::codec::ErrorCode::Unavailable, why);
+                    let mut response = BytesMut::new();
+                    with_encoder(|e| e.response(id, &reply, &mut response));
+                    let frame =
+                        peer::encode(&PeerMessage::Forwarded { id, response: response.freeze() });
+                    let _ = tx.send(frame).await;
+                }
                 PeerMessage::Forward { id, request } => {
                     let (core, tx) = (core.clone(), tx.clone());
                     glommio::spawn_local(async move {

@@ -335,7 +335,7 @@ impl Core {
             op => matches!(op, Op::Get { .. }),
         };
         let deadline = Instant::now() + LEADER_WAIT;
-        let replicas = r.map[partition as usize].clone();
+        let replicas = r.replicas_of(partition);
         let mut hint = 0u64;
         let mut attempt = 0usize;
         loop {

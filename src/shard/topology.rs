@@ -11,8 +11,9 @@ use corekv_schema::codec::{
 
 use super::{Core, Origin};
 use crate::cluster::meta::{
-    decode_map, decode_node, encode_map, encode_node, map_key, node_key, replicas,
+    decode_map, decode_node, encode_map, encode_node, map_key, members_key, node_key, plan_key,
 };
+use crate::cluster::plan::{Member, Standing, encode_members};
 
 /// How often registration retries while the metadata group has no quorum.
 const RETRY: Duration = Duration::from_millis(200);
@@ -28,9 +29,15 @@ pub async fn register(core: Rc<Core>) {
         }
         glommio::timer::sleep(Duration::from_millis(20)).await;
     };
-    let partitions = core.partitions as usize;
-    let ring_map = encode_map(&r.map[..partitions]);
+    let ring_map = encode_map(&r.map());
+    let founders: Vec<Member> = r
+        .config
+        .nodes
+        .iter()
+        .map(|&(id, addr)| Member { id, addr, standing: Standing::Active })
+        .collect();
     let writes = [
+        (Op::set_if(members_key(), encode_members(&founders), Condition::IfAbsent), "members"),
         (Op::set_if(map_key(), ring_map.clone(), Condition::IfAbsent), "partition map"),
         (Op::set(node_key(r.node), encode_node(&me)), "addresses"),
     ];
@@ -43,9 +50,17 @@ pub async fn register(core: Rc<Core>) {
                     tracing::info!(version, "metadata: {what} recorded");
                     break;
                 }
+                Reply::Error(e) if e.code == ErrorCode::ConditionFailed && what == "members" => {
+                    // Recorded by another founder, or changed since: the recorded one holds.
+                    break;
+                }
                 Reply::Error(e) if e.code == ErrorCode::ConditionFailed => {
-                    // Another node recorded the map first; it must be the one this node uses.
+                    // Another node recorded the map first; it must be the one this node uses,
+                    // unless membership operations have changed it since.
                     // Read through the leader: this replica may not have applied it yet.
+                    if moved_since(&core).await {
+                        break;
+                    }
                     match stored_map(&core, Consistency::Strong).await {
                         Some((m, _)) if encode_map(&m) == ring_map => break,
                         Some(_) => {
@@ -73,6 +88,13 @@ pub async fn register(core: Rc<Core>) {
     }
 }
 
+/// Whether a membership operation was ever recorded (the map is then no longer the ring's
+/// over `--initial-cluster`).
+async fn moved_since(core: &Rc<Core>) -> bool {
+    let get = Op::get(plan_key());
+    matches!(core.cluster_op(get, Consistency::Strong, Origin::Client).await, Reply::Value { .. })
+}
+
 /// The recorded map with its version (None: not recorded, or not readable at `consistency`).
 async fn stored_map(core: &Rc<Core>, consistency: Consistency) -> Option<(Vec<Vec<u64>>, u64)> {
     match core.cluster_op(Op::get(map_key()), consistency, Origin::Client).await {
@@ -97,10 +119,16 @@ pub async fn topology(core: &Rc<Core>) -> Reply {
     let partitions = core.partitions as usize;
     let (map, mut epoch) = match stored_map(core, Consistency::Eventual).await {
         Some((map, version)) if map.len() == partitions => (map, version),
-        _ => (r.map[..partitions].to_vec(), 0),
+        _ => (r.map(), 0),
     };
     let mut nodes = Vec::new();
-    for id in replicas(&r.config.nodes) {
+    let seen = core.node.view.get();
+    let mut ids: Vec<u64> =
+        seen.members.iter().filter(|m| m.standing != Standing::Removed).map(|m| m.id).collect();
+    if ids.is_empty() {
+        ids = crate::cluster::meta::replicas(&r.config.nodes);
+    }
+    for id in ids {
         let get = Op::get(node_key(id));
         if let Reply::Value { value, version, .. } =
             core.cluster_op(get, Consistency::Eventual, Origin::Client).await

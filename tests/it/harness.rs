@@ -157,8 +157,13 @@ impl Node {
 
     /// Waits (bounded) for a node that was told to stop, and reaps it.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.wait_exit_within(Duration::from_secs(15))
+    }
+
+    /// Waits up to `limit` for the node to exit by itself, and reaps it.
+    pub fn wait_exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
@@ -367,9 +372,14 @@ pub fn python_checks(script: &str, port: u16, done: &str) {
 
 /// A plain HTTP/1.1 GET (connection closed after it): the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// A plain HTTP/1.1 request without a body: the status code and the body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect http");
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: corekv\r\nConnection: close\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: corekv\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();

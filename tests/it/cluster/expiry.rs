@@ -27,9 +27,9 @@ fn conditional_writes_racing_expiry_leave_every_replica_equal() {
     let c = Cluster::start(3);
     c.wait_writable();
     // Before the race each node holds the warm-up keys (one per partition written through
-    // each node) and the metadata (the map and three nodes' addresses, registered shortly
-    // after start).
-    let keys_before = 3 * u64::from(PARTITIONS) + 4;
+    // each node) and the metadata (the members, the map and three nodes' addresses,
+    // registered shortly after start).
+    let keys_before = 3 * u64::from(PARTITIONS) + 5;
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat_sum(&mut c.node(1).wire(), |s| s.keys) != keys_before {
         assert!(Instant::now() < deadline, "node 1 never held {keys_before} keys");

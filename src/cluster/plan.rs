@@ -1,0 +1,227 @@
+//! A membership operation as the metadata group records it: the cluster's members with their
+//! cluster addresses and state, and the plan of the operation under way (which node, the
+//! target map over the new member set, how far it got). Both are values of metadata keys
+//! (`meta`), so any metadata leader resumes a plan another started: nothing of it lives in
+//! a process.
+//!
+//! How a plan runs (driven from `shard/membership.rs`): every partition's leader moves its
+//! group toward the plan's target replicas (`moves`) and records `done/<partition>` with the
+//! plan's id when there; the metadata leader, once every partition is done, makes the target
+//! the map, marks the node removed, and ends the plan, in one entry.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+
+use corekv_schema::ring::Ring;
+use serde::{Deserialize, Serialize};
+
+use super::replica::RING_VNODES;
+
+/// A member's standing in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// Holds replicas, or may be given some.
+    Active,
+    /// Being removed: its replicas move away; it is given none.
+    Leaving,
+    /// Removed for good: its id is never used again, and its links are refused.
+    Removed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    /// Where other nodes reach it (its --cluster-listen).
+    pub addr: SocketAddr,
+    pub standing: Standing,
+}
+
+/// The node ids that may hold replicas, lowest first.
+pub fn active(members: &[Member]) -> Vec<u64> {
+    let mut ids: Vec<u64> =
+        members.iter().filter(|m| m.standing == Standing::Active).map(|m| m.id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The replicas of every data partition over `nodes` (the ring), then the metadata group's:
+/// every one of them.
+pub fn target_map(nodes: &[u64], partitions: u32, replication_factor: usize) -> Vec<Vec<u64>> {
+    let mut map = Ring::new(nodes, RING_VNODES).map(partitions, replication_factor);
+    map.push(nodes.to_vec());
+    map
+}
+
+/// What a plan does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Operation {
+    Remove { node: u64 },
+}
+
+impl Operation {
+    pub fn describe(&self) -> String {
+        match self {
+            Operation::Remove { node } => format!("remove node {node}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanState {
+    Running,
+    Failed,
+    Done,
+}
+
+/// A membership operation and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The plan's id: the metadata index of the map it started from (so a stale
+    /// `done/<partition>` from an earlier plan never counts for this one).
+    pub id: u64,
+    pub operation: Operation,
+    pub state: PlanState,
+    /// Every partition's target replicas, the metadata group's last.
+    pub target: Vec<Vec<u64>>,
+    /// Partitions whose replicas change, and how many of them are done.
+    pub moving: u32,
+    pub moved: u32,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub error: String,
+}
+
+impl Plan {
+    pub fn encode(&self) -> bytes::Bytes {
+        bytes::Bytes::from(serde_json::to_vec(self).expect("a plan encodes"))
+    }
+
+    pub fn decode(value: &[u8]) -> Result<Plan, String> {
+        serde_json::from_slice(value).map_err(|e| format!("unreadable plan: {e}"))
+    }
+}
+
+/// Members as JSON.
+pub fn encode_members(members: &[Member]) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(members).expect("members encode"))
+}
+
+pub fn decode_members(value: &[u8]) -> Result<Vec<Member>, String> {
+    serde_json::from_slice(value).map_err(|e| format!("unreadable members: {e}"))
+}
+
+/// Why `node` cannot be removed from `members` with `replication_factor` copies, if it
+/// cannot.
+pub fn refuse_removal(members: &[Member], node: u64, replication_factor: usize) -> Option<String> {
+    let Some(m) = members.iter().find(|m| m.id == node) else {
+        return Some(format!("node {node} is not a member of this cluster"));
+    };
+    match m.standing {
+        Standing::Removed => return Some(format!("node {node} was removed already")),
+        Standing::Leaving => return Some(format!("node {node} is being removed")),
+        Standing::Active => {}
+    }
+    let left = active(members).len() - 1;
+    if left < replication_factor {
+        return Some(format!(
+            "removing node {node} would leave {left} nodes for a replication factor of \
+             {replication_factor}; add a node first"
+        ));
+    }
+    None
+}
+
+/// What this node knows of the metadata group's membership keys, as its metadata core last
+/// read them: shared by every core (a few reads and writes a second, off the request path).
+#[derive(Default, Debug)]
+pub struct View {
+    state: Mutex<Seen>,
+}
+
+/// One reading of the membership keys.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub struct Seen {
+    pub members: Vec<Member>,
+    /// The map (data partitions) and its metadata version; empty before it is recorded.
+    pub map: Vec<Vec<u64>>,
+    pub map_version: u64,
+    /// The newest plan, whatever its state, with its metadata version.
+    pub plan: Option<Plan>,
+    pub plan_version: u64,
+    /// Partitions whose leader recorded the running plan done.
+    pub done: Vec<u32>,
+}
+
+impl View {
+    pub fn get(&self) -> Seen {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn set(&self, seen: Seen) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = seen;
+    }
+}
+
+impl Seen {
+    /// The plan under way, if one is.
+    pub fn running(&self) -> Option<&Plan> {
+        self.plan.as_ref().filter(|p| p.state == PlanState::Running)
+    }
+
+    /// Whether `node` was removed from the cluster.
+    pub fn removed(&self, node: u64) -> bool {
+        self.members.iter().any(|m| m.id == node && m.standing == Standing::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: u64) -> Vec<Member> {
+        (1..=n)
+            .map(|id| Member {
+                id,
+                addr: SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16)),
+                standing: Standing::Active,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn removal_is_refused_below_the_replication_factor_and_for_strangers() {
+        let four = members(4);
+        assert_eq!(refuse_removal(&four, 4, 3), None);
+        assert!(refuse_removal(&four, 9, 3).unwrap().contains("not a member"));
+        assert!(refuse_removal(&members(3), 3, 3).unwrap().contains("add a node first"));
+        let mut gone = four.clone();
+        gone[3].standing = Standing::Removed;
+        assert!(refuse_removal(&gone, 4, 3).unwrap().contains("removed already"));
+        assert_eq!(active(&gone), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn plans_and_members_round_trip_and_targets_follow_the_ring() {
+        let target = target_map(&[1, 2, 3], 8, 3);
+        assert_eq!(target.len(), 9);
+        assert!(target[..8].iter().all(|r| r.len() == 3));
+        assert_eq!(target[8], vec![1, 2, 3]);
+        let plan = Plan {
+            id: 42,
+            operation: Operation::Remove { node: 4 },
+            state: PlanState::Running,
+            target,
+            moving: 6,
+            moved: 1,
+            started_ms: 5,
+            finished_ms: 0,
+            error: String::new(),
+        };
+        assert_eq!(Plan::decode(&plan.encode()).unwrap(), plan);
+        assert_eq!(decode_members(&encode_members(&members(3))).unwrap(), members(3));
+        assert!(Plan::decode(b"{").is_err());
+    }
+}

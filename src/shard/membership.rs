@@ -1,0 +1,270 @@
+//! Membership operations while serving: removing a node (alive or dead) and moving every
+//! partition it held to the node the ring now names, so the replication factor is restored.
+//! The records are `cluster::plan`'s; the Raft steps are `cluster::moves`'.
+//!
+//! Three loops, none of which holds state a restart would lose:
+//! - [`watch`], on the metadata group's core: reads the membership keys from this replica
+//!   into the node's [`View`](crate::cluster::plan::View); where this node leads the
+//!   metadata group, it ends a plan whose every partition is done.
+//! - [`reconcile`], on every core: each partition this core leads takes the next step toward
+//!   the running plan's target, and records `done/<p>` once there. It also keeps the core's
+//!   map (what forwarding and `Topology` use) in step with the recorded one.
+//! - [`remove`] starts a plan, from the HTTP API.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corekv_schema::codec::{Condition, Consistency, ErrorCode, Op, Reply};
+
+use super::{Core, Origin};
+use crate::cluster::meta::{self, decode_map, done_key, map_key, members_key, plan_key};
+use crate::cluster::moves::{self, Step};
+use crate::cluster::plan::{
+    self, Member, Operation, Plan, PlanState, Seen, Standing, decode_members, encode_members,
+};
+use crate::cluster::replica::Submitted;
+use crate::time::now_ms;
+
+/// How often the metadata core rereads the membership keys.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// How often each core's leaders step toward the target.
+const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+
+/// Reads a metadata key from this replica: (value, version), or None when absent.
+async fn local(core: &Core, key: Bytes) -> Option<(Bytes, u64)> {
+    match core.store.execute_reply(Op::get(key), now_ms()).await {
+        Reply::Value { value, version, .. } => Some((value, version)),
+        _ => None,
+    }
+}
+
+/// This replica's reading of the membership keys.
+async fn read(core: &Core) -> Seen {
+    let mut seen = Seen::default();
+    if let Some((value, _)) = local(core, members_key()).await {
+        match decode_members(&value) {
+            Ok(members) => seen.members = members,
+            Err(e) => tracing::error!(error = %e, "metadata: members"),
+        }
+    }
+    if let Some((value, version)) = local(core, map_key()).await
+        && let Ok(map) = decode_map(&value)
+    {
+        seen.map = map;
+        seen.map_version = version;
+    }
+    if let Some((value, version)) = local(core, plan_key()).await {
+        match Plan::decode(&value) {
+            Ok(p) => {
+                seen.plan = Some(p);
+                seen.plan_version = version;
+            }
+            Err(e) => tracing::error!(error = %e, "metadata: plan"),
+        }
+    }
+    if let Some(p) = seen.running().cloned() {
+        for partition in 0..p.target.len() as u32 {
+            if let Some((value, _)) = local(core, done_key(partition)).await
+                && value == p.id.to_string()
+            {
+                seen.done.push(partition);
+            }
+        }
+    }
+    seen
+}
+
+/// See the module doc. Runs on the metadata group's core for as long as the node does.
+pub async fn watch(core: Rc<Core>) {
+    let Some(r) = core.cluster.clone() else { return };
+    loop {
+        let seen = read(&core).await;
+        let finish = seen.running().filter(|p| seen.done.len() == p.target.len()).cloned();
+        core.node.view.set(seen.clone());
+        if let Some(p) = finish
+            && r.leadership(core.partitions).0
+        {
+            finish_plan(&core, &seen, p).await;
+        }
+        glommio::timer::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// Every partition reached the target: it becomes the map, the node leaves the members, and
+/// the plan ends last (a replicated entry holds one write). Each write is the same whoever
+/// makes it, so a metadata leader that takes over half way makes them again.
+async fn finish_plan(core: &Rc<Core>, seen: &Seen, mut p: Plan) {
+    let partitions = core.partitions as usize;
+    let mut members = seen.members.clone();
+    match p.operation {
+        Operation::Remove { node } => {
+            members.iter_mut().filter(|m| m.id == node).for_each(|m| {
+                m.standing = Standing::Removed;
+            });
+        }
+    }
+    p.state = PlanState::Done;
+    p.moved = p.moving;
+    p.finished_ms = now_ms();
+    let writes = [
+        Op::set(map_key(), meta::encode_map(&p.target[..partitions])),
+        Op::set(members_key(), encode_members(&members)),
+        Op::set_if(plan_key(), p.encode(), Condition::IfVersion(seen.plan_version)),
+    ];
+    for op in writes {
+        match core.cluster_op(op, Consistency::Strong, Origin::Client).await {
+            Reply::Written { .. } => {}
+            other => {
+                tracing::warn!(reply = ?other, "membership: ending the plan did not commit");
+                return;
+            }
+        }
+    }
+    tracing::info!(plan = p.id, "membership: {} done", p.operation.describe());
+}
+
+/// See the module doc. Runs on every core of a cluster node.
+pub async fn reconcile(core: Rc<Core>) {
+    let Some(r) = core.cluster.clone() else { return };
+    let mut reported: BTreeSet<(u64, u32)> = BTreeSet::new();
+    let mut map_version = 0;
+    loop {
+        glommio::timer::sleep(RECONCILE_EVERY).await;
+        let seen = core.node.view.get();
+        if seen.map_version != map_version && !seen.map.is_empty() {
+            map_version = seen.map_version;
+            let mut members = plan::active(&seen.members);
+            if let Some(p) = seen.running() {
+                members = p.target[core.partitions as usize].clone();
+            }
+            r.set_map(&seen.map, members);
+        }
+        let Some(p) = seen.running().cloned() else { continue };
+        for partition in r.partitions_led() {
+            let Some(target) = p.target.get(partition as usize) else { continue };
+            let Some(view) = r.move_view(partition) else { continue };
+            match moves::next_step(r.node, &view, target) {
+                Step::Propose(change) => {
+                    let id = r.submit_membership(partition, change);
+                    // Its outcome shows in the next view: nobody waits for the answer.
+                    r.forget(Submitted::Proposal(id));
+                }
+                Step::Transfer(to) => r.transfer_leader(partition, to),
+                Step::Wait(_) => {}
+                Step::Done => {
+                    if seen.done.contains(&partition) || !reported.insert((p.id, partition)) {
+                        continue;
+                    }
+                    let op = Op::set(done_key(partition), p.id.to_string());
+                    let core = core.clone();
+                    glommio::spawn_local(async move {
+                        let reply = core.cluster_op(op, Consistency::Strong, Origin::Client).await;
+                        if !matches!(reply, Reply::Written { .. }) {
+                            tracing::warn!(partition, ?reply, "membership: done not recorded");
+                        }
+                    })
+                    .detach();
+                }
+            }
+        }
+        // A report that did not commit is made again once the view shows it missing.
+        reported.retain(|(id, partition)| *id == p.id && !seen.done.contains(partition));
+    }
+}
+
+/// Why a membership request is refused: an HTTP status code and the reason.
+pub type Refused = (u16, String);
+
+/// Starts removing `node`: the plan moves each of its replicas to the node the ring over the
+/// remaining members names. Works whether `node` is up or not.
+pub async fn remove(core: &Rc<Core>, node: u64) -> Result<Plan, Refused> {
+    let Some(r) = core.cluster.as_ref() else {
+        return Err((409, "this node runs without a cluster".into()));
+    };
+    // Read through the metadata leader, so two operators never both see no plan.
+    let (members, _) = strong(core, members_key()).await?;
+    let members = match members {
+        Some(value) => decode_members(&value).map_err(|e| (500, e))?,
+        None => return Err((503, "the cluster has not recorded its members yet".into())),
+    };
+    let (plan, plan_version) = strong(core, plan_key()).await?;
+    if let Some(value) = plan {
+        let p = Plan::decode(&value).map_err(|e| (500, e))?;
+        if p.state == PlanState::Running {
+            let why =
+                format!("another membership operation is running: {}", p.operation.describe());
+            return Err((409, why));
+        }
+    }
+    if let Some(why) = plan::refuse_removal(&members, node, r.config.replication_factor) {
+        let status = if members.iter().any(|m| m.id == node) { 409 } else { 404 };
+        return Err((status, why));
+    }
+    let (map, map_version) = strong(core, map_key()).await?;
+    let map = map.and_then(|v| decode_map(&v).ok()).unwrap_or_else(|| r.map());
+    let remaining: Vec<u64> = plan::active(&members).into_iter().filter(|n| *n != node).collect();
+    let target = plan::target_map(&remaining, core.partitions, r.config.replication_factor);
+    let moving = map.iter().zip(&target).filter(|(now, to)| !same_set(now, to)).count() as u32 + 1;
+    let plan = Plan {
+        id: map_version.max(plan_version) + 1,
+        operation: Operation::Remove { node },
+        state: PlanState::Running,
+        target,
+        moving,
+        moved: 0,
+        started_ms: now_ms(),
+        finished_ms: 0,
+        error: String::new(),
+    };
+    let condition =
+        if plan_version == 0 { Condition::IfAbsent } else { Condition::IfVersion(plan_version) };
+    let leaving: Vec<Member> = members
+        .into_iter()
+        .map(|mut m| {
+            if m.id == node {
+                m.standing = Standing::Leaving;
+            }
+            m
+        })
+        .collect();
+    // The plan is the lock: written only if no other was since this one read it. The
+    // members follow; a plan whose members write is lost still runs (its target already
+    // leaves the node out) and marks the node removed when done.
+    match core
+        .cluster_op(
+            Op::set_if(plan_key(), plan.encode(), condition),
+            Consistency::Strong,
+            Origin::Client,
+        )
+        .await
+    {
+        Reply::Written { .. } => {}
+        Reply::Error(e) if e.code == ErrorCode::ConditionFailed => {
+            return Err((409, "another membership operation started meanwhile".into()));
+        }
+        Reply::Error(e) => return Err((503, e.message.into_owned())),
+        other => return Err((500, format!("unexpected answer {}", other.name()))),
+    }
+    let members = Op::set(members_key(), encode_members(&leaving));
+    if let Reply::Error(e) = core.cluster_op(members, Consistency::Strong, Origin::Client).await {
+        tracing::warn!(error = %e, "membership: node {node} not marked leaving");
+    }
+    tracing::info!(node, plan = plan.id, "membership: removing node {node}");
+    Ok(plan)
+}
+
+fn same_set(a: &[u64], b: &[u64]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// A metadata key read through the metadata group's leader: (value, version; 0 if absent).
+async fn strong(core: &Rc<Core>, key: Bytes) -> Result<(Option<Bytes>, u64), Refused> {
+    match core.cluster_op(Op::get(key), Consistency::Strong, Origin::Client).await {
+        Reply::Value { value, version, .. } => Ok((Some(value), version)),
+        Reply::Error(e) if e.code == ErrorCode::NotFound => Ok((None, 0)),
+        Reply::Error(e) => Err((503, format!("the metadata group cannot answer: {}", e.message))),
+        other => Err((500, format!("unexpected answer {}", other.name()))),
+    }
+}

@@ -1,0 +1,201 @@
+//! Removing nodes while serving (issue 13): a dead node's replicas are re-made on the
+//! remaining nodes, so the replication factor is restored; a live node hands its replicas
+//! over under a write load; a removed node stops and never serves its data directory again;
+//! bad requests change nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
+use serde_json::Value;
+
+use super::{Cluster, PARTITIONS, key_in_partition, value_of};
+use crate::harness::{http_get, http_request};
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Waits (up to `limit`) until node `via` reports plan `plan` done.
+fn wait_done(c: &Cluster, via: usize, plan: &Value, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, body) = http_get(c.node(via).http, "/api/rebalance");
+        assert_eq!(status, 200, "{body}");
+        let r = json(&body);
+        if r["plan"] == plan["plan"] && r["state"] == "idle" {
+            return r;
+        }
+        assert_ne!(r["state"], "failed", "{r}");
+        assert!(Instant::now() < deadline, "plan not done in {limit:?}: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every partition (data and metadata) as node `via` holds it: its voters, sorted.
+fn held(c: &Cluster, via: usize) -> Vec<(String, Vec<u64>)> {
+    let (status, body) = http_get(c.node(via).http, "/api/replication/status");
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    let mut out = Vec::new();
+    let groups = v["partitions"].as_array().unwrap().iter().chain(std::iter::once(&v["metadata"]));
+    for g in groups.filter(|g| !g.is_null()) {
+        let mut replicas: Vec<u64> =
+            g["replicas"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+        replicas.sort_unstable();
+        out.push((g["partition"].to_string(), replicas));
+    }
+    out
+}
+
+fn write_keys(c: &Cluster, via: usize, prefix: &str, n: usize) -> Vec<String> {
+    let mut w = c.node(via).wire();
+    (0..n)
+        .map(|i| {
+            let key = format!("{prefix}-{i}");
+            assert!(matches!(w.call(Op::set(key.clone(), key.clone())), Reply::Written { .. }));
+            key
+        })
+        .collect()
+}
+
+fn read_back(c: &Cluster, via: usize, keys: &[String]) {
+    let mut w = c.node(via).wire();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in keys {
+        loop {
+            let got = w.try_call_with(Op::get(key.clone()), Consistency::Strong);
+            if got.as_ref().and_then(value_of) == Some(key.clone().into_bytes()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{key} not read back through {via}: {got:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn removing_a_dead_node_restores_the_replication_factor_and_it_never_serves_again() {
+    let mut c = Cluster::start(4);
+    c.wait_writable();
+    let keys = write_keys(&c, 1, "before", 200);
+    c.kill9(4);
+
+    // Bad requests are refused with the reason, and change nothing.
+    let (status, body) = http_request(c.node(1).http, "DELETE", "/api/nodes/remove/9");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http_request(c.node(1).http, "DELETE", "/api/nodes/remove/x");
+    assert_eq!(status, 400, "{body}");
+
+    let started = Instant::now();
+    let (status, body) = http_request(c.node(2).http, "DELETE", "/api/nodes/remove/4");
+    assert_eq!(status, 202, "{body}");
+    let plan = json(&body);
+    assert_eq!(plan["state"], "running", "{plan}");
+    // One operation at a time.
+    let (status, body) = http_request(c.node(3).http, "DELETE", "/api/nodes/remove/3");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("another membership operation"), "{body}");
+
+    let done = wait_done(&c, 1, &plan, Duration::from_secs(60));
+    eprintln!("dead node 4 removed in {:?}: {done}", started.elapsed());
+    assert_eq!(done["partitions_moved"], done["partitions_total"], "{done}");
+    // Three copies of everything again, on the three nodes left.
+    for via in 1..=3 {
+        let groups = held(&c, via);
+        assert_eq!(groups.len(), PARTITIONS as usize + 1, "node {via}: {groups:?}");
+        for (p, replicas) in groups {
+            assert_eq!(replicas, vec![1, 2, 3], "node {via}, partition {p}");
+        }
+    }
+    read_back(&c, 3, &keys);
+    let after = write_keys(&c, 2, "after", 50);
+    read_back(&c, 1, &after);
+    // Below the replication factor: refused, with what to do instead.
+    let (status, body) = http_request(c.node(1).http, "DELETE", "/api/nodes/remove/3");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("add a node first"), "{body}");
+    let (status, body) = http_request(c.node(1).http, "DELETE", "/api/nodes/remove/4");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("removed already"), "{body}");
+
+    // Node 4 comes back on its old data: told it was removed, it stops, and never starts
+    // on that directory again.
+    c.boot(4);
+    let status = c.nodes[3].as_mut().unwrap().wait_exit_within(Duration::from_secs(30));
+    c.nodes[3] = None;
+    eprintln!("removed node 4 stopped: {status}");
+    let flags: Vec<&str> = c.flags[3].iter().map(String::as_str).collect();
+    let (code, stderr) = crate::harness::boot_failure(&c.dirs[3], &flags);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("was removed from its cluster"), "{stderr}");
+    // And the cluster never missed it.
+    read_back(&c, 2, &after);
+}
+
+#[test]
+fn removing_a_live_node_under_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(4);
+    c.wait_writable();
+    // Writers through nodes 1 and 3 (not the one leaving), one key per write.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [1usize, 3]
+        .into_iter()
+        .map(|via| {
+            let addr = c.node(via).addr;
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut w = crate::harness::Wire::connect(addr);
+                let (mut acked, mut refused) = (Vec::new(), Vec::new());
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = key_in_partition(i % PARTITIONS, &format!("load-{via}-{i}"));
+                    i += 1;
+                    match w.try_call(Op::set(key.clone(), key.clone())) {
+                        Some(Reply::Written { .. }) => acked.push(key),
+                        Some(Reply::Error(e)) => refused.push((e.code, e.message.to_string())),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, body) = http_request(c.node(1).http, "DELETE", "/api/nodes/remove/2");
+    assert_eq!(status, 202, "{body}");
+    let plan = json(&body);
+    let done = wait_done(&c, 3, &plan, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        let (a, refused) = w.join().unwrap();
+        // The contract during a move: a write is either done, or refused with a retryable
+        // or outcome-unknown error; never a wrong answer.
+        for (code, message) in &refused {
+            assert!(
+                matches!(
+                    code,
+                    ErrorCode::Unavailable | ErrorCode::OutcomeUnknown | ErrorCode::WrongNode
+                ),
+                "{code:?}: {message}"
+            );
+        }
+        eprintln!("writer: {} acknowledged, {} refused", a.len(), refused.len());
+        acked.extend(a);
+    }
+    assert!(acked.len() > 100, "the load stalled: {} writes acknowledged", acked.len());
+    eprintln!("live node 2 removed: {done}");
+    // Node 2 was told: it stops by itself.
+    let status = c.nodes[1].as_mut().unwrap().wait_exit_within(Duration::from_secs(30));
+    c.nodes[1] = None;
+    eprintln!("removed node 2 stopped: {status}");
+    for via in [1, 3, 4] {
+        for (p, replicas) in held(&c, via) {
+            assert_eq!(replicas, vec![1, 3, 4], "node {via}, partition {p}");
+        }
+    }
+    read_back(&c, 4, &acked);
+}
