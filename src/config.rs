@@ -91,6 +91,9 @@ pub struct ClusterConfig {
     /// Whether this node makes the groups the ring gives it on a first start (a founding
     /// member); a node that joins later is sent each group it is added to instead.
     pub bootstrap: bool,
+    /// A joining node: the member it asks for the members and the map (which then replace
+    /// `nodes`, this node alone until then).
+    pub join: Option<SocketAddr>,
 }
 
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
@@ -160,11 +163,17 @@ pub struct ServeArgs {
     /// [default: 1024; 64 in a cluster, where each one is a Raft group]
     #[arg(long, value_name = "N")]
     pub partitions: Option<u32>,
-    /// Cluster mode: every node of the cluster as ID=HOST:PORT (their --cluster-listen),
-    /// comma-separated, the same list on every node; membership is fixed by it
-    /// [default: off, a single node]
+    /// Cluster mode, founding a cluster: every founding node as ID=HOST:PORT (their
+    /// --cluster-listen), comma-separated, the same list on each of them; nodes added later
+    /// use --join instead [default: off, a single node]
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     pub initial_cluster: Option<String>,
+    /// Cluster mode, joining a running cluster: the cluster address of any member. The node
+    /// starts empty, learns the members and the map from it, serves (forwarding what it does
+    /// not hold) and waits to be added (`corekv cluster add`). Needs --node-id and
+    /// --cluster-listen; give it again on every restart
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
     /// Node-to-node address (Raft traffic and forwarded requests)
     /// [default: this node's entry in --initial-cluster]
     #[arg(long, value_name = "HOST:PORT")]
@@ -233,6 +242,7 @@ struct FileConfig {
     node_id: Option<String>,
     partitions: Option<u32>,
     initial_cluster: Option<String>,
+    join: Option<String>,
     cluster_listen: Option<String>,
     replication_factor: Option<usize>,
     raft_tick_ms: Option<u64>,
@@ -513,6 +523,9 @@ fn cluster_config(
     args: &ServeArgs,
     file: &FileConfig,
 ) -> Result<Option<ClusterConfig>, ConfigError> {
+    if let Some(text) = args.join.clone().or(file.join.clone()) {
+        return join_config(args, file, &text).map(Some);
+    }
     let Some(list) = args.initial_cluster.clone().or(file.initial_cluster.clone()) else {
         for (key, set) in [
             ("cluster_listen", args.cluster_listen.is_some() || file.cluster_listen.is_some()),
@@ -573,7 +586,54 @@ fn cluster_config(
         raft_tick_ms,
         consistency: args.consistency.or(file.consistency).unwrap_or_default(),
         bootstrap: true,
+        join: None,
     }))
+}
+
+/// The cluster flags of a node joining a running cluster (`--join`).
+fn join_config(
+    args: &ServeArgs,
+    file: &FileConfig,
+    join: &str,
+) -> Result<ClusterConfig, ConfigError> {
+    if args.initial_cluster.is_some() || file.initial_cluster.is_some() {
+        return Err(invalid(
+            "join",
+            join,
+            "founds no cluster: give --join or --initial-cluster, not both",
+        ));
+    }
+    let member = resolve_addr(join).map_err(|r| invalid("join", join, &r))?;
+    let id_text = args.node_id.clone().or(file.node_id.clone()).ok_or_else(|| {
+        invalid("node_id", "unset", "joining needs --node-id, an id no member has had")
+    })?;
+    let node = parse_node_id(&id_text).map_err(|r| invalid("node_id", &id_text, &r))?;
+    let listen_text =
+        args.cluster_listen.clone().or(file.cluster_listen.clone()).ok_or_else(|| {
+            invalid(
+                "cluster_listen",
+                "unset",
+                "joining needs --cluster-listen, where members reach this node",
+            )
+        })?;
+    let listen =
+        resolve_addr(&listen_text).map_err(|r| invalid("cluster_listen", &listen_text, &r))?;
+    let replication_factor =
+        args.replication_factor.or(file.replication_factor).unwrap_or(REPLICATION_FACTOR_DEFAULT);
+    let raft_tick_ms = args.raft_tick_ms.or(file.raft_tick_ms).unwrap_or(RAFT_TICK_MS_DEFAULT);
+    if !(1..=10_000).contains(&raft_tick_ms) {
+        return Err(invalid("raft_tick_ms", raft_tick_ms, "must be 1..=10000"));
+    }
+    Ok(ClusterConfig {
+        node,
+        listen,
+        nodes: vec![(node, listen)],
+        replication_factor,
+        raft_tick_ms,
+        consistency: args.consistency.or(file.consistency).unwrap_or_default(),
+        bootstrap: false,
+        join: Some(member),
+    })
 }
 
 fn parse_node_id(text: &str) -> Result<u64, String> {

@@ -35,4 +35,6 @@ pub enum NodeError {
          data directory instead"
     )]
     Removed { path: PathBuf, node: u64, why: String },
+    #[error("joining through {member}: {why}")]
+    Join { member: String, why: String },
 }

@@ -53,10 +53,15 @@ struct CoreReport {
 }
 
 /// Runs a node until SIGINT/SIGTERM. Returns after a clean drain.
-pub fn run(config: Config) -> Result<(), NodeError> {
+pub fn run(mut config: Config) -> Result<(), NodeError> {
     abort_on_panic();
     let _lock = lock_data_dir(&config.data_dir)?;
     refuse_if_removed(&config)?;
+    if let Some(c) = config.cluster.as_mut()
+        && let Some(member) = c.join
+    {
+        join(c, member, config.partitions, &config.data_dir)?;
+    }
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cores = config.cores.unwrap_or(cpus.len().max(1));
     if cores > cpus.len() {
@@ -497,7 +502,11 @@ fn layout(config: &Config, cores: usize) -> String {
         // Sorted: the ring does not depend on the order nodes are listed in.
         let mut ids: Vec<u64> = c.nodes.iter().map(|(n, _)| *n).collect();
         ids.sort_unstable();
-        let members: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let mut members: Vec<String> = ids.iter().map(u64::to_string).collect();
+        if c.join.is_some() {
+            // Its members come from the cluster and change; it founded nothing.
+            members = vec!["joined".into()];
+        }
         text +=
             &format!(" node={} rf={} members={}", c.node, c.replication_factor, members.join(","));
     }
@@ -708,6 +717,95 @@ fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, NodeError> {
     Ok(sock)
 }
 
+/// How long a joining node keeps asking its member before it gives up.
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Asks `member` for the cluster's members and map (retrying while it cannot be reached),
+/// and makes them this node's: links to every member, and the map to route by until its own
+/// replica of the metadata group has one.
+fn join(
+    c: &mut crate::config::ClusterConfig,
+    member: SocketAddr,
+    partitions: u32,
+    data_dir: &Path,
+) -> Result<(), NodeError> {
+    use crate::cluster::plan::{Standing, decode_members};
+    let refuse = |why: String| NodeError::Join { member: member.to_string(), why };
+    let started = Instant::now();
+    let info = loop {
+        match ask_to_join(c.node, member) {
+            Ok(info) => break info,
+            Err(e) if started.elapsed() < JOIN_PATIENCE => {
+                tracing::warn!(%member, error = %e, "joining: asking again in a second");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(refuse(format!("{e} (for {}s)", JOIN_PATIENCE.as_secs()))),
+        }
+    };
+    if info.partitions != partitions {
+        return Err(refuse(format!(
+            "the cluster has {} partitions and this node --partitions {partitions}",
+            info.partitions
+        )));
+    }
+    if info.replication_factor as usize != c.replication_factor {
+        return Err(refuse(format!(
+            "the cluster keeps {} replicas and this node --replication-factor {}",
+            info.replication_factor, c.replication_factor
+        )));
+    }
+    let members = decode_members(&info.members).map_err(refuse)?;
+    if let Some(me) = members.iter().find(|m| m.id == c.node) {
+        if me.standing == Standing::Removed {
+            let why = "its id is a removed member's".to_string();
+            return Err(NodeError::Removed { path: data_dir.to_path_buf(), node: c.node, why });
+        }
+        if me.addr != c.listen {
+            let (recorded, listen) = (me.addr, c.listen);
+            tracing::warn!(%recorded, %listen, "joining: a member already, at another address");
+        }
+    }
+    let mut nodes: Vec<(u64, SocketAddr)> = members
+        .iter()
+        .filter(|m| m.standing != Standing::Removed && m.id != c.node)
+        .map(|m| (m.id, m.addr))
+        .collect();
+    nodes.push((c.node, c.listen));
+    let (members, map_version) = (nodes.len() - 1, info.map_version);
+    tracing::info!(%member, members, map_version, "joining: learned the cluster");
+    c.nodes = nodes;
+    Ok(())
+}
+
+/// One `JoinAsk` to `member` and its answer.
+fn ask_to_join(node: u64, member: SocketAddr) -> Result<corekv_schema::peer::JoinInfo, String> {
+    use corekv_schema::peer::{self, PeerMessage};
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s =
+        std::net::TcpStream::connect_timeout(&member, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(&peer::encode(&PeerMessage::JoinAsk { from_node: node }))
+        .map_err(|e| e.to_string())?;
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        if let Some(frame) =
+            corekv_schema::frame::take_frame(&mut buf, 64 << 20).map_err(|e| e.to_string())?
+        {
+            return match peer::decode(&frame)? {
+                PeerMessage::JoinInfo(info) => Ok(info),
+                other => Err(format!("answered {other:?} instead of the members")),
+            };
+        }
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed the link without answering".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// The file a node writes in its data directory once it learns it was removed from the
 /// cluster (its replica of the metadata group was).
 pub const REMOVED_MARKER: &str = "REMOVED";
@@ -781,6 +879,7 @@ mod tests {
             raft_tick_ms: 100,
             consistency: ConsistencyMode::default(),
             bootstrap: true,
+            join: None,
         };
         let a = advertised(&c, addr("0.0.0.0:7379"), Some(addr("127.0.0.1:7380")), None);
         assert_eq!(a.id, 2);

@@ -45,6 +45,24 @@ pub enum PeerMessage {
     },
     /// A node's heartbeat with its figures.
     Report(NodeReport),
+    /// A node starting with --join asks a member for the cluster's members and map.
+    JoinAsk {
+        from_node: u64,
+    },
+    /// The answer to `JoinAsk`.
+    JoinInfo(JoinInfo),
+}
+
+/// What a joining node learns from a member: enough to link to every member and route.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct JoinInfo {
+    /// JSON, as the metadata group records the members.
+    pub members: Bytes,
+    /// The partition map's text, as the metadata group records it.
+    pub map: Bytes,
+    pub map_version: u64,
+    pub partitions: u32,
+    pub replication_factor: u32,
 }
 
 /// What a node tells its peers of itself twice a second.
@@ -134,6 +152,22 @@ pub fn encode(message: &PeerMessage) -> Vec<u8> {
             };
             (fb::Body::Report, fb::Report::create(&mut fbb, &args).as_union_value())
         }
+        PeerMessage::JoinAsk { from_node } => {
+            let ask = fb::JoinAsk::create(&mut fbb, &fb::JoinAskArgs { from_node: *from_node });
+            (fb::Body::JoinAsk, ask.as_union_value())
+        }
+        PeerMessage::JoinInfo(info) => {
+            let members = Some(fbb.create_vector(&info.members));
+            let map = Some(fbb.create_vector(&info.map));
+            let args = fb::JoinInfoArgs {
+                members,
+                map,
+                map_version: info.map_version,
+                partitions: info.partitions,
+                replication_factor: info.replication_factor,
+            };
+            (fb::Body::JoinInfo, fb::JoinInfo::create(&mut fbb, &args).as_union_value())
+        }
     };
     let root = fb::PeerFrame::create(&mut fbb, &fb::PeerFrameArgs { body_type, body: Some(body) });
     fbb.finish_size_prefixed(root, None);
@@ -209,6 +243,21 @@ pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
             log_error: r.log_error().unwrap_or_default().to_owned(),
         }));
     }
+    if let Some(a) = root.body_as_join_ask() {
+        return Ok(PeerMessage::JoinAsk { from_node: nonzero("from_node", a.from_node())? });
+    }
+    if let Some(j) = root.body_as_join_info() {
+        let bytes = |v: Option<flatbuffers::Vector<'_, u8>>| {
+            v.map_or_else(Bytes::new, |v| frame.slice_ref(v.bytes()))
+        };
+        return Ok(PeerMessage::JoinInfo(JoinInfo {
+            members: bytes(j.members()),
+            map: bytes(j.map()),
+            map_version: j.map_version(),
+            partitions: j.partitions(),
+            replication_factor: j.replication_factor(),
+        }));
+    }
     Err(format!("peer frame with unknown body type {}", root.body_type().0))
 }
 
@@ -240,6 +289,14 @@ mod tests {
         for m in [
             PeerMessage::Forward { id: 9, request: Bytes::from_static(b"\x02\0\0\0ab") },
             PeerMessage::Forwarded { id: u64::MAX, response: Bytes::new() },
+            PeerMessage::JoinAsk { from_node: 4 },
+            PeerMessage::JoinInfo(JoinInfo {
+                members: Bytes::from_static(b"[]"),
+                map: Bytes::from_static(b"1 2 3\n"),
+                map_version: 12,
+                partitions: 8,
+                replication_factor: 3,
+            }),
             PeerMessage::Report(NodeReport {
                 from_node: 3,
                 uptime_ms: 1,

@@ -13,7 +13,7 @@
 //! | `GET /api/replication/status` | replication is off on a single node |
 //! | `DELETE /api/nodes/remove/{id}` | 202 and the plan; 404/409 with the reason |
 //! | `GET /api/rebalance` | the membership operation: state, target epoch, progress |
-//! | `POST /api/nodes/add` | 409: joining is not built yet |
+//! | `POST /api/nodes/add` `{node_id, cluster_addr}` | 202 and the plan; 4xx with the reason |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz`, `GET /readyz` | 200 or 503 |
 //!
@@ -130,20 +130,21 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
                 "node_id": node_id(core),
             }),
         ),
+        (&Method::POST, ["api", "nodes", "add"])
+        | (&Method::DELETE, ["api", "nodes", "remove", _])
+            if core.cluster.is_none() =>
+        {
+            error(StatusCode::CONFLICT, "this node runs without a cluster: it has no members")
+        }
         (&Method::DELETE, ["api", "nodes", "remove", id]) => match id.parse::<u64>() {
             Ok(id) => remove_node(core, id).await,
             Err(_) => error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id")),
         },
         (&Method::GET, ["api", "rebalance"]) => rebalance(core),
-        (&Method::POST, ["api", "nodes", "add"]) => error(
-            StatusCode::CONFLICT,
-            if core.cluster.is_some() {
-                "adding a node is not built yet (a node cannot join a running cluster); \
-                 removing one is: DELETE /api/nodes/remove/{id}"
-            } else {
-                "this node runs without a cluster: nodes cannot be added"
-            },
-        ),
+        (&Method::POST, ["api", "nodes", "add"]) => match body_json(request, core).await {
+            Ok(body) => add_node(core, &body).await,
+            Err(refusal) => refused(refusal),
+        },
         (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["api", "set" | "compare_and_set" | "get" | "delete", ..])
         | (_, ["api", "nodes" | "metrics" | "replication", ..]) => {
@@ -391,6 +392,37 @@ fn ready(core: &Core) -> Answer {
 
 /// Cluster mode: this node's view of every partition it holds a replica of. Followers' lag
 /// is known where this node leads (the leader tracks each follower's matched index).
+async fn add_node(core: &Core, body: &Value) -> Answer {
+    let Some(node) = body
+        .get("node_id")
+        .and_then(Value::as_u64)
+        .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+    else {
+        return error(StatusCode::BAD_REQUEST, "'node_id' must be an integer from 1 to 4294967295");
+    };
+    let Some(text) = body.get("cluster_addr").and_then(Value::as_str) else {
+        return error(StatusCode::BAD_REQUEST, "'cluster_addr' must be a string HOST:PORT");
+    };
+    let addr = match std::net::ToSocketAddrs::to_socket_addrs(text).map(|mut a| a.next()) {
+        Ok(Some(addr)) => addr,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("'cluster_addr' {text:?} is not HOST:PORT"),
+            );
+        }
+    };
+    let Some(core) = core.rc() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");
+    };
+    match membership::add(&core, node, addr).await {
+        Ok(plan) => json_answer(StatusCode::ACCEPTED, plan_json(&plan, 0)),
+        Err((status, why)) => {
+            error(StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), why)
+        }
+    }
+}
+
 async fn remove_node(core: &Core, id: u64) -> Answer {
     let Some(core) = core.rc() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");

@@ -33,13 +33,33 @@ pub struct RemoveArgs {
     /// The node to remove (alive or dead); its replicas move to the remaining nodes
     #[arg(value_name = "ID")]
     pub node: u64,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Flags of `corekv cluster add`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AddArgs {
+    /// The new node's id: never used by a member before
+    #[arg(value_name = "ID")]
+    pub node: u64,
+    /// The new node's cluster address (its --cluster-listen); start it with --join first
+    #[arg(value_name = "HOST:PORT")]
+    pub cluster_addr: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// How `add` and `remove` reach the cluster and wait.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WaitArgs {
     /// Any member's HTTP admin address (its --http-listen)
     #[arg(long, value_name = "HOST:PORT", default_value = crate::config::HTTP_LISTEN_DEFAULT)]
     pub http: String,
-    /// Return once the removal has started, instead of waiting for it to finish
+    /// Return once the operation has started, instead of waiting for it to finish
     #[arg(long)]
     pub no_wait: bool,
-    /// Give up waiting after this long (the removal goes on)
+    /// Give up waiting after this long (the operation goes on)
     #[arg(long, value_name = "S", default_value_t = 600)]
     pub timeout_s: u64,
 }
@@ -54,22 +74,34 @@ pub enum ClusterCommand {
     /// the others names; shows progress until done. The id is never used again, and the
     /// removed node refuses to start on its data directory
     Remove(RemoveArgs),
+    /// Adds a node started with --join, moving to it the replicas the ring now gives it;
+    /// shows progress until done
+    Add(AddArgs),
 }
 
 pub fn run(command: ClusterCommand) -> Result<(), String> {
     match command {
         ClusterCommand::Status(args) => status(&args),
-        ClusterCommand::Remove(args) => remove(&args),
+        ClusterCommand::Remove(args) => {
+            let path = format!("/api/nodes/remove/{}", args.node);
+            operate(&args.wait, "DELETE", &path, None)
+        }
+        ClusterCommand::Add(args) => {
+            let body = json!({"node_id": args.node, "cluster_addr": args.cluster_addr});
+            operate(&args.wait, "POST", "/api/nodes/add", Some(body))
+        }
     }
 }
 
-fn remove(args: &RemoveArgs) -> Result<(), String> {
+/// Starts a membership operation and follows it on `/api/rebalance` until it is done.
+fn operate(args: &WaitArgs, method: &str, path: &str, body: Option<Value>) -> Result<(), String> {
     let timeout = Duration::from_secs(5);
-    let path = format!("/api/nodes/remove/{}", args.node);
-    let plan = request(&args.http, "DELETE", &path, timeout)?;
+    let plan = send(&args.http, method, path, body.as_ref(), timeout)?;
     println!(
-        "removing node {}: plan {}, {} partitions to move",
-        args.node, plan["plan"], plan["partitions_total"]
+        "{}: plan {}, {} partitions to move",
+        plan["operation"].as_str().unwrap_or("?"),
+        plan["plan"],
+        plan["partitions_total"]
     );
     if args.no_wait {
         return Ok(());
@@ -96,11 +128,11 @@ fn remove(args: &RemoveArgs) -> Result<(), String> {
             last = line;
         }
         if r["plan"] == plan["plan"] && r["state"] == "idle" {
-            println!("node {} removed in {:.1}s", args.node, started.elapsed().as_secs_f64());
+            println!("done in {:.1}s", started.elapsed().as_secs_f64());
             return Ok(());
         }
         if r["state"] == "failed" {
-            return Err(format!("the removal failed: {}", r["error"]));
+            return Err(format!("the operation failed: {}", r["error"]));
         }
         if started.elapsed() > Duration::from_secs(args.timeout_s) {
             return Err(format!(
@@ -113,11 +145,18 @@ fn remove(args: &RemoveArgs) -> Result<(), String> {
 
 /// A minimal HTTP/1.1 GET (the node answers with a Content-Length body and closes).
 fn get(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
-    request(addr, "GET", path, timeout)
+    send(addr, "GET", path, None, timeout)
 }
 
-/// A minimal HTTP/1.1 request without a body; the answer's JSON, or its status and reason.
-fn request(addr: &str, method: &str, path: &str, timeout: Duration) -> Result<Value, String> {
+/// A minimal HTTP/1.1 request with an optional JSON body; the answer's JSON, or its status
+/// and reason.
+fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Value, String> {
     let target = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
@@ -125,7 +164,12 @@ fn request(addr: &str, method: &str, path: &str, timeout: Duration) -> Result<Va
         .ok_or_else(|| format!("{addr}: resolves to nothing"))?;
     let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
     s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(request.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| format!("{addr}{path}: {e}"))?;

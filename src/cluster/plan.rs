@@ -57,12 +57,14 @@ pub fn target_map(nodes: &[u64], partitions: u32, replication_factor: usize) -> 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Operation {
+    Add { node: u64, addr: SocketAddr },
     Remove { node: u64 },
 }
 
 impl Operation {
     pub fn describe(&self) -> String {
         match self {
+            Operation::Add { node, addr } => format!("add node {node} at {addr}"),
             Operation::Remove { node } => format!("remove node {node}"),
         }
     }
@@ -177,6 +179,20 @@ impl Seen {
     }
 }
 
+/// Why `node` at `addr` cannot be added to `members`, if it cannot.
+pub fn refuse_addition(members: &[Member], node: u64, addr: SocketAddr) -> Option<String> {
+    if let Some(m) = members.iter().find(|m| m.id == node) {
+        return Some(match m.standing {
+            Standing::Removed => format!("node id {node} belonged to a removed node; use a new id"),
+            _ => format!("node id {node} is a member already"),
+        });
+    }
+    if let Some(m) = members.iter().find(|m| m.addr == addr && m.standing != Standing::Removed) {
+        return Some(format!("{addr} is node {}'s cluster address", m.id));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +217,11 @@ mod tests {
         gone[3].standing = Standing::Removed;
         assert!(refuse_removal(&gone, 4, 3).unwrap().contains("removed already"));
         assert_eq!(active(&gone), vec![1, 2, 3]);
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(refuse_addition(&gone, 4, addr(9)).unwrap().contains("use a new id"));
+        assert!(refuse_addition(&gone, 2, addr(9)).unwrap().contains("a member already"));
+        assert!(refuse_addition(&gone, 5, addr(7001)).unwrap().contains("node 1's"));
+        assert_eq!(refuse_addition(&gone, 5, addr(9)), None);
     }
 
     #[test]

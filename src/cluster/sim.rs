@@ -170,6 +170,7 @@ fn config(id: u64) -> ClusterConfig {
         raft_tick_ms: 100,
         consistency: ConsistencyMode::Strong,
         bootstrap: id <= FOUNDERS,
+        join: None,
     }
 }
 

@@ -326,6 +326,8 @@ impl WalStore {
         self.removed.retain(|(n, _)| !after.contains(n));
         self.log(WHAT_MEMBERSHIP, encode_membership(index, &self.removed, &conf))?;
         self.conf = conf;
+        // A snapshot records the membership it was built under: one from before is stale.
+        self.built = None;
         Ok(())
     }
 
@@ -455,13 +457,16 @@ impl Storage for WalStore {
         Ok(self.last_index_now())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // A snapshot older than the log's start would leave its follower a gap before the
         // first entry still held: it would install it, ask for the next entry, and be sent
         // the same snapshot again, forever.
+        // One built before `to` was added would be refused by it (raft-rs installs only a
+        // snapshot whose membership names the receiver), and sent again, forever.
         let usable = |s: &&Snapshot| {
             let index = s.get_metadata().index;
-            index >= request_index && index >= self.point.index
+            let names_it = members(s.get_metadata().get_conf_state()).contains(&to);
+            index >= request_index && index >= self.point.index && names_it
         };
         match self.built.as_ref().filter(usable) {
             Some(s) => Ok(s.clone()),

@@ -90,10 +90,11 @@ struct Link {
     up: Rc<Cell<bool>>,
 }
 
-/// This core's links to the other nodes.
+/// This core's links to the other nodes: those it started with, and members added since
+/// ([`Links::ensure`]).
 pub struct Links {
     node: u64,
-    links: HashMap<u64, Link>,
+    links: RefCell<HashMap<u64, Link>>,
     /// Forwards waiting for their answers, by id.
     pub waits: Rc<Waits<Reply>>,
     /// The driver's counters: links count the Raft frames they drop.
@@ -108,16 +109,25 @@ impl Links {
         waits: Rc<Waits<Reply>>,
         counters: Rc<RaftCounters>,
     ) -> Links {
-        let mut links = HashMap::new();
-        for &(peer, addr) in nodes.iter().filter(|(n, _)| *n != node) {
-            let tx = Rc::new(Outbox::default());
-            let rx = tx.clone();
-            let up = Rc::new(Cell::new(false));
-            glommio::spawn_local(run_link(node, peer, addr, rx, up.clone(), waits.clone()))
-                .detach();
-            links.insert(peer, Link { tx, up });
+        let links = Links { node, links: RefCell::new(HashMap::new()), waits, counters };
+        for &(peer, addr) in nodes {
+            links.ensure(peer, addr);
         }
-        Links { node, links, waits, counters }
+        links
+    }
+
+    /// Starts a link to `peer` at `addr` unless there is one (on the calling executor).
+    pub fn ensure(&self, peer: u64, addr: SocketAddr) {
+        if peer == self.node || self.links.borrow().contains_key(&peer) {
+            return;
+        }
+        let tx = Rc::new(Outbox::default());
+        let rx = tx.clone();
+        let up = Rc::new(Cell::new(false));
+        let waits = self.waits.clone();
+        glommio::spawn_local(run_link(self.node, peer, addr, rx, up.clone(), waits)).detach();
+        self.links.borrow_mut().insert(peer, Link { tx, up });
+        tracing::info!(peer, %addr, "linking to a new member");
     }
 
     /// Links with no sockets behind them, for the simulation: what is sent to a peer waits
@@ -134,14 +144,14 @@ impl Links {
             .filter(|p| **p != node)
             .map(|&p| (p, Link { tx: Rc::new(Outbox::default()), up: Rc::new(Cell::new(true)) }))
             .collect();
-        Links { node, links, waits, counters }
+        Links { node, links: RefCell::new(links), waits, counters }
     }
 
     /// The frames queued for `peer` (simulation).
     #[cfg(test)]
     pub fn drain(&self, peer: u64) -> Vec<u8> {
         let mut all = Vec::new();
-        while let Some(batch) = self.links.get(&peer).and_then(|l| l.tx.take_now()) {
+        while let Some(batch) = self.links.borrow().get(&peer).and_then(|l| l.tx.take_now()) {
             all.extend_from_slice(&batch);
         }
         all
@@ -150,7 +160,7 @@ impl Links {
     /// Connects or cuts the link to `peer` (simulation); a cut link drops what it held.
     #[cfg(test)]
     pub fn set_up(&self, peer: u64, up: bool) {
-        if let Some(l) = self.links.get(&peer) {
+        if let Some(l) = self.links.borrow().get(&peer) {
             l.up.set(up);
             if !up {
                 l.tx.clear();
@@ -159,17 +169,18 @@ impl Links {
     }
 
     pub fn is_up(&self, peer: u64) -> bool {
-        self.links.get(&peer).is_some_and(|l| l.up.get())
+        self.links.borrow().get(&peer).is_some_and(|l| l.up.get())
     }
 
     /// Queues one frame for `peer`; false when it was dropped (link down or full).
     pub fn send_frame(&self, peer: u64, frame: Vec<u8>) -> bool {
-        self.links.get(&peer).is_some_and(|l| l.up.get() && l.tx.try_send(frame).is_ok())
+        self.links.borrow().get(&peer).is_some_and(|l| l.up.get() && l.tx.try_send(frame).is_ok())
     }
 
     /// Queues Raft messages for `peer`; false when they were dropped (link down or full).
     pub fn send_raft(&self, peer: u64, messages: Vec<(u32, Bytes)>) -> bool {
-        let Some(link) = self.links.get(&peer) else { return false };
+        let links = self.links.borrow();
+        let Some(link) = links.get(&peer) else { return false };
         let mut sent = true;
         for chunk in messages.chunks(BATCH_MESSAGES_MAX) {
             let frame = peer::encode(&PeerMessage::Raft {
@@ -194,16 +205,20 @@ impl Links {
         op: Op,
         consistency: Consistency,
     ) -> Result<Reply, Reply> {
-        let Some(link) = self.links.get(&peer).filter(|l| l.up.get()) else {
+        let Some((tx, up)) = self.links.borrow().get(&peer).map(|l| (l.tx.clone(), l.up.clone()))
+        else {
             return Err(Reply::error(ErrorCode::Unavailable, format!("no link to node {peer}")));
         };
+        if !up.get() {
+            return Err(Reply::error(ErrorCode::Unavailable, format!("no link to node {peer}")));
+        }
         let id = self.waits.open();
         let mut request = Request::new(id, op);
         request.consistency = consistency;
         let mut frame = BytesMut::new();
         super::command::with_encoder(|e| e.request(&request, &mut frame));
         let frame = peer::encode(&PeerMessage::Forward { id, request: frame.freeze() });
-        if link.tx.try_send(frame).is_err() {
+        if tx.try_send(frame).is_err() {
             self.waits.cancel(id);
             let full = format!("link to node {peer} is full");
             return Err(Reply::error(ErrorCode::Unavailable, full));

@@ -7,12 +7,14 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use corekv_schema::codec::{Reply, decode_request};
 use corekv_schema::frame::take_frame;
-use corekv_schema::peer::{self, PEER_VERSION, PeerMessage};
+use corekv_schema::peer::{self, JoinInfo, PEER_VERSION, PeerMessage};
 use futures_lite::{AsyncWriteExt, future};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
 use crate::cluster::command::with_encoder;
+use crate::cluster::meta::encode_map;
+use crate::cluster::plan::{Member, Standing, encode_members};
 use crate::cluster::transport::{LINK_QUEUE_FRAMES, PEER_FRAME_BYTES_MAX, read_some};
 use crate::shard::{Core, Origin};
 use crate::shutdown::Shutdown;
@@ -65,6 +67,11 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                     greeted = true;
                     greeted_by = from_node;
                 }
+                PeerMessage::JoinAsk { from_node } if !greeted => {
+                    tracing::info!(from_node, "a joining node asked for the members and map");
+                    let _ = tx.send(peer::encode(&PeerMessage::JoinInfo(join_info(&core)))).await;
+                    break 'read;
+                }
                 _ if !greeted => break 'read,
                 PeerMessage::Raft { messages, .. } => core.deliver_raft(messages).await,
                 PeerMessage::Forward { id, .. } if core.node.view.get().removed(greeted_by) => {
@@ -93,7 +100,9 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                     })
                     .detach();
                 }
-                PeerMessage::Forwarded { .. } => {}
+                PeerMessage::Forwarded { .. }
+                | PeerMessage::JoinAsk { .. }
+                | PeerMessage::JoinInfo(_) => {}
                 PeerMessage::Report(report) if report.from_node == greeted_by => {
                     core.node.peers.record(report);
                 }
@@ -112,5 +121,36 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
         }
     }
     drop(tx);
+    // Let an answer queued just before closing (a join's) go out.
+    let mut writing = writing;
+    let _ = futures_lite::future::or(&mut writing, async {
+        glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+    })
+    .await;
     writing.cancel().await;
+}
+
+/// What a joining node needs: the members and map as this node last read them (before its
+/// first reading, the founders and the ring's map).
+fn join_info(core: &Core) -> JoinInfo {
+    let seen = core.node.view.get();
+    let r = core.cluster.as_ref().expect("cluster mode");
+    let members = if seen.members.is_empty() {
+        let founders = r.config.nodes.iter().map(|&(id, addr)| Member {
+            id,
+            addr,
+            standing: Standing::Active,
+        });
+        founders.collect()
+    } else {
+        seen.members
+    };
+    let map = if seen.map.is_empty() { r.map() } else { seen.map };
+    JoinInfo {
+        members: encode_members(&members),
+        map: encode_map(&map),
+        map_version: seen.map_version,
+        partitions: core.partitions,
+        replication_factor: r.config.replication_factor as u32,
+    }
 }

@@ -104,6 +104,12 @@ async fn finish_plan(core: &Rc<Core>, seen: &Seen, mut p: Plan) {
                 m.standing = Standing::Removed;
             });
         }
+        // Recorded active when the plan started; again, should that write have been lost.
+        Operation::Add { node, addr } => {
+            if !members.iter().any(|m| m.id == node) {
+                members.push(Member { id: node, addr, standing: Standing::Active });
+            }
+        }
     }
     p.state = PlanState::Done;
     p.moved = p.moving;
@@ -133,6 +139,13 @@ pub async fn reconcile(core: Rc<Core>) {
     loop {
         glommio::timer::sleep(RECONCILE_EVERY).await;
         let seen = core.node.view.get();
+        // Every member gets a link, the ones added since this node started too.
+        for m in seen.members.iter().filter(|m| m.standing != Standing::Removed) {
+            r.links.ensure(m.id, m.addr);
+        }
+        if let Some(Operation::Add { node, addr }) = seen.running().map(|p| &p.operation) {
+            r.links.ensure(*node, *addr);
+        }
         if seen.map_version != map_version && !seen.map.is_empty() {
             map_version = seen.map_version;
             let mut members = plan::active(&seen.members);
@@ -180,6 +193,23 @@ pub type Refused = (u16, String);
 /// Starts removing `node`: the plan moves each of its replicas to the node the ring over the
 /// remaining members names. Works whether `node` is up or not.
 pub async fn remove(core: &Rc<Core>, node: u64) -> Result<Plan, Refused> {
+    start(core, Operation::Remove { node }).await
+}
+
+/// Starts adding `node`, listening at `addr` (started with `--join`): the plan moves to it
+/// the replicas the ring over the members with it names. It must answer at `addr`.
+pub async fn add(core: &Rc<Core>, node: u64, addr: std::net::SocketAddr) -> Result<Plan, Refused> {
+    let connect = glommio::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).await;
+    if let Err(e) = connect {
+        return Err((
+            422,
+            format!("node {node} cannot be reached at {addr}: {e}; start it with --join first"),
+        ));
+    }
+    start(core, Operation::Add { node, addr }).await
+}
+
+async fn start(core: &Rc<Core>, operation: Operation) -> Result<Plan, Refused> {
     let Some(r) = core.cluster.as_ref() else {
         return Err((409, "this node runs without a cluster".into()));
     };
@@ -198,18 +228,34 @@ pub async fn remove(core: &Rc<Core>, node: u64) -> Result<Plan, Refused> {
             return Err((409, why));
         }
     }
-    if let Some(why) = plan::refuse_removal(&members, node, r.config.replication_factor) {
-        let status = if members.iter().any(|m| m.id == node) { 409 } else { 404 };
-        return Err((status, why));
-    }
+    let mut after = members.clone();
+    let (node, standing) = match operation {
+        Operation::Remove { node } => {
+            if let Some(why) = plan::refuse_removal(&members, node, r.config.replication_factor) {
+                let status = if members.iter().any(|m| m.id == node) { 409 } else { 404 };
+                return Err((status, why));
+            }
+            (node, Standing::Leaving)
+        }
+        Operation::Add { node, addr } => {
+            if let Some(why) = plan::refuse_addition(&members, node, addr) {
+                return Err((409, why));
+            }
+            after.push(Member { id: node, addr, standing: Standing::Active });
+            (node, Standing::Active)
+        }
+    };
     let (map, map_version) = strong(core, map_key()).await?;
     let map = map.and_then(|v| decode_map(&v).ok()).unwrap_or_else(|| r.map());
-    let remaining: Vec<u64> = plan::active(&members).into_iter().filter(|n| *n != node).collect();
+    let remaining: Vec<u64> = plan::active(&after)
+        .into_iter()
+        .filter(|n| *n != node || standing == Standing::Active)
+        .collect();
     let target = plan::target_map(&remaining, core.partitions, r.config.replication_factor);
     let moving = map.iter().zip(&target).filter(|(now, to)| !same_set(now, to)).count() as u32 + 1;
     let plan = Plan {
         id: map_version.max(plan_version) + 1,
-        operation: Operation::Remove { node },
+        operation: operation.clone(),
         state: PlanState::Running,
         target,
         moving,
@@ -220,11 +266,11 @@ pub async fn remove(core: &Rc<Core>, node: u64) -> Result<Plan, Refused> {
     };
     let condition =
         if plan_version == 0 { Condition::IfAbsent } else { Condition::IfVersion(plan_version) };
-    let leaving: Vec<Member> = members
+    let leaving: Vec<Member> = after
         .into_iter()
         .map(|mut m| {
             if m.id == node {
-                m.standing = Standing::Leaving;
+                m.standing = standing;
             }
             m
         })
@@ -247,11 +293,23 @@ pub async fn remove(core: &Rc<Core>, node: u64) -> Result<Plan, Refused> {
         Reply::Error(e) => return Err((503, e.message.into_owned())),
         other => return Err((500, format!("unexpected answer {}", other.name()))),
     }
+    // An added node must be a member at once: every node links to members, and its
+    // replicas are to be made there.
     let members = Op::set(members_key(), encode_members(&leaving));
-    if let Reply::Error(e) = core.cluster_op(members, Consistency::Strong, Origin::Client).await {
-        tracing::warn!(error = %e, "membership: node {node} not marked leaving");
+    for tries in 1.. {
+        match core.cluster_op(members.clone(), Consistency::Strong, Origin::Client).await {
+            Reply::Written { .. } => break,
+            other if standing == Standing::Active && tries < 50 => {
+                tracing::warn!(reply = ?other, "membership: recording node {node}; again");
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+            }
+            other => {
+                tracing::warn!(reply = ?other, "membership: node {node} not marked leaving");
+                break;
+            }
+        }
     }
-    tracing::info!(node, plan = plan.id, "membership: removing node {node}");
+    tracing::info!(node, plan = plan.id, "membership: {}", plan.operation.describe());
     Ok(plan)
 }
 

@@ -96,6 +96,31 @@ impl Cluster {
         });
     }
 
+    /// Starts node `id` (one past the others) with `--join` through node `via`: its cluster
+    /// address, to add it with.
+    fn join(&mut self, id: usize, via: usize) -> String {
+        assert_eq!(id, self.nodes.len() + 1, "nodes join in id order");
+        let initial = &self.flags[0][3];
+        let member = initial
+            .split(',')
+            .find_map(|e| e.strip_prefix(&format!("{via}=")))
+            .expect("the member's address")
+            .to_string();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let dir = self._root.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let flags = ["--node-id", &id.to_string(), "--join", &member, "--cluster-listen", &listen]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.flags[0][4..8].iter().cloned())
+            .collect();
+        self.dirs.push(dir);
+        self.flags.push(flags);
+        self.nodes.push(None);
+        self.boot(id);
+        listen
+    }
+
     fn node(&self, id: usize) -> &Node {
         self.nodes[id - 1].as_ref().expect("node running")
     }

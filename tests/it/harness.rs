@@ -377,9 +377,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// A plain HTTP/1.1 request without a body: the status code and the body.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_request_body(addr, method, path, "")
+}
+
+/// A plain HTTP/1.1 request with a JSON body: the status code and the body.
+pub fn http_request_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect http");
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: corekv\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: corekv\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();

@@ -13,16 +13,18 @@ pub mod peer {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 5;
+pub const ENUM_MAX_BODY: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 6] = [
+pub const ENUM_VALUES_BODY: [Body; 8] = [
   Body::NONE,
   Body::Hello,
   Body::RaftBatch,
   Body::Forward,
   Body::Forwarded,
   Body::Report,
+  Body::JoinAsk,
+  Body::JoinInfo,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -36,9 +38,11 @@ impl Body {
   pub const Forward: Self = Self(3);
   pub const Forwarded: Self = Self(4);
   pub const Report: Self = Self(5);
+  pub const JoinAsk: Self = Self(6);
+  pub const JoinInfo: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -46,6 +50,8 @@ impl Body {
     Self::Forward,
     Self::Forwarded,
     Self::Report,
+    Self::JoinAsk,
+    Self::JoinInfo,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -56,6 +62,8 @@ impl Body {
       Self::Forward => Some("Forward"),
       Self::Forwarded => Some("Forwarded"),
       Self::Report => Some("Report"),
+      Self::JoinAsk => Some("JoinAsk"),
+      Self::JoinInfo => Some("JoinInfo"),
       _ => None,
     }
   }
@@ -974,6 +982,271 @@ impl ::core::fmt::Debug for Report<'_> {
       ds.finish()
   }
 }
+pub enum JoinAskOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A node starting with --join asks any member (on a link whose Hello names node 0) for what
+/// it needs to start: the cluster's members and map. Nothing else is accepted on such a link.
+pub struct JoinAsk<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for JoinAsk<'a> {
+  type Inner = JoinAsk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> JoinAsk<'a> {
+  pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    JoinAsk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args JoinAskArgs
+  ) -> ::flatbuffers::WIPOffset<JoinAsk<'bldr>> {
+    let mut builder = JoinAskBuilder::new(_fbb);
+    builder.add_from_node(args.from_node);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(JoinAsk::VT_FROM_NODE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for JoinAsk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct JoinAskArgs {
+    pub from_node: u64,
+}
+impl<'a> Default for JoinAskArgs {
+  #[inline]
+  fn default() -> Self {
+    JoinAskArgs {
+      from_node: 0,
+    }
+  }
+}
+
+pub struct JoinAskBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinAskBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node(&mut self, from_node: u64) {
+    self.fbb_.push_slot::<u64>(JoinAsk::VT_FROM_NODE, from_node, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> JoinAskBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    JoinAskBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<JoinAsk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for JoinAsk<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("JoinAsk");
+      ds.field("from_node", &self.from_node());
+      ds.finish()
+  }
+}
+pub enum JoinInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to JoinAsk, then the link is closed.
+pub struct JoinInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for JoinInfo<'a> {
+  type Inner = JoinInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> JoinInfo<'a> {
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MAP: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MAP_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REPLICATION_FACTOR: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    JoinInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args JoinInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<JoinInfo<'bldr>> {
+    let mut builder = JoinInfoBuilder::new(_fbb);
+    builder.add_map_version(args.map_version);
+    builder.add_replication_factor(args.replication_factor);
+    builder.add_partitions(args.partitions);
+    if let Some(x) = args.map { builder.add_map(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.finish()
+  }
+
+
+  /// The members with their cluster addresses and standing, as JSON (cluster::plan::Member).
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(JoinInfo::VT_MEMBERS, None)}
+  }
+  /// The partition map as the metadata group records it (text, one line per partition).
+  #[inline]
+  pub fn map(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(JoinInfo::VT_MAP, None)}
+  }
+  #[inline]
+  pub fn map_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(JoinInfo::VT_MAP_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn partitions(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(JoinInfo::VT_PARTITIONS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn replication_factor(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(JoinInfo::VT_REPLICATION_FACTOR, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for JoinInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("map", Self::VT_MAP, false)?
+     .visit_field::<u64>("map_version", Self::VT_MAP_VERSION, false)?
+     .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
+     .visit_field::<u32>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct JoinInfoArgs<'a> {
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub map: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub map_version: u64,
+    pub partitions: u32,
+    pub replication_factor: u32,
+}
+impl<'a> Default for JoinInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    JoinInfoArgs {
+      members: None,
+      map: None,
+      map_version: 0,
+      partitions: 0,
+      replication_factor: 0,
+    }
+  }
+}
+
+pub struct JoinInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(JoinInfo::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_map(&mut self, map: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(JoinInfo::VT_MAP, map);
+  }
+  #[inline]
+  pub fn add_map_version(&mut self, map_version: u64) {
+    self.fbb_.push_slot::<u64>(JoinInfo::VT_MAP_VERSION, map_version, 0);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: u32) {
+    self.fbb_.push_slot::<u32>(JoinInfo::VT_PARTITIONS, partitions, 0);
+  }
+  #[inline]
+  pub fn add_replication_factor(&mut self, replication_factor: u32) {
+    self.fbb_.push_slot::<u32>(JoinInfo::VT_REPLICATION_FACTOR, replication_factor, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> JoinInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    JoinInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<JoinInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for JoinInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("JoinInfo");
+      ds.field("members", &self.members());
+      ds.field("map", &self.map());
+      ds.field("map_version", &self.map_version());
+      ds.field("partitions", &self.partitions());
+      ds.field("replication_factor", &self.replication_factor());
+      ds.finish()
+  }
+}
 pub enum PeerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1098,6 +1371,36 @@ impl<'a> PeerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_join_ask(&self) -> Option<JoinAsk<'a>> {
+    if self.body_type() == Body::JoinAsk {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { JoinAsk::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_join_info(&self) -> Option<JoinInfo<'a>> {
+    if self.body_type() == Body::JoinInfo {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { JoinInfo::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for PeerFrame<'_> {
@@ -1113,6 +1416,8 @@ impl ::flatbuffers::Verifiable for PeerFrame<'_> {
           Body::Forward => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forward>>("Body::Forward", pos),
           Body::Forwarded => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Forwarded>>("Body::Forwarded", pos),
           Body::Report => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Report>>("Body::Report", pos),
+          Body::JoinAsk => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<JoinAsk>>("Body::JoinAsk", pos),
+          Body::JoinInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<JoinInfo>>("Body::JoinInfo", pos),
           _ => Ok(()),
         }
      })?
@@ -1197,6 +1502,20 @@ impl ::core::fmt::Debug for PeerFrame<'_> {
         },
         Body::Report => {
           if let Some(x) = self.body_as_report() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::JoinAsk => {
+          if let Some(x) = self.body_as_join_ask() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::JoinInfo => {
+          if let Some(x) = self.body_as_join_info() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -28,7 +28,26 @@ fn wait_done(c: &Cluster, via: usize, plan: &Value, limit: Duration) -> Value {
             return r;
         }
         assert_ne!(r["state"], "failed", "{r}");
-        assert!(Instant::now() < deadline, "plan not done in {limit:?}: {r}");
+        if Instant::now() > deadline {
+            let groups: Vec<String> = (1..=c.nodes.len())
+                .filter(|&n| c.nodes[n - 1].is_some())
+                .map(|n| {
+                    format!("node {n}: {}", http_get(c.node(n).http, "/api/replication/status").1)
+                })
+                .collect();
+            let logs: Vec<String> = (1..=c.nodes.len())
+                .filter(|&n| c.nodes[n - 1].is_some())
+                .map(|n| {
+                    let log = c.node(n).stderr();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    format!(
+                        "node {n} log tail:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!("plan not done in {limit:?}: {r}\n{}\n{}", groups.join("\n"), logs.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -198,4 +217,110 @@ fn removing_a_live_node_under_load_loses_no_acknowledged_write() {
         }
     }
     read_back(&c, 4, &acked);
+}
+
+/// The replicas the ring over `nodes` gives each data partition, sorted.
+fn ring(nodes: &[u64]) -> Vec<Vec<u64>> {
+    let mut map = corekv_schema::ring::Ring::new(nodes, 256).map(PARTITIONS, 3);
+    map.iter_mut().for_each(|r| r.sort_unstable());
+    map
+}
+
+/// Every data partition held where the ring over `nodes` says, by exactly those nodes.
+fn placed_by_ring(c: &Cluster, nodes: &[u64]) {
+    let want = ring(nodes);
+    let meta_group = PARTITIONS.to_string();
+    for &n in nodes {
+        let groups = held(c, n as usize);
+        for (p, replicas) in groups.iter().filter(|(p, _)| *p != meta_group) {
+            let p: usize = p.parse().unwrap();
+            assert_eq!(replicas, &want[p], "node {n}, partition {p}");
+        }
+        let holds: Vec<usize> =
+            (0..PARTITIONS as usize).filter(|p| want[*p].contains(&n)).collect();
+        let count = groups.iter().filter(|(p, _)| *p != meta_group).count();
+        assert_eq!(count, holds.len(), "node {n} holds {groups:?}, the ring gives it {holds:?}");
+        let meta = groups.iter().find(|(p, _)| *p == meta_group).map(|(_, r)| r.clone());
+        assert_eq!(meta, Some(nodes.to_vec()), "node {n}: the metadata group is on every node");
+    }
+}
+
+fn post_add(c: &Cluster, via: usize, body: &str) -> (u16, String) {
+    crate::harness::http_request_body(c.node(via).http, "POST", "/api/nodes/add", body)
+}
+
+#[test]
+fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id() {
+    let mut c = Cluster::start(3);
+    c.wait_writable();
+    let before = write_keys(&c, 1, "before", 100);
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = c.node(1).addr;
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut w = crate::harness::Wire::connect(addr);
+            let (mut acked, mut refused) = (Vec::new(), 0);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load-{i}");
+                i += 1;
+                match w.try_call(Op::set(key.clone(), key.clone())) {
+                    Some(Reply::Written { .. }) => acked.push(key),
+                    Some(Reply::Error(e)) => {
+                        assert!(
+                            matches!(e.code, ErrorCode::Unavailable | ErrorCode::OutcomeUnknown),
+                            "{e:?}"
+                        );
+                        refused += 1;
+                    }
+                    other => return Err(format!("{other:?} after {} writes", acked.len())),
+                }
+            }
+            Ok((acked, refused))
+        })
+    };
+    let cluster_addr = c.join(4, 2);
+    // Before it is added, the new node serves by forwarding.
+    read_back(&c, 4, &before[..20]);
+    // Bad requests change nothing.
+    for (body, status) in [
+        ("{", 400),
+        (r#"{"node_id": 4}"#, 400),
+        (r#"{"node_id": 2, "cluster_addr": "127.0.0.1:1"}"#, 422),
+        (&format!(r#"{{"node_id": 3, "cluster_addr": "{cluster_addr}"}}"#)[..], 409),
+    ] {
+        let (got, answer) = post_add(&c, 1, body);
+        assert_eq!(got, status, "{body}: {answer}");
+    }
+    let (status, body) =
+        post_add(&c, 2, &format!(r#"{{"node_id": 4, "cluster_addr": "{cluster_addr}"}}"#));
+    assert_eq!(status, 202, "{body}");
+    let plan = json(&body);
+    let done = wait_done(&c, 3, &plan, Duration::from_secs(60));
+    eprintln!("node 4 added: {done}");
+    placed_by_ring(&c, &[1, 2, 3, 4]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, refused) = match writer.join().unwrap() {
+        Ok(done) => done,
+        Err(e) => panic!("the writer through node 1 failed: {e}\n{}", c.node(1).stderr()),
+    };
+    eprintln!("during the move: {} writes acknowledged, {refused} refused", acked.len());
+    assert!(acked.len() > 100, "the load stalled");
+    read_back(&c, 4, &before);
+    read_back(&c, 4, &acked);
+
+    // Replace node 3, dead, by node 5: add the new one, then remove the old.
+    c.kill9(3);
+    let cluster_addr = c.join(5, 1);
+    let (status, body) =
+        post_add(&c, 4, &format!(r#"{{"node_id": 5, "cluster_addr": "{cluster_addr}"}}"#));
+    assert_eq!(status, 202, "{body}");
+    wait_done(&c, 1, &json(&body), Duration::from_secs(60));
+    let (status, body) = http_request(c.node(5).http, "DELETE", "/api/nodes/remove/3");
+    assert_eq!(status, 202, "{body}");
+    wait_done(&c, 2, &json(&body), Duration::from_secs(60));
+    placed_by_ring(&c, &[1, 2, 4, 5]);
+    read_back(&c, 5, &acked);
 }
