@@ -193,6 +193,27 @@ pub fn refuse_addition(members: &[Member], node: u64, addr: SocketAddr) -> Optio
     None
 }
 
+/// Who should lead each partition of `map` (its replicas, preferred first) among the `up`
+/// nodes: each partition goes to the replica that leads the fewest so far, ties going to the
+/// one the ring lists first. Every node computes the same from the same inputs, and a dead
+/// node's share spreads over the others rather than falling on one.
+pub fn leaders(map: &[Vec<u64>], up: &[u64]) -> Vec<Option<u64>> {
+    let mut led: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    map.iter()
+        .map(|replicas| {
+            let pick = replicas
+                .iter()
+                .filter(|r| up.contains(r))
+                .min_by_key(|r| led.get(r).copied().unwrap_or(0))
+                .copied();
+            if let Some(n) = pick {
+                *led.entry(n).or_default() += 1;
+            }
+            pick
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +243,29 @@ mod tests {
         assert!(refuse_addition(&gone, 2, addr(9)).unwrap().contains("a member already"));
         assert!(refuse_addition(&gone, 5, addr(7001)).unwrap().contains("node 1's"));
         assert_eq!(refuse_addition(&gone, 5, addr(9)), None);
+    }
+
+    #[test]
+    fn leaders_spread_evenly_and_a_dead_nodes_share_is_spread_too() {
+        let spread = |leaders: &[Option<u64>], nodes: &[u64]| {
+            let count = |n| leaders.iter().filter(|l| **l == Some(n)).count();
+            let counts: Vec<usize> = nodes.iter().map(|&n| count(n)).collect();
+            (*counts.iter().min().unwrap(), *counts.iter().max().unwrap())
+        };
+        for partitions in [8, 16, 64] {
+            let map = target_map(&[1, 2, 3], partitions, 3);
+            let data = &map[..partitions as usize];
+            let (min, max) = spread(&leaders(data, &[1, 2, 3]), &[1, 2, 3]);
+            assert!(max - min <= 1, "{partitions} partitions: {min}..{max}");
+            // Node 1 down: its partitions go to 2 and 3, evenly.
+            let (min, max) = spread(&leaders(data, &[2, 3]), &[2, 3]);
+            assert!(max - min <= 1, "{partitions} partitions, one down: {min}..{max}");
+            let five = target_map(&[1, 2, 3, 4, 5], partitions, 3);
+            let (min, max) =
+                spread(&leaders(&five[..partitions as usize], &[1, 2, 3, 4, 5]), &[1, 2, 3, 4, 5]);
+            assert!(max - min <= 2, "{partitions} partitions on five: {min}..{max}");
+        }
+        assert_eq!(leaders(&[vec![1, 2]], &[3]), vec![None], "no replica up, no leader");
     }
 
     #[test]

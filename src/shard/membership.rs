@@ -11,9 +11,9 @@
 //!   map (what forwarding and `Topology` use) in step with the recorded one.
 //! - [`remove`] starts a plan, from the HTTP API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corekv_schema::codec::{Condition, Consistency, ErrorCode, Op, Reply};
@@ -136,6 +136,7 @@ pub async fn reconcile(core: Rc<Core>) {
     let Some(r) = core.cluster.clone() else { return };
     let mut reported: BTreeSet<(u64, u32)> = BTreeSet::new();
     let mut map_version = 0;
+    let mut transfers: HashMap<u32, Instant> = HashMap::new();
     loop {
         glommio::timer::sleep(RECONCILE_EVERY).await;
         let seen = core.node.view.get();
@@ -154,7 +155,10 @@ pub async fn reconcile(core: Rc<Core>) {
             }
             r.set_map(&seen.map, members);
         }
-        let Some(p) = seen.running().cloned() else { continue };
+        let Some(p) = seen.running().cloned() else {
+            balance_leaders(&core, &seen, &mut transfers);
+            continue;
+        };
         for partition in r.partitions_led() {
             let Some(target) = p.target.get(partition as usize) else { continue };
             let Some(view) = r.move_view(partition) else { continue };
@@ -184,6 +188,57 @@ pub async fn reconcile(core: Rc<Core>) {
         }
         // A report that did not commit is made again once the view shows it missing.
         reported.retain(|(id, partition)| *id == p.id && !seen.done.contains(partition));
+    }
+}
+
+/// Leadership transfers one core starts per round, at most: the rest wait for the next.
+const TRANSFERS_PER_ROUND: usize = 2;
+/// How long a partition's transfer is given before it is asked for again.
+const TRANSFER_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Hands each partition this core leads to the node `plan::leaders` picks for it, among the
+/// nodes heard from lately, once that node is caught up: after a failover, a restart or a
+/// join, leadership spreads evenly again rather than staying where elections left it.
+fn balance_leaders(core: &Rc<Core>, seen: &Seen, transfers: &mut HashMap<u32, Instant>) {
+    let Some(r) = core.cluster.as_ref() else { return };
+    let led = r.partitions_led();
+    if led.is_empty() {
+        return;
+    }
+    let heard = |n: u64| {
+        n == r.node
+            || core
+                .node
+                .peers
+                .last(n)
+                .is_some_and(|(ago, _)| ago < crate::cluster::health::DOWN_AFTER)
+    };
+    let mut map = r.map();
+    map.push(r.replicas_of(core.partitions));
+    let active = |n: u64| {
+        seen.members.is_empty()
+            || seen.members.iter().any(|m| m.id == n && m.standing == Standing::Active)
+    };
+    let up: Vec<u64> = map.iter().flatten().copied().filter(|&n| heard(n) && active(n)).collect();
+    let wanted = plan::leaders(&map, &up);
+    transfers.retain(|_, at| at.elapsed() < TRANSFER_PATIENCE);
+    let mut started = 0;
+    for p in led {
+        let Some(Some(to)) = wanted.get(p as usize).copied() else { continue };
+        if to == r.node || transfers.contains_key(&p) || started == TRANSFERS_PER_ROUND {
+            continue;
+        }
+        let Some(view) = r.move_view(p) else { continue };
+        let voter = view.conf.voters.iter().any(|v| crate::cluster::group::node_of(*v) == to);
+        let caught_up = view.progress.iter().any(|&(id, matched, replicating)| {
+            crate::cluster::group::node_of(id) == to && replicating && matched >= view.last_index
+        });
+        if voter && caught_up && !view.joint && !view.pending {
+            tracing::info!(partition = p, to, "handing leadership over, to balance leaders");
+            r.transfer_leader(p, to);
+            transfers.insert(p, Instant::now());
+            started += 1;
+        }
     }
 }
 
