@@ -375,3 +375,68 @@ fn leaders_spread_evenly_after_a_failover_a_restart_and_a_join() {
     wait_done(&c, 2, &json(&body), Duration::from_secs(60));
     wait_balanced(&c, &[1, 2, 3, 4], "a join");
 }
+
+/// The node leading the metadata group, as node `via` sees it.
+fn metadata_leader(c: &Cluster, via: usize) -> usize {
+    let (_, body) = http_get(c.node(via).http, "/api/replication/status");
+    json(&body)["metadata"]["leader"].as_u64().unwrap() as usize
+}
+
+#[test]
+fn a_plan_survives_kill_9_of_the_joining_node_a_leader_and_the_metadata_leader() {
+    let mut c = Cluster::start(3);
+    c.wait_writable();
+    // Enough data that snapshots take a moment.
+    let mut w = c.node(1).wire();
+    let value = "v".repeat(4096);
+    let keys: Vec<String> = (0..600).map(|i| format!("bulk-{i}")).collect();
+    for key in &keys {
+        assert!(matches!(w.call(Op::set(key.clone(), value.clone())), Reply::Written { .. }));
+    }
+    let cluster_addr = c.join(4, 1);
+    let (status, body) =
+        post_add(&c, 2, &format!(r#"{{"node_id": 4, "cluster_addr": "{cluster_addr}"}}"#));
+    assert_eq!(status, 202, "{body}");
+    let plan = json(&body);
+    // The joining node dies while it is being sent its replicas, and comes back.
+    std::thread::sleep(Duration::from_millis(100));
+    c.kill9(4);
+    // So does the metadata leader, which ends plans, and then a partition leader.
+    let meta = metadata_leader(&c, 2);
+    eprintln!("killing the metadata leader, node {meta}");
+    c.kill9(meta);
+    std::thread::sleep(Duration::from_millis(500));
+    c.boot(4);
+    c.boot(meta);
+    let other = (1..=3).find(|&n| n != meta).unwrap();
+    let leader = c.leaders(other).iter().map(|&l| l as usize).find(|&l| l != 0 && l != 4);
+    if let Some(l) = leader {
+        eprintln!("killing a partition leader, node {l}");
+        c.kill9(l);
+        std::thread::sleep(Duration::from_millis(300));
+        c.boot(l);
+    }
+    let via = (1..=3).find(|&n| Some(n) != leader).unwrap();
+    let done = wait_done(&c, via, &plan, Duration::from_secs(90));
+    eprintln!("the add finished after the kills: {done}");
+    placed_by_ring(&c, &[1, 2, 3, 4]);
+    let mut w = c.node(4).wire();
+    for key in keys.iter().step_by(7) {
+        let got = w.try_call_with(Op::get(key.clone()), Consistency::Strong);
+        assert_eq!(got.as_ref().and_then(value_of), Some(value.clone().into_bytes()), "{key}");
+    }
+    // Added, then removed at once: the cluster goes back to where it was.
+    let (status, body) = http_request(c.node(1).http, "DELETE", "/api/nodes/remove/4");
+    assert_eq!(status, 202, "{body}");
+    wait_done(&c, 3, &json(&body), Duration::from_secs(60));
+    placed_by_ring(&c, &[1, 2, 3]);
+    read_back_values(&c, 2, &keys, &value);
+}
+
+fn read_back_values(c: &Cluster, via: usize, keys: &[String], value: &str) {
+    let mut w = c.node(via).wire();
+    for key in keys {
+        let got = w.try_call_with(Op::get(key.clone()), Consistency::Strong);
+        assert_eq!(got.as_ref().and_then(value_of), Some(value.as_bytes().to_vec()), "{key}");
+    }
+}
