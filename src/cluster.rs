@@ -39,6 +39,8 @@ counters!(
         leader_changes,
         elections_won,
         snapshots_sent,
+        /// Snapshot data streamed to followers.
+        snapshot_bytes_sent,
         snapshots_installed,
         read_indexes,
         /// Sum and count of proposal-to-apply times, microseconds.

@@ -51,6 +51,22 @@ pub enum PeerMessage {
     },
     /// The answer to `JoinAsk`.
     JoinInfo(JoinInfo),
+    /// A piece of a snapshot; see `peer.fbs`.
+    SnapshotChunk(SnapshotChunk),
+}
+
+/// One piece of a snapshot on its way to a follower; see `peer.fbs`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SnapshotChunk {
+    pub from_node: u64,
+    pub partition: u32,
+    pub index: u64,
+    pub offset: u64,
+    pub total: u64,
+    pub crc: u32,
+    pub data: Bytes,
+    /// The raft message without its data; empty on every piece but the last.
+    pub message: Bytes,
 }
 
 /// What a joining node learns from a member: enough to link to every member and route.
@@ -152,6 +168,21 @@ pub fn encode(message: &PeerMessage) -> Vec<u8> {
             };
             (fb::Body::Report, fb::Report::create(&mut fbb, &args).as_union_value())
         }
+        PeerMessage::SnapshotChunk(c) => {
+            let data = Some(fbb.create_vector(&c.data));
+            let message = (!c.message.is_empty()).then(|| fbb.create_vector(&c.message));
+            let args = fb::SnapshotChunkArgs {
+                from_node: c.from_node,
+                partition: c.partition,
+                index: c.index,
+                offset: c.offset,
+                total: c.total,
+                crc: c.crc,
+                data,
+                message,
+            };
+            (fb::Body::SnapshotChunk, fb::SnapshotChunk::create(&mut fbb, &args).as_union_value())
+        }
         PeerMessage::JoinAsk { from_node } => {
             let ask = fb::JoinAsk::create(&mut fbb, &fb::JoinAskArgs { from_node: *from_node });
             (fb::Body::JoinAsk, ask.as_union_value())
@@ -243,6 +274,21 @@ pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
             log_error: r.log_error().unwrap_or_default().to_owned(),
         }));
     }
+    if let Some(c) = root.body_as_snapshot_chunk() {
+        let bytes = |v: Option<flatbuffers::Vector<'_, u8>>| {
+            v.map_or_else(Bytes::new, |v| frame.slice_ref(v.bytes()))
+        };
+        return Ok(PeerMessage::SnapshotChunk(SnapshotChunk {
+            from_node: nonzero("from_node", c.from_node())?,
+            partition: c.partition(),
+            index: c.index(),
+            offset: c.offset(),
+            total: c.total(),
+            crc: c.crc(),
+            data: bytes(c.data()),
+            message: bytes(c.message()),
+        }));
+    }
     if let Some(a) = root.body_as_join_ask() {
         return Ok(PeerMessage::JoinAsk { from_node: nonzero("from_node", a.from_node())? });
     }
@@ -290,6 +336,16 @@ mod tests {
             PeerMessage::Forward { id: 9, request: Bytes::from_static(b"\x02\0\0\0ab") },
             PeerMessage::Forwarded { id: u64::MAX, response: Bytes::new() },
             PeerMessage::JoinAsk { from_node: 4 },
+            PeerMessage::SnapshotChunk(SnapshotChunk {
+                from_node: 2,
+                partition: 5,
+                index: 77,
+                offset: 1 << 20,
+                total: 3 << 20,
+                crc: 0xdead_beef,
+                data: Bytes::from(vec![7; 1000]),
+                message: Bytes::from_static(b"\x08\x07"),
+            }),
             PeerMessage::JoinInfo(JoinInfo {
                 members: Bytes::from_static(b"[]"),
                 map: Bytes::from_static(b"1 2 3\n"),

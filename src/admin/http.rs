@@ -140,7 +140,7 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
             Ok(id) => remove_node(core, id).await,
             Err(_) => error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id")),
         },
-        (&Method::GET, ["api", "rebalance"]) => rebalance(core),
+        (&Method::GET, ["api", "rebalance"]) => rebalance(core).await,
         (&Method::POST, ["api", "nodes", "add"]) => match body_json(request, core).await {
             Ok(body) => add_node(core, &body).await,
             Err(refusal) => refused(refusal),
@@ -458,12 +458,15 @@ fn plan_json(p: &Plan, done: usize) -> Value {
     })
 }
 
-fn rebalance(core: &Core) -> Answer {
-    let Some(r) = core.cluster.as_ref() else {
+async fn rebalance(core: &Core) -> Answer {
+    if core.cluster.is_none() {
         return error(StatusCode::NOT_FOUND, "not in cluster mode");
-    };
+    }
     let seen = core.node.view.get();
-    let counters = r.counter_values();
+    let (_, counters) = match core.cluster_status().await {
+        Ok(got) => got,
+        Err(reply) => return error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
+    };
     let mut body = match &seen.plan {
         Some(p) => plan_json(p, seen.done.len()),
         None => {
@@ -472,8 +475,9 @@ fn rebalance(core: &Core) -> Answer {
     };
     body["map_epoch"] = json!(seen.map_version);
     body["members"] = json!(seen.members);
-    // Streamed from this node's core 0 only; every node reports its own.
+    // What this node streamed to followers since it started (every node reports its own).
     body["snapshots_sent_here"] = json!(counters.snapshots_sent);
+    body["bytes_streamed_here"] = json!(counters.snapshot_bytes_sent);
     json_answer(StatusCode::OK, body)
 }
 

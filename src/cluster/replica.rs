@@ -1090,9 +1090,20 @@ fn queue(
     messages: impl Iterator<Item = Message>,
     r: &Replicas,
 ) {
-    for m in messages {
+    for mut m in messages {
         if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             bump(&r.counters.snapshots_sent);
+            // Streamed in pieces beside the Raft traffic, the message last (`transport`).
+            let data = std::mem::take(&mut m.mut_snapshot().data);
+            let index = m.get_snapshot().get_metadata().index;
+            match m.write_to_bytes() {
+                Ok(bytes) => {
+                    let to = node_of(m.to);
+                    r.links.send_snapshot(to, partition, index, Bytes::from(bytes), data);
+                }
+                Err(e) => tracing::error!(error = %e, "snapshot message did not encode"),
+            }
+            continue;
         }
         let to = node_of(m.to);
         match m.write_to_bytes() {

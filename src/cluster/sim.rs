@@ -48,7 +48,7 @@ use super::command;
 use super::meta;
 use super::moves::{self, Step};
 use super::replica::{self, Replicas};
-use super::transport::{Links, PEER_FRAME_BYTES_MAX};
+use super::transport::{Links, PEER_FRAME_BYTES_MAX, SnapshotAssembly};
 use crate::config::{ClusterConfig, ConsistencyMode};
 use crate::storage::store::Store;
 use crate::storage::wal::{SyncMode, Wal};
@@ -139,6 +139,8 @@ struct Sim {
     readds: u64,
     /// Every node each group's target named so far.
     had: BTreeMap<u32, Vec<u64>>,
+    /// Snapshot pieces on their way, by (from, to).
+    assemblies: HashMap<(u64, u64), SnapshotAssembly>,
     crashes: u64,
     /// Snapshots installed, by nodes since crashed too.
     snapshots: u64,
@@ -235,6 +237,7 @@ impl Sim {
             moves: 0,
             readds: 0,
             had: BTreeMap::new(),
+            assemblies: HashMap::new(),
         }
     }
 
@@ -305,11 +308,17 @@ impl Sim {
             if self.cut.contains(&f.from) || self.cut.contains(&f.to) {
                 continue;
             }
-            let Some(up) = self.up(f.to) else { continue };
+            let Some(up) = self.up(f.to).map(|u| u.replicas.clone()) else { continue };
             let mut buf = BytesMut::from(&f.bytes[..]);
             while let Ok(Some(frame)) = take_frame(&mut buf, PEER_FRAME_BYTES_MAX) {
                 match peer::decode(&frame) {
-                    Ok(PeerMessage::Raft { messages, .. }) => up.replicas.deliver(messages),
+                    Ok(PeerMessage::Raft { messages, .. }) => up.deliver(messages),
+                    Ok(PeerMessage::SnapshotChunk(piece)) => {
+                        let joined = self.assemblies.entry((f.from, f.to)).or_default().take(piece);
+                        if let Ok(Some(whole)) = joined {
+                            up.deliver([whole]);
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => self.fail(&format!("a frame the links made does not decode: {e}")),
                 }

@@ -22,18 +22,33 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply, Request, decode_response};
 use corekv_schema::frame::take_frame;
-use corekv_schema::peer::{self, BATCH_MESSAGES_MAX, PEER_VERSION, PeerMessage};
+use corekv_schema::peer::{self, BATCH_MESSAGES_MAX, PEER_VERSION, PeerMessage, SnapshotChunk};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::net::TcpStream;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
 
 use super::RaftCounters;
-use crate::counters::bump;
+use crate::counters::{bump, bump_by};
 use crate::waiting::{Waits, Wake};
 
 /// Frames queued per link before more are dropped (Raft) or refused (forwards).
 pub(crate) const LINK_QUEUE_FRAMES: usize = 4096;
-/// Largest peer frame read: a snapshot of a partition travels in one.
-pub const PEER_FRAME_BYTES_MAX: usize = 1 << 30;
+/// Largest peer frame read. Snapshots travel in pieces ([`SNAPSHOT_CHUNK_BYTES`]) and Raft
+/// batches are cut at [`RAFT_FRAME_BYTES`], so only a single Raft entry larger than that
+/// (a client request near the largest frame a client may send) makes a frame this big.
+pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
+/// Raft messages per frame are cut at about this many bytes.
+const RAFT_FRAME_BYTES: usize = 8 << 20;
+/// Bytes of snapshot data per piece.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshots one core sends at once; more wait their turn.
+pub const SNAPSHOT_STREAMS_MAX: usize = 2;
+/// Most snapshot bytes per second one core sends, so that a snapshot never starves the link
+/// of the Raft traffic and forwards sharing it.
+pub const SNAPSHOT_BYTES_PER_S: u64 = 128 << 20;
+/// Snapshot pieces a stream lets wait in a link's queue.
+const SNAPSHOT_PIECES_QUEUED: usize = 4;
 /// How long a forwarded request may take before the caller gives up on it.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
@@ -83,6 +98,10 @@ impl Outbox {
     fn clear(&self) {
         self.frames.borrow_mut().clear();
     }
+
+    fn len(&self) -> usize {
+        self.frames.borrow().len()
+    }
 }
 
 struct Link {
@@ -99,6 +118,10 @@ pub struct Links {
     pub waits: Rc<Waits<Reply>>,
     /// The driver's counters: links count the Raft frames they drop.
     counters: Rc<RaftCounters>,
+    /// Snapshot streams under way.
+    streams: Rc<Cell<usize>>,
+    /// No sockets (the simulation): snapshots are queued whole, at once.
+    simulated: bool,
 }
 
 impl Links {
@@ -109,7 +132,14 @@ impl Links {
         waits: Rc<Waits<Reply>>,
         counters: Rc<RaftCounters>,
     ) -> Links {
-        let links = Links { node, links: RefCell::new(HashMap::new()), waits, counters };
+        let links = Links {
+            node,
+            links: RefCell::new(HashMap::new()),
+            waits,
+            counters,
+            streams: Rc::new(Cell::new(0)),
+            simulated: false,
+        };
         for &(peer, addr) in nodes {
             links.ensure(peer, addr);
         }
@@ -144,7 +174,8 @@ impl Links {
             .filter(|p| **p != node)
             .map(|&p| (p, Link { tx: Rc::new(Outbox::default()), up: Rc::new(Cell::new(true)) }))
             .collect();
-        Links { node, links: RefCell::new(links), waits, counters }
+        let streams = Rc::new(Cell::new(0));
+        Links { node, links: RefCell::new(links), waits, counters, streams, simulated: true }
     }
 
     /// The frames queued for `peer` (simulation).
@@ -182,7 +213,7 @@ impl Links {
         let links = self.links.borrow();
         let Some(link) = links.get(&peer) else { return false };
         let mut sent = true;
-        for chunk in messages.chunks(BATCH_MESSAGES_MAX) {
+        for chunk in by_size(&messages) {
             let frame = peer::encode(&PeerMessage::Raft {
                 from_node: self.node,
                 to_node: peer,
@@ -194,6 +225,63 @@ impl Links {
             }
         }
         sent
+    }
+
+    /// Streams a snapshot of `partition` at `index` to `peer`: its data in checked pieces,
+    /// then `message` (the MsgSnapshot without its data); see `peer.fbs`. Paced, and at most
+    /// [`SNAPSHOT_STREAMS_MAX`] at a time from this core. A stream whose link goes down is
+    /// dropped: the leader sends the snapshot again.
+    pub fn send_snapshot(
+        &self,
+        peer: u64,
+        partition: u32,
+        index: u64,
+        message: Bytes,
+        data: Bytes,
+    ) {
+        let Some((tx, up)) = self.links.borrow().get(&peer).map(|l| (l.tx.clone(), l.up.clone()))
+        else {
+            return;
+        };
+        let pieces = snapshot_pieces(self.node, partition, index, message, data);
+        if self.simulated {
+            for piece in pieces {
+                let _ = tx.try_send(piece);
+            }
+            return;
+        }
+        let (streams, counters) = (self.streams.clone(), self.counters.clone());
+        glommio::spawn_local(async move {
+            while streams.get() >= SNAPSHOT_STREAMS_MAX {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            streams.set(streams.get() + 1);
+            let _turn = Turn(streams);
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
+            for piece in pieces {
+                while tx.len() >= SNAPSHOT_PIECES_QUEUED && up.get() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                let len = piece.len() as u64;
+                if !up.get() || tx.try_send(piece).is_err() {
+                    tracing::warn!(
+                        peer,
+                        partition,
+                        index,
+                        "snapshot stream cut: link down or full"
+                    );
+                    return;
+                }
+                sent += len;
+                bump_by(&counters.snapshot_bytes_sent, len);
+                let due = Duration::from_secs_f64(sent as f64 / SNAPSHOT_BYTES_PER_S as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    glommio::timer::sleep(wait).await;
+                }
+            }
+        })
+        .detach();
     }
 
     /// Sends a client request to `peer` to run there and waits for its answer. `Err` when it
@@ -233,6 +321,119 @@ impl Links {
                 ),
             ),
         })
+    }
+}
+
+/// Gives a snapshot stream's turn back when the stream ends, however it ends.
+struct Turn(Rc<Cell<usize>>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Raft messages in frames of about [`RAFT_FRAME_BYTES`] and at most [`BATCH_MESSAGES_MAX`]
+/// messages (a single larger message goes alone).
+fn by_size(messages: &[(u32, Bytes)]) -> Vec<&[(u32, Bytes)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, m)) in messages.iter().enumerate() {
+        let full = i - start == BATCH_MESSAGES_MAX || bytes + m.len() > RAFT_FRAME_BYTES;
+        if full && i > start {
+            out.push(&messages[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += m.len();
+    }
+    if start < messages.len() {
+        out.push(&messages[start..]);
+    }
+    out
+}
+
+/// A snapshot's frames: its data in pieces of [`SNAPSHOT_CHUNK_BYTES`] with their crcs, the
+/// message on the last (an empty snapshot is one piece).
+fn snapshot_pieces(
+    node: u64,
+    partition: u32,
+    index: u64,
+    message: Bytes,
+    data: Bytes,
+) -> Vec<Vec<u8>> {
+    let total = data.len() as u64;
+    let mut offsets: Vec<usize> = (0..data.len()).step_by(SNAPSHOT_CHUNK_BYTES).collect();
+    if offsets.is_empty() {
+        offsets.push(0);
+    }
+    let last = offsets.len() - 1;
+    offsets
+        .iter()
+        .enumerate()
+        .map(|(i, &at)| {
+            let piece = data.slice(at..(at + SNAPSHOT_CHUNK_BYTES).min(data.len()));
+            peer::encode(&PeerMessage::SnapshotChunk(SnapshotChunk {
+                from_node: node,
+                partition,
+                index,
+                offset: at as u64,
+                total,
+                crc: crc32c::crc32c(&piece),
+                data: piece,
+                message: if i == last { message.clone() } else { Bytes::new() },
+            }))
+        })
+        .collect()
+}
+
+/// Joins the pieces of the snapshots coming in on one link (one per partition at a time).
+#[derive(Default)]
+pub struct SnapshotAssembly {
+    partial: HashMap<u32, (u64, u64, BytesMut)>,
+}
+
+impl SnapshotAssembly {
+    /// Takes one piece. When it was the last: the partition and the whole Raft message,
+    /// data restored, ready to deliver. A piece out of order or damaged drops its snapshot.
+    pub fn take(&mut self, c: SnapshotChunk) -> Result<Option<(u32, Bytes)>, String> {
+        let p = c.partition;
+        let fail = |this: &mut Self, why: String| {
+            this.partial.remove(&p);
+            Err(format!("partition {p}: snapshot at {} dropped: {why}", c.index))
+        };
+        if crc32c::crc32c(&c.data) != c.crc {
+            return fail(self, format!("piece at {} fails its crc", c.offset));
+        }
+        if c.offset == 0 {
+            // Reserve what a first piece proves, not what a header claims.
+            let room = (c.total as usize).min(64 << 20);
+            self.partial.insert(p, (c.index, c.total, BytesMut::with_capacity(room)));
+        }
+        let Some((index, total, data)) = self.partial.get_mut(&p) else {
+            return fail(self, format!("piece at {} without the ones before", c.offset));
+        };
+        if *index != c.index || *total != c.total || data.len() as u64 != c.offset {
+            return fail(self, format!("piece at {} out of order", c.offset));
+        }
+        if data.len() as u64 + c.data.len() as u64 > *total {
+            return fail(self, "more data than announced".into());
+        }
+        data.extend_from_slice(&c.data);
+        if c.message.is_empty() {
+            return Ok(None);
+        }
+        let (_, total, data) = self.partial.remove(&p).expect("present");
+        if data.len() as u64 != total {
+            return Err(format!(
+                "partition {p}: snapshot ended at {} of {total} bytes",
+                data.len()
+            ));
+        }
+        let mut m = Message::parse_from_bytes(&c.message)
+            .map_err(|e| format!("partition {p}: snapshot message: {e}"))?;
+        m.mut_snapshot().data = data.freeze();
+        let bytes = m.write_to_bytes().map_err(|e| format!("partition {p}: {e}"))?;
+        Ok(Some((p, Bytes::from(bytes))))
     }
 }
 
@@ -319,5 +520,85 @@ pub(crate) async fn read_some<R: futures_lite::AsyncRead + Unpin>(
             n
         }
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces_of(data: &[u8]) -> Vec<SnapshotChunk> {
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.mut_snapshot().mut_metadata().index = 42;
+        let message = Bytes::from(m.write_to_bytes().unwrap());
+        snapshot_pieces(2, 7, 42, message, Bytes::copy_from_slice(data))
+            .into_iter()
+            .map(|frame| match peer::decode(&Bytes::from(frame)).unwrap() {
+                PeerMessage::SnapshotChunk(c) => c,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn joined(whole: Option<(u32, Bytes)>) -> Message {
+        let (p, bytes) = whole.expect("the last piece completes it");
+        assert_eq!(p, 7);
+        Message::parse_from_bytes(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_goes_in_checked_pieces_and_comes_back_whole() {
+        let data: Vec<u8> = (0..(2 * SNAPSHOT_CHUNK_BYTES + 123)).map(|i| i as u8).collect();
+        let pieces = pieces_of(&data);
+        assert_eq!(pieces.len(), 3);
+        assert!(pieces[..2].iter().all(|p| p.message.is_empty()) && !pieces[2].message.is_empty());
+        let mut a = SnapshotAssembly::default();
+        assert_eq!(a.take(pieces[0].clone()), Ok(None));
+        assert_eq!(a.take(pieces[1].clone()), Ok(None));
+        let m = joined(a.take(pieces[2].clone()).unwrap());
+        assert_eq!(m.get_snapshot().get_metadata().index, 42);
+        assert_eq!(&m.get_snapshot().data[..], &data[..]);
+        // An empty snapshot is one piece.
+        let empty = pieces_of(&[]);
+        assert_eq!(empty.len(), 1);
+        assert!(joined(a.take(empty[0].clone()).unwrap()).get_snapshot().data.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_missing_or_short_piece_drops_the_snapshot() {
+        let data = vec![9u8; SNAPSHOT_CHUNK_BYTES * 2 + 5];
+        let pieces = pieces_of(&data);
+        let mut a = SnapshotAssembly::default();
+        let mut bad = pieces[1].clone();
+        bad.data = Bytes::from(vec![8u8; bad.data.len()]);
+        a.take(pieces[0].clone()).unwrap();
+        assert!(a.take(bad).unwrap_err().contains("crc"));
+        // What came before the damage is gone: the rest cannot complete it.
+        assert!(a.take(pieces[2].clone()).unwrap_err().contains("without the ones before"));
+        a.take(pieces[0].clone()).unwrap();
+        assert!(a.take(pieces[2].clone()).unwrap_err().contains("out of order"));
+        let mut short = pieces[2].clone();
+        short.total += 10;
+        short.offset = 0;
+        short.crc = crc32c::crc32c(&short.data);
+        assert!(a.take(short).unwrap_err().contains("ended at"));
+        // A new stream starts over whatever was half done.
+        a.take(pieces[0].clone()).unwrap();
+        a.take(pieces[0].clone()).unwrap();
+        a.take(pieces[1].clone()).unwrap();
+        assert_eq!(&joined(a.take(pieces[2].clone()).unwrap()).get_snapshot().data[..], &data[..]);
+    }
+
+    #[test]
+    fn raft_frames_are_cut_by_size_and_count() {
+        let big = |n: usize| (0u32, Bytes::from(vec![0u8; n]));
+        let messages = vec![big(5 << 20), big(5 << 20), big(20 << 20), big(1)];
+        let cut: Vec<usize> = by_size(&messages).iter().map(|c| c.len()).collect();
+        assert_eq!(cut, vec![1, 1, 1, 1]);
+        let small: Vec<(u32, Bytes)> = (0..BATCH_MESSAGES_MAX + 3).map(|_| big(10)).collect();
+        let cut: Vec<usize> = by_size(&small).iter().map(|c| c.len()).collect();
+        assert_eq!(cut, vec![BATCH_MESSAGES_MAX, 3]);
+        assert!(by_size(&[]).is_empty());
     }
 }

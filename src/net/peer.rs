@@ -15,7 +15,9 @@ use glommio::net::TcpStream;
 use crate::cluster::command::with_encoder;
 use crate::cluster::meta::encode_map;
 use crate::cluster::plan::{Member, Standing, encode_members};
-use crate::cluster::transport::{LINK_QUEUE_FRAMES, PEER_FRAME_BYTES_MAX, read_some};
+use crate::cluster::transport::{
+    LINK_QUEUE_FRAMES, PEER_FRAME_BYTES_MAX, SnapshotAssembly, read_some,
+};
 use crate::shard::{Core, Origin};
 use crate::shutdown::Shutdown;
 
@@ -35,6 +37,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut greeted = false;
     let mut greeted_by = 0;
+    let mut snapshots = SnapshotAssembly::default();
     let tx = Rc::new(tx);
     'read: loop {
         loop {
@@ -74,6 +77,13 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                 }
                 _ if !greeted => break 'read,
                 PeerMessage::Raft { messages, .. } => core.deliver_raft(messages).await,
+                PeerMessage::SnapshotChunk(piece) => match snapshots.take(piece) {
+                    Ok(Some(whole)) => core.deliver_raft(vec![whole]).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(from = greeted_by, error = %e, "snapshot piece refused")
+                    }
+                },
                 PeerMessage::Forward { id, .. } if core.node.view.get().removed(greeted_by) => {
                     let why = format!("node {greeted_by} was removed from the cluster");
                     let reply = Reply::error(corekv_schema::codec::ErrorCode::Unavailable, why);

@@ -11,7 +11,7 @@
 //!   map (what forwarding and `Topology` use) in step with the recorded one.
 //! - [`remove`] starts a plan, from the HTTP API.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,8 @@ async fn finish_plan(core: &Rc<Core>, seen: &Seen, mut p: Plan) {
 /// See the module doc. Runs on every core of a cluster node.
 pub async fn reconcile(core: Rc<Core>) {
     let Some(r) = core.cluster.clone() else { return };
-    let mut reported: BTreeSet<(u64, u32)> = BTreeSet::new();
+    // When each partition's `done` was last written, by (plan, partition).
+    let mut reported: HashMap<(u64, u32), Instant> = HashMap::new();
     let mut map_version = 0;
     let mut transfers: HashMap<u32, Instant> = HashMap::new();
     loop {
@@ -171,9 +172,15 @@ pub async fn reconcile(core: Rc<Core>) {
                 Step::Transfer(to) => r.transfer_leader(partition, to),
                 Step::Wait(_) => {}
                 Step::Done => {
-                    if seen.done.contains(&partition) || !reported.insert((p.id, partition)) {
+                    // Written again if the view still lacks it a while later (the write
+                    // may have been lost with a metadata leader).
+                    let recent = reported
+                        .get(&(p.id, partition))
+                        .is_some_and(|at| at.elapsed() < REPORT_AGAIN_AFTER);
+                    if seen.done.contains(&partition) || recent {
                         continue;
                     }
+                    reported.insert((p.id, partition), Instant::now());
                     let op = Op::set(done_key(partition), p.id.to_string());
                     let core = core.clone();
                     glommio::spawn_local(async move {
@@ -186,10 +193,12 @@ pub async fn reconcile(core: Rc<Core>) {
                 }
             }
         }
-        // A report that did not commit is made again once the view shows it missing.
-        reported.retain(|(id, partition)| *id == p.id && !seen.done.contains(partition));
+        reported.retain(|(id, partition), _| *id == p.id && !seen.done.contains(partition));
     }
 }
+
+/// How long a partition's `done` may stay unseen before its leader writes it again.
+const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// Leadership transfers one core starts per round, at most: the rest wait for the next.
 const TRANSFERS_PER_ROUND: usize = 2;

@@ -13,10 +13,10 @@ pub mod peer {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 7;
+pub const ENUM_MAX_BODY: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 8] = [
+pub const ENUM_VALUES_BODY: [Body; 9] = [
   Body::NONE,
   Body::Hello,
   Body::RaftBatch,
@@ -25,6 +25,7 @@ pub const ENUM_VALUES_BODY: [Body; 8] = [
   Body::Report,
   Body::JoinAsk,
   Body::JoinInfo,
+  Body::SnapshotChunk,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -40,9 +41,10 @@ impl Body {
   pub const Report: Self = Self(5);
   pub const JoinAsk: Self = Self(6);
   pub const JoinInfo: Self = Self(7);
+  pub const SnapshotChunk: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -52,6 +54,7 @@ impl Body {
     Self::Report,
     Self::JoinAsk,
     Self::JoinInfo,
+    Self::SnapshotChunk,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -64,6 +67,7 @@ impl Body {
       Self::Report => Some("Report"),
       Self::JoinAsk => Some("JoinAsk"),
       Self::JoinInfo => Some("JoinInfo"),
+      Self::SnapshotChunk => Some("SnapshotChunk"),
       _ => None,
     }
   }
@@ -1247,6 +1251,230 @@ impl ::core::fmt::Debug for JoinInfo<'_> {
       ds.finish()
   }
 }
+pub enum SnapshotChunkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One piece of a partition's snapshot on its way to a follower, in order on one link. The
+/// last piece carries the raft-rs MsgSnapshot itself, without its data: the receiver joins
+/// the pieces (each checked against its crc), puts them back as the message's data, and only
+/// then hands the message to raft-rs. A piece missing or damaged drops the whole snapshot;
+/// the leader sends it again.
+pub struct SnapshotChunk<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SnapshotChunk<'a> {
+  type Inner = SnapshotChunk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SnapshotChunk<'a> {
+  pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOTAL: ::flatbuffers::VOffsetT = 12;
+  pub const VT_CRC: ::flatbuffers::VOffsetT = 14;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 16;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 18;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SnapshotChunk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SnapshotChunkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SnapshotChunk<'bldr>> {
+    let mut builder = SnapshotChunkBuilder::new(_fbb);
+    builder.add_total(args.total);
+    builder.add_offset(args.offset);
+    builder.add_index(args.index);
+    builder.add_from_node(args.from_node);
+    if let Some(x) = args.message { builder.add_message(x); }
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.add_crc(args.crc);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_FROM_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn partition(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotChunk::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// The snapshot's Raft index: which snapshot this piece belongs to.
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_INDEX, Some(0)).unwrap()}
+  }
+  /// Where the piece starts in the snapshot's data, and the data's whole length.
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn total(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_TOTAL, Some(0)).unwrap()}
+  }
+  /// crc32c of `data`.
+  #[inline]
+  pub fn crc(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotChunk::VT_CRC, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SnapshotChunk::VT_DATA, None)}
+  }
+  /// Set on the last piece only: the protobuf-encoded eraftpb::Message, its data left out.
+  #[inline]
+  pub fn message(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SnapshotChunk::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SnapshotChunk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
+     .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("total", Self::VT_TOTAL, false)?
+     .visit_field::<u32>("crc", Self::VT_CRC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotChunkArgs<'a> {
+    pub from_node: u64,
+    pub partition: u32,
+    pub index: u64,
+    pub offset: u64,
+    pub total: u64,
+    pub crc: u32,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub message: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for SnapshotChunkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SnapshotChunkArgs {
+      from_node: 0,
+      partition: 0,
+      index: 0,
+      offset: 0,
+      total: 0,
+      crc: 0,
+      data: None,
+      message: None,
+    }
+  }
+}
+
+pub struct SnapshotChunkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotChunkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node(&mut self, from_node: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_FROM_NODE, from_node, 0);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotChunk::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_total(&mut self, total: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_TOTAL, total, 0);
+  }
+  #[inline]
+  pub fn add_crc(&mut self, crc: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotChunk::VT_CRC, crc, 0);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SnapshotChunk::VT_DATA, data);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SnapshotChunk::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotChunkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotChunkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SnapshotChunk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SnapshotChunk<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotChunk");
+      ds.field("from_node", &self.from_node());
+      ds.field("partition", &self.partition());
+      ds.field("index", &self.index());
+      ds.field("offset", &self.offset());
+      ds.field("total", &self.total());
+      ds.field("crc", &self.crc());
+      ds.field("data", &self.data());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
 pub enum PeerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1401,6 +1629,21 @@ impl<'a> PeerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_snapshot_chunk(&self) -> Option<SnapshotChunk<'a>> {
+    if self.body_type() == Body::SnapshotChunk {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SnapshotChunk::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for PeerFrame<'_> {
@@ -1418,6 +1661,7 @@ impl ::flatbuffers::Verifiable for PeerFrame<'_> {
           Body::Report => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Report>>("Body::Report", pos),
           Body::JoinAsk => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<JoinAsk>>("Body::JoinAsk", pos),
           Body::JoinInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<JoinInfo>>("Body::JoinInfo", pos),
+          Body::SnapshotChunk => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SnapshotChunk>>("Body::SnapshotChunk", pos),
           _ => Ok(()),
         }
      })?
@@ -1516,6 +1760,13 @@ impl ::core::fmt::Debug for PeerFrame<'_> {
         },
         Body::JoinInfo => {
           if let Some(x) = self.body_as_join_info() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::SnapshotChunk => {
+          if let Some(x) = self.body_as_snapshot_chunk() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -386,9 +386,9 @@ fn metadata_leader(c: &Cluster, via: usize) -> usize {
 fn a_plan_survives_kill_9_of_the_joining_node_a_leader_and_the_metadata_leader() {
     let mut c = Cluster::start(3);
     c.wait_writable();
-    // Enough data that snapshots take a moment.
+    // Enough data that snapshots take a moment, and travel in several pieces.
     let mut w = c.node(1).wire();
-    let value = "v".repeat(4096);
+    let value = "v".repeat(32 << 10);
     let keys: Vec<String> = (0..600).map(|i| format!("bulk-{i}")).collect();
     for key in &keys {
         assert!(matches!(w.call(Op::set(key.clone(), value.clone())), Reply::Written { .. }));
@@ -419,6 +419,14 @@ fn a_plan_survives_kill_9_of_the_joining_node_a_leader_and_the_metadata_leader()
     let via = (1..=3).find(|&n| Some(n) != leader).unwrap();
     let done = wait_done(&c, via, &plan, Duration::from_secs(90));
     eprintln!("the add finished after the kills: {done}");
+    let streamed: u64 = (1..=3)
+        .map(|n| {
+            json(&http_get(c.node(n).http, "/api/rebalance").1)["bytes_streamed_here"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(streamed > (4 << 20), "snapshots of several pieces were streamed: {streamed} bytes");
     placed_by_ring(&c, &[1, 2, 3, 4]);
     let mut w = c.node(4).wire();
     for key in keys.iter().step_by(7) {
