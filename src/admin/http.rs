@@ -514,7 +514,7 @@ async fn replication_status(core: &Core) -> Answer {
         groups.into_iter().partition(|g| g.partition < core.partitions);
     let partitions: Vec<Value> = data.iter().map(group_json).collect();
     let metadata = metadata.first().map_or(Value::Null, group_json);
-    let links = peer_links(r, "up");
+    let links = peer_links(core, r, "up");
     let commit_mean = counters.commit_us_sum.checked_div(counters.commits).unwrap_or(0);
     json_answer(
         StatusCode::OK,
@@ -582,8 +582,9 @@ async fn status(core: &Core) -> Answer {
 }
 
 /// Each other node's cluster address and whether this core's link to it is up (as `field`).
-fn peer_links(r: &Replicas, field: &str) -> Vec<Value> {
-    let others = r.config.nodes.iter().filter(|(n, _)| *n != r.node);
+fn peer_links(core: &Core, r: &Replicas, field: &str) -> Vec<Value> {
+    let members = membership::members_now(core);
+    let others = members.iter().filter(|(n, _)| *n != r.node);
     others.map(|(n, a)| json!({"node": n, "addr": a.to_string(), field: r.link_up(*n)})).collect()
 }
 
@@ -599,7 +600,7 @@ async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats]) -> Value 
         None => TopologyInfo::default(),
     };
     let mut nodes = Vec::new();
-    for id in meta::replicas(&r.config.nodes) {
+    for id in meta::replicas(&membership::members_now(core)) {
         let heard = if id == r.node {
             Some((std::time::Duration::ZERO, mine.clone()))
         } else {
@@ -632,7 +633,7 @@ async fn cluster_nodes(core: &Core, r: &Replicas, cores: &[CoreStats]) -> Value 
         nodes.push(entry);
     }
     // Kept for scripts written against the first cluster release: link state per peer.
-    let peers = peer_links(r, "link_up");
+    let peers = peer_links(core, r, "link_up");
     json!({
         "node": r.node,
         "epoch": topology.epoch,

@@ -253,6 +253,11 @@ impl<S: GroupStore> Group<S> {
         Some((pr.matched, pr.state != ProgressState::Snapshot))
     }
 
+    /// Whether this leader is handing leadership over (raft-rs drops proposals meanwhile).
+    pub fn transferring(&self) -> bool {
+        self.is_leader() && self.node.raft.lead_transferee.is_some()
+    }
+
     /// Asks the leader to hand leadership to `to` (a caught-up voter); it happens when `to`
     /// wins the election this starts, or not at all within an election timeout.
     pub fn transfer_leader(&mut self, to: u64) {

@@ -146,6 +146,11 @@ pub struct Replicas {
     /// Applied entries kept in memory for followers (fewer in the simulation, so that
     /// followers there fall behind far enough to need snapshots).
     entries_retained: Cell<u64>,
+    /// Snapshots being built, and those built since the last round (see `build_snapshots`).
+    snapshots_building: RefCell<std::collections::BTreeSet<u32>>,
+    snapshots_built: Rc<RefCell<Vec<Built>>>,
+    /// Build snapshots within the round (the simulation: a seed must replay the same).
+    snapshots_inline: Cell<bool>,
     /// Who waits for a proposal's reply (shared with the links, for forwards).
     pub waits: Rc<Waits<Reply>>,
     /// Who waits for a read barrier: go ahead, or the reason not to.
@@ -250,6 +255,9 @@ impl Replicas {
             read_waits: RefCell::new(Vec::new()),
             next_context: Cell::new(1),
             entries_retained: Cell::new(store::ENTRIES_RETAINED),
+            snapshots_building: RefCell::new(Default::default()),
+            snapshots_built: Rc::new(RefCell::new(Vec::new())),
+            snapshots_inline: Cell::new(false),
             waits,
             reads: Waits::default(),
             wake: Wake::default(),
@@ -403,6 +411,7 @@ impl Replicas {
     /// `stall_ticks` before an unacknowledged snapshot is sent again.
     pub(super) fn shorten_for_simulation(&self, retained: u64, stall_ticks: u32) {
         self.entries_retained.set(retained);
+        self.snapshots_inline.set(true);
         for g in self.groups.borrow_mut().values_mut() {
             g.snapshot_stall_ticks = stall_ticks;
         }
@@ -571,6 +580,10 @@ impl Replicas {
     }
 }
 
+/// A snapshot's data read back: (partition, index, membership and removed replicas then, the
+/// keys or why not).
+type Built = (u32, u64, ConfState, Vec<(u64, u64)>, Result<Bytes, String>);
+
 /// What a leader knows of its group for a membership move; see [`Replicas::move_view`].
 /// Members are replica ids (see `group::replica_id`).
 #[derive(Clone, Debug)]
@@ -696,13 +709,21 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
                 }
             }
         }
-        for prop in r.proposals.borrow_mut().drain(..) {
+        let mut held = Vec::new();
+        let proposals = std::mem::take(&mut *r.proposals.borrow_mut());
+        for prop in proposals {
             let Some(g) = groups.get_mut(&prop.partition) else {
                 r.waits.complete(prop.wait, wrong_node(prop.partition, 0));
                 continue;
             };
             if !g.is_leader() {
                 r.waits.complete(prop.wait, wrong_node(prop.partition, g.leader().1));
+                continue;
+            }
+            if g.transferring() {
+                // raft-rs drops proposals while it hands leadership over: they wait for the
+                // outcome (answered `WrongNode` once another leads, so they go there).
+                held.push(prop);
                 continue;
             }
             let proposed = match prop.what {
@@ -722,6 +743,7 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
                 ),
             }
         }
+        r.proposals.borrow_mut().extend(held);
         let mut asks: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for (p, wait) in r.read_asks.borrow_mut().drain(..) {
             asks.entry(p).or_default().push(wait);
@@ -1249,32 +1271,54 @@ fn release_reads(r: &Replicas) {
 }
 
 /// Builds the snapshots raft-rs asked for since the last round, at each partition's applied
-/// index (no apply runs meanwhile: this is the driver).
+/// index: the keys are listed at once (no apply runs meanwhile: this is the driver), the
+/// values on disk are read back by a task of their own, so the core's groups go on, and the
+/// snapshot is the group's once read (under simulation, at once, so a seed replays).
 async fn build_snapshots(r: &Replicas) {
+    for (p, index, conf, removed, done) in r.snapshots_built.borrow_mut().drain(..) {
+        match done {
+            Ok(keys) => {
+                let bytes = keys.len();
+                let mut data = Vec::with_capacity(keys.len() + 64);
+                record::encode(&store::membership_record(p, index, &removed, &conf), &mut data);
+                data.extend_from_slice(&keys);
+                if let Some(g) = r.groups.borrow_mut().get_mut(&p) {
+                    g.store_mut().set_built(index, conf, Bytes::from(data));
+                }
+                tracing::info!(partition = p, index, bytes, "built a snapshot for a follower");
+            }
+            Err(e) => tracing::error!(partition = p, error = %e, "snapshot not built"),
+        }
+        r.snapshots_building.borrow_mut().remove(&p);
+    }
     let wanted: Vec<u32> = r
         .groups
         .borrow()
         .iter()
         .filter(|(_, g)| g.store().snapshot_wanted.replace(false))
         .map(|(p, _)| *p)
+        .filter(|p| !r.snapshots_building.borrow().contains(p))
         .collect();
     for p in wanted {
         let index = r.applied.borrow().get(&p).copied().unwrap_or(0);
         let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == p;
-        match r.store.snapshot_where(&mine).await {
-            Ok(keys) => {
-                let bytes = keys.len();
-                if let Some(g) = r.groups.borrow_mut().get_mut(&p) {
-                    let store = g.store_mut();
-                    let (removed, conf) = (store.removed().to_vec(), store.conf_state());
-                    let mut data = Vec::with_capacity(keys.len() + 64);
-                    record::encode(&store::membership_record(p, index, &removed, &conf), &mut data);
-                    data.extend_from_slice(&keys);
-                    store.set_built(index, Bytes::from(data));
-                }
-                tracing::info!(partition = p, index, bytes, "built a snapshot for a follower");
-            }
-            Err(e) => tracing::error!(partition = p, error = %e, "snapshot not built"),
+        let listing = r.store.listing_where(&mine);
+        let Some((conf, removed)) = r.groups.borrow().get(&p).map(|g| {
+            let store = g.store();
+            (store.conf_state(), store.removed().to_vec())
+        }) else {
+            continue;
+        };
+        r.snapshots_building.borrow_mut().insert(p);
+        let (store, built) = (r.store.clone(), r.snapshots_built.clone());
+        let read = async move {
+            let done = store.materialize(listing).await;
+            built.borrow_mut().push((p, index, conf, removed, done));
+        };
+        if r.snapshots_inline.get() {
+            read.await;
+        } else {
+            glommio::spawn_local(read).detach();
         }
     }
 }

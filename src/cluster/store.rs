@@ -404,14 +404,15 @@ impl WalStore {
     }
 
     /// A snapshot of the state machine at `index` (`data` built by the caller from the
-    /// engine at exactly that applied index), kept until a follower takes it.
-    pub fn set_built(&mut self, index: u64, data: Bytes) {
+    /// engine at exactly that applied index, when the membership was `conf`), kept until a
+    /// follower takes it.
+    pub fn set_built(&mut self, index: u64, conf: ConfState, data: Bytes) {
         let Some(term) = self.term_of(index) else { return };
         let mut snapshot = Snapshot { data, ..Default::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(self.conf_state());
+        meta.set_conf_state(conf);
         self.built = Some(snapshot);
         self.snapshot_wanted.set(false);
     }

@@ -32,6 +32,21 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// How often each core's leaders step toward the target.
 const RECONCILE_EVERY: Duration = Duration::from_millis(100);
 
+/// The members this node knows (not removed), with their cluster addresses, lowest id first:
+/// the recorded ones once read, the founders (`--initial-cluster`) until then.
+pub fn members_now(core: &Core) -> Vec<(u64, std::net::SocketAddr)> {
+    let Some(r) = core.cluster.as_ref() else { return Vec::new() };
+    let seen = core.node.view.get();
+    let mut members: Vec<(u64, std::net::SocketAddr)> = if seen.members.is_empty() {
+        r.config.nodes.clone()
+    } else {
+        let kept = seen.members.iter().filter(|m| m.standing != Standing::Removed);
+        kept.map(|m| (m.id, m.addr)).collect()
+    };
+    members.sort_unstable();
+    members
+}
+
 /// Reads a metadata key from this replica: (value, version), or None when absent.
 async fn local(core: &Core, key: Bytes) -> Option<(Bytes, u64)> {
     match core.store.execute_reply(Op::get(key), now_ms()).await {
@@ -240,7 +255,11 @@ fn balance_leaders(core: &Rc<Core>, seen: &Seen, transfers: &mut HashMap<u32, In
         let Some(view) = r.move_view(p) else { continue };
         let voter = view.conf.voters.iter().any(|v| crate::cluster::group::node_of(*v) == to);
         let caught_up = view.progress.iter().any(|&(id, matched, replicating)| {
-            crate::cluster::group::node_of(id) == to && replicating && matched >= view.last_index
+            // raft-rs brings it the rest before it hands over; under a write load a follower
+            // is never exactly at the leader's last index.
+            crate::cluster::group::node_of(id) == to
+                && replicating
+                && matched + crate::cluster::moves::CAUGHT_UP_GAP >= view.last_index
         });
         if voter && caught_up && !view.joint && !view.pending {
             tracing::info!(partition = p, to, "handing leadership over, to balance leaders");

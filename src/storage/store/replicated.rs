@@ -84,8 +84,18 @@ impl Store {
     /// the engine's own snapshot; values on disk only are read back), for a follower that
     /// needs a snapshot of one partition.
     pub async fn snapshot_where(&self, mine: &dyn Fn(&[u8]) -> bool) -> Result<Bytes, String> {
-        let entries: Vec<Mutation> =
-            self.engine.borrow().snapshot(now_ms()).into_iter().filter(|m| mine(m.key())).collect();
+        self.materialize(self.listing_where(mine)).await
+    }
+
+    /// The first half of [`Store::snapshot_where`], at once: what the keys `mine` selects are
+    /// now (values in memory, or where on disk they are).
+    pub fn listing_where(&self, mine: &dyn Fn(&[u8]) -> bool) -> Vec<Mutation> {
+        self.engine.borrow().snapshot(now_ms()).into_iter().filter(|m| mine(m.key())).collect()
+    }
+
+    /// The second half: the listing as put records, values on disk read back. A value moved
+    /// by compaction meanwhile fails the read (its old segment is gone), and so the build.
+    pub async fn materialize(&self, entries: Vec<Mutation>) -> Result<Bytes, String> {
         let mut out = Vec::new();
         for m in entries {
             let put = match m {
