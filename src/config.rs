@@ -155,8 +155,9 @@ pub struct ServeArgs {
     /// requests keep the disk [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub compaction_bytes_per_s: Option<u64>,
-    /// Name of this node, reported in topology; in a cluster, its Raft id: an integer ≥ 1
-    /// listed in --initial-cluster [default: the listen address]
+    /// Name of this node, reported in topology; in a cluster, its id: an integer from 1 to
+    /// 4294967295, listed in --initial-cluster (a founder) or never used before (--join)
+    /// [default: the listen address]
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
     /// Partitions keys are hashed into; fixed for the life of the data
@@ -175,7 +176,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "initial_cluster")]
     pub join: Option<String>,
     /// Node-to-node address (Raft traffic and forwarded requests)
-    /// [default: this node's entry in --initial-cluster]
+    /// [default: this node's entry in --initial-cluster; required with --join]
     #[arg(long, value_name = "HOST:PORT")]
     pub cluster_listen: Option<String>,
     /// Replicas of each partition, at most the node count [default: 3]
