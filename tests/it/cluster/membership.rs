@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use corekv_client::{ClientConfig, blocking};
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply};
 use serde_json::Value;
 
@@ -280,6 +281,9 @@ fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id() {
             Ok((acked, refused))
         })
     };
+    // An SDK client that routes by the map, connected before the join.
+    let sdk = blocking::Client::connect(c.node(3).addr, ClientConfig::default()).unwrap();
+    let epoch_before = sdk.cluster_epoch().expect("a cluster map");
     let cluster_addr = c.join(4, 2);
     // Before it is added, the new node serves by forwarding.
     read_back(&c, 4, &before[..20]);
@@ -310,6 +314,16 @@ fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id() {
     assert!(acked.len() > 100, "the load stalled");
     read_back(&c, 4, &before);
     read_back(&c, 4, &acked);
+    // The SDK follows the new map (by its epoch, from the WrongNode answers that carry it) to
+    // the partitions node 4 now leads, with no error.
+    for p in 0..PARTITIONS {
+        let key = key_in_partition(p, "sdk-after");
+        sdk.set(key.clone(), "moved").unwrap_or_else(|e| panic!("{key}: {e}"));
+        let got = sdk.get(key.clone()).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(got.map(|v| v.value.to_vec()), Some(b"moved".to_vec()), "{key}");
+    }
+    let epoch_after = sdk.cluster_epoch().expect("a cluster map");
+    assert!(epoch_after > epoch_before, "the SDK kept epoch {epoch_before}");
 
     // Replace node 3, dead, by node 5: add the new one, then remove the old.
     c.kill9(3);
