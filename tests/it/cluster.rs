@@ -100,10 +100,13 @@ impl Cluster {
     /// address, to add it with.
     fn join(&mut self, id: usize, via: usize) -> String {
         assert_eq!(id, self.nodes.len() + 1, "nodes join in id order");
+        // A founder's cluster address is in the founding list; a joined node's, in its flags.
         let initial = &self.flags[0][3];
+        let joined = self.flags[via - 1].iter().skip_while(|f| *f != "--cluster-listen").nth(1);
         let member = initial
             .split(',')
             .find_map(|e| e.strip_prefix(&format!("{via}=")))
+            .or(joined.map(String::as_str))
             .expect("the member's address")
             .to_string();
         let listen = format!("127.0.0.1:{}", free_port());

@@ -462,3 +462,102 @@ fn read_back_values(c: &Cluster, via: usize, keys: &[String], value: &str) {
         assert_eq!(got.as_ref().and_then(value_of), Some(value.as_bytes().to_vec()), "{key}");
     }
 }
+
+/// Kills `victim` and restarts it, or pauses it, for a while: one fault of the nemesis.
+fn fault(c: &mut Cluster, victim: usize, kill: bool, hold: Duration) -> String {
+    if kill {
+        c.kill9(victim);
+        std::thread::sleep(hold);
+        c.boot(victim);
+        format!("kill -9 node {victim}")
+    } else {
+        let pid = c.node(victim).pid().to_string();
+        let signal = |s: &str| {
+            let ok = std::process::Command::new("kill").args([s, &pid]).status().unwrap();
+            assert!(ok.success());
+        };
+        signal("-STOP");
+        std::thread::sleep(hold);
+        signal("-CONT");
+        format!("pause node {victim}")
+    }
+}
+
+/// The nemesis with membership changes interleaved: while clients run strong get/set/CAS on
+/// a few keys, nodes join and are added, members are removed, and members are killed and
+/// paused meanwhile; the history must be linearizable.
+#[test]
+fn history_under_kills_pauses_adds_and_removes_is_linearizable() {
+    let mut rng = crate::harness::Rng::seeded("membership nemesis");
+    let mut c = Cluster::start(3);
+    c.wait_writable();
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addrs =
+        Arc::new(std::sync::Mutex::new((1..=3).map(|i| c.node(i).addr).collect::<Vec<_>>()));
+    let clients: Vec<_> = (0..4u64)
+        .map(|client| {
+            let rng = crate::harness::Rng(rng.next_u64());
+            let (stop, history, addrs) = (stop.clone(), history.clone(), addrs.clone());
+            std::thread::spawn(move || {
+                super::nemesis::run_client(client, rng, started, &stop, &history, &addrs)
+            })
+        })
+        .collect();
+    let mut members: Vec<usize> = vec![1, 2, 3];
+    let mut faults = Vec::new();
+    // Add 4, remove 1, add 5, remove 2: each with a fault on another member while it runs.
+    for (step, (add, remove)) in
+        [(Some(4), None), (None, Some(1)), (Some(5), None), (None, Some(2))].into_iter().enumerate()
+    {
+        std::thread::sleep(Duration::from_millis(rng.range(300, 800)));
+        let via = members[rng.range(0, members.len() as u64 - 1) as usize];
+        let (status, body) = match (add, remove) {
+            (Some(n), _) => {
+                let cluster_addr = c.join(n, via);
+                faults.push(format!("add node {n}"));
+                post_add(
+                    &c,
+                    via,
+                    &format!(r#"{{"node_id": {n}, "cluster_addr": "{cluster_addr}"}}"#),
+                )
+            }
+            (_, Some(n)) => {
+                addrs.lock().unwrap().retain(|a| *a != c.node(n).addr);
+                faults.push(format!("remove node {n}"));
+                let via = *members.iter().find(|m| **m != n).unwrap();
+                http_request(c.node(via).http, "DELETE", &format!("/api/nodes/remove/{n}"))
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(status, 202, "{body}");
+        let plan = json(&body);
+        // A fault while the plan runs, on a member that stays.
+        let stays: Vec<usize> = members.iter().copied().filter(|m| Some(*m) != remove).collect();
+        let victim = stays[rng.range(0, stays.len() as u64 - 1) as usize];
+        let hold = Duration::from_millis(rng.range(800, 2000));
+        faults.push(fault(&mut c, victim, step % 2 == 0, hold));
+        let via = *stays.iter().find(|m| **m != victim).unwrap();
+        wait_done(&c, via, &plan, Duration::from_secs(90));
+        match (add, remove) {
+            (Some(n), _) => {
+                members.push(n);
+                addrs.lock().unwrap().push(c.node(n).addr);
+            }
+            (_, Some(n)) => {
+                members.retain(|m| *m != n);
+                let status =
+                    c.nodes[n - 1].as_mut().unwrap().wait_exit_within(Duration::from_secs(30));
+                c.nodes[n - 1] = None;
+                eprintln!("removed node {n} stopped: {status}");
+            }
+            _ => unreachable!(),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|t| t.join().unwrap());
+    placed_by_ring(&c, &[3, 4, 5]);
+    super::nemesis::check_history(&history.lock().unwrap(), &faults);
+}
