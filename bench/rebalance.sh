@@ -90,6 +90,8 @@ move() { # name http-node command...
   "$@" --http "$(http "$via")" >"$work/$name.cli" 2>&1 || { cat "$work/$name.cli" >&2; exit 1; }
   t1=$(date +%s.%N)
   wait "$lg" || { tail -3 "$work/during-$name.json.err" >&2; exit 1; }
+  # The load second by second, for where the move hurt (REBALANCE_TRACE=1).
+  [ -n "${REBALANCE_TRACE:-}" ] && grep -E '^\[' "$work/during-$name.json.err" >&2
   echo "$name $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')"
 }
 

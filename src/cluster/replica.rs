@@ -118,6 +118,8 @@ pub struct Replicas {
     /// Replicas of every partition, preferred leader first, then (at index `partitions`) the
     /// metadata group's: every node. The ring's at first; the recorded map once read.
     map: RefCell<Vec<Vec<u64>>>,
+    /// For partitions this node holds no replica of: the leader it last heard of (0: none).
+    remote_leaders: RefCell<HashMap<u32, u64>>,
     /// Called when this node's replica of the metadata group is removed: the node was
     /// removed from the cluster.
     retired: RefCell<Option<Box<dyn Fn()>>>,
@@ -240,6 +242,7 @@ impl Replicas {
             store: data,
             config: config.clone(),
             map: RefCell::new(map),
+            remote_leaders: RefCell::new(HashMap::new()),
             retired: RefCell::new(None),
             groups: RefCell::new(groups),
             tombstones: RefCell::new(tombstones),
@@ -265,6 +268,16 @@ impl Replicas {
             counters,
             failed: RefCell::new(None),
         })
+    }
+
+    /// The leader of `partition` last heard of, for one this node holds no replica of.
+    pub fn remote_leader(&self, partition: u32) -> u64 {
+        self.remote_leaders.borrow().get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Remembers `leader` (0: forget) for a partition this node holds no replica of.
+    pub fn note_remote_leader(&self, partition: u32, leader: u64) {
+        self.remote_leaders.borrow_mut().insert(partition, leader);
     }
 
     /// The replicas of `partition` as the map says, preferred leader first.

@@ -336,8 +336,10 @@ impl Core {
         };
         let deadline = Instant::now() + LEADER_WAIT;
         let replicas = r.replicas_of(partition);
-        let mut hint = 0u64;
+        // A partition this node holds no replica of: the leader it was last told of.
+        let mut hint = r.remote_leader(partition);
         let mut attempt = 0usize;
+        let mut hops = 0u32;
         loop {
             let local = r.has_group(partition);
             if local && is_read && consistency == Consistency::Eventual {
@@ -395,10 +397,25 @@ impl Core {
                     match futures_lite::future::or(forwarded, async { Err(moved.await) }).await {
                         Ok(Ok(Reply::Error(e))) if e.code == ErrorCode::WrongNode => {
                             hint = e.leader;
+                            r.note_remote_leader(partition, e.leader);
+                            // Follow a hint at once (a few times: two nodes with stale views
+                            // must not bounce a request at full speed).
+                            hops += 1;
+                            if hint != 0 && hint != target && hops <= 3 {
+                                continue;
+                            }
                         }
-                        Ok(Ok(reply)) => return reply,
+                        Ok(Ok(reply)) => {
+                            if !local {
+                                r.note_remote_leader(partition, target);
+                            }
+                            return reply;
+                        }
                         // Not sent (no link to it): ask elsewhere.
-                        Ok(Err(_unsent)) => hint = 0,
+                        Ok(Err(_unsent)) => {
+                            hint = 0;
+                            r.note_remote_leader(partition, 0);
+                        }
                         Err(now) if is_read => {
                             hint = now;
                             continue;

@@ -18,8 +18,9 @@ use crate::cluster::plan::{Member, Standing, encode_members};
 /// How often registration retries while the metadata group has no quorum.
 const RETRY: Duration = Duration::from_millis(200);
 
-/// Writes this node's addresses and, if nobody has yet, the partition map into the metadata
-/// group; retries until both are committed. Runs once per start, beside the serving loop.
+/// Writes this node's addresses and, if nobody has yet and this node is a founder, the members
+/// and the partition map into the metadata group; retries until each is committed. Runs once
+/// per start, beside the serving loop.
 pub async fn register(core: Rc<Core>) {
     let Some(r) = core.cluster.as_ref() else { return };
     let me = loop {
@@ -36,11 +37,16 @@ pub async fn register(core: Rc<Core>) {
         .iter()
         .map(|&(id, addr)| Member { id, addr, standing: Standing::Active })
         .collect();
-    let writes = [
+    let mut writes = vec![
         (Op::set_if(members_key(), encode_members(&founders), Condition::IfAbsent), "members"),
         (Op::set_if(map_key(), ring_map.clone(), Condition::IfAbsent), "partition map"),
         (Op::set(node_key(r.node), encode_node(&me)), "addresses"),
     ];
+    if !r.config.bootstrap {
+        // A joining node founds nothing: the members and the map are the founders' to write
+        // (it would otherwise count itself a member before anyone added it).
+        writes.drain(..2);
+    }
     for (op, what) in writes {
         let mut tries = 0u32;
         loop {
