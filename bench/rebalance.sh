@@ -113,6 +113,12 @@ target="127.0.0.1:$((base + 20))"
 b_rm=$(streamed 2 3 4)
 rm=$(move remove 2 "$bin/corekv" cluster remove 1)
 mb_rm=$(awk -v a="$b_rm" -v b="$(streamed 2 3 4)" 'BEGIN {printf "%.1f", (b - a) / 1048576}')
+if [ -n "${REBALANCE_TRACE:-}" ]; then
+  mkdir -p "${REBALANCE_TRACE_DIR:-/tmp/rebalance-trace}"
+  for i in 1 2 3; do cp "$work/cluster/node-$i/node.log" "${REBALANCE_TRACE_DIR:-/tmp/rebalance-trace}/node-$i.log"; done
+  cp "$work/node4.err" "${REBALANCE_TRACE_DIR:-/tmp/rebalance-trace}/node-4.log"
+  echo "node logs in ${REBALANCE_TRACE_DIR:-/tmp/rebalance-trace}" >&2
+fi
 sleep 5
 lead_rm=$(leaders 2 3 4)
 

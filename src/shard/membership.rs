@@ -175,7 +175,14 @@ pub async fn reconcile(core: Rc<Core>) {
             balance_leaders(&core, &seen, &mut transfers);
             continue;
         };
+        // The metadata group moves last: a node removed from it learns it was removed from
+        // the cluster and stops, and must not before its data partitions have moved off it
+        // (it would leave them by failover, not by handing over).
+        let data_done = (0..core.partitions).all(|q| seen.done.contains(&q));
         for partition in r.partitions_led() {
+            if partition == core.partitions && !data_done {
+                continue;
+            }
             let Some(target) = p.target.get(partition as usize) else { continue };
             let Some(view) = r.move_view(partition) else { continue };
             match moves::next_step(r.node, &view, target) {
