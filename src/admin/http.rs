@@ -502,6 +502,10 @@ async fn replication_status(core: &Core) -> Answer {
         json!({
             "partition": g.partition,
             "replicas": g.replicas,
+            // Replicas being added (sent their data, not voting yet), and while a membership
+            // change is half done, the voters it replaces.
+            "learners": g.conf.learners.iter().map(|l| crate::cluster::group::node_of(*l)).collect::<Vec<_>>(),
+            "outgoing": g.conf.voters_outgoing.iter().map(|v| crate::cluster::group::node_of(*v)).collect::<Vec<_>>(),
             "leader": g.leader,
             "term": g.term,
             "commit": g.commit,

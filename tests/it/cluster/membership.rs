@@ -63,6 +63,9 @@ fn held(c: &Cluster, via: usize) -> Vec<(String, Vec<u64>)> {
     for g in groups.filter(|g| !g.is_null()) {
         let mut replicas: Vec<u64> =
             g["replicas"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+        // A finished move leaves no learner and no outgoing voter behind.
+        assert_eq!(g["learners"], serde_json::json!([]), "{g}");
+        assert_eq!(g["outgoing"], serde_json::json!([]), "{g}");
         replicas.sort_unstable();
         out.push((g["partition"].to_string(), replicas));
     }
