@@ -481,6 +481,11 @@ async fn rebalance(core: &Core) -> Answer {
     json_answer(StatusCode::OK, body)
 }
 
+/// The nodes of some replica ids.
+fn nodes_of(replicas: &[u64]) -> Vec<u64> {
+    replicas.iter().map(|r| crate::cluster::group::node_of(*r)).collect()
+}
+
 async fn replication_status(core: &Core) -> Answer {
     let Some(r) = core.cluster.as_ref() else {
         return error(StatusCode::NOT_FOUND, "not in cluster mode");
@@ -504,8 +509,8 @@ async fn replication_status(core: &Core) -> Answer {
             "replicas": g.replicas,
             // Replicas being added (sent their data, not voting yet), and while a membership
             // change is half done, the voters it replaces.
-            "learners": g.conf.learners.iter().map(|l| crate::cluster::group::node_of(*l)).collect::<Vec<_>>(),
-            "outgoing": g.conf.voters_outgoing.iter().map(|v| crate::cluster::group::node_of(*v)).collect::<Vec<_>>(),
+            "learners": nodes_of(&g.conf.learners),
+            "outgoing": nodes_of(&g.conf.voters_outgoing),
             "leader": g.leader,
             "term": g.term,
             "commit": g.commit,
