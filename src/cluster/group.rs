@@ -32,6 +32,8 @@ pub trait GroupStore: Storage {
     fn set_hard_state(&mut self, hs: &HardState) -> raft::Result<()>;
     /// Records a new commit index (no durability needed: it is recomputed after a crash).
     fn set_commit(&mut self, commit: u64) -> raft::Result<()>;
+    /// The membership as of the applied index (kept with every change the owner applies).
+    fn membership(&self) -> &ConfState;
 }
 
 /// What one `drive` produced: messages to send (each carries its destination) and committed
@@ -238,7 +240,8 @@ impl<S: GroupStore> Group<S> {
 
     /// Whether the group is between two memberships (joint consensus, not yet left).
     pub fn is_joint(&self) -> bool {
-        !self.conf_state().voters_outgoing.is_empty()
+        // The store's copy is raft-rs's as applied, and reading it builds nothing.
+        !self.store().membership().voters_outgoing.is_empty()
     }
 
     /// Whether a membership change is proposed and not yet applied here.

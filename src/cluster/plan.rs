@@ -15,7 +15,6 @@ use std::sync::{Mutex, PoisonError};
 use corekv_schema::ring::Ring;
 use serde::{Deserialize, Serialize};
 
-use super::replica::RING_VNODES;
 
 /// A member's standing in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +35,9 @@ pub struct Member {
     pub addr: SocketAddr,
     pub standing: Standing,
 }
+
+/// Virtual nodes per node on the placement ring.
+pub const RING_VNODES: u32 = 256;
 
 /// The node ids that may hold replicas, lowest first.
 pub fn active(members: &[Member]) -> Vec<u64> {

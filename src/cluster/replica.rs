@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corekv_schema::codec::{ErrorCode, Reply, WireError};
 use corekv_schema::placement;
-use corekv_schema::ring::Ring;
 use futures_lite::future;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
@@ -58,8 +57,6 @@ use crate::time::now_ms;
 use crate::waiting::{Waits, Wake};
 use corekv_schema::frame::Limits;
 
-/// Virtual nodes per node on the placement ring.
-pub const RING_VNODES: u32 = 256;
 /// When an expired key this core cannot propose the removal of now is looked at again.
 const EXPIRY_RETRY_MS: u64 = 1_000;
 /// How long a proposal may wait for its entry to be applied.
@@ -197,10 +194,9 @@ impl Replicas {
         election_tick: Option<usize>,
     ) -> Result<Replicas, String> {
         let wal = data.wal.clone();
-        let ids: Vec<u64> = config.nodes.iter().map(|(n, _)| *n).collect();
-        let mut map = Ring::new(&ids, RING_VNODES).map(partitions, config.replication_factor);
-        // The metadata group, partition `partitions`, lives on every node.
-        map.push(super::meta::replicas(&config.nodes));
+        // The ring's map over the founders, the metadata group (every node) last.
+        let founders = super::meta::replicas(&config.nodes);
+        let map = super::plan::target_map(&founders, partitions, config.replication_factor);
         let mut groups = BTreeMap::new();
         let mut applied = HashMap::new();
         let mut tombstones = BTreeMap::new();
@@ -722,9 +718,9 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
                 }
             }
         }
+        // Drained in place: the queue keeps its capacity from round to round.
         let mut held = Vec::new();
-        let proposals = std::mem::take(&mut *r.proposals.borrow_mut());
-        for prop in proposals {
+        for prop in r.proposals.borrow_mut().drain(..) {
             let Some(g) = groups.get_mut(&prop.partition) else {
                 r.waits.complete(prop.wait, wrong_node(prop.partition, 0));
                 continue;

@@ -519,6 +519,10 @@ impl GroupStore for WalStore {
         self.hard.commit = commit;
         Ok(())
     }
+
+    fn membership(&self) -> &ConfState {
+        &self.conf
+    }
 }
 
 /// Every node in a membership, in any role.
