@@ -8,7 +8,6 @@ use corekv_schema::peer::{self, NodeReport, PeerMessage};
 
 use super::Core;
 use crate::cluster::health::{self, REPORT_INTERVAL};
-use crate::cluster::plan::Standing;
 
 impl Core {
     /// This node's own figures (`stats`: every core's, as `Core::node_stats` gives them), as
@@ -29,12 +28,9 @@ pub async fn report_loop(core: Rc<Core>) {
         let stats = core.node_stats().await.unwrap_or_default();
         let frame = peer::encode(&PeerMessage::Report(core.node_report(&stats).await));
         // Every member, those added since this node started too.
-        let mut peers: Vec<u64> = r.config.nodes.iter().map(|(n, _)| *n).collect();
-        let seen = core.node.view.get();
-        peers.extend(seen.members.iter().filter(|m| m.standing != Standing::Removed).map(|m| m.id));
-        peers.sort_unstable();
-        peers.dedup();
-        for peer in peers.into_iter().filter(|n| *n != r.node && !seen.removed(*n)) {
+        for (peer, _) in
+            super::membership::members_now(&core).into_iter().filter(|(n, _)| *n != r.node)
+        {
             // A peer whose link is down misses this one; the next goes out in 500 ms.
             r.links.send_frame(peer, frame.clone());
         }

@@ -128,13 +128,7 @@ pub async fn topology(core: &Rc<Core>) -> Reply {
         _ => (r.map(), 0),
     };
     let mut nodes = Vec::new();
-    let seen = core.node.view.get();
-    let mut ids: Vec<u64> =
-        seen.members.iter().filter(|m| m.standing != Standing::Removed).map(|m| m.id).collect();
-    if ids.is_empty() {
-        ids = crate::cluster::meta::replicas(&r.config.nodes);
-    }
-    for id in ids {
+    for (id, _) in super::membership::members_now(core) {
         let get = Op::get(node_key(id));
         if let Reply::Value { value, version, .. } =
             core.cluster_op(get, Consistency::Eventual, Origin::Client).await
