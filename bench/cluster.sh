@@ -41,19 +41,7 @@ echo "== 1b. 3-node cluster" >&2
 # Node i listens on base+10i .. base+10i+3. Pick a base below the ephemeral port range, where
 # all of them are free: the load generator's closed connections (TIME_WAIT) sit in that range
 # and would make a node's bind fail.
-base=$(python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 32000, 100)
-    try:
-        for node in (1, 2, 3):
-            for off in range(4):
-                s = socket.socket(); s.bind(("127.0.0.1", base + 10 * node + off)); s.close()
-        print(base); break
-    except OSError:
-        continue
-PY
-)
+base=$(free_base 3)
 "$bin/corekv" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster" \
   --partitions 16 >"$work/cluster.out" 2>"$work/cluster.err" &
 dc=$!; pids+=("$dc")

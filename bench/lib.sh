@@ -29,3 +29,21 @@ redis_benchmark_row() {
 }
 # corekv-loadgen table -> "ops_per_sec p50_us p99_us" for operation $1
 loadgen_row() { awk -v op="$1" '$1==op {printf "%.0f %s %s", $3, $4, $6}'; }
+# A base port for `corekv dev-cluster --base-port` with nodes 1..$1 (node i on base+10i ..
+# base+10i+3) all free, below the ephemeral port range: the load generator's closed
+# connections (TIME_WAIT) sit in that range and would make a node's bind fail.
+free_base() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+nodes = int(sys.argv[1])
+for _ in range(200):
+    base = random.randrange(20000, 32000, 100)
+    try:
+        for node in range(1, nodes + 1):
+            for off in range(4):
+                s = socket.socket(); s.bind(("127.0.0.1", base + 10 * node + off)); s.close()
+        print(base); break
+    except OSError:
+        continue
+PY
+}

@@ -18,19 +18,7 @@ ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 bin=target/release
 
 # Node i listens on base+10i .. base+10i+3, below the ephemeral port range (see cluster.sh).
-base=$(python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 32000, 100)
-    try:
-        for node in (1, 2, 3, 4):
-            for off in range(4):
-                s = socket.socket(); s.bind(("127.0.0.1", base + 10 * node + off)); s.close()
-        print(base); break
-    except OSError:
-        continue
-PY
-)
+base=$(free_base 4)
 "$bin/corekv" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster" \
   --partitions 16 >"$work/cluster.out" 2>"$work/cluster.err" &
 pids+=("$!")
