@@ -426,14 +426,21 @@ fn a_plan_survives_kill_9_of_the_joining_node_a_leader_and_the_metadata_leader()
     c.boot(4);
     c.boot(meta);
     let other = (1..=3).find(|&n| n != meta).unwrap();
-    let leader = c.leaders(other).iter().map(|&l| l as usize).find(|&l| l != 0 && l != 4);
-    if let Some(l) = leader {
-        eprintln!("killing a partition leader, node {l}");
-        c.kill9(l);
-        std::thread::sleep(Duration::from_millis(300));
-        c.boot(l);
-    }
-    let via = (1..=3).find(|&n| Some(n) != leader).unwrap();
+    // Some founder leads a partition once an election is over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let l = loop {
+        let found = c.leaders(other).iter().map(|&l| l as usize).find(|&l| l != 0 && l != 4);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no partition leader among the founders");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("killing a partition leader, node {l}");
+    c.kill9(l);
+    std::thread::sleep(Duration::from_millis(300));
+    c.boot(l);
+    let via = (1..=3).find(|&n| n != l).unwrap();
     let done = wait_done(&c, via, &plan, Duration::from_secs(90));
     eprintln!("the add finished after the kills: {done}");
     let streamed: u64 = (1..=3)
