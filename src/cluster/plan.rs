@@ -15,7 +15,6 @@ use std::sync::{Mutex, PoisonError};
 use corekv_schema::ring::Ring;
 use serde::{Deserialize, Serialize};
 
-
 /// A member's standing in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
