@@ -26,6 +26,10 @@ use crate::cluster::replica::{PROPOSAL_TIMEOUT, Submitted};
 use crate::config::ConsistencyMode;
 use crate::time::now_ms;
 
+/// How long a forwarded write waits for its answer after its leader changed, before it is
+/// answered "outcome unknown": a handover's old leader answers within a round.
+const HANDOVER_GRACE: Duration = Duration::from_millis(500);
+
 /// How long a request keeps looking for a partition's leader (elections, lost links).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 
@@ -388,6 +392,12 @@ impl Core {
                                 .await;
                             let (_, now) = r.leadership(partition);
                             if local && now != 0 && now != target {
+                                if !is_read {
+                                    // A leader that handed over on purpose still answers
+                                    // the write (done, or WrongNode: not applied): give it
+                                    // that long before calling the outcome unknown.
+                                    glommio::timer::sleep(HANDOVER_GRACE).await;
+                                }
                                 return now;
                             }
                         }
