@@ -152,6 +152,34 @@ impl Cluster {
                 }
             }
         }
+        self.wait_leaders_settled();
+    }
+
+    /// Waits until every partition has a leader and none has moved for a second: after a
+    /// start, leaders move to their preferred nodes, and a test that picks a leader to kill or
+    /// pause must pick the one that stays.
+    fn wait_leaders_settled(&self) {
+        let via = (1..=self.nodes.len()).find(|&i| self.nodes[i - 1].is_some()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut last, mut since) = (Vec::new(), Instant::now());
+        loop {
+            let (status, body) = http_get(self.node(via).http, "/api/replication/status");
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let now: Vec<u64> = v["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["leader"].as_u64().unwrap())
+                .collect();
+            if now != last || now.contains(&0) {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= Duration::from_secs(1) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "leaders never settled: {last:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The leader of each partition as node `via` sees it (0: none known).
@@ -612,6 +640,7 @@ fn far_behind_follower_catches_up_by_snapshot() {
         assert!(Instant::now() < deadline, "cluster not writable");
         std::thread::sleep(Duration::from_millis(100));
     }
+    c.wait_leaders_settled();
     let leader = c.leaders(1)[0] as usize;
     let behind = (1..=3).find(|&n| n != leader).unwrap();
     // The follower holds snap-0..299 before it falls behind, so the snapshot must delete
