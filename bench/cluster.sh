@@ -2,8 +2,9 @@
 # Cluster numbers for the README, in one run on this machine (2 cores, so read the ratios):
 #  1. a single node (`--cores 1`) against a 3-node local cluster (`corekv dev-cluster`, one
 #     core each, 16 partitions, RF 3), both durable (sync): strong SET, strong GET and eventual
-#     GET through one node (the cluster forwards to each partition's leader), 50 connections
-#     x pipeline 1, 100k keys, 500-byte values;
+#     GET, 50 connections x pipeline 1, 100k keys, 500-byte values; in the cluster twice: all
+#     through one node (`--routing node`: it forwards to each partition's leader), and routed
+#     by the map as the SDK does (`--routing map`: each request straight to its leader);
 #  2. failover: with the cluster idle, kill -9 the node leading the most partitions and time
 #     until a write to every partition has succeeded again through a survivor.
 # usage: bench/cluster.sh [SECONDS]
@@ -15,10 +16,11 @@ cargo build --release --quiet -p corekv -p corekv-loadgen
 ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 bin=target/release
 
-run_load() { # addr mix consistency preload -> "ops p50 p99 p999"
+run_load() { # addr mix consistency preload [routing] -> "ops p50 p99 p999"
   local pre=() out
   [ "$4" = yes ] && pre=(--preload)
   out=$("$bin/corekv-loadgen" --addr "$1" --keys 100000 --mix "$2" --consistency "$3" \
+    --routing "${5:-auto}" \
     "${pre[@]}" --value-size 500 --connections 50 --pipeline 1 --duration "$secs" --warmup 2 \
     2>"$work/loadgen.err") || {
     echo "bench/cluster.sh: corekv-loadgen $2 against $1 failed:" >&2
@@ -53,19 +55,26 @@ grep -q 'Ctrl-C' "$work/cluster.out" || {
 }
 n1="127.0.0.1:$((base + 10))"
 for _ in $(seq 1 100); do "$bin/corekv" set --addr "$n1" warm up >/dev/null 2>&1 && break; sleep 0.2; done
-c_set=$(run_load "$n1" set=1 strong no)
-c_get=$(run_load "$n1" get=1 strong yes)
-c_eget=$(run_load "$n1" get=1 eventual no)
+c_set=$(run_load "$n1" set=1 strong no node)
+c_get=$(run_load "$n1" get=1 strong yes node)
+c_eget=$(run_load "$n1" get=1 eventual no node)
+r_set=$(run_load "$n1" set=1 strong no map)
+r_get=$(run_load "$n1" get=1 strong no map)
+r_eget=$(run_load "$n1" get=1 eventual no map)
 
 printf '\n%-34s %10s %8s %8s %9s\n' "(50 conns x P1, 500 B values)" ops_per_sec p50_us p99_us p99.9_us
 row() { read -r a b c d <<<"$2"; printf '%-34s %10s %8s %8s %9s\n' "$1" "$a" "$b" "$c" "$d"; }
 row "single node SET (sync)" "$s_set"
 row "single node GET" "$s_get"
-row "3-node cluster SET (strong)" "$c_set"
-row "3-node cluster GET (strong)" "$c_get"
-row "3-node cluster GET (eventual)" "$c_eget"
+row "cluster SET (strong), one node" "$c_set"
+row "cluster GET (strong), one node" "$c_get"
+row "cluster GET (eventual), one node" "$c_eget"
+row "cluster SET (strong), by map" "$r_set"
+row "cluster GET (strong), by map" "$r_get"
+row "cluster GET (eventual), by map" "$r_eget"
 ratio() { awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN {printf "%.2f", a / b}'; }
-echo "cluster/single: SET $(ratio "$c_set" "$s_set")x, strong GET $(ratio "$c_get" "$s_get")x, eventual GET $(ratio "$c_eget" "$s_get")x"
+echo "cluster/single through one node: SET $(ratio "$c_set" "$s_set")x, strong GET $(ratio "$c_get" "$s_get")x, eventual GET $(ratio "$c_eget" "$s_get")x"
+echo "cluster/single by map: SET $(ratio "$r_set" "$s_set")x, strong GET $(ratio "$r_get" "$s_get")x, eventual GET $(ratio "$r_eget" "$s_get")x"
 
 echo "== 2. failover" >&2
 status=$(curl -s "127.0.0.1:$((base + 12))/api/replication/status")

@@ -114,6 +114,24 @@ pub struct Cli {
     /// Native protocol, against a cluster: what each request asks for (default: the node's)
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Default)]
     pub consistency: ConsistencyArg,
+
+    /// Native protocol: where requests go. With `map`, through the SDK's cluster routing, each
+    /// to its partition's leader, --connections per node
+    #[arg(long, value_enum, default_value_t = Routing::Auto)]
+    pub routing: Routing,
+}
+
+/// Where native requests are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// `map` when --addr is a cluster node, else `node`
+    Auto,
+    /// By the cluster's map, as the SDK routes: the key's partition leader, following
+    /// `WrongNode` and retrying what provably did not apply (a cluster node is required)
+    Map,
+    /// Everything to --addr, which forwards what it does not lead
+    Node,
 }
 
 /// The consistency requests ask for (native protocol; a cluster honours it).
@@ -269,6 +287,8 @@ pub struct Config {
     pub rate_ops_per_sec: Option<u64>,
     pub seed: u64,
     pub consistency: ConsistencyArg,
+    /// As asked; the run resolves `auto` once it has seen the node.
+    pub routing: Routing,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -295,6 +315,11 @@ impl Config {
                 cli.zipf_theta
             ));
         }
+        if cli.routing == Routing::Map && cli.protocol != Protocol::Native {
+            return Err(
+                "--routing map needs --protocol native (RESP is forwarded by the node)".into()
+            );
+        }
         Ok(Config {
             addr: cli.addr.clone(),
             protocol: cli.protocol,
@@ -313,6 +338,7 @@ impl Config {
             rate_ops_per_sec: cli.rate,
             seed: cli.seed,
             consistency: cli.consistency,
+            routing: cli.routing,
         })
     }
 
@@ -387,6 +413,7 @@ mod tests {
         assert_eq!(cfg.zipf_theta, 0.99);
         assert!(!cfg.preload);
         assert_eq!(cfg.rate_ops_per_sec, None);
+        assert_eq!(cfg.routing, Routing::Auto);
     }
 
     #[test]
@@ -406,5 +433,8 @@ mod tests {
         assert!(parse(&["--zipf-theta", "-1"]).is_err());
         assert!(parse(&["--rate", "0"]).is_err());
         assert_eq!(parse(&["--rate", "5000"]).unwrap().rate_ops_per_sec, Some(5000));
+        let err = parse(&["--protocol", "resp", "--routing", "map"]).unwrap_err();
+        assert!(err.contains("--protocol native"), "{err}");
+        assert!(parse(&["--protocol", "resp", "--routing", "node"]).is_ok());
     }
 }

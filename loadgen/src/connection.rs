@@ -58,7 +58,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn record(&mut self, sample: Sample) {
+    pub(crate) fn record(&mut self, sample: Sample) {
         let phase = if sample.measured { &mut self.measured } else { &mut self.warmup };
         phase.record(sample.kind, sample.latency, sample.outcome);
     }
@@ -100,7 +100,7 @@ pub enum Source {
 }
 
 impl Source {
-    fn next(&mut self) -> Option<(OpKind, u64)> {
+    pub(crate) fn next(&mut self) -> Option<(OpKind, u64)> {
         match self {
             Source::Mix(w) => Some(w.next()),
             Source::Keys { next, step, end } => {
@@ -117,12 +117,12 @@ impl Source {
 
 /// One outcome waiting to be recorded.
 #[derive(Debug)]
-struct Sample {
-    kind: OpKind,
+pub(crate) struct Sample {
+    pub(crate) kind: OpKind,
     /// Started inside the measured window (else: warmup).
-    measured: bool,
-    latency: Duration,
-    outcome: Outcome,
+    pub(crate) measured: bool,
+    pub(crate) latency: Duration,
+    pub(crate) outcome: Outcome,
 }
 
 /// A request written (or about to be) and not yet answered.

@@ -9,6 +9,7 @@
 mod config;
 mod connection;
 mod protocol;
+mod routed;
 mod run;
 mod schedule;
 mod stats;

@@ -21,6 +21,7 @@ use crate::connection::{self, Connection, Plan, Setup, Source, Totals};
 use crate::protocol::Driver;
 use crate::protocol::native::Native;
 use crate::protocol::resp::Resp;
+use crate::routed;
 use crate::schedule::Schedule;
 use crate::stats::Summary;
 use crate::workload::{self, KeyChooser, Workload};
@@ -55,18 +56,65 @@ pub struct PreloadReport {
 
 /// Runs the preload (if configured) and the measured run; returns the measured summary.
 pub async fn run(cfg: &Config) -> Result<Summary, RunError> {
-    match cfg.protocol {
-        Protocol::Native => run_with::<Native>(cfg).await,
-        Protocol::Resp => run_with::<Resp>(cfg).await,
-    }
-}
-
-async fn run_with<D: Driver + Default>(cfg: &Config) -> Result<Summary, RunError> {
     // Check what the connections will need before touching the network.
     cfg.key_format().map_err(RunError::Config)?;
     KeyChooser::new(cfg.distribution, cfg.keys, cfg.zipf_theta).map_err(RunError::Config)?;
+    match cfg.protocol {
+        Protocol::Native => {
+            let routed = routed::client_for(cfg).await?;
+            run_with::<Native>(cfg, routed).await
+        }
+        Protocol::Resp => run_with::<Resp>(cfg, None).await,
+    }
+}
+
+/// How a phase's connections reach the server.
+enum Transport {
+    /// A socket each, opened up front.
+    Raw(Vec<tokio::net::TcpStream>),
+    /// One client routing by the cluster's map, shared.
+    Routed(corekv_client::Client),
+}
+
+impl Transport {
+    async fn open(cfg: &Config, routed: &Option<corekv_client::Client>) -> Result<Self, RunError> {
+        Ok(match routed {
+            Some(client) => Transport::Routed(client.clone()),
+            None => Transport::Raw(connect_all(cfg).await?),
+        })
+    }
+
+    /// Spawns connection `index` of the phase, built from `setup`.
+    fn spawn<D: Driver + Default>(&mut self, set: &mut JoinSet<()>, setup: Setup) {
+        match self {
+            Transport::Raw(streams) => {
+                let stream = streams.remove(0);
+                set.spawn(Connection::<D>::new(setup).run(stream));
+            }
+            Transport::Routed(client) => {
+                let driver = routed::Driver {
+                    index: setup.index,
+                    client: client.clone(),
+                    source: setup.source,
+                    schedule: setup.schedule,
+                    window: setup.window,
+                    key_format: setup.key_format,
+                    value: setup.value,
+                    plan: setup.plan,
+                    shared: setup.shared,
+                };
+                set.spawn(driver.run());
+            }
+        }
+    }
+}
+
+async fn run_with<D: Driver + Default>(
+    cfg: &Config,
+    routed: Option<corekv_client::Client>,
+) -> Result<Summary, RunError> {
     if cfg.preload {
-        let report = preload::<D>(cfg).await?;
+        let report = preload::<D>(cfg, &routed).await?;
         let secs = report.elapsed.as_secs_f64().max(1e-9);
         eprintln!(
             "preload: {} keys set in {:.2} s ({:.0} keys/s), {} errors",
@@ -76,7 +124,7 @@ async fn run_with<D: Driver + Default>(cfg: &Config) -> Result<Summary, RunError
             report.errors
         );
     }
-    measured_run::<D>(cfg).await
+    measured_run::<D>(cfg, &routed).await
 }
 
 /// Opens every connection of a phase, failing on the first that cannot be opened.
@@ -127,10 +175,13 @@ async fn join_with_progress(
     }
 }
 
-async fn preload<D: Driver + Default>(cfg: &Config) -> Result<PreloadReport, RunError> {
+async fn preload<D: Driver + Default>(
+    cfg: &Config,
+    routed: &Option<corekv_client::Client>,
+) -> Result<PreloadReport, RunError> {
     let key_format = cfg.key_format().map_err(RunError::Config)?;
     let value = workload::value(cfg.value_size_bytes as usize, cfg.seed);
-    let streams = connect_all(cfg).await?;
+    let mut transport = Transport::open(cfg, routed).await?;
     let shared = Arc::new(Mutex::new(Totals::default()));
     let start = Instant::now();
     let plan = Plan {
@@ -142,8 +193,8 @@ async fn preload<D: Driver + Default>(cfg: &Config) -> Result<PreloadReport, Run
         reconnect: false,
     };
     let mut set = JoinSet::new();
-    for (index, stream) in streams.into_iter().enumerate() {
-        let conn = Connection::<D>::new(Setup {
+    for index in 0..cfg.connections as usize {
+        let setup = Setup {
             index,
             addr: cfg.addr.clone(),
             source: Source::Keys {
@@ -158,8 +209,8 @@ async fn preload<D: Driver + Default>(cfg: &Config) -> Result<PreloadReport, Run
             plan,
             shared: Arc::clone(&shared),
             consistency: cfg.consistency.wire(),
-        });
-        set.spawn(conn.run(stream));
+        };
+        transport.spawn::<D>(&mut set, setup);
     }
     let keys = cfg.keys;
     let mut last_done = 0;
@@ -181,10 +232,13 @@ async fn preload<D: Driver + Default>(cfg: &Config) -> Result<PreloadReport, Run
     })
 }
 
-async fn measured_run<D: Driver + Default>(cfg: &Config) -> Result<Summary, RunError> {
+async fn measured_run<D: Driver + Default>(
+    cfg: &Config,
+    routed: &Option<corekv_client::Client>,
+) -> Result<Summary, RunError> {
     let key_format = cfg.key_format().map_err(RunError::Config)?;
     let value = workload::value(cfg.value_size_bytes as usize, cfg.seed);
-    let streams = connect_all(cfg).await?;
+    let mut transport = Transport::open(cfg, routed).await?;
     let shared = Arc::new(Mutex::new(Totals::default()));
     let start = Instant::now();
     let measure_start = start + cfg.warmup;
@@ -197,12 +251,12 @@ async fn measured_run<D: Driver + Default>(cfg: &Config) -> Result<Summary, RunE
         reconnect: true,
     };
     let mut set = JoinSet::new();
-    for (index, stream) in streams.into_iter().enumerate() {
+    for index in 0..cfg.connections as usize {
         let workload = Workload::for_connection(cfg, index as u64).map_err(RunError::Config)?;
         let schedule = cfg
             .rate_ops_per_sec
             .map(|rate| Schedule::new(rate, u64::from(cfg.connections), index as u64));
-        let conn = Connection::<D>::new(Setup {
+        let setup = Setup {
             index,
             addr: cfg.addr.clone(),
             source: Source::Mix(workload),
@@ -213,8 +267,8 @@ async fn measured_run<D: Driver + Default>(cfg: &Config) -> Result<Summary, RunE
             plan,
             shared: Arc::clone(&shared),
             consistency: cfg.consistency.wire(),
-        });
-        set.spawn(conn.run(stream));
+        };
+        transport.spawn::<D>(&mut set, setup);
     }
 
     let mut last_count = 0;

@@ -31,13 +31,7 @@ impl Default for Native {
 
 impl Driver for Native {
     fn encode(&mut self, id: u64, kind: OpKind, key: &[u8], value: &Bytes, out: &mut BytesMut) {
-        let key = Bytes::copy_from_slice(key);
-        let op = match kind {
-            OpKind::Get => Op::Get { key },
-            OpKind::Set => Op::Set(SetOp { key, value: value.clone(), ..SetOp::default() }),
-            OpKind::Del => Op::Delete { key, condition: Condition::Always },
-        };
-        let mut request = Request::new(id, op);
+        let mut request = Request::new(id, op(kind, Bytes::copy_from_slice(key), value));
         request.consistency = self.consistency;
         self.encoder.request(&request, out);
     }
@@ -59,7 +53,17 @@ impl Driver for Native {
     }
 }
 
-fn outcome(kind: OpKind, reply: WireReply) -> Outcome {
+/// The request a `kind` operation on `key` sends. `value` is used by SET only.
+pub(crate) fn op(kind: OpKind, key: Bytes, value: &Bytes) -> Op {
+    match kind {
+        OpKind::Get => Op::Get { key },
+        OpKind::Set => Op::Set(SetOp { key, value: value.clone(), ..SetOp::default() }),
+        OpKind::Del => Op::Delete { key, condition: Condition::Always },
+    }
+}
+
+/// What `reply` to a `kind` request counts as.
+pub(crate) fn outcome(kind: OpKind, reply: WireReply) -> Outcome {
     match (kind, reply) {
         (OpKind::Get, WireReply::Value { .. })
         | (OpKind::Set, WireReply::Written { .. })

@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser as _;
-use corekv_schema::codec::{self, Encoder, ErrorCode, Op, Reply};
+use corekv_schema::codec::{
+    self, Encoder, ErrorCode, NodeAddress, Op, PartitionInfo, Reply, TopologyInfo, WireError,
+};
 use corekv_schema::frame::{self, Limits};
+use corekv_schema::placement::HASH_NAME;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,6 +31,8 @@ enum Behaviour {
     CloseAfter(u64),
     /// Read requests and never answer.
     Silent,
+    /// Answer the topology, and every other request with `WrongNode` naming this leader.
+    Redirect(u64),
 }
 
 #[derive(Default)]
@@ -35,6 +40,8 @@ struct Server {
     sets: AtomicU64,
     requests: AtomicU64,
     map: Mutex<HashMap<Bytes, Bytes>>,
+    /// What `Topology` answers: a single node's until a test sets a cluster's.
+    topology: Mutex<TopologyInfo>,
 }
 
 async fn fake_server(behaviour: Behaviour) -> (SocketAddr, Arc<Server>) {
@@ -66,6 +73,14 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour, server: Arc<Server>)
             let reply = {
                 let mut map = server.map.lock().unwrap();
                 match req.op {
+                    Op::Topology => {
+                        Reply::Topology(Box::new(server.topology.lock().unwrap().clone()))
+                    }
+                    _ if let Behaviour::Redirect(leader) = behaviour => {
+                        let mut e = WireError::new(ErrorCode::WrongNode, "not the leader");
+                        e.leader = leader;
+                        Reply::Error(e)
+                    }
                     Op::Set(set) => {
                         server.sets.fetch_add(1, Ordering::Relaxed);
                         map.insert(set.key, set.value);
@@ -85,7 +100,7 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour, server: Arc<Server>)
             match behaviour {
                 Behaviour::Silent => continue,
                 Behaviour::CloseAfter(n) if answered >= n => return,
-                Behaviour::Store | Behaviour::CloseAfter(_) => {}
+                Behaviour::Store | Behaviour::CloseAfter(_) | Behaviour::Redirect(_) => {}
             }
             enc.response(req.id, &reply, &mut out);
             answered += 1;
@@ -213,7 +228,19 @@ async fn a_silent_server_cannot_hold_a_run_past_its_grace() {
     let (addr, _server) = fake_server(Behaviour::Silent).await;
     let cfg = config(
         addr,
-        &["--connections", "3", "--pipeline", "5", "--warmup", "0", "--duration", "200ms"],
+        // `node`: with `auto`, asking the silent server for its topology would add a second.
+        &[
+            "--connections",
+            "3",
+            "--pipeline",
+            "5",
+            "--warmup",
+            "0",
+            "--duration",
+            "200ms",
+            "--routing",
+            "node",
+        ],
     );
     let started = std::time::Instant::now();
     let summary = run(&cfg).await.unwrap();
@@ -223,4 +250,48 @@ async fn a_silent_server_cannot_hold_a_run_past_its_grace() {
     assert_eq!(summary.count, 0);
     assert_eq!(summary.errors, 15, "every request in flight at the end is an error");
     assert!(summary.first_error.unwrap().contains("no reply"));
+}
+
+/// Against a cluster, `auto` routes as the SDK does: a node that answers `WrongNode` is left for
+/// the leader it names, and no request counts as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_driven_through_its_leaders() {
+    let (follower, f) = fake_server(Behaviour::Redirect(2)).await;
+    let (leader, l) = fake_server(Behaviour::Store).await;
+    let topology = TopologyInfo {
+        hash: HASH_NAME.into(),
+        partitions: 1,
+        node: 1,
+        epoch: 3,
+        nodes: [(1, follower), (2, leader)]
+            .into_iter()
+            .map(|(id, a)| NodeAddress { id, native: a.to_string(), ..NodeAddress::default() })
+            .collect(),
+        // A stale leader: the client must follow the follower's `WrongNode`.
+        partition_map: vec![PartitionInfo { replicas: vec![1, 2], leader: 1 }],
+        ..TopologyInfo::default()
+    };
+    *f.topology.lock().unwrap() = topology.clone();
+    *l.topology.lock().unwrap() = TopologyInfo { node: 2, ..topology };
+    let args = ["--connections", "2", "--pipeline", "4", "--warmup", "0", "--duration", "300ms"];
+    let summary = run(&config(follower, &args)).await.unwrap();
+    assert!(summary.count > 100, "{}", summary.count);
+    assert_eq!(summary.errors, 0, "{:?}", summary.first_error);
+    let (to_follower, to_leader) =
+        (f.requests.load(Ordering::Relaxed), l.requests.load(Ordering::Relaxed));
+    assert!(to_leader >= summary.count, "{to_leader} requests reached the leader");
+    assert!(to_follower < 20, "{to_follower} requests reached the follower");
+    // `node` sends everything where it is told: here every request is refused.
+    let args = [&args[..], &["--routing", "node"]].concat();
+    let summary = run(&config(follower, &args)).await.unwrap();
+    assert_eq!(summary.count, 0);
+    assert!(summary.first_error.unwrap().contains("not the leader"));
+}
+
+/// `--routing map` refuses a node that is not in a cluster, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_by_map_needs_a_cluster() {
+    let (addr, _server) = fake_server(Behaviour::Store).await;
+    let err = run(&config(addr, &["--routing", "map", "--duration", "100ms"])).await.unwrap_err();
+    assert!(err.to_string().contains("a single node"), "{err}");
 }
