@@ -7,6 +7,10 @@
 //! knows and the current map instead of forwarding it. The client then takes the newer map
 //! (by epoch) and the hint, and sends again.
 //!
+//! A partition none of whose replicas has an address in the map yet (a node records its
+//! addresses once it is up) goes to the node connected to, not `direct`, so that node forwards
+//! it; the map is asked for again then, at most once per [`REFRESH_EVERY`].
+//!
 //! Retried, until `request_timeout_ms` has passed since the call, because nothing was applied:
 //! `WrongNode`, `Unavailable` and `ShuttingDown` answers (a cluster node answers those only for
 //! requests that did not take effect), and connections that could not be opened (nothing was
@@ -82,18 +86,31 @@ impl Map {
     }
 }
 
+/// How often, at most, the map is asked for again while it lacks a partition's addresses.
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 /// The cluster routing state of a client; shared by its clones.
 pub(crate) struct Cluster {
     map: RwLock<Map>,
     pools: Mutex<HashMap<SocketAddr, Arc<Pool>>>,
+    /// The node connected to: it forwards what the map cannot place yet.
+    seed: SocketAddr,
+    /// When the map was last asked for because it lacked addresses.
+    refreshed: Mutex<Option<Instant>>,
 }
 
 impl Cluster {
     /// Routing for the cluster `t` describes, or `None` when `t` is a single node's.
     pub(crate) fn new(t: &TopologyInfo, seed: Arc<Pool>) -> Result<Option<Cluster>> {
         let Some(map) = Map::from_topology(t)? else { return Ok(None) };
+        let addr = seed.addr;
         let pools = HashMap::from([(seed.addr, seed)]);
-        Ok(Some(Cluster { map: RwLock::new(map), pools: Mutex::new(pools) }))
+        Ok(Some(Cluster {
+            map: RwLock::new(map),
+            pools: Mutex::new(pools),
+            seed: addr,
+            refreshed: Mutex::new(None),
+        }))
     }
 
     pub(crate) fn epoch(&self) -> u64 {
@@ -113,6 +130,27 @@ impl Cluster {
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(l) = map.leaders.get_mut(partition as usize) {
             *l = leader;
+        }
+    }
+
+    /// Asks the node connected to for the map, once per [`REFRESH_EVERY`] at most; true when
+    /// it got one.
+    async fn refresh(&self, config: &ClientConfig) -> bool {
+        {
+            let mut at = self.refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+            if at.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return false;
+            }
+            *at = Some(Instant::now());
+        }
+        let Ok(pool) = self.pool(self.seed, config).await else { return false };
+        let Ok(c) = pool.connection(config).await else { return false };
+        match c.send(Op::Topology).await {
+            Ok(Reply::Topology(t)) => {
+                self.learn(&t);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -146,15 +184,23 @@ impl Cluster {
                 (partition, map.target(partition, attempt))
             };
             attempt += 1;
-            let Some((node, addr)) = target else {
-                return Err(Error::Protocol(format!(
-                    "the cluster's topology gives no address for any replica of partition \
-                     {partition}"
-                )));
+            // A node records its addresses in the map once it is up: until then the node
+            // connected to forwards (not `direct`), and the map is asked for again.
+            let target = match target {
+                Some(t) => Some(t),
+                None if self.refresh(config).await => {
+                    let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+                    map.target(partition, attempt)
+                }
+                None => None,
+            };
+            let (node, addr, direct) = match target {
+                Some((node, addr)) => (node, addr, true),
+                None => (0, self.seed, false),
             };
             let sent = match self.pool(addr, config).await {
                 Ok(pool) => match pool.connection(config).await {
-                    Ok(c) => c.send_request(op.clone(), durability, consistency, true).await,
+                    Ok(c) => c.send_request(op.clone(), durability, consistency, direct).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),

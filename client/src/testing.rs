@@ -176,6 +176,11 @@ impl FakeServer {
         *self.state.topology.lock().expect("topology") = topology;
     }
 
+    /// The topology it answers.
+    pub fn topology(&self) -> TopologyInfo {
+        self.state.topology.lock().expect("topology").clone()
+    }
+
     /// Every top-level operation received, in arrival order.
     pub fn seen(&self) -> Vec<Op> {
         self.state.seen.lock().expect("seen").clone()

@@ -359,3 +359,25 @@ async fn cluster_keeps_the_newest_map() {
     client.set("k", "v").await.unwrap();
     assert_eq!(nodes[2].keys_seen().len(), 1, "sent to node 3, the newer map's leader");
 }
+
+/// A map without the leader's address yet (a node records its addresses once it is up): the
+/// node connected to forwards the request, and the map is asked for again, so once it names
+/// the address requests go straight to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_forwards_through_the_seed_until_the_map_has_addresses() {
+    let nodes = fake_cluster(&[Behavior::Serve; 3], &[2, 3, 1], 2).await;
+    let whole = nodes[0].topology();
+    let mut partial = whole.clone();
+    partial.nodes.retain(|n| n.id == 1);
+    partial.partition_map[0].replicas = vec![2, 3];
+    nodes[0].set_topology(partial);
+    let client = Client::connect(nodes[0].addr, cluster_config()).await.unwrap();
+    client.set("k", "v").await.unwrap();
+    assert_eq!(nodes[0].keys_seen(), vec![Bytes::from_static(b"k")], "forwarded by the seed");
+    assert_eq!(nodes[0].seen().iter().filter(|op| **op == Op::Topology).count(), 2);
+    nodes[0].set_topology(whole);
+    tokio::time::sleep(super::cluster::REFRESH_EVERY).await;
+    client.set("k2", "v").await.unwrap();
+    client.set("k3", "v").await.unwrap();
+    assert_eq!(nodes[1].keys_seen().len(), 2, "then straight to the leader");
+}
