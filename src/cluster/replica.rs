@@ -148,8 +148,15 @@ pub struct Replicas {
     /// Snapshots being built, and those built since the last round (see `build_snapshots`).
     snapshots_building: RefCell<std::collections::BTreeSet<u32>>,
     snapshots_built: Rc<RefCell<Vec<Built>>>,
-    /// Build snapshots within the round (the simulation: a seed must replay the same).
+    /// Build snapshots, and delete a removed replica's keys, within the round (the
+    /// simulation: a seed must replay the same).
     snapshots_inline: Cell<bool>,
+    /// Partitions whose removed replica's keys are being deleted (see `take_down_removed`):
+    /// no new replica of them is made until that is done.
+    clearing: Rc<RefCell<std::collections::BTreeSet<u32>>>,
+    /// Removed replicas whose keys are still to be deleted: from a restart, when a crash came
+    /// between a tombstone and its deletes being durable.
+    to_clear: RefCell<Vec<(u32, u64)>>,
     /// Who waits for a proposal's reply (shared with the links, for forwards).
     pub waits: Rc<Waits<Reply>>,
     /// Who waits for a read barrier: go ahead, or the reason not to.
@@ -227,6 +234,11 @@ impl Replicas {
             applied.insert(p, done);
             groups.insert(p, g);
         }
+        let to_clear: Vec<(u32, u64)> =
+            tombstones.iter().map(|(&p, &(index, _))| (p, index)).collect();
+        // Marked now, not when the deletes start: a leader's message in the first round must
+        // not make a replica whose keys they would then delete.
+        let clearing = to_clear.iter().map(|&(p, _)| p).collect();
         let waits = Rc::new(Waits::default());
         let counters = Rc::new(RaftCounters::default());
         let links = links(waits.clone(), counters.clone());
@@ -257,6 +269,8 @@ impl Replicas {
             snapshots_building: RefCell::new(Default::default()),
             snapshots_built: Rc::new(RefCell::new(Vec::new())),
             snapshots_inline: Cell::new(false),
+            clearing: Rc::new(RefCell::new(clearing)),
+            to_clear: RefCell::new(to_clear),
             waits,
             reads: Waits::default(),
             wake: Wake::default(),
@@ -818,7 +832,8 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
             // Data first, then the snapshot point: both are in the log before the wait below.
             let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == *p;
             let (removed, data) = split_membership(&snapshot.data);
-            let done = r.store.install_where(&mine, &data, index).await;
+            // Made durable by the round's one wait below, with the snapshot point after it.
+            let done = r.store.load_where(&mine, &data, index);
             done.map_err(|e| format!("partition {p}: installing a snapshot: {e}"))?;
             if let Some(g) = r.groups.borrow_mut().get_mut(p) {
                 let store = g.store_mut();
@@ -926,7 +941,8 @@ fn step_incoming(
         let gone = r.tombstones.borrow().get(&p).map(|(_, id)| incarnation(*id));
         let newer = gone.is_none_or(|old| incarnation(m.to) > old);
         let leaving = r.leaving.borrow().iter().any(|(q, _)| *q == p);
-        if !from_a_leader(&m) || !newer || leaving || r.failed.borrow().is_some() {
+        let clearing = r.clearing.borrow().contains(&p);
+        if !from_a_leader(&m) || !newer || leaving || clearing || r.failed.borrow().is_some() {
             return Ok(());
         }
         let wal = r.store.wal.clone();
@@ -1066,6 +1082,13 @@ fn v2(c: ConfChange) -> ConfChangeV2 {
 /// Takes down the groups this node was removed from: a tombstone record first (so a crash
 /// part way never brings the group back), then every key of the partition deleted, durably.
 /// Proposals still waiting on them cannot be told what became of them; reads go elsewhere.
+///
+/// The deletes (a log record per key, and a sync) run beside the driver, not in its round:
+/// inside it they held every other partition of the core for tens of milliseconds per
+/// removed replica. Until they are durable the partition gets no new replica here; a crash
+/// before then leaves keys that the restart deletes again (every tombstone's partition is
+/// cleared at start). The metadata group's deletes stay in the round: this node leaves the
+/// cluster when they are done.
 async fn take_down_removed(r: &Replicas) -> Result<(), String> {
     let leaving = std::mem::take(&mut *r.leaving.borrow_mut());
     let leaving: Vec<_> = {
@@ -1100,16 +1123,46 @@ async fn take_down_removed(r: &Replicas) -> Result<(), String> {
             }
             *q != p
         });
+        if p != r.partitions {
+            r.clearing.borrow_mut().insert(p);
+            r.to_clear.borrow_mut().push((p, index));
+            continue;
+        }
+        // The metadata group, last to go: this node is out of the cluster once it is done.
         let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == p;
         r.store
             .install_where(&mine, &Bytes::new(), index)
             .await
             .map_err(|e| format!("partition {p}: deleting a removed replica's data: {e}"))?;
         tracing::info!(partition = p, index, "removed from the group; its data is deleted");
-        if p == r.partitions
-            && let Some(retire) = r.retired.borrow().as_ref()
-        {
+        if let Some(retire) = r.retired.borrow().as_ref() {
             retire();
+        }
+    }
+    for (p, index) in std::mem::take(&mut *r.to_clear.borrow_mut()) {
+        let (store, clearing, partitions) = (r.store.clone(), r.clearing.clone(), r.partitions);
+        let clear = async move {
+            let mine = |k: &[u8]| meta::partition_of(k, partitions) == p;
+            let appended = store.load_where(&mine, &Bytes::new(), index);
+            let done = match (appended, &store.wal) {
+                (Ok(Some(seq)), Some(wal)) => {
+                    wal.wait(seq).await.map(|_| true).map_err(|e| e.to_string())
+                }
+                (Ok(deleted), _) => Ok(deleted.is_some()),
+                (Err(e), _) => Err(e),
+            };
+            match done {
+                Ok(true) => tracing::info!(partition = p, index, "removed replica's data deleted"),
+                Ok(false) => {}
+                // The log failed: the driver stops at its next append, and says why.
+                Err(e) => tracing::error!(partition = p, error = %e, "removed replica's data kept"),
+            }
+            clearing.borrow_mut().remove(&p);
+        };
+        if r.snapshots_inline.get() {
+            clear.await;
+        } else {
+            glommio::spawn_local(clear).detach();
         }
     }
     Ok(())

@@ -114,16 +114,29 @@ impl Store {
         Ok(Bytes::from(out))
     }
 
-    /// Replaces the keys `mine` selects with a snapshot's, taken at Raft `index`: tombstones
-    /// (at `index`: above every version this replica holds, since it is behind the snapshot)
-    /// for keys it lacks, then its puts with their own versions, all through the log and
-    /// durable when this returns.
+    /// [`Store::load_where`], durable when this returns.
     pub async fn install_where(
         &self,
         mine: &dyn Fn(&[u8]) -> bool,
         data: &Bytes,
         index: u64,
     ) -> Result<(), String> {
+        if let (Some(wal), Some(seq)) = (&self.wal, self.load_where(mine, data, index)?) {
+            wal.wait(seq).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the keys `mine` selects with a snapshot's, taken at Raft `index`: tombstones
+    /// (at `index`: above every version this replica holds, since it is behind the snapshot)
+    /// for keys it lacks, then its puts with their own versions, all appended to the log.
+    /// Returns the log position to wait for, for a caller that waits for more at once.
+    pub fn load_where(
+        &self,
+        mine: &dyn Fn(&[u8]) -> bool,
+        data: &Bytes,
+        index: u64,
+    ) -> Result<Option<u64>, String> {
         let now = now_ms();
         let mut incoming = Vec::new();
         let ending = record::scan(data, false, |m, _| incoming.push(m), |_, _, _| {});
@@ -142,9 +155,6 @@ impl Store {
                 engine.load(m, now, &mut log)?;
             }
         }
-        if let (Some(wal), Some(seq)) = (&self.wal, log.last) {
-            wal.wait(seq).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        Ok(log.last)
     }
 }
