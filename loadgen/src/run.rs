@@ -272,6 +272,7 @@ async fn measured_run<D: Driver + Default>(
     }
 
     let mut last_count = 0;
+    let mut last_stats: Option<(&str, crate::stats::Stats)> = None;
     join_with_progress(&mut set, start, |now| {
         // Copy out under the lock; the quantile is computed after releasing it.
         let (count, errors, phase_stats, phase) = {
@@ -291,12 +292,23 @@ async fn measured_run<D: Driver + Default>(
         } else {
             phase_stats.quantile_all_us(0.99).to_string()
         };
+        // The second just over alone: where a stall was (within a phase; a new phase starts
+        // from nothing).
+        let fresh = last_stats.as_ref().filter(|(p, _)| *p == phase).map(|(_, s)| s);
+        let p99_now = match fresh {
+            Some(before) => phase_stats.quantile_since_us(before, 0.99),
+            None if phase_stats.count() > 0 => Some(phase_stats.quantile_all_us(0.99)),
+            None => None,
+        };
+        let p99_now = p99_now.map_or_else(|| "-".to_owned(), |v| v.to_string());
         eprintln!(
-            "[{:>5.1}s] {phase:<6} {:>10} ops/s  p99 {p99:>8} us  errors {errors}",
+            "[{:>5.1}s] {phase:<6} {:>10} ops/s  p99 {p99_now:>8} us (so far {p99:>8})  errors \
+             {errors}",
             (now - start).as_secs_f64(),
             count - last_count,
         );
         last_count = count;
+        last_stats = Some((phase, phase_stats));
     })
     .await;
 

@@ -105,11 +105,26 @@ impl Stats {
 
     /// The `q` quantile over all operations together, in microseconds.
     pub fn quantile_all_us(&self, q: f64) -> u64 {
+        self.all().value_at_quantile(q)
+    }
+
+    /// The `q` quantile over all operations recorded since `earlier` (a copy of these
+    /// statistics taken before); `None` when none were.
+    pub fn quantile_since_us(&self, earlier: &Stats, q: f64) -> Option<u64> {
+        let mut all = self.all();
+        let before = earlier.all();
+        if all.len() <= before.len() || all.subtract(&before).is_err() {
+            return None;
+        }
+        Some(all.value_at_quantile(q))
+    }
+
+    fn all(&self) -> Histogram<u64> {
         let mut all = self.ops[0].latency_us.clone();
         for op in &self.ops[1..] {
             all.add(&op.latency_us).expect("auto-resizing histograms accept any addend");
         }
-        all.value_at_quantile(q)
+        all
     }
 
     pub fn summary(&self, config: &Config, duration: Duration) -> Summary {
