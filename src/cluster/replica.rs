@@ -61,6 +61,9 @@ use corekv_schema::frame::Limits;
 const EXPIRY_RETRY_MS: u64 = 1_000;
 /// How long a proposal may wait for its entry to be applied.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A driver round longer than this is logged with where its time went: every partition of
+/// the core waits for it.
+const SLOW_ROUND: Duration = Duration::from_millis(50);
 
 /// What a request queued in the driver waits for: its proposal's reply, or its read ask's
 /// go-ahead, under this id.
@@ -716,6 +719,7 @@ pub async fn run(r: Rc<Replicas>) {
 
 /// One round of the driver (the module doc's four steps); `Err` when the log failed.
 pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
+    let began = Instant::now();
     let mut driven: Vec<(u32, Driven)> = Vec::new();
     let mut outgoing: HashMap<u64, Vec<(u32, Bytes)>> = HashMap::new();
     {
@@ -825,6 +829,7 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
     }
     send(r, &mut outgoing);
+    let stepped = began.elapsed();
     let mut installed: Vec<(u32, u64)> = Vec::new();
     for (p, d) in &mut driven {
         if let Some(snapshot) = d.snapshot.take() {
@@ -848,12 +853,14 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
         apply(r, *p, std::mem::take(&mut d.committed)).await?;
     }
+    let applied = began.elapsed();
     // One wait for everything this round appended, every group of the core together.
     if !driven.is_empty()
         && let Some(wal) = r.store.wal.as_ref()
     {
         wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
     }
+    let synced = began.elapsed();
     {
         let mut groups = r.groups.borrow_mut();
         // A group this node just left is taken down below: raft-rs must not count a log
@@ -890,6 +897,20 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     take_down_removed(r).await?;
     build_snapshots(r).await;
     compact_logs(r);
+    let took = began.elapsed();
+    if took > SLOW_ROUND {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::warn!(
+            core = r.core,
+            ms = ms(took),
+            stepping_ms = ms(stepped),
+            applying_ms = ms(applied - stepped),
+            syncing_ms = ms(synced - applied),
+            after_ms = ms(took - synced),
+            groups = driven.len(),
+            "slow raft round"
+        );
+    }
     Ok(())
 }
 
@@ -1139,7 +1160,8 @@ async fn take_down_removed(r: &Replicas) -> Result<(), String> {
             retire();
         }
     }
-    for (p, index) in std::mem::take(&mut *r.to_clear.borrow_mut()) {
+    let to_clear = std::mem::take(&mut *r.to_clear.borrow_mut());
+    for (p, index) in to_clear {
         let (store, clearing, partitions) = (r.store.clone(), r.clearing.clone(), r.partitions);
         let clear = async move {
             let mine = |k: &[u8]| meta::partition_of(k, partitions) == p;
