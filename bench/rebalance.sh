@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Moving replicas while serving, for the README: a 3-node local cluster (`corekv dev-cluster`,
-# one core each, 16 partitions, RF 3, durable) under a steady strong-SET load at about half its
+# one core each, spread over the CPUs, 16 partitions, RF 3, durable) under a steady strong-SET load at about half its
 # measured maximum (corekv-loadgen, open loop, 20 connections, 500-byte values, 20k keys
 # preloaded so the moves carry data). Then:
 #  1. add a 4th node (started with --join) while the load runs;
@@ -86,7 +86,7 @@ move() { # name http-node command...
 echo "== 1. add node 4" >&2
 "$bin/corekv" serve --node-id 4 --join "127.0.0.1:$((base + 13))" \
   --cluster-listen "127.0.0.1:$((base + 43))" --listen "127.0.0.1:$((base + 40))" \
-  --resp-listen off --http-listen "$(http 4)" --cores 1 --partitions 16 \
+  --resp-listen off --http-listen "$(http 4)" --cores 1 --cpus $((3 % $(nproc))) --partitions 16 \
   --data-dir "$work/node-4" >"$work/node4.out" 2>"$work/node4.err" &
 pids+=("$!")
 wait_ready "$work/node4.out"

@@ -106,9 +106,14 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:7379]
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
-    /// Cores to run on, one pinned executor each [default: all CPUs this process may use]
+    /// Cores to run on, one pinned executor each [default: all CPUs this process may use,
+    /// or those of --cpus]
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
+    /// CPUs the cores are pinned to, in order, e.g. 2,3 or 4-7 (several nodes on one machine
+    /// each get their own) [default: the CPUs this process may use, lowest first]
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
     /// Data directory (created if missing; locked against a second node) [default: ./corekv-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -238,6 +243,7 @@ struct FileConfig {
     compaction_live_ratio: Option<f64>,
     compaction_bytes_per_s: Option<u64>,
     cores: Option<usize>,
+    cpus: Option<String>,
     data_dir: Option<PathBuf>,
     shard_ports: Option<u16>,
     node_id: Option<String>,
@@ -276,8 +282,10 @@ pub struct Config {
     pub cache_bytes: u64,
     pub compaction_live_ratio: f64,
     pub compaction_bytes_per_s: u64,
-    /// `None` = every CPU in this process's affinity mask.
+    /// `None` = every CPU in this process's affinity mask (or of `cpus`).
     pub cores: Option<usize>,
+    /// CPU ids to pin the cores to, in order; `None` = this process's affinity mask.
+    pub cpus: Option<Vec<usize>>,
     pub data_dir: PathBuf,
     pub shard_ports: Option<u16>,
     pub node_id: Option<String>,
@@ -304,6 +312,29 @@ pub enum ConfigError {
 
 fn invalid(key: &'static str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
     ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
+}
+
+/// Parses a CPU list as `taskset -c` takes it: ids and ranges, comma-separated (`0,2,4-7`).
+pub fn parse_cpus(list: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = |why: &str| invalid("cpus", list, why);
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        let number = |s: &str| s.trim().parse::<usize>().map_err(|_| bad("expected e.g. 0,2,4-7"));
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last || last > usize::from(u16::MAX) {
+            return Err(bad("a range must go up, within 0-65535"));
+        }
+        for cpu in first..=last {
+            if cpus.contains(&cpu) {
+                return Err(bad("a CPU is listed twice"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(cpus)
 }
 
 impl Config {
@@ -379,6 +410,10 @@ impl Config {
                 .or(file.compaction_bytes_per_s)
                 .unwrap_or(COMPACTION_BYTES_PER_S_DEFAULT),
             cores: args.cores.or(file.cores),
+            cpus: match args.cpus.clone().or(file.cpus) {
+                Some(list) => Some(parse_cpus(&list)?),
+                None => None,
+            },
             data_dir: args
                 .data_dir
                 .clone()
@@ -670,6 +705,18 @@ mod tests {
         assert_eq!(c.partitions, 1024);
         assert_eq!(c.limits, Limits::DEFAULT);
         assert_eq!(c.shard_ports, None);
+    }
+
+    #[test]
+    fn cpu_lists_read_as_taskset_writes_them() {
+        assert_eq!(parse_cpus("3").unwrap(), [3]);
+        assert_eq!(parse_cpus("2, 0,4-6").unwrap(), [2, 0, 4, 5, 6]);
+        for bad in ["", "a", "1,,2", "3-1", "1,1", "0-2,2", "-1", "70000"] {
+            let err = parse_cpus(bad).unwrap_err().to_string();
+            assert!(err.contains("cpus"), "{bad:?}: {err}");
+        }
+        let c = Config::load(&ServeArgs { cpus: Some("1".into()), ..Default::default() });
+        assert_eq!(c.unwrap().cpus, Some(vec![1]));
     }
 
     #[test]

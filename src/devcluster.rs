@@ -2,7 +2,9 @@
 //!
 //! Starts N `corekv serve` processes of this same binary, node i on ports `BASE + 10·i + k`
 //! (k = 0 native, 1 Redis, 2 HTTP, 3 node-to-node), each with its own data directory under
-//! `--data-dir`. Prints every node's addresses once all are ready, then waits. Ctrl-C (or
+//! `--data-dir`, and its own CPUs (`--cpus`, node after node over the CPUs this process may
+//! use, unless the serve flags give `--cpus`). Prints every node's addresses once all are
+//! ready, then waits. Ctrl-C (or
 //! SIGTERM) stops every node with SIGTERM, so each drains, and exits 0 once all have. A node
 //! that dies on its own is reported, and the others keep running (a demo of failover).
 
@@ -66,6 +68,11 @@ pub fn run(args: &DevClusterArgs) -> Result<(), String> {
     }
     let mut running: Vec<Running> = Vec::new();
     let mut failed = None;
+    // Each node its own CPUs, in turn over those this process may use: every node would
+    // otherwise pin its first core to the same, lowest CPU, and they would all share it.
+    let available: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let pick_cpus = !args.serve.iter().any(|a| a == "--cpus" || a.starts_with("--cpus="));
     for i in 1..=args.nodes {
         let dir = args.data_dir.join(format!("node-{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -86,6 +93,13 @@ pub fn run(args: &DevClusterArgs) -> Result<(), String> {
             .args(&args.serve)
             .stdout(Stdio::piped())
             .stderr(stderr);
+        if pick_cpus && (1..=available.len()).contains(&args.cores) {
+            let first = usize::from(i - 1) * args.cores;
+            let cpus: Vec<String> = (first..first + args.cores)
+                .map(|k| available[k % available.len()].to_string())
+                .collect();
+            command.args(["--cpus", &cpus.join(",")]);
+        }
         let mut child = command.spawn().map_err(|e| format!("starting node {i}: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         // Every node waits for the others' links, not for them to be up: start all, then

@@ -20,6 +20,8 @@ pub enum NodeError {
     Listen { addr: String, source: std::io::Error },
     #[error("asked for {wanted} cores but this process may run on {available} CPUs")]
     TooManyCores { wanted: usize, available: usize },
+    #[error("--cpus lists CPU {cpu}, which this process may not run on ({available} CPUs may)")]
+    CpuUnavailable { cpu: usize, available: usize },
     #[error(
         "RLIMIT_MEMLOCK is {limit_bytes} bytes; glommio needs at least {needed_bytes}. Raise it \
          (ulimit -l, or LimitMEMLOCK in systemd; see tuning/README.md) or run as root"

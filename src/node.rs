@@ -62,7 +62,18 @@ pub fn run(mut config: Config) -> Result<(), NodeError> {
     {
         join(c, member, config.partitions, &config.data_dir)?;
     }
-    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let mut cpus = core_affinity::get_core_ids().unwrap_or_default();
+    if let Some(wanted) = &config.cpus {
+        // In the order given: core i runs on the i-th listed CPU.
+        let mut chosen = Vec::with_capacity(wanted.len());
+        for &id in wanted {
+            match cpus.iter().find(|c| c.id == id) {
+                Some(c) => chosen.push(*c),
+                None => return Err(NodeError::CpuUnavailable { cpu: id, available: cpus.len() }),
+            }
+        }
+        cpus = chosen;
+    }
     let cores = config.cores.unwrap_or(cpus.len().max(1));
     if cores > cpus.len() {
         return Err(NodeError::TooManyCores { wanted: cores, available: cpus.len() });

@@ -170,7 +170,14 @@ pub trait Engine {
     /// Every live key for a checkpoint: an index record where its put is in the log, the put
     /// itself where it is not. Cheap per entry: keys and values are shared, not copied.
     /// Under [`ExpiryRule::Logged`] expired keys are included: the log has not removed them.
-    fn snapshot(&self, now_ms: u64) -> Vec<Mutation>;
+    fn snapshot(&self, now_ms: u64) -> Vec<Mutation> {
+        self.snapshot_where(now_ms, &|_| true)
+    }
+
+    /// [`Engine::snapshot`] of the keys `mine` selects (and the clock, if `mine` selects its
+    /// empty key): entries left out are never built, so one partition's listing costs a
+    /// look at each key, not a copy of the whole engine.
+    fn snapshot_where(&self, now_ms: u64, mine: &dyn Fn(&[u8]) -> bool) -> Vec<Mutation>;
 
     /// Keeps a value read from `loc` in memory (`data` = key ++ value, as read, kept without
     /// a copy), if the key still lives there and the cache has room (making room by dropping

@@ -60,6 +60,13 @@ fn replica_of(view: &MoveView, n: u64) -> u64 {
     }
 }
 
+/// Whether a move has begun and not ended in `view`: a learner is in the group, or a
+/// membership change is in flight or being left. A move that is not under way begins with
+/// its first learner.
+pub fn under_way(view: &MoveView) -> bool {
+    view.pending || view.joint || !view.conf.learners.is_empty()
+}
+
 /// The next step of moving to voters `target` (node ids), for the leader on node `me` seeing
 /// `view`.
 pub fn next_step(me: u64, view: &MoveView, target: &[u64]) -> Step {

@@ -883,6 +883,7 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
         }
     }
     send(r, &mut outgoing);
+    let sent = began.elapsed();
     for (p, d) in &driven {
         for (context, index) in &d.reads {
             let Ok(bytes) = <[u8; 8]>::try_from(&context[..]) else { continue };
@@ -895,7 +896,9 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     }
     release_reads(r);
     take_down_removed(r).await?;
+    let taken_down = began.elapsed();
     build_snapshots(r).await;
+    let built = began.elapsed();
     compact_logs(r);
     let took = began.elapsed();
     if took > SLOW_ROUND {
@@ -906,7 +909,10 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
             stepping_ms = ms(stepped),
             applying_ms = ms(applied - stepped),
             syncing_ms = ms(synced - applied),
-            after_ms = ms(took - synced),
+            sending_ms = ms(sent - synced),
+            taking_down_ms = ms(taken_down - sent),
+            snapshots_ms = ms(built - taken_down),
+            compacting_ms = ms(took - built),
             groups = driven.len(),
             "slow raft round"
         );

@@ -24,7 +24,7 @@ use crate::cluster::moves::{self, Step};
 use crate::cluster::plan::{
     self, Member, Operation, Plan, PlanState, Seen, Standing, decode_members, encode_members,
 };
-use crate::cluster::replica::Submitted;
+use crate::cluster::replica::{MoveView, Submitted};
 use crate::time::now_ms;
 
 /// How often the metadata core rereads the membership keys.
@@ -179,13 +179,27 @@ pub async fn reconcile(core: Rc<Core>) {
         // the cluster and stops, and must not before its data partitions have moved off it
         // (it would leave them by failover, not by handing over).
         let data_done = (0..core.partitions).all(|q| seen.done.contains(&q));
-        for partition in r.partitions_led() {
+        let led: Vec<(u32, MoveView)> = r
+            .partitions_led()
+            .into_iter()
+            .filter_map(|partition| Some((partition, r.move_view(partition)?)))
+            .collect();
+        let mut moving = led.iter().filter(|(_, view)| moves::under_way(view)).count();
+        for (partition, view) in led {
             if partition == core.partitions && !data_done {
                 continue;
             }
             let Some(target) = p.target.get(partition as usize) else { continue };
-            let Some(view) = r.move_view(partition) else { continue };
-            match moves::next_step(r.node, &view, target) {
+            let step = moves::next_step(r.node, &view, target);
+            if !moves::under_way(&view) && matches!(step, Step::Propose(_)) {
+                // A new move: one core moves a few partitions at a time, so the snapshots,
+                // installs and handovers of a plan come in turn, not all in one burst.
+                if moving >= MOVES_PER_CORE {
+                    continue;
+                }
+                moving += 1;
+            }
+            match step {
                 Step::Propose(change) => {
                     let id = r.submit_membership(partition, change);
                     // Its outcome shows in the next view: nobody waits for the answer.
@@ -218,6 +232,9 @@ pub async fn reconcile(core: Rc<Core>) {
         reported.retain(|(id, partition), _| *id == p.id && !seen.done.contains(partition));
     }
 }
+
+/// Partitions one core moves at a time (see `reconcile`).
+const MOVES_PER_CORE: usize = 1;
 
 /// How long a partition's `done` may stay unseen before its leader writes it again.
 const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(2);

@@ -744,10 +744,12 @@ impl Engine for MemEngine {
         Ok(true)
     }
 
-    fn snapshot(&self, now_ms: u64) -> Vec<Mutation> {
+    fn snapshot_where(&self, now_ms: u64, mine: &dyn Fn(&[u8]) -> bool) -> Vec<Mutation> {
         let clock = Mutation::Clock { version: self.version_last };
+        let clock = Some(clock).filter(|c| mine(c.key()));
         let hides = |e: &Entry| self.removes_on_touch() && e.is_expired(now_ms);
-        let entries = self.table.iter().filter(|e| !hides(e)).map(|e| match e.loc {
+        let shown = |e: &&Entry| !hides(e) && mine(e.key());
+        let entries = self.table.iter().filter(shown).map(|e| match e.loc {
             Some(loc) => Mutation::Index {
                 key: e.data.slice(..e.key_len as usize),
                 version: e.version,
@@ -761,7 +763,7 @@ impl Engine for MemEngine {
                 expires_at_ms: e.expires_at_ms,
             },
         });
-        std::iter::once(clock).chain(entries).collect()
+        clock.into_iter().chain(entries).collect()
     }
 
     fn cache_fetched(&mut self, data: Bytes, key_len: usize, loc: Loc, log: &dyn Log) {

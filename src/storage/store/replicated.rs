@@ -90,7 +90,7 @@ impl Store {
     /// The first half of [`Store::snapshot_where`], at once: what the keys `mine` selects are
     /// now (values in memory, or where on disk they are).
     pub fn listing_where(&self, mine: &dyn Fn(&[u8]) -> bool) -> Vec<Mutation> {
-        self.engine.borrow().snapshot(now_ms()).into_iter().filter(|m| mine(m.key())).collect()
+        self.engine.borrow().snapshot_where(now_ms(), mine)
     }
 
     /// The second half: the listing as put records, values on disk read back. A value moved
