@@ -742,6 +742,15 @@ fn join(
 ) -> Result<(), NodeError> {
     use crate::cluster::plan::{Standing, decode_members};
     let refuse = |why: String| NodeError::Join { member: member.to_string(), why };
+    // A restart: the members learned at the join (the metadata group's replica here has the
+    // newer ones and relinks to them), whether or not the member joined through is still up.
+    if let Some(mut nodes) = read_joined(data_dir) {
+        nodes.retain(|(id, _)| *id != c.node);
+        nodes.push((c.node, c.listen));
+        tracing::info!(members = nodes.len() - 1, "joined before: starting with the members then");
+        c.nodes = nodes;
+        return Ok(());
+    }
     let started = Instant::now();
     let info = loop {
         match ask_to_join(c.node, member) {
@@ -784,8 +793,38 @@ fn join(
     nodes.push((c.node, c.listen));
     let (members, map_version) = (nodes.len() - 1, info.map_version);
     tracing::info!(%member, members, map_version, "joining: learned the cluster");
+    write_joined(data_dir, &nodes)
+        .map_err(|source| NodeError::DataDir { path: data_dir.to_path_buf(), source })?;
     c.nodes = nodes;
     Ok(())
+}
+
+/// The file a joined node keeps its members in (`ID=HOST:PORT` a line, this node's own too),
+/// so that a restart does not depend on the member it joined through.
+pub const JOINED_FILE: &str = "JOINED";
+
+fn write_joined(dir: &Path, nodes: &[(u64, SocketAddr)]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let text: String = nodes.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
+    let tmp = dir.join(format!("{JOINED_FILE}.tmp"));
+    std::fs::write(&tmp, text)?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(JOINED_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+/// The members [`write_joined`] kept; `None` when there are none (or the file is damaged:
+/// then the node asks its member again).
+fn read_joined(dir: &Path) -> Option<Vec<(u64, SocketAddr)>> {
+    let text = std::fs::read_to_string(dir.join(JOINED_FILE)).ok()?;
+    let nodes: Option<Vec<_>> = text
+        .lines()
+        .map(|line| {
+            let (id, addr) = line.split_once('=')?;
+            Some((id.parse().ok()?, addr.parse().ok()?))
+        })
+        .collect();
+    nodes.filter(|n| !n.is_empty())
 }
 
 /// One `JoinAsk` to `member` and its answer.

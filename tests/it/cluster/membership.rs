@@ -254,7 +254,7 @@ fn post_add(c: &Cluster, via: usize, body: &str) -> (u16, String) {
 }
 
 #[test]
-fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id() {
+fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id_and_restarts_alone() {
     let mut c = Cluster::start(3);
     c.wait_writable();
     let before = write_keys(&c, 1, "before", 100);
@@ -287,7 +287,8 @@ fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id() {
     // An SDK client that routes by the map, connected before the join.
     let sdk = blocking::Client::connect(c.node(3).addr, ClientConfig::default()).unwrap();
     let epoch_before = sdk.cluster_epoch().expect("a cluster map");
-    let cluster_addr = c.join(4, 2);
+    // Through node 3, which is replaced below: node 4's restarts must not need it.
+    let cluster_addr = c.join(4, 3);
     // Before it is added, the new node serves by forwarding.
     read_back(&c, 4, &before[..20]);
     // Bad requests change nothing.
@@ -340,6 +341,10 @@ fn a_node_joins_under_load_and_a_dead_node_is_replaced_by_a_new_id() {
     wait_done(&c, 2, &json(&body), Duration::from_secs(60));
     placed_by_ring(&c, &[1, 2, 4, 5]);
     read_back(&c, 5, &acked);
+    // Node 4 restarts, with the member it joined through gone: from what it learned then.
+    c.kill9(4);
+    c.boot(4);
+    read_back(&c, 4, &acked);
 }
 
 /// How many data partitions each of `nodes` leads, as each says of itself.
