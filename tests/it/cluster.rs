@@ -240,8 +240,9 @@ fn wait_caught_up(c: &Cluster, id: usize, acked: &[(String, Instant)]) {
 /// outcome the cluster could not tell. Only for writes that mean the same applied twice: the
 /// leader may be the node just killed (leaders move to their preferred node after a start),
 /// and a write forwarded to it is then rightly "outcome unknown".
-fn write_idempotent(w: &mut crate::harness::Wire, mut ops: Vec<Op>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+fn write_idempotent(c: &Cluster, via: usize, mut ops: Vec<Op>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut w = c.node(via).wire();
     while !ops.is_empty() {
         assert!(Instant::now() < deadline, "{} writes never answered", ops.len());
         let again = |e: &corekv_schema::codec::WireError| {
@@ -250,7 +251,13 @@ fn write_idempotent(w: &mut crate::harness::Wire, mut ops: Vec<Op>) {
                 ErrorCode::OutcomeUnknown | ErrorCode::Unavailable | ErrorCode::WrongNode
             )
         };
-        match w.call(Op::Batch(ops.clone())) {
+        // No answer within the wire's timeout (a loaded machine, a forward lost with a
+        // link): asked again on a new connection.
+        let Some(reply) = w.try_call(Op::Batch(ops.clone())) else {
+            w = c.node(via).wire();
+            continue;
+        };
+        match reply {
             Reply::Batch(replies) => {
                 let mut left = Vec::new();
                 for (op, reply) in ops.into_iter().zip(replies) {
@@ -663,7 +670,7 @@ fn far_behind_follower_catches_up_by_snapshot() {
     // The follower holds snap-0..299 before it falls behind, so the snapshot must delete
     // them there (tombstones), not merely never have had them.
     let old: Vec<Op> = (0..300).map(|i| Op::set(format!("snap-{i}"), "old")).collect();
-    assert!(matches!(w.call(Op::Batch(old)), Reply::Batch(_)));
+    write_idempotent(&c, 1, old);
     let mut f = c.node(behind).wire();
     let deadline = Instant::now() + Duration::from_secs(20);
     for i in 0..300 {
@@ -677,16 +684,15 @@ fn far_behind_follower_catches_up_by_snapshot() {
     }
     c.kill9(behind);
     let via = (1..=3).find(|&n| n != behind).unwrap();
-    let mut w = c.node(via).wire();
     // 10,000 writes plus 300 deletes: far more than the leader keeps in memory.
     for chunk in 0..20 {
         let ops: Vec<Op> = (0..500)
             .map(|i| Op::set(format!("snap-{}", chunk * 500 + i), format!("v{i}")))
             .collect();
-        write_idempotent(&mut w, ops);
+        write_idempotent(&c, via, ops);
     }
     let deletes: Vec<Op> = (0..300).map(|i| Op::delete(format!("snap-{i}"))).collect();
-    write_idempotent(&mut w, deletes);
+    write_idempotent(&c, via, deletes);
     c.boot(behind);
     let mut r = c.node(behind).wire();
     let deadline = Instant::now() + Duration::from_secs(30);
