@@ -947,7 +947,8 @@ fn step_incoming(
     if m.get_msg_type() == MessageType::MsgUnreachable {
         // A tombstone: the sender applied this replica's removal at `m.index`. Replica ids
         // are never given twice, so one addressed to this very replica is final.
-        if groups.get(&p).is_some_and(|g| g.id() == m.to) {
+        let known = r.leaving.borrow().iter().any(|(q, _)| *q == p);
+        if groups.get(&p).is_some_and(|g| g.id() == m.to) && !known {
             tracing::info!(partition = p, index = m.index, from = m.from, "told removed");
             r.leaving.borrow_mut().push((p, m.index));
         }
