@@ -117,4 +117,4 @@ for name in add remove; do
   if [ "$name" = add ]; then mb=$mb_add; took=${add#* }; led=$lead_add; else mb=$mb_rm; took=${rm#* }; led=$lead_rm; fi
   printf '%-8s %8s %8s %9s %9s %7s %8s %7s  %s\n' "$name" "$p50" "$p99" "$q50" "$q99" "$errs" "$mb" "$took" "$led"
 done
-echo "(load: ${rate} strong SET/s through node 1, then node 2 for the removal of node 1; half the measured maximum of ${max}/s)"
+echo "(load: ${rate} strong SET/s, routed by the map as the SDK does, seeded through node 1, then node 2 for the removal of node 1; 1/${RATE_DIVISOR:-2} of the measured maximum of ${max}/s)"
