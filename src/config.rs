@@ -62,6 +62,7 @@ const CACHE_BYTES_FALLBACK: u64 = 1 << 30;
 
 pub const REPLICATION_FACTOR_DEFAULT: usize = 3;
 pub const RAFT_TICK_MS_DEFAULT: u64 = 100;
+pub const PLAN_STALL_S_DEFAULT: u64 = 600;
 /// Partitions of a cluster: each is a Raft group on RF nodes, so fewer than a single node's.
 pub const CLUSTER_PARTITIONS_DEFAULT: u32 = 64;
 
@@ -87,6 +88,9 @@ pub struct ClusterConfig {
     pub nodes: Vec<(u64, SocketAddr)>,
     pub replication_factor: usize,
     pub raft_tick_ms: u64,
+    /// A membership plan with no partition done for this long fails (see `GET
+    /// /api/rebalance`), so the operator can undo or retry it.
+    pub plan_stall_s: u64,
     pub consistency: ConsistencyMode,
     /// Whether this node makes the groups the ring gives it on a first start (a founding
     /// member); a node that joins later is sent each group it is added to instead.
@@ -191,6 +195,10 @@ pub struct ServeArgs {
     /// 2 [default: 100]
     #[arg(long, value_name = "MS")]
     pub raft_tick_ms: Option<u64>,
+    /// A membership operation in which no partition finishes moving for this long fails,
+    /// with the reason; another operation may then undo or retry it [default: 600]
+    #[arg(long, value_name = "SECS")]
+    pub plan_stall_s: Option<u64>,
     /// A request's consistency when it does not ask: strong (linearizable, through the
     /// partition's leader) or eventual (reads served by any replica, possibly stale)
     /// [default: strong]
@@ -253,6 +261,7 @@ struct FileConfig {
     cluster_listen: Option<String>,
     replication_factor: Option<usize>,
     raft_tick_ms: Option<u64>,
+    plan_stall_s: Option<u64>,
     consistency: Option<ConsistencyMode>,
     key_bytes_max: Option<usize>,
     value_bytes_max: Option<usize>,
@@ -620,6 +629,7 @@ fn cluster_config(
         nodes,
         replication_factor,
         raft_tick_ms,
+        plan_stall_s: plan_stall_s(args, file)?,
         consistency: args.consistency.or(file.consistency).unwrap_or_default(),
         bootstrap: true,
         join: None,
@@ -666,10 +676,19 @@ fn join_config(
         nodes: vec![(node, listen)],
         replication_factor,
         raft_tick_ms,
+        plan_stall_s: plan_stall_s(args, file)?,
         consistency: args.consistency.or(file.consistency).unwrap_or_default(),
         bootstrap: false,
         join: Some(member),
     })
+}
+
+fn plan_stall_s(args: &ServeArgs, file: &FileConfig) -> Result<u64, ConfigError> {
+    let secs = args.plan_stall_s.or(file.plan_stall_s).unwrap_or(PLAN_STALL_S_DEFAULT);
+    if !(1..=86_400 * 7).contains(&secs) {
+        return Err(invalid("plan_stall_s", secs, "must be 1..=604800 (a week)"));
+    }
+    Ok(secs)
 }
 
 fn parse_node_id(text: &str) -> Result<u64, String> {

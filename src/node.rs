@@ -927,6 +927,7 @@ mod tests {
             nodes: vec![(1, addr("10.0.0.1:7390")), (2, addr("10.0.0.2:7390"))],
             replication_factor: 3,
             raft_tick_ms: 100,
+            plan_stall_s: crate::config::PLAN_STALL_S_DEFAULT,
             consistency: ConsistencyMode::default(),
             bootstrap: true,
             join: None,

@@ -249,11 +249,13 @@ impl<S: GroupStore> Group<S> {
         self.node.raft.has_pending_conf()
     }
 
-    /// A leader's view of `follower`: (matched index, whether it takes entries from the log,
-    /// rather than waiting for a snapshot).
+    /// A leader's view of `follower`: (matched index, whether it takes entries from the log:
+    /// it has acknowledged some, and is not waiting for a snapshot). A replica that never
+    /// answered is not replicating, however short the log: it must not count as caught up
+    /// (a dead node added would otherwise be promoted to voter while the log is short).
     pub fn progress_of(&self, follower: u64) -> Option<(u64, bool)> {
         let pr = self.node.raft.prs().get(follower)?;
-        Some((pr.matched, pr.state != ProgressState::Snapshot))
+        Some((pr.matched, pr.state != ProgressState::Snapshot && pr.matched > 0))
     }
 
     /// Whether this leader is handing leadership over (raft-rs drops proposals meanwhile).

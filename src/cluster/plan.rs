@@ -122,12 +122,11 @@ pub fn refuse_removal(members: &[Member], node: u64, replication_factor: usize) 
     let Some(m) = members.iter().find(|m| m.id == node) else {
         return Some(format!("node {node} is not a member of this cluster"));
     };
-    match m.standing {
-        Standing::Removed => return Some(format!("node {node} was removed already")),
-        Standing::Leaving => return Some(format!("node {node} is being removed")),
-        Standing::Active => {}
+    // Leaving, with no plan running (the caller checks): a removal that failed, asked again.
+    if m.standing == Standing::Removed {
+        return Some(format!("node {node} was removed already"));
     }
-    let left = active(members).len() - 1;
+    let left = active(members).iter().filter(|&&n| n != node).count();
     if left < replication_factor {
         return Some(format!(
             "removing node {node} would leave {left} nodes for a replication factor of \
@@ -239,6 +238,12 @@ mod tests {
         gone[3].standing = Standing::Removed;
         assert!(refuse_removal(&gone, 4, 3).unwrap().contains("removed already"));
         assert_eq!(active(&gone), vec![1, 2, 3]);
+        // A removal that failed leaves its node leaving: asked again, it is taken, and the
+        // count of what remains does not count it twice.
+        let mut leaving = four.clone();
+        leaving[3].standing = Standing::Leaving;
+        assert_eq!(refuse_removal(&leaving, 4, 3), None);
+        assert!(refuse_removal(&leaving, 3, 3).unwrap().contains("add a node first"));
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
         assert!(refuse_addition(&gone, 4, addr(9)).unwrap().contains("use a new id"));
         assert!(refuse_addition(&gone, 2, addr(9)).unwrap().contains("a member already"));

@@ -170,6 +170,7 @@ fn config(id: u64) -> ClusterConfig {
         nodes: (1..=FOUNDERS).map(|n| (n, addr(n))).collect(),
         replication_factor: FOUNDERS as usize,
         raft_tick_ms: 100,
+        plan_stall_s: crate::config::PLAN_STALL_S_DEFAULT,
         consistency: ConsistencyMode::Strong,
         bootstrap: id <= FOUNDERS,
         join: None,

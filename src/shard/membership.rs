@@ -94,16 +94,61 @@ async fn read(core: &Core) -> Seen {
 /// See the module doc. Runs on the metadata group's core for as long as the node does.
 pub async fn watch(core: Rc<Core>) {
     let Some(r) = core.cluster.clone() else { return };
+    // The running plan's id, how many partitions were done, and since when.
+    let mut progress: Option<(u64, usize, Instant)> = None;
+    let stall = Duration::from_secs(r.config.plan_stall_s);
     loop {
         let seen = read(&core).await;
         let finish = seen.running().filter(|p| seen.done.len() == p.target.len()).cloned();
         core.node.view.set(seen.clone());
+        let leads = r.leadership(core.partitions).0;
         if let Some(p) = finish
-            && r.leadership(core.partitions).0
+            && leads
         {
             finish_plan(&core, &seen, p).await;
+        } else if let Some(p) = seen.running() {
+            let done = seen.done.len();
+            match progress {
+                Some((id, before, _)) if id == p.id && before == done => {}
+                _ => progress = Some((p.id, done, Instant::now())),
+            }
+            if let Some((_, _, since)) = progress
+                && leads
+                && since.elapsed() >= stall
+            {
+                fail_plan(&core, &seen, p.clone(), stall).await;
+            }
+        } else {
+            progress = None;
         }
         glommio::timer::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// No partition of the plan finished moving for `stall`: the plan ends as failed, naming the
+/// partitions left, and the cores stop moving them. Nothing is undone: whatever moved stays
+/// moved (each partition is whole at every step), and the operator's next operation — the
+/// node removed again, or the removal asked again — starts from there.
+async fn fail_plan(core: &Rc<Core>, seen: &Seen, mut p: Plan, stall: Duration) {
+    let left: Vec<u32> = (0..p.target.len() as u32).filter(|q| !seen.done.contains(q)).collect();
+    p.state = PlanState::Failed;
+    p.moved = seen.done.len() as u32;
+    p.finished_ms = now_ms();
+    let undo = match p.operation {
+        Operation::Add { node, .. } => format!("remove node {node} to undo it"),
+        Operation::Remove { node } => format!("remove node {node} again to retry"),
+    };
+    p.error = format!(
+        "no partition finished moving for {} s; not done: {left:?} (is every node of the \
+         target up?); {undo}",
+        stall.as_secs()
+    );
+    let op = Op::set_if(plan_key(), p.encode(), Condition::IfVersion(seen.plan_version));
+    match core.cluster_op(op, Consistency::Strong, Origin::Client).await {
+        Reply::Written { .. } => {
+            tracing::error!(plan = p.id, error = %p.error, "membership: {} failed", p.operation.describe());
+        }
+        other => tracing::warn!(reply = ?other, "membership: failing the plan did not commit"),
     }
 }
 

@@ -53,6 +53,17 @@ impl Cluster {
     }
 
     fn start_full(n: usize, net: Option<Net>, partitions: u32, cores: usize) -> Cluster {
+        Cluster::start_flags(n, net, partitions, cores, &[])
+    }
+
+    /// A cluster whose nodes (and those that join it) all get `extra` flags too.
+    fn start_flags(
+        n: usize,
+        net: Option<Net>,
+        partitions: u32,
+        cores: usize,
+        extra: &[&str],
+    ) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let initial: Vec<String> = (1..=n)
             .map(|i| match &net {
@@ -77,6 +88,7 @@ impl Cluster {
                 &partitions.to_string(),
             ]
             .iter()
+            .chain(extra)
             .map(|s| s.to_string())
             .collect();
             c.dirs.push(dir);
@@ -132,7 +144,7 @@ impl Cluster {
         let flags = ["--node-id", &id.to_string(), "--join", &member, "--cluster-listen", &listen]
             .iter()
             .map(|s| s.to_string())
-            .chain(self.flags[0][4..8].iter().cloned())
+            .chain(self.flags[0][4..].iter().cloned())
             .collect();
         self.dirs.push(dir);
         self.flags.push(flags);
