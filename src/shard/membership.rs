@@ -146,7 +146,8 @@ async fn fail_plan(core: &Rc<Core>, seen: &Seen, mut p: Plan, stall: Duration) {
     let op = Op::set_if(plan_key(), p.encode(), Condition::IfVersion(seen.plan_version));
     match core.cluster_op(op, Consistency::Strong, Origin::Client).await {
         Reply::Written { .. } => {
-            tracing::error!(plan = p.id, error = %p.error, "membership: {} failed", p.operation.describe());
+            let what = p.operation.describe();
+            tracing::error!(plan = p.id, error = %p.error, "membership: {what} failed");
         }
         other => tracing::warn!(reply = ?other, "membership: failing the plan did not commit"),
     }
