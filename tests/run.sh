@@ -20,9 +20,22 @@ step() { printf '\n== %s\n' "$*"; }
 # (Debian packages, PyPI).
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   step "installing redis-server and redis-tools (Debian)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools
-  # The package starts a server on 6379; the tests start their own on free ports.
-  (service redis-server stop || pkill -x redis-server) >/dev/null 2>&1 || true
+  # The package would start a server on 6379; the tests start their own on free ports, and
+  # stop nothing they did not start. policy-rc.d (Debian's switch for this) keeps the
+  # package from starting its service; it is removed again unless it was there before.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
+  installed=0
+  apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools || installed=$?
+  if [ -n "$made_policy" ]; then rm -f "$policy"; fi
+  if [ "$installed" != 0 ]; then
+    echo "tests/run.sh: installing redis-server and redis-tools failed" >&2
+    exit 2
+  fi
 fi
 if ! python3 -c 'import redis, prometheus_client' 2>/dev/null; then
   step "installing redis-py and prometheus-client (PyPI)"

@@ -311,14 +311,20 @@ fn cluster_replicates_forwards_and_reads_strongly() {
     for k in 0..48 {
         let key = format!("key-{k}");
         let value = format!("value-{k}");
-        match wires[k % 3].call(Op::set(key.clone(), value.clone())) {
-            Reply::Written { version } => assert!(version > 0),
+        // A version is the write's Raft index: past the founding point (index 5).
+        let written = match wires[k % 3].call(Op::set(key.clone(), value.clone())) {
+            Reply::Written { version } if version > 5 => version,
             other => panic!("set {key}: {other:?}"),
-        }
-        // A strong read after an acknowledged write sees it, from any node.
+        };
+        // A strong read after an acknowledged write sees it, with its version, from any node.
         for (i, w) in wires.iter_mut().enumerate() {
             let got = w.try_call_with(Op::get(key.clone()), Consistency::Strong).unwrap();
             assert_eq!(value_of(&got), Some(value.clone().into_bytes()), "node {} {key}", i + 1);
+            assert!(
+                matches!(got, Reply::Value { version, .. } if version == written),
+                "node {} {key}: {got:?}, written at {written}",
+                i + 1
+            );
         }
     }
     // Compare-and-set through a node that may not lead the key's partition.
@@ -629,6 +635,7 @@ fn paused_node_rejoins_and_catches_up() {
     let (handles, acked) = write_load(&c, &others, stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     let led: Vec<u32> = (0..PARTITIONS).filter(|&p| leaders[p as usize] == paused as u64).collect();
+    assert!(!led.is_empty(), "the node to pause leads nothing: {leaders:?}");
     let health_of = |via: usize| {
         let (_, body) = http_get(c.node(via).http, "/api/nodes/status");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -9,6 +9,10 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+# The checks are asserts: under -O (or PYTHONOPTIMIZE) they would all pass unseen.
+if not __debug__:
+    sys.exit("run without -O: every check here is an assert")
+
 base = f"http://127.0.0.1:{sys.argv[1]}"
 
 

@@ -5,6 +5,10 @@ import sys
 
 import redis
 
+# The checks are asserts: under -O (or PYTHONOPTIMIZE) they would all pass unseen.
+if not __debug__:
+    sys.exit("run without -O: every check here is an assert")
+
 port = int(sys.argv[1])
 r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True, client_name="py-test")
 
