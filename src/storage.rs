@@ -194,9 +194,9 @@ pub trait Engine {
     /// Forgets a segment that holds no live data (compaction deleted it).
     fn forget_segment(&mut self, segment: u64);
 
-    /// Removes every key whose value lives in `segment` (a file that is gone), or only those
-    /// with an expiry; returns how many.
-    fn drop_segment_keys(&mut self, segment: u64, expiring_only: bool) -> u64;
+    /// Removes every key whose value lives in `segment` (a file that is gone), or, with
+    /// `expired_at` = Some(now), only those whose expiry has passed by then; returns how many.
+    fn drop_segment_keys(&mut self, segment: u64, expired_at: Option<u64>) -> u64;
 
     /// SCAN: live keys from position `cursor` on, in an order that does not change while a
     /// key lives (new keys may land before or after the cursor). Stops after `count` keys that

@@ -812,12 +812,12 @@ impl Engine for MemEngine {
         debug_assert!(gone.is_none_or(|u| u.live == 0), "forgot segment {segment} with live data");
     }
 
-    fn drop_segment_keys(&mut self, segment: u64, expiring_only: bool) -> u64 {
+    fn drop_segment_keys(&mut self, segment: u64, expired_at: Option<u64>) -> u64 {
         let keys: Vec<Bytes> = self
             .table
             .iter()
             .filter(|e| e.loc.is_some_and(|l| l.segment() == segment))
-            .filter(|e| !expiring_only || e.expires_at_ms != 0)
+            .filter(|e| expired_at.is_none_or(|now| e.expires_at_ms != 0 && e.is_expired(now)))
             .map(|e| Bytes::copy_from_slice(e.key()))
             .collect();
         for key in &keys {

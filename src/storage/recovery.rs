@@ -281,14 +281,14 @@ pub fn recover_observed(
             continue;
         }
         // A key with a TTL that expired before its segment was compacted away leaves no
-        // tombstone; its index record is skipped as expired, unless the clock now reads an
-        // earlier time than it did then. Such keys are dropped, not counted as lost.
-        let expired = engine.drop_segment_keys(seq, true);
+        // tombstone: it is dropped, not counted as lost, if it has expired by now. One that
+        // has not is a value lost with its segment, TTL or not: the start is refused below.
+        let expired = engine.drop_segment_keys(seq, Some(now_ms));
         if expired > 0 {
             tracing::warn!(
                 segment = seq,
                 keys = expired,
-                "dropped keys with a TTL whose segment is gone (expired before a clock step back?)"
+                "dropped expired keys whose segment is gone"
             );
         }
         let live =
@@ -303,7 +303,7 @@ pub fn recover_observed(
                 keys_bytes: live,
             });
         }
-        let dropped = engine.drop_segment_keys(seq, false);
+        let dropped = engine.drop_segment_keys(seq, None);
         tracing::warn!(
             segment = seq,
             keys = dropped,
@@ -510,5 +510,44 @@ mod tests {
         let report = recover(dir.path(), &mut e, true, 0).unwrap();
         assert_eq!(report.keys_dropped, 2);
         assert_eq!(e.stats().keys, 1);
+    }
+
+    /// Issue 16's find: keys with an hour to live, alone in a segment that is lost, were
+    /// dropped with a warning and the node started. Unexpired, they are lost values like any
+    /// other: the start is refused, naming the segment, and `--salvage` counts them. Only
+    /// keys already expired by now are dropped quietly (the segment may have been compacted
+    /// away after they expired).
+    #[test]
+    fn a_lost_segment_of_keys_with_a_ttl_refuses_the_start_unless_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 3_600_000;
+        let now = 1_000_000;
+        let ttl = |key: &str, version| put(key, "v", version, now + hour);
+        let len = ttl("k1", 1).encoded_len();
+        write_segment(dir.path(), 1, &[ttl("k1", 1), ttl("k2", 2), put("old", "v", 3, now - 1)], 0);
+        let index = |key: &'static [u8], version, expires_at_ms, at: usize| Mutation::Index {
+            key: Bytes::from_static(key),
+            version,
+            expires_at_ms,
+            loc: Loc::new(1, (at * len) as u64, len),
+        };
+        let ckpt = vec![
+            Mutation::Clock { version: 3 },
+            index(b"k1", 1, now + hour, 0),
+            index(b"k2", 2, now + hour, 1),
+        ];
+        crate::storage::checkpoint::write(dir.path(), 2, ckpt).unwrap();
+        write_segment(dir.path(), 2, &[put("c", "3", 4, 0)], 0);
+        std::fs::remove_file(dir.path().join(format!("{:020}.log", 1))).unwrap();
+        let err = recover(dir.path(), &mut MemEngine::new(), false, now).unwrap_err();
+        assert!(matches!(err, RecoveryError::Missing { missing: 1, .. }), "{err}");
+        assert!(err.to_string().contains("--salvage"), "{err}");
+        let mut e = MemEngine::new();
+        let report = recover(dir.path(), &mut e, true, now).unwrap();
+        assert_eq!(report.keys_dropped, 2, "the two unexpired keys, counted");
+        assert_eq!(e.stats().keys, 1);
+        // Two hours on, both have expired: dropped quietly, and the node starts.
+        let report = recover(dir.path(), &mut MemEngine::new(), false, now + 2 * hour).unwrap();
+        assert_eq!(report.keys_dropped, 0);
     }
 }
