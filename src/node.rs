@@ -15,7 +15,7 @@
 //! first proves the port is free, and the data directory's `LOCK` file keeps two nodes off one
 //! directory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -294,9 +294,9 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
         return Err(e);
     }
     let flusher = wal.as_ref().map(|(wal, _, _)| glommio::spawn_local(wal.clone().run()));
-    let checkpoint_seq = wal.as_ref().map_or(0, |(_, seq, _)| *seq);
+    let checkpoint = wal.as_ref().map(|(_, at, _)| at.clone()).unwrap_or_default();
     let wal = wal.map(|(wal, _, _)| wal);
-    let store = Rc::new(Store::new(index as u16, engine, wal, checkpoint_seq));
+    let store = Rc::new(Store::new(index as u16, engine, wal, checkpoint));
     let cluster = match &c.cluster {
         None => None,
         Some(cc) => {
@@ -427,7 +427,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
 /// log to append to, the newest checkpoint's segment number and the segments recovery kept.
 type OpenedStorage = (
     Box<dyn crate::storage::Engine>,
-    Option<(Rc<Wal>, u64, Vec<(u64, std::path::PathBuf)>)>,
+    Option<(Rc<Wal>, (u64, BTreeSet<u64>), Vec<(u64, std::path::PathBuf)>)>,
     HashMap<u32, crate::cluster::store::Recovered>,
 );
 
@@ -474,9 +474,9 @@ fn open_storage(c: &Config, index: usize, cores: usize) -> Result<OpenedStorage,
         cached_bytes = crate::storage::Engine::stats(&engine).cached_bytes,
         "recovered"
     );
-    let checkpoint_seq = report.checkpoint_seq;
+    let checkpoint = (report.checkpoint_seq, report.checkpoint_segments);
     let wal = Wal::new(dir, mode, c.segment_bytes_max, report.next_segment);
-    Ok((Box::new(engine), Some((wal, checkpoint_seq, report.kept)), raft))
+    Ok((Box::new(engine), Some((wal, checkpoint, report.kept)), raft))
 }
 
 /// The data directory remembers the core count and partition count it was written with:

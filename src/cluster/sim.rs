@@ -185,7 +185,12 @@ async fn boot(id: u64, dir: &Path, election_tick: usize) -> Up {
     let wal = Wal::new(dir.to_path_buf(), SyncMode::Sync, SEGMENT_BYTES, report.next_segment);
     wal.open_existing(&report.kept).await.expect("open the log");
     let flusher = glommio::spawn_local(wal.clone().run()).detach();
-    let store = Rc::new(Store::new(0, Box::new(engine), Some(wal), report.checkpoint_seq));
+    let store = Rc::new(Store::new(
+        0,
+        Box::new(engine),
+        Some(wal),
+        (report.checkpoint_seq, report.checkpoint_segments),
+    ));
     let ids: Vec<u64> = (1..=NODES).collect();
     let replicas = Replicas::with_links(
         &config(id),

@@ -76,6 +76,9 @@ pub struct Report {
     pub keys_dropped: u64,
     /// The loaded checkpoint's segment number (0: none).
     pub checkpoint_seq: u64,
+    /// The segments the loaded checkpoint's index records point into: compaction keeps them
+    /// until a newer checkpoint no longer does.
+    pub checkpoint_segments: std::collections::BTreeSet<u64>,
 }
 
 /// Replays every segment in `dir` into `engine`. Creates `dir` if missing.
@@ -120,6 +123,9 @@ pub fn recover_observed(
             false,
             |m, _| {
                 records += 1;
+                if let record::Mutation::Index { loc, .. } = &m {
+                    report.checkpoint_segments.insert(loc.segment());
+                }
                 observe(&m);
                 engine.replay(m, None, now_ms);
             },

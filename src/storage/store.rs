@@ -51,6 +51,9 @@ pub struct Store {
     /// The newest checkpoint's segment number (0: none). Segments before it are read only
     /// through the checkpoint's index, so compaction may rewrite them and drop tombstones.
     checkpoint_seq: Cell<u64>,
+    /// Segments the newest durable checkpoint's index records point into: never deleted
+    /// while it is the newest, so a crash can always load it.
+    checkpoint_segments: RefCell<std::collections::BTreeSet<u64>>,
     /// Bytes the newest checkpoint took: the next one waits for at least that much new log.
     checkpoint_bytes: Cell<u64>,
     pub counters: StoreCounters,
@@ -97,7 +100,7 @@ impl Store {
         index: u16,
         engine: Box<dyn Engine>,
         wal: Option<Rc<Wal>>,
-        checkpoint_seq: u64,
+        (checkpoint_seq, checkpoint_segments): (u64, std::collections::BTreeSet<u64>),
     ) -> Store {
         Store {
             index,
@@ -106,6 +109,7 @@ impl Store {
             checkpointing: Cell::new(false),
             log_bytes_at_checkpoint: Cell::new(0),
             checkpoint_seq: Cell::new(checkpoint_seq),
+            checkpoint_segments: RefCell::new(checkpoint_segments),
             checkpoint_bytes: Cell::new(0),
             counters: StoreCounters::default(),
         }

@@ -116,6 +116,13 @@ impl Store {
         let seq = wal.roll().await.map_err(|e| e.to_string())?;
         // Everything from here on is also in segment `seq` or later.
         let mut entries = self.engine.borrow().snapshot(now_ms());
+        let referenced: std::collections::BTreeSet<u64> = entries
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::Index { loc, .. } => Some(loc.segment()),
+                _ => None,
+            })
+            .collect();
         // In the same step: the groups' points are their applied indexes, which is exactly
         // what the engine's snapshot holds.
         if let Some(extra) = extra {
@@ -132,6 +139,7 @@ impl Store {
             .map_err(|e| format!("checkpoint in {}: {e}", wal.dir().display()))?;
         self.log_bytes_at_checkpoint.set(bytes_before);
         self.checkpoint_seq.set(seq);
+        *self.checkpoint_segments.borrow_mut() = referenced;
         self.checkpoint_bytes.set(written.bytes);
         Ok(written)
     }
@@ -193,10 +201,13 @@ impl Store {
         // segment before the checkpoint, so once dead it stays dead; but the records that
         // emptied it (overwrites, deletes) may not be durable yet, and until they are, a
         // crash would bring back a checkpoint pointing into the deleted file.
+        // And none the newest checkpoint points into: a crash loads that checkpoint, and
+        // recovery refuses to start when a segment it points into is gone.
+        let referenced = self.checkpoint_segments.borrow().clone();
         let dead: Vec<u64> = wal
             .segment_numbers()
             .into_iter()
-            .filter(|seg| *seg < covered)
+            .filter(|seg| *seg < covered && !referenced.contains(seg))
             .filter(|seg| usage.iter().find(|(s, _)| s == seg).is_none_or(|(_, u)| u.live == 0))
             .collect();
         if !dead.is_empty() {
@@ -250,7 +261,9 @@ impl Store {
         // Wait for the moved copies and for whatever else emptied the segment meanwhile
         // (everything appended up to now), then delete it.
         wal.wait(wal.appended()).await.map_err(|e| e.to_string())?;
-        if !still_live {
+        // Emptied, but the newest checkpoint may point into it: then it goes with the first
+        // pass after the next checkpoint (which points at the moved copies instead).
+        if !still_live && !self.checkpoint_segments.borrow().contains(&seg) {
             self.remove_segment(wal, seg).await?;
             done.segments_removed += 1;
         }
@@ -262,5 +275,51 @@ impl Store {
         self.engine.borrow_mut().forget_segment(seg);
         bump(&self.counters.segments_removed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corekv_schema::codec::{Op, Reply};
+
+    use super::*;
+    use crate::storage::MemEngine;
+    use crate::storage::wal::SyncMode;
+
+    /// Issue 16's root cause: compaction deleted segments the newest checkpoint's index still
+    /// pointed into. Emptied or rewritten, such a segment now stays until a newer checkpoint
+    /// points elsewhere, so the checkpoint a crash would load always finds its values.
+    #[test]
+    fn compaction_keeps_the_segments_the_newest_checkpoint_points_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let executor = glommio::LocalExecutorBuilder::default().io_memory(1 << 20).make();
+        executor.expect("executor").run(async move {
+            let wal = Wal::new(d.clone(), SyncMode::Sync, 64 << 10, 1);
+            let flusher = glommio::spawn_local(wal.clone().run());
+            let engine = Box::new(MemEngine::new());
+            let store = Store::new(0, engine, Some(wal.clone()), (0, Default::default()));
+            let set = |v: &'static str| {
+                Op::set(Bytes::from_static(b"a"), Bytes::from_static(v.as_bytes()))
+            };
+            assert!(matches!(store.execute_reply(set("1"), 0).await, Reply::Written { .. }));
+            // The checkpoint rolls the log to segment 2 and points at `a` in segment 1.
+            store.checkpoint(None).await.unwrap();
+            let first = d.join(format!("{:020}.log", 1));
+            assert!(store.checkpoint_segments.borrow().contains(&1));
+            // `a` overwritten: nothing current is left in segment 1, but the checkpoint
+            // still points there.
+            assert!(matches!(store.execute_reply(set("2"), 0).await, Reply::Written { .. }));
+            let done = store.compact(0.5, u64::MAX).await.unwrap();
+            assert_eq!(done.segments_removed, 0, "{done:?}");
+            assert!(first.exists(), "segment 1 deleted under the checkpoint");
+            // A newer checkpoint points at segment 2: now segment 1 goes.
+            store.checkpoint(None).await.unwrap();
+            let done = store.compact(0.5, u64::MAX).await.unwrap();
+            assert!(done.segments_removed >= 1, "{done:?}");
+            assert!(!first.exists(), "segment 1 kept after a newer checkpoint");
+            wal.close();
+            flusher.await;
+        });
     }
 }
