@@ -9,7 +9,6 @@
 //! one shared client whose pools hold `--connections` TCP connections per node.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,12 +17,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, Routing};
-use crate::connection::{FLUSH_INTERVAL, Plan, SAMPLES_MAX, Sample, Source, Totals};
+use crate::connection::{FLUSH_INTERVAL, SAMPLES_MAX, Sample, Setup};
 use crate::protocol::native;
 use crate::run::RunError;
-use crate::schedule::Schedule;
 use crate::stats::Outcome;
-use crate::workload::{KeyFormat, OpKind};
+use crate::workload::OpKind;
 
 /// How long `--routing auto` waits for the node's topology.
 const PROBE_TIMEOUT_MS: u64 = 1_000;
@@ -46,10 +44,10 @@ pub async fn client_for(cfg: &Config) -> Result<Option<Client>, RunError> {
         ..ClientConfig::default()
     };
     // `auto` asks with a short timeout: a node that does not answer is benchmarked as is.
-    let probe_ms = if cfg.routing == Routing::Auto { PROBE_TIMEOUT_MS } else { u64::MAX };
-    let probe = ClientConfig {
-        request_timeout_ms: config.request_timeout_ms.min(probe_ms),
-        ..config.clone()
+    let probing = cfg.routing == Routing::Auto;
+    let probe = match probing {
+        true => ClientConfig { request_timeout_ms: PROBE_TIMEOUT_MS, ..config.clone() },
+        false => config.clone(),
     };
     let client = match Client::connect(cfg.addr.as_str(), probe).await {
         Ok(client) => client,
@@ -70,7 +68,10 @@ pub async fn client_for(cfg: &Config) -> Result<Option<Client>, RunError> {
     match client.cluster_epoch() {
         Some(epoch) => {
             eprintln!("routing by the cluster map (epoch {epoch}), as the SDK does");
-            // Reconnected with the SDK's own timeouts, which the run measures.
+            if !probing {
+                return Ok(Some(client));
+            }
+            // Connected again with the SDK's own timeouts, which the run measures.
             let client = Client::connect(cfg.addr.as_str(), config).await.map_err(|e| {
                 let source = std::io::Error::other(e.to_string());
                 RunError::Connect { addr: cfg.addr.clone(), source }
@@ -85,65 +86,67 @@ pub async fn client_for(cfg: &Config) -> Result<Option<Client>, RunError> {
     }
 }
 
-/// What one routed driver is given (the raw connection's `Setup`, less the address).
+/// One routed driver: a connection's [`Setup`] (its `addr` and `consistency` unused: the
+/// client was made with them), driven through `client`.
 pub struct Driver {
-    pub index: usize,
+    pub setup: Setup,
     pub client: Client,
-    pub source: Source,
-    pub schedule: Option<Schedule>,
-    pub window: usize,
-    pub key_format: KeyFormat,
-    pub value: Bytes,
-    pub plan: Plan,
-    pub shared: Arc<Mutex<Totals>>,
 }
 
 impl Driver {
     /// Keeps the window full until the source is exhausted or the run ends, then waits out
     /// the grace period and records every outcome.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let Driver { setup, client } = self;
+        let Setup { index, mut source, schedule, window, key_format, value, plan, shared, .. } =
+            setup;
+        let flush = |samples: &mut Vec<Sample>| {
+            // A poisoned lock means another driver panicked; its panic is reported on join.
+            let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+            samples.drain(..).for_each(|sample| shared.record(sample));
+        };
         let mut calls: JoinSet<(Duration, Outcome)> = JoinSet::new();
         // What each call in flight is, so one cut short is still counted where it started.
         let mut started: HashMap<tokio::task::Id, (OpKind, Instant)> = HashMap::new();
         let mut samples: Vec<Sample> = Vec::with_capacity(256);
-        let mut key = vec![0; self.key_format.size_bytes()];
+        let mut key = vec![0; key_format.size_bytes()];
         let (mut seq, mut exhausted) = (0u64, false);
-        let grace_end = self.plan.send_end + self.plan.grace;
+        let grace_end = plan.send_end + plan.grace;
         let mut last_flush = Instant::now();
         let mut last_reply = Instant::now();
         loop {
             let now = Instant::now();
             if now >= last_flush + FLUSH_INTERVAL || samples.len() >= SAMPLES_MAX {
-                self.flush(&mut samples);
+                flush(&mut samples);
                 last_flush = now;
             }
             if calls.is_empty() {
                 last_reply = now;
             }
             // Start every request that may start now.
-            while !exhausted && calls.len() < self.window {
-                let start = match &self.schedule {
+            while !exhausted && calls.len() < window {
+                let start = match &schedule {
                     None => now,
                     Some(s) => {
-                        let intended = self.plan.start + s.intended_offset(seq);
+                        let intended = plan.start + s.intended_offset(seq);
                         if intended > now {
                             break;
                         }
                         intended
                     }
                 };
-                if start >= self.plan.send_end {
+                if start >= plan.send_end {
                     exhausted = true;
                     break;
                 }
-                let Some((kind, index)) = self.source.next() else {
+                let Some((kind, index)) = source.next() else {
                     exhausted = true;
                     break;
                 };
-                self.key_format.write(index, &mut key);
+                key_format.write(index, &mut key);
                 seq += 1;
-                let op = native::op(kind, Bytes::copy_from_slice(&key), &self.value);
-                let client = self.client.clone();
+                let op = native::op(kind, Bytes::copy_from_slice(&key), &value);
+                let client = client.clone();
                 let call = calls.spawn(async move {
                     let outcome = match client.request(op).await {
                         Ok(reply) => native::outcome(kind, reply),
@@ -153,22 +156,22 @@ impl Driver {
                 });
                 started.insert(call.id(), (kind, start));
             }
-            let sending = !exhausted && now < self.plan.send_end;
+            let sending = !exhausted && now < plan.send_end;
             if !sending && calls.is_empty() {
                 break;
             }
-            let stalled = self.plan.stall_limit.filter(|&limit| now >= last_reply + limit);
+            let stalled = plan.stall_limit.filter(|&limit| now >= last_reply + limit);
             if now >= grace_end || (stalled.is_some() && !calls.is_empty()) {
                 let why = match stalled {
                     Some(limit) => format!("no reply for {} s", limit.as_secs()),
                     None => {
-                        format!("no reply within {} s after the run", self.plan.grace.as_secs())
+                        format!("no reply within {} s after the run", plan.grace.as_secs())
                     }
                 };
-                eprintln!("connection {}: {why}; stopping this connection", self.index);
+                eprintln!("connection {}: {why}; stopping this connection", index);
                 calls.abort_all();
                 for (_, (kind, start)) in started.drain() {
-                    let measured = start >= self.plan.measure_start;
+                    let measured = start >= plan.measure_start;
                     let outcome = Outcome::Error(why.clone());
                     samples.push(Sample { kind, measured, latency: Duration::ZERO, outcome });
                 }
@@ -176,14 +179,14 @@ impl Driver {
             }
             let mut wake = (last_flush + FLUSH_INTERVAL).min(grace_end);
             if sending {
-                wake = wake.min(self.plan.send_end);
-                if let Some(s) = &self.schedule
-                    && calls.len() < self.window
+                wake = wake.min(plan.send_end);
+                if let Some(s) = &schedule
+                    && calls.len() < window
                 {
-                    wake = wake.min(self.plan.start + s.intended_offset(seq));
+                    wake = wake.min(plan.start + s.intended_offset(seq));
                 }
             }
-            if let Some(limit) = self.plan.stall_limit {
+            if let Some(limit) = plan.stall_limit {
                 wake = wake.min(last_reply + limit);
             }
             tokio::select! {
@@ -192,21 +195,13 @@ impl Driver {
                         done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                     last_reply = Instant::now();
                     if let Some((kind, start)) = started.remove(&id) {
-                        let measured = start >= self.plan.measure_start;
+                        let measured = start >= plan.measure_start;
                         samples.push(Sample { kind, measured, latency, outcome });
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
-        self.flush(&mut samples);
-    }
-
-    fn flush(&self, samples: &mut Vec<Sample>) {
-        // A poisoned lock means another driver panicked; its panic is reported on join.
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        for sample in samples.drain(..) {
-            shared.record(sample);
-        }
+        flush(&mut samples);
     }
 }

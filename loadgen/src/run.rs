@@ -92,18 +92,7 @@ impl Transport {
                 set.spawn(Connection::<D>::new(setup).run(stream));
             }
             Transport::Routed(client) => {
-                let driver = routed::Driver {
-                    index: setup.index,
-                    client: client.clone(),
-                    source: setup.source,
-                    schedule: setup.schedule,
-                    window: setup.window,
-                    key_format: setup.key_format,
-                    value: setup.value,
-                    plan: setup.plan,
-                    shared: setup.shared,
-                };
-                set.spawn(driver.run());
+                set.spawn(routed::Driver { setup, client: client.clone() }.run());
             }
         }
     }
