@@ -46,6 +46,22 @@ struct Running {
     line: String,
 }
 
+/// The `--cpus` list of node `node` (1, 2, ...) of a local cluster of `cores`-core nodes:
+/// each node its own CPUs, in turn over those this process may use. Left to itself, every
+/// node pins its cores from the lowest CPU of its mask up, and they would all share it.
+/// `None` when a node needs more CPUs than there are (it then refuses to start, saying so).
+pub fn cpus_of_node(node: usize, cores: usize) -> Option<String> {
+    let available: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    if !(1..=available.len()).contains(&cores) {
+        return None;
+    }
+    let first = node.saturating_sub(1) * cores;
+    let cpus: Vec<String> =
+        (first..first + cores).map(|k| available[k % available.len()].to_string()).collect();
+    Some(cpus.join(","))
+}
+
 pub fn run(args: &DevClusterArgs) -> Result<(), String> {
     if args.nodes == 0 {
         return Err("--nodes must be at least 1".into());
@@ -68,10 +84,6 @@ pub fn run(args: &DevClusterArgs) -> Result<(), String> {
     }
     let mut running: Vec<Running> = Vec::new();
     let mut failed = None;
-    // Each node its own CPUs, in turn over those this process may use: every node would
-    // otherwise pin its first core to the same, lowest CPU, and they would all share it.
-    let available: Vec<usize> =
-        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let pick_cpus = !args.serve.iter().any(|a| a == "--cpus" || a.starts_with("--cpus="));
     for i in 1..=args.nodes {
         let dir = args.data_dir.join(format!("node-{i}"));
@@ -93,12 +105,8 @@ pub fn run(args: &DevClusterArgs) -> Result<(), String> {
             .args(&args.serve)
             .stdout(Stdio::piped())
             .stderr(stderr);
-        if pick_cpus && (1..=available.len()).contains(&args.cores) {
-            let first = usize::from(i - 1) * args.cores;
-            let cpus: Vec<String> = (first..first + args.cores)
-                .map(|k| available[k % available.len()].to_string())
-                .collect();
-            command.args(["--cpus", &cpus.join(",")]);
+        if pick_cpus && let Some(cpus) = cpus_of_node(usize::from(i), args.cores) {
+            command.args(["--cpus", &cpus]);
         }
         let mut child = command.spawn().map_err(|e| format!("starting node {i}: {e}"))?;
         let stdout = child.stdout.take().expect("piped");

@@ -101,22 +101,16 @@ impl Cluster {
 
     fn boot(&mut self, id: usize) {
         let mut flags: Vec<&str> = self.flags[id - 1].iter().map(String::as_str).collect();
-        // Each node its own CPUs in turn, as `corekv dev-cluster` does: left to itself, every
-        // node pins its cores from the lowest CPU up, and they would all share it.
+        // Each node its own CPUs in turn, as `corekv dev-cluster` gives them.
         let cores: usize = flags
             .iter()
             .skip_while(|f| **f != "--cores")
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(1);
-        let available: Vec<usize> =
-            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
-        let cpus: Vec<String> = ((id - 1) * cores..id * cores)
-            .map(|k| available.get(k % available.len().max(1)).copied().unwrap_or(0).to_string())
-            .collect();
-        let cpus = cpus.join(",");
-        if (1..=available.len()).contains(&cores) {
-            flags.extend(["--cpus", &cpus]);
+        let cpus = corekv::devcluster::cpus_of_node(id, cores);
+        if let Some(cpus) = &cpus {
+            flags.extend(["--cpus", cpus]);
         }
         let dir = &self.dirs[id - 1];
         self.nodes[id - 1] = Some(match &self.net {
