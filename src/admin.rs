@@ -19,14 +19,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use glommio::timer::TimerActionOnce;
 
 use crate::shard::Core;
 use crate::shutdown::Shutdown;
+use crate::tls::Stream;
 
-/// A glommio socket as hyper's I/O.
-struct Io(TcpStream);
+/// A glommio socket (with or without TLS) as hyper's I/O.
+struct Io(Stream);
 
 impl hyper::rt::Read for Io {
     fn poll_read(
@@ -148,9 +148,8 @@ impl hyper::rt::Timer for LocalTimer {
 }
 
 /// Serves one HTTP connection (keep-alive) until the client closes or the node shuts down.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
+pub async fn serve(core: Rc<Core>, stream: Stream, shutdown: Rc<Shutdown>) {
     let _gauge = crate::shard::ConnectionGauge::new(core.clone());
-    let _ = stream.set_nodelay(true);
     let header_timeout = Duration::from_millis(core.node.partial_frame_timeout_ms);
     let service = hyper::service::service_fn(move |request| {
         let core = core.clone();

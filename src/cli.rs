@@ -29,6 +29,19 @@ pub struct Target {
     /// (reads from any replica, possibly stale) [default: the node's --consistency]
     #[arg(long, value_enum, value_name = "MODE")]
     pub consistency: Option<crate::config::ConsistencyMode>,
+    /// Speak TLS, trusting the CA certificate(s) in FILE (PEM) for the node's certificate,
+    /// which must name the IP address of --addr (or --tls-server-name) [default: plaintext]
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: show this client certificate (PEM), for a node with --tls-client-ca
+    #[arg(long, value_name = "FILE", requires = "tls_ca", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name the node's certificate must carry [default: the IP address of --addr]
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,7 +156,17 @@ pub fn run(command: ClientCommand) -> ExitCode {
 }
 
 fn connect(target: &Target) -> Result<Client, Error> {
+    let tls = match &target.tls_ca {
+        None => None,
+        Some(ca) => {
+            let client = target.tls_cert.as_deref().zip(target.tls_key.as_deref());
+            let mut tls = corekv_client::Tls::from_pem_files(ca, client)?;
+            tls.server_name = target.tls_server_name.clone();
+            Some(tls)
+        }
+    };
     let config = ClientConfig {
+        tls,
         pool_size: 1,
         // One request per run: the node asked forwards it to the leader, which costs less
         // than reading the topology and opening a second connection, and the answer is that

@@ -48,5 +48,9 @@ counters!(
         commits,
         /// Raft frames the links dropped (link down, or its queue full).
         link_frames_dropped,
+        /// Peers' Raft messages refused: ones raft-rs would abort on, or bad snapshots.
+        messages_refused,
+        /// Peers' Raft messages dropped because the core's inbox was full.
+        inbox_dropped,
     }
 );

@@ -98,6 +98,23 @@ pub struct ClusterConfig {
     /// A joining node: the member it asks for the members and the map (which then replace
     /// `nodes`, this node alone until then).
     pub join: Option<SocketAddr>,
+    /// What every node link's `Hello` carries: a hash of the founding members (see
+    /// [`cluster_id_of`]); a joining node learns it from the member it joins through.
+    pub cluster_id: u64,
+    /// Mutual TLS on node links (`--peer-tls-*`); `None` only with `--insecure-peer-links`
+    /// or on loopback.
+    pub peer_tls: Option<crate::tls::PeerFiles>,
+}
+
+/// The id of the cluster founded by `nodes`: the same on every founder, since they are
+/// given the same list, and different for another cluster.
+pub fn cluster_id_of(nodes: &[(u64, SocketAddr)]) -> u64 {
+    let mut sorted = nodes.to_vec();
+    sorted.sort();
+    let text: String = sorted.iter().map(|(id, addr)| format!("{id}={addr},")).collect();
+    let high = u64::from(crc32c::crc32c(text.as_bytes()));
+    let low = u64::from(crc32c::crc32c_append(0x5eed_c0de, text.as_bytes()));
+    (high << 32) | low
 }
 
 /// Flags of `corekv serve`. Each is also a key of the `--config` file.
@@ -230,9 +247,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     pub drain_timeout_ms: Option<u64>,
     /// Close a connection whose frame has been arriving for this long without completing
-    /// [default: 10000]
+    /// (on a TLS port, also one whose handshake takes this long) [default: 10000]
     #[arg(long, value_name = "MS")]
     pub partial_frame_timeout_ms: Option<u64>,
+    /// Certificate chain (PEM) of the native, Redis and HTTP ports: with --tls-key, they
+    /// speak TLS only. SIGHUP reads the files again [default: off, plaintext]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM): clients must show a certificate it signed [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// This node's certificate for node links (PEM); it must name `node-<id>` among its DNS
+    /// subject alternative names. With --peer-tls-key and --peer-tls-ca, node links are
+    /// mutual TLS [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The CA (PEM) every node's link certificate must come from
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Allow plaintext node links on a non-loopback --cluster-listen: anyone who reaches
+    /// the port can then act as a node. Without it, such a node refuses to start
+    #[arg(long)]
+    pub insecure_peer_links: bool,
 }
 
 /// The keys of the `--config` file: the flags of [`ServeArgs`] without `config`.
@@ -272,6 +314,13 @@ struct FileConfig {
     ttl_sweep_interval_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     partial_frame_timeout_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
+    insecure_peer_links: Option<bool>,
 }
 
 /// A fully resolved, validated node configuration.
@@ -307,6 +356,8 @@ pub struct Config {
     pub ttl_sweep_interval_ms: u64,
     pub drain_timeout_ms: u64,
     pub partial_frame_timeout_ms: u64,
+    /// TLS on the native, Redis and HTTP ports; `None`: plaintext.
+    pub tls: Option<crate::tls::ServerFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +405,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let cluster = cluster_config(args, &file)?;
+        let tls = tls_files(args, &file)?;
         let listen_text =
             args.listen.clone().or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen = resolve_addr(&listen_text).map_err(|r| invalid("listen", &listen_text, &r))?;
@@ -454,6 +506,7 @@ impl Config {
                 .partial_frame_timeout_ms
                 .or(file.partial_frame_timeout_ms)
                 .unwrap_or(PARTIAL_FRAME_TIMEOUT_MS_DEFAULT),
+            tls,
         };
         config.validate()?;
         Ok(config)
@@ -626,13 +679,15 @@ fn cluster_config(
     Ok(Some(ClusterConfig {
         node,
         listen,
-        nodes,
         replication_factor,
         raft_tick_ms,
         plan_stall_s: plan_stall_s(args, file)?,
         consistency: args.consistency.or(file.consistency).unwrap_or_default(),
         bootstrap: true,
         join: None,
+        cluster_id: cluster_id_of(&nodes),
+        peer_tls: peer_tls(args, file, listen)?,
+        nodes,
     }))
 }
 
@@ -680,7 +735,58 @@ fn join_config(
         consistency: args.consistency.or(file.consistency).unwrap_or_default(),
         bootstrap: false,
         join: Some(member),
+        // Learned from the member at the join (`node::join`).
+        cluster_id: 0,
+        peer_tls: peer_tls(args, file, listen)?,
     })
+}
+
+/// `--tls-cert`, `--tls-key` and `--tls-client-ca`, from the flags or the file.
+fn tls_files(
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> Result<Option<crate::tls::ServerFiles>, ConfigError> {
+    let cert = args.tls_cert.clone().or(file.tls_cert.clone());
+    let key = args.tls_key.clone().or(file.tls_key.clone());
+    let client_ca = args.tls_client_ca.clone().or(file.tls_client_ca.clone());
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::ServerFiles { cert, key, client_ca })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        _ => Err(invalid(
+            "tls_cert",
+            "partly set",
+            "TLS needs both --tls-cert and --tls-key (and --tls-client-ca needs them)",
+        )),
+    }
+}
+
+/// The node links' TLS. Plaintext links are allowed only on loopback or when asked for:
+/// anyone who reaches a plaintext cluster port can act as a node.
+fn peer_tls(
+    args: &ServeArgs,
+    file: &FileConfig,
+    listen: SocketAddr,
+) -> Result<Option<crate::tls::PeerFiles>, ConfigError> {
+    let cert = args.peer_tls_cert.clone().or(file.peer_tls_cert.clone());
+    let key = args.peer_tls_key.clone().or(file.peer_tls_key.clone());
+    let ca = args.peer_tls_ca.clone().or(file.peer_tls_ca.clone());
+    let insecure = args.insecure_peer_links || file.insecure_peer_links.unwrap_or(false);
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::PeerFiles { cert, key, ca })),
+        (None, None, None) if insecure || listen.ip().is_loopback() => Ok(None),
+        (None, None, None) => Err(invalid(
+            "cluster_listen",
+            listen,
+            "is not loopback: node links need --peer-tls-cert, --peer-tls-key and \
+             --peer-tls-ca (or --insecure-peer-links, which lets anyone who reaches the port \
+             act as a node)",
+        )),
+        _ => Err(invalid(
+            "peer_tls_cert",
+            "partly set",
+            "node links need all three of --peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+        )),
+    }
 }
 
 fn plan_stall_s(args: &ServeArgs, file: &FileConfig) -> Result<u64, ConfigError> {

@@ -37,6 +37,8 @@ pub enum NodeError {
          data directory instead"
     )]
     Removed { path: PathBuf, node: u64, why: String },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("joining through {member}: {why}")]
     Join { member: String, why: String },
 }

@@ -10,8 +10,8 @@
 //! - [`cluster`]: Raft groups driving a core's store; node links; the metadata keys.
 //! - [`storage`]: the `Engine` seam, [`storage::MemEngine`], the write-ahead log, recovery,
 //!   checkpoints, and [`storage::store::Store`]: a core's data and everything done to it.
-//! - [`config`], [`error`], [`time`], [`waiting`], [`shutdown`], [`resp`] (Redis commands as
-//!   plans over native operations): leaves.
+//! - [`config`], [`error`], [`time`], [`waiting`], [`shutdown`], [`tls`], [`resp`] (Redis
+//!   commands as plans over native operations): leaves.
 //! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
 //!
 //! `tests/it/tidy.rs` checks the layers and that no two files import each other, directly
@@ -38,4 +38,5 @@ pub mod storage;
 #[cfg(test)]
 pub mod testing;
 pub mod time;
+pub mod tls;
 pub mod waiting;

@@ -28,6 +28,7 @@ use corekv_schema::codec::{NodeAddress, TopologyInfo};
 use corekv_schema::placement::{self, HASH_NAME};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
+use rustls::pki_types::pem::PemObject;
 
 use crate::config::{Config, DurabilityMode, TTL_SWEEP_KEYS_MAX};
 use crate::error::NodeError;
@@ -38,6 +39,7 @@ use crate::shutdown::{self, Shutdown};
 use crate::storage::store::Store;
 use crate::storage::wal::{self, SyncMode, Wal};
 use crate::storage::{ExpiryRule, MemEngine, recovery};
+use crate::tls::{Reloading, Reloads};
 
 /// glommio refuses to start below this much locked memory (measured; see PLATFORM-NOTES).
 const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
@@ -78,6 +80,7 @@ pub fn run(mut config: Config) -> Result<(), NodeError> {
     if cores > cpus.len() {
         return Err(NodeError::TooManyCores { wanted: cores, available: cpus.len() });
     }
+    let reloads = check_tls(&config)?;
     let io_memory_bytes = raise_memlock(cores)?;
     if config.durability != DurabilityMode::None {
         check_layout(&config.data_dir, &layout(&config, cores))?;
@@ -135,6 +138,7 @@ pub fn run(mut config: Config) -> Result<(), NodeError> {
             stop: stop.clone(),
             draining: draining.clone(),
             report: report_tx.clone(),
+            reloads: reloads.clone(),
         };
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu.id))
             .name(&format!("corekv-cpu{}", cpu.id))
@@ -250,6 +254,72 @@ struct CoreBoot {
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicUsize>,
     report: mpsc::Sender<CoreReport>,
+    reloads: Reloads,
+}
+
+/// Reads every certificate and key once, so that a bad file stops the start with its name,
+/// and has SIGHUP read them again. Warns about plaintext node links off loopback.
+fn check_tls(config: &Config) -> Result<Reloads, NodeError> {
+    let bad = |e: String| NodeError::Tls(e);
+    let reloads = Reloads::default();
+    if let Some(files) = &config.tls {
+        files.load().map_err(bad)?;
+    }
+    if let Some(c) = &config.cluster {
+        match &c.peer_tls {
+            Some(files) => {
+                files.server().map_err(bad)?;
+                files.client().map_err(bad)?;
+                let cert = std::fs::read(&files.cert).map_err(|e| bad(e.to_string()))?;
+                let named = rustls::pki_types::CertificateDer::from_pem_slice(&cert)
+                    .ok()
+                    .is_some_and(|der| crate::tls::names_node(&der, c.node));
+                if !named {
+                    return Err(bad(format!(
+                        "{}: does not name node-{} (a DNS subject alternative name); other \
+                         nodes would refuse its links",
+                        files.cert.display(),
+                        c.node
+                    )));
+                }
+            }
+            None if !c.listen.ip().is_loopback() => tracing::warn!(
+                listen = %c.listen,
+                "node links are plaintext (--insecure-peer-links): anyone who reaches this \
+                 port can act as a node"
+            ),
+            None => {}
+        }
+    }
+    if config.tls.is_some() || config.cluster.as_ref().is_some_and(|c| c.peer_tls.is_some()) {
+        reloads.on_sighup().map_err(|e| bad(format!("SIGHUP handler: {e}")))?;
+    }
+    Ok(reloads)
+}
+
+/// One core's TLS configurations, each rebuilt after a SIGHUP.
+struct CoreTls {
+    clients: Option<Rc<Reloading<rustls::ServerConfig>>>,
+    peer_server: Option<Rc<Reloading<rustls::ServerConfig>>>,
+    peer_client: Option<Rc<Reloading<rustls::ClientConfig>>>,
+}
+
+fn tls_of_core(c: &Config, reloads: &Reloads) -> Result<CoreTls, String> {
+    let clients = match c.tls.clone() {
+        Some(files) => Some(Rc::new(Reloading::new("tls", reloads, move || files.load())?)),
+        None => None,
+    };
+    let peer = c.cluster.as_ref().and_then(|cc| cc.peer_tls.clone());
+    let (peer_server, peer_client) = match peer {
+        Some(files) => {
+            let for_client = files.clone();
+            let server = Reloading::new("peer-tls", reloads, move || files.server())?;
+            let client = Reloading::new("peer-tls", reloads, move || for_client.client())?;
+            (Some(Rc::new(server)), Some(Rc::new(client)))
+        }
+        None => (None, None),
+    };
+    Ok(CoreTls { clients, peer_server, peer_client })
 }
 
 async fn core_main(boot: CoreBoot) -> Result<(), String> {
@@ -297,6 +367,13 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     let checkpoint = wal.as_ref().map(|(_, at, _)| at.clone()).unwrap_or_default();
     let wal = wal.map(|(wal, _, _)| wal);
     let store = Rc::new(Store::new(index as u16, engine, wal, checkpoint));
+    let tls = match tls_of_core(c, &boot.reloads) {
+        Ok(tls) => tls,
+        Err(e) => {
+            let _ = boot.report.send(CoreReport { index, shard_port, result: Err(e.clone()) });
+            return Err(e);
+        }
+    };
     let cluster = match &c.cluster {
         None => None,
         Some(cc) => {
@@ -308,6 +385,7 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
                 recovered,
                 store.clone(),
                 boot.node.limits,
+                tls.peer_client.clone(),
             );
             match made {
                 Ok(r) => Some(Rc::new(r)),
@@ -370,15 +448,17 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     let resp: Serve = |c, s, d| Box::pin(crate::net::resp::serve(c, s, d));
     let http: Serve = |c, s, d| Box::pin(crate::admin::serve(c, s, d));
     let peer: Serve = |c, s, d| Box::pin(crate::net::peer::serve(c, s, d));
+    let (clients, peers) = (tls.clients, tls.peer_server);
     let listeners = [
-        Some((main_listener, native)),
-        shard_listener.map(|l| (l, native)),
-        resp_listener.map(|l| (l, resp)),
-        http_listener.map(|l| (l, http)),
-        cluster_listener.map(|l| (l, peer)),
+        Some((main_listener, native, clients.clone())),
+        shard_listener.map(|l| (l, native, clients.clone())),
+        resp_listener.map(|l| (l, resp, clients.clone())),
+        http_listener.map(|l| (l, http, clients.clone())),
+        cluster_listener.map(|l| (l, peer, peers)),
     ];
-    for (listener, serve) in listeners.into_iter().flatten() {
-        let accept = crate::net::accept_loop(core.clone(), listener, serve, local_stop.clone());
+    for (listener, serve, tls) in listeners.into_iter().flatten() {
+        let stop = local_stop.clone();
+        let accept = crate::net::accept_loop(core.clone(), listener, serve, tls, stop);
         glommio::spawn_local(accept).detach();
     }
     glommio::spawn_local(sweep_loop(core.clone(), c.ttl_sweep_interval_ms, local_stop.clone()))
@@ -684,6 +764,12 @@ async fn sweep_loop(core: Rc<Core>, interval_ms: u64, stop: Rc<Shutdown>) {
 fn abort_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if crate::cluster::group::stepping() {
+            // raft-rs refused a peer's message by panicking: `Group::step` catches it,
+            // refuses the message and rebuilds that one group.
+            tracing::error!(panic = %info, "raft-rs panicked on a peer's message");
+            return;
+        }
         default(info);
         eprintln!("corekv: aborting after a panic (a bug: please report it with the lines above)");
         std::process::abort();
@@ -744,16 +830,21 @@ fn join(
     let refuse = |why: String| NodeError::Join { member: member.to_string(), why };
     // A restart: the members learned at the join (the metadata group's replica here has the
     // newer ones and relinks to them), whether or not the member joined through is still up.
-    if let Some(mut nodes) = read_joined(data_dir) {
+    if let Some((cluster_id, mut nodes)) = read_joined(data_dir) {
         nodes.retain(|(id, _)| *id != c.node);
         nodes.push((c.node, c.listen));
         tracing::info!(members = nodes.len() - 1, "joined before: starting with the members then");
         c.nodes = nodes;
+        c.cluster_id = cluster_id;
         return Ok(());
     }
+    let tls = match &c.peer_tls {
+        Some(files) => Some(files.join_client().map_err(NodeError::Tls)?),
+        None => None,
+    };
     let started = Instant::now();
     let info = loop {
-        match ask_to_join(c.node, member) {
+        match ask_to_join(c.node, member, tls.clone()) {
             Ok(info) => break info,
             Err(e) if started.elapsed() < JOIN_PATIENCE => {
                 tracing::warn!(%member, error = %e, "joining: asking again in a second");
@@ -793,19 +884,22 @@ fn join(
     nodes.push((c.node, c.listen));
     let (members, map_version) = (nodes.len() - 1, info.map_version);
     tracing::info!(%member, members, map_version, "joining: learned the cluster");
-    write_joined(data_dir, &nodes)
+    write_joined(data_dir, info.cluster_id, &nodes)
         .map_err(|source| NodeError::DataDir { path: data_dir.to_path_buf(), source })?;
     c.nodes = nodes;
+    c.cluster_id = info.cluster_id;
     Ok(())
 }
 
-/// The file a joined node keeps its members in (`ID=HOST:PORT` a line, this node's own too),
-/// so that a restart does not depend on the member it joined through.
+/// The file a joined node keeps the cluster's id (`cluster=ID`) and its members in
+/// (`ID=HOST:PORT` a line, this node's own too), so that a restart does not depend on the
+/// member it joined through.
 pub const JOINED_FILE: &str = "JOINED";
 
-fn write_joined(dir: &Path, nodes: &[(u64, SocketAddr)]) -> std::io::Result<()> {
+fn write_joined(dir: &Path, cluster_id: u64, nodes: &[(u64, SocketAddr)]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let text: String = nodes.iter().map(|(id, addr)| format!("{id}={addr}\n")).collect();
+    let members = nodes.iter().map(|(id, addr)| format!("{id}={addr}\n"));
+    let text: String = std::iter::once(format!("cluster={cluster_id}\n")).chain(members).collect();
     let tmp = dir.join(format!("{JOINED_FILE}.tmp"));
     std::fs::write(&tmp, text)?;
     File::open(&tmp)?.sync_all()?;
@@ -813,29 +907,45 @@ fn write_joined(dir: &Path, nodes: &[(u64, SocketAddr)]) -> std::io::Result<()> 
     File::open(dir)?.sync_all()
 }
 
-/// The members [`write_joined`] kept; `None` when there are none (or the file is damaged:
-/// then the node asks its member again).
-fn read_joined(dir: &Path) -> Option<Vec<(u64, SocketAddr)>> {
+/// The cluster id and members [`write_joined`] kept; `None` when there are none (or the file
+/// is damaged, or older than the cluster id: then the node asks its member again).
+fn read_joined(dir: &Path) -> Option<(u64, Vec<(u64, SocketAddr)>)> {
     let text = std::fs::read_to_string(dir.join(JOINED_FILE)).ok()?;
-    let nodes: Option<Vec<_>> = text
-        .lines()
+    let mut lines = text.lines();
+    let cluster_id = lines.next()?.strip_prefix("cluster=")?.parse().ok()?;
+    let nodes: Option<Vec<_>> = lines
         .map(|line| {
             let (id, addr) = line.split_once('=')?;
             Some((id.parse().ok()?, addr.parse().ok()?))
         })
         .collect();
-    nodes.filter(|n| !n.is_empty())
+    Some((cluster_id, nodes.filter(|n| !n.is_empty())?))
 }
 
-/// One `JoinAsk` to `member` and its answer.
-fn ask_to_join(node: u64, member: SocketAddr) -> Result<corekv_schema::peer::JoinInfo, String> {
+/// One `JoinAsk` to `member` and its answer (over mutual TLS when node links use it).
+fn ask_to_join(
+    node: u64,
+    member: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<corekv_schema::peer::JoinInfo, String> {
     use corekv_schema::peer::{self, PeerMessage};
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(5);
-    let mut s =
-        std::net::TcpStream::connect_timeout(&member, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect_timeout(&member, timeout).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            // The member's id is not known: the name asked for is a placeholder, and the
+            // verifier accepts any node's certificate from the cluster's CA.
+            let tls = rustls::ClientConnection::new(config, crate::tls::node_name(0))
+                .map_err(|e| e.to_string())?;
+            Box::new(rustls::StreamOwned::new(tls, tcp))
+        }
+    };
     s.write_all(&peer::encode(&PeerMessage::JoinAsk { from_node: node }))
+        .and_then(|()| s.flush())
         .map_err(|e| e.to_string())?;
     let mut buf = bytes::BytesMut::new();
     let mut chunk = [0u8; 64 << 10];
@@ -855,6 +965,10 @@ fn ask_to_join(node: u64, member: SocketAddr) -> Result<corekv_schema::peer::Joi
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A blocking socket, with or without TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// The file a node writes in its data directory once it learns it was removed from the
 /// cluster (its replica of the metadata group was).
@@ -931,6 +1045,8 @@ mod tests {
             consistency: ConsistencyMode::default(),
             bootstrap: true,
             join: None,
+            cluster_id: 1,
+            peer_tls: None,
         };
         let a = advertised(&c, addr("0.0.0.0:7379"), Some(addr("127.0.0.1:7380")), None);
         assert_eq!(a.id, 2);

@@ -4,8 +4,13 @@
 //! runs on `connect`, so a zero or absurd limit fails there as [`Error::Usage`] rather than as a
 //! hang later.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use corekv_schema::codec::{Consistency, Durability};
 use corekv_schema::frame::{Limits, PAYLOAD_BYTES_MIN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +49,69 @@ pub struct ClientConfig {
     pub durability: Durability,
     /// Consistency requested for reads and writes (`Default` = the node's setting).
     pub consistency: Consistency,
+    /// TLS to every node (`None`: plaintext). See [`Tls::from_pem_files`].
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings: the CA that signed the nodes' certificates, and optionally this client's
+/// own certificate (for nodes started with `--tls-client-ca`). A node is checked against the
+/// address dialled (its certificate must name that IP address) unless `server_name` names
+/// what to check instead, such as the DNS name in its certificate.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: Option<String>,
+}
+
+impl PartialEq for Tls {
+    fn eq(&self, other: &Tls) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for Tls {}
+
+// rustls 0.23.48 deprecates ring's provider for its lack of post-quantum key exchange;
+// ring is the project's choice (it builds without cmake).
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    /// Trusts the CA certificates in the PEM file `ca`; with `client`, shows that
+    /// certificate chain and key (PEM files).
+    pub fn from_pem_files(ca: &Path, client: Option<(&Path, &Path)>) -> Result<Tls> {
+        let bad = |path: &Path, e: &dyn std::fmt::Display| {
+            Error::Usage(format!("TLS: {}: {e}", path.display()))
+        };
+        let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>> {
+            let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(path, &e))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| bad(path, &e))?;
+            if certs.is_empty() {
+                return Err(bad(path, &"no CERTIFICATE in the file"));
+            }
+            Ok(certs)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs(ca)? {
+            roots.add(cert).map_err(|e| bad(ca, &e))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Usage(format!("TLS: {e}")))?
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+                builder.with_client_auth_cert(certs(cert)?, key_der).map_err(|e| bad(cert, &e))?
+            }
+        };
+        Ok(Tls { config: Arc::new(config), server_name: None })
+    }
 }
 
 impl Default for ClientConfig {
@@ -58,6 +126,7 @@ impl Default for ClientConfig {
             cluster_routing: true,
             durability: Durability::Default,
             consistency: Consistency::Default,
+            tls: None,
         }
     }
 }

@@ -28,9 +28,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{Consistency, Durability, Encoder, Op, Reply, Request, decode_response};
 use corekv_schema::frame::{PREFIX_BYTES, take_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -215,7 +214,17 @@ impl Connection {
             }
         };
         stream.set_nodelay(true).map_err(|source| Error::Connect { addr, source })?;
-        let (read, write) = stream.into_split();
+        let (read, write) = match &config.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                (Box::new(read) as ReadHalf, Box::new(write) as WriteHalf)
+            }
+            Some(tls) => {
+                let tls = handshake(addr, stream, tls, config.connect_timeout_ms).await?;
+                let (read, write) = tokio::io::split(tls);
+                (Box::new(read) as ReadHalf, Box::new(write) as WriteHalf)
+            }
+        };
         let (closed_signal, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
@@ -340,7 +349,36 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-async fn run_reader(shared: Arc<Shared>, read: OwnedReadHalf, frame_bytes_max: usize) {
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The client side of a TLS handshake with the node at `addr`, within the connect timeout.
+async fn handshake(
+    addr: SocketAddr,
+    stream: TcpStream,
+    tls: &crate::config::Tls,
+    timeout_ms: u64,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = match &tls.server_name {
+        Some(name) => rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|e| Error::Usage(format!("TLS server name {name:?}: {e}")))?,
+        None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let failed = |source| Error::Connect { addr, source };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), connector.connect(name, stream))
+        .await
+    {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(failed(io::Error::new(e.kind(), format!("TLS handshake: {e}")))),
+        Err(_) => Err(failed(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {timeout_ms} ms"),
+        ))),
+    }
+}
+
+async fn run_reader(shared: Arc<Shared>, read: ReadHalf, frame_bytes_max: usize) {
     let mut closed = shared.closed_signal.subscribe();
     tokio::select! {
         biased;
@@ -349,11 +387,7 @@ async fn run_reader(shared: Arc<Shared>, read: OwnedReadHalf, frame_bytes_max: u
     }
 }
 
-async fn read_loop(
-    shared: &Shared,
-    mut read: OwnedReadHalf,
-    frame_bytes_max: usize,
-) -> CloseReason {
+async fn read_loop(shared: &Shared, mut read: ReadHalf, frame_bytes_max: usize) -> CloseReason {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         loop {
@@ -381,7 +415,7 @@ async fn read_loop(
 async fn run_writer(
     shared: Arc<Shared>,
     outgoing: mpsc::UnboundedReceiver<Outgoing>,
-    write: OwnedWriteHalf,
+    write: WriteHalf,
 ) {
     let mut closed = shared.closed_signal.subscribe();
     tokio::select! {
@@ -399,7 +433,7 @@ async fn run_writer(
 async fn write_loop(
     shared: &Shared,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
 ) -> Option<CloseReason> {
     let mut buf = BytesMut::with_capacity(WRITE_COALESCE_BYTES_MAX);
     let mut frames: Vec<Bytes> = Vec::new();
@@ -430,6 +464,11 @@ async fn write_loop(
                 }
                 write.write_all(&buf).await
             }
+        };
+        // TLS holds records until flushed (a no-op on plain TCP).
+        let written = match written {
+            Ok(()) => write.flush().await,
+            Err(e) => Err(e),
         };
         frames.clear();
         if let Err(e) = written {

@@ -119,6 +119,24 @@ pub struct Cli {
     /// to its partition's leader, --connections per node
     #[arg(long, value_enum, default_value_t = Routing::Auto)]
     pub routing: Routing,
+
+    /// Speak TLS, trusting the CA certificate(s) in FILE (PEM) for the node's certificate
+    /// [default: plaintext]
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// With --tls-ca: show this client certificate (PEM), for a node with --tls-client-ca
+    #[arg(long, value_name = "FILE", requires = "tls_ca", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// With --tls-ca: the name the node's certificate must carry [default: the IP address
+    /// of --addr]
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 /// Where native requests are sent.
@@ -289,6 +307,13 @@ pub struct Config {
     pub consistency: ConsistencyArg,
     /// As asked; the run resolves `auto` once it has seen the node.
     pub routing: Routing,
+    /// Whether the connections speak TLS.
+    #[serde(serialize_with = "is_some")]
+    pub tls: Option<corekv_client::Tls>,
+}
+
+fn is_some<S: serde::Serializer, T>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(v.is_some())
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -320,7 +345,18 @@ impl Config {
                 "--routing map needs --protocol native (RESP is forwarded by the node)".into()
             );
         }
+        let tls = match &cli.tls_ca {
+            None => None,
+            Some(ca) => {
+                let client = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+                let mut tls =
+                    corekv_client::Tls::from_pem_files(ca, client).map_err(|e| e.to_string())?;
+                tls.server_name = cli.tls_server_name.clone();
+                Some(tls)
+            }
+        };
         Ok(Config {
+            tls,
             addr: cli.addr.clone(),
             protocol: cli.protocol,
             connections: cli.connections,

@@ -28,9 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::protocol::{Driver, ProtocolError};
 use crate::schedule::Schedule;
@@ -151,6 +155,7 @@ enum Lost {
 pub struct Setup {
     pub index: usize,
     pub addr: String,
+    pub tls: Option<corekv_client::Tls>,
     pub source: Source,
     /// `Some` for an open loop.
     pub schedule: Option<Schedule>,
@@ -197,7 +202,7 @@ impl<D: Driver + Default> Connection<D> {
 
     /// Drives the connection until its source is exhausted or the run ends, then records the last
     /// of its samples.
-    pub async fn run(mut self, stream: TcpStream) {
+    pub async fn run(mut self, stream: Socket) {
         let mut stream = stream;
         loop {
             let lost = match self.session(&mut stream).await {
@@ -225,7 +230,7 @@ impl<D: Driver + Default> Connection<D> {
         self.flush(Instant::now());
     }
 
-    async fn reconnect(&mut self) -> Option<TcpStream> {
+    async fn reconnect(&mut self) -> Option<Socket> {
         let n = self.setup.index;
         let mut reported = false;
         loop {
@@ -238,7 +243,7 @@ impl<D: Driver + Default> Connection<D> {
                 return None;
             }
             let limit = CONNECT_TIMEOUT.min(self.setup.plan.send_end - now);
-            match connect(&self.setup.addr, limit).await {
+            match connect(&self.setup.addr, self.setup.tls.as_ref(), limit).await {
                 Ok(s) => {
                     eprintln!("connection {n}: reconnected");
                     return Some(s);
@@ -255,10 +260,13 @@ impl<D: Driver + Default> Connection<D> {
         }
     }
 
-    async fn session(&mut self, stream: &mut TcpStream) -> Result<(), Lost> {
+    async fn session(&mut self, stream: &mut Socket) -> Result<(), Lost> {
         self.driver = D::default();
         self.driver.set_consistency(self.setup.consistency);
-        let (mut rd, mut wr) = stream.split();
+        let tls = matches!(stream, Socket::Tls(_));
+        // TLS keeps written records until flushed; plain TCP has nothing to flush.
+        let mut unflushed = false;
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut inb = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
         let grace_end = self.setup.plan.send_end + self.setup.plan.grace;
@@ -303,7 +311,7 @@ impl<D: Driver + Default> Connection<D> {
             }
             let event = tokio::select! {
                 r = rd.read_buf(&mut inb) => Event::Read(r),
-                r = wr.write(&out[..]), if !out.is_empty() => Event::Wrote(r),
+                e = write_or_flush(&mut wr, &out), if !out.is_empty() || unflushed => e,
                 () = &mut sleep => Event::Wake,
             };
             match event {
@@ -315,8 +323,14 @@ impl<D: Driver + Default> Connection<D> {
                     }
                 }
                 Event::Wrote(Ok(0)) => return Err(Lost::Closed),
-                Event::Wrote(Ok(n)) => out.advance(n),
-                Event::Read(Err(e)) | Event::Wrote(Err(e)) => return Err(Lost::Io(e)),
+                Event::Wrote(Ok(n)) => {
+                    out.advance(n);
+                    unflushed = tls;
+                }
+                Event::Flushed(Ok(())) => unflushed = false,
+                Event::Read(Err(e)) | Event::Wrote(Err(e)) | Event::Flushed(Err(e)) => {
+                    return Err(Lost::Io(e));
+                }
                 Event::Wake => {}
             }
         }
@@ -427,14 +441,86 @@ impl<D: Driver + Default> Connection<D> {
 enum Event {
     Read(io::Result<usize>),
     Wrote(io::Result<usize>),
+    Flushed(io::Result<()>),
     Wake,
 }
 
-/// Opens one connection with `TCP_NODELAY`, giving up after `limit`.
-pub async fn connect(addr: &str, limit: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(limit, TcpStream::connect(addr)).await.map_err(|_| {
+/// Writes what `out` holds, or when it is empty, flushes what TLS still holds.
+async fn write_or_flush(wr: &mut (impl AsyncWrite + Unpin), out: &[u8]) -> Event {
+    match out.is_empty() {
+        false => Event::Wrote(wr.write(out).await),
+        true => Event::Flushed(wr.flush().await),
+    }
+}
+
+/// A connection to the server, with or without TLS.
+pub enum Socket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens one connection with `TCP_NODELAY` (and the TLS handshake with `tls`), giving up
+/// after `limit`.
+pub async fn connect(
+    addr: &str,
+    tls: Option<&corekv_client::Tls>,
+    limit: Duration,
+) -> io::Result<Socket> {
+    let late = || {
         io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {} ms", limit.as_millis()))
-    })??;
+    };
+    let stream =
+        tokio::time::timeout(limit, TcpStream::connect(addr)).await.map_err(|_| late())??;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    let Some(tls) = tls else { return Ok(Socket::Plain(stream)) };
+    let name = match &tls.server_name {
+        Some(name) => ServerName::try_from(name.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        None => ServerName::IpAddress(stream.peer_addr()?.ip().into()),
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let tls = tokio::time::timeout(limit, connector.connect(name, stream))
+        .await
+        .map_err(|_| late())??;
+    Ok(Socket::Tls(Box::new(tls)))
 }

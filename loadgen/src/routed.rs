@@ -41,6 +41,7 @@ pub async fn client_for(cfg: &Config) -> Result<Option<Client>, RunError> {
         cluster_routing: true,
         shard_aware: false,
         consistency: cfg.consistency.wire(),
+        tls: cfg.tls.clone(),
         ..ClientConfig::default()
     };
     // `auto` asks with a short timeout: a node that does not answer is benchmarked as is.

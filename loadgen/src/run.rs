@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, Protocol};
-use crate::connection::{self, Connection, Plan, Setup, Source, Totals};
+use crate::connection::{self, Connection, Plan, Setup, Socket, Source, Totals};
 use crate::protocol::Driver;
 use crate::protocol::native::Native;
 use crate::protocol::resp::Resp;
@@ -71,7 +71,7 @@ pub async fn run(cfg: &Config) -> Result<Summary, RunError> {
 /// How a phase's connections reach the server.
 enum Transport {
     /// A socket each, opened up front.
-    Raw(Vec<tokio::net::TcpStream>),
+    Raw(Vec<Socket>),
     /// One client routing by the cluster's map, shared.
     Routed(corekv_client::Client),
 }
@@ -117,17 +117,16 @@ async fn run_with<D: Driver + Default>(
 }
 
 /// Opens every connection of a phase, failing on the first that cannot be opened.
-async fn connect_all(cfg: &Config) -> Result<Vec<tokio::net::TcpStream>, RunError> {
+async fn connect_all(cfg: &Config) -> Result<Vec<Socket>, RunError> {
     let mut set = JoinSet::new();
     for index in 0..cfg.connections as usize {
-        let addr = cfg.addr.clone();
+        let (addr, tls) = (cfg.addr.clone(), cfg.tls.clone());
         set.spawn(async move {
-            let r = connection::connect(&addr, connection::CONNECT_TIMEOUT).await;
+            let r = connection::connect(&addr, tls.as_ref(), connection::CONNECT_TIMEOUT).await;
             (index, r)
         });
     }
-    let mut streams: Vec<Option<tokio::net::TcpStream>> =
-        (0..cfg.connections).map(|_| None).collect();
+    let mut streams: Vec<Option<Socket>> = (0..cfg.connections).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
         let (index, result) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let stream =
@@ -186,6 +185,7 @@ async fn preload<D: Driver + Default>(
         let setup = Setup {
             index,
             addr: cfg.addr.clone(),
+            tls: cfg.tls.clone(),
             source: Source::Keys {
                 next: index as u64,
                 step: u64::from(cfg.connections),
@@ -248,6 +248,7 @@ async fn measured_run<D: Driver + Default>(
         let setup = Setup {
             index,
             addr: cfg.addr.clone(),
+            tls: cfg.tls.clone(),
             source: Source::Mix(workload),
             schedule,
             window: cfg.pipeline as usize,

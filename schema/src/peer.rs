@@ -79,6 +79,8 @@ pub struct JoinInfo {
     pub map_version: u64,
     pub partitions: u32,
     pub replication_factor: u32,
+    /// What every `Hello` in this cluster carries.
+    pub cluster_id: u64,
 }
 
 /// What a node tells its peers of itself twice a second.
@@ -196,6 +198,7 @@ pub fn encode(message: &PeerMessage) -> Vec<u8> {
                 map_version: info.map_version,
                 partitions: info.partitions,
                 replication_factor: info.replication_factor,
+                cluster_id: info.cluster_id,
             };
             (fb::Body::JoinInfo, fb::JoinInfo::create(&mut fbb, &args).as_union_value())
         }
@@ -302,6 +305,7 @@ pub fn decode(frame: &Bytes) -> Result<PeerMessage, String> {
             map_version: j.map_version(),
             partitions: j.partitions(),
             replication_factor: j.replication_factor(),
+            cluster_id: j.cluster_id(),
         }));
     }
     Err(format!("peer frame with unknown body type {}", root.body_type().0))
@@ -352,6 +356,7 @@ mod tests {
                 map_version: 12,
                 partitions: 8,
                 replication_factor: 3,
+                cluster_id: 0x1234_5678_9abc,
             }),
             PeerMessage::Report(NodeReport {
                 from_node: 3,

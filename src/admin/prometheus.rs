@@ -53,7 +53,7 @@ fn summary(
 
 /// Cluster mode's Raft families, appended to the node's exposition.
 pub fn render_raft(out: &mut String, c: &crate::cluster::CounterValues, led: usize, held: usize) {
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "corekv_raft_proposals_total",
             "Writes proposed to a Raft group this node leads.",
@@ -89,6 +89,16 @@ pub fn render_raft(out: &mut String, c: &crate::cluster::CounterValues, led: usi
             "corekv_raft_link_frames_dropped_total",
             "Raft frames dropped because a node link was down or full.",
             c.link_frames_dropped,
+        ),
+        (
+            "corekv_raft_messages_refused_total",
+            "Peers' Raft messages refused (malformed or hostile), each logged.",
+            c.messages_refused,
+        ),
+        (
+            "corekv_raft_inbox_dropped_total",
+            "Peers' Raft messages dropped because a core's inbox was full (Raft resends).",
+            c.inbox_dropped,
         ),
     ];
     families(out, "counter", &counters);

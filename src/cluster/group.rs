@@ -18,7 +18,9 @@
 //! all its groups, waits once for its log, then finishes every group's round.
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
 
 use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage};
 
@@ -96,6 +98,62 @@ pub struct Group<S: GroupStore> {
     pub snapshot_stall_ticks: u32,
     /// Ticks since a leader's message last reached this replica (see [`SILENT_TICKS`]).
     silent: u32,
+}
+
+/// What [`Group::step`] did with a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stepped {
+    Done,
+    /// Not stepped: raft-rs would have aborted on it.
+    Refused(String),
+    /// raft-rs panicked on it: the group must be rebuilt from its store.
+    Panicked(String),
+}
+
+thread_local! {
+    static STEPPING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is stepping a peer's message into raft-rs: a panic there is that
+/// message's doing, and the node's panic hook lets it unwind to [`Group::step`] (which
+/// refuses the message) rather than abort the node.
+pub fn stepping() -> bool {
+    STEPPING.get()
+}
+
+/// What makes a membership one raft-rs cannot restore (it aborts on it): none of it is
+/// what a correct leader sends.
+fn conf_state_flaw(cs: &ConfState) -> Option<&'static str> {
+    let voters = |id: &u64| cs.voters.contains(id);
+    if cs.voters.is_empty() {
+        return Some("no voters");
+    }
+    if cs.learners.iter().any(|id| voters(id) || cs.voters_outgoing.contains(id)) {
+        return Some("a learner is also a voter");
+    }
+    if cs.learners_next.iter().any(|id| !cs.voters_outgoing.contains(id) || voters(id)) {
+        return Some("a next learner outside the outgoing voters");
+    }
+    if cs.learners_next.iter().any(|id| cs.learners.contains(id)) {
+        return Some("a next learner is already a learner");
+    }
+    if cs.auto_leave && cs.voters_outgoing.is_empty() {
+        return Some("auto-leave without a joint membership");
+    }
+    let mut seen = std::collections::HashSet::new();
+    let all = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing);
+    if cs.voters.iter().chain(&cs.learners).any(|id| !seen.insert(*id))
+        || all.clone().any(|id| *id == 0)
+    {
+        return Some("a replica listed twice, or replica 0");
+    }
+    for list in [&cs.voters_outgoing, &cs.learners_next] {
+        let distinct: std::collections::HashSet<_> = list.iter().collect();
+        if distinct.len() != list.len() {
+            return Some("an outgoing voter or next learner listed twice");
+        }
+    }
+    None
 }
 
 /// Raft timing in ticks. A tick is `--raft-tick-ms`; elections start after a randomized
@@ -188,12 +246,98 @@ impl<S: GroupStore> Group<S> {
         }
     }
 
-    pub fn step(&mut self, message: Message) -> raft::Result<()> {
+    /// Steps a peer's message into raft-rs. A message raft-rs would abort on is refused
+    /// first ([`Group::refusal`]); should one still make raft-rs panic, the panic is caught
+    /// and reported, and the owner must rebuild this group from its store
+    /// ([`Group::into_store`]): raft-rs's memory may be half changed.
+    pub fn step(&mut self, message: Message) -> Stepped {
         use raft::eraftpb::MessageType::*;
+        if let Some(why) = self.refusal(&message) {
+            return Stepped::Refused(why);
+        }
         if matches!(message.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot) {
             self.silent = 0;
         }
-        self.node.step(message)
+        STEPPING.set(true);
+        let stepped = panic::catch_unwind(AssertUnwindSafe(|| self.node.step(message)));
+        STEPPING.set(false);
+        match stepped {
+            // raft-rs's own errors here (a message from an unknown peer, a proposal dropped)
+            // are its way of ignoring the message.
+            Ok(_) => Stepped::Done,
+            Err(cause) => {
+                let text = cause
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| cause.downcast_ref::<&str>().map(|s| s.to_string()));
+                Stepped::Panicked(text.unwrap_or_else(|| "raft-rs panicked".into()))
+            }
+        }
+    }
+
+    /// Why raft-rs must not see `m`: the shapes of message it aborts on (`fatal!`), which no
+    /// correct peer sends. `None` when it may step.
+    pub fn refusal(&self, m: &Message) -> Option<String> {
+        use raft::eraftpb::MessageType::*;
+        let log = &self.node.raft.raft_log;
+        let kind = m.get_msg_type();
+        // raft-rs makes these for itself, or forwards them only where this node never asks
+        // it to (proposals and reads go to leaders): from a peer, a proposal would put
+        // anything in the log.
+        let local = [
+            MsgHup,
+            MsgBeat,
+            MsgPropose,
+            MsgSnapStatus,
+            MsgTransferLeader,
+            MsgReadIndex,
+            MsgReadIndexResp,
+            MsgUnreachable,
+            MsgCheckQuorum,
+        ];
+        if local.contains(&kind) {
+            return Some(format!("{kind:?} is not a peer's message"));
+        }
+        // raft-rs takes a message without a term for a local one, skipping every term check.
+        if m.term == 0 {
+            return Some(format!("{kind:?} without a term"));
+        }
+        if kind == MsgHeartbeat && m.commit > log.last_index() {
+            // A leader commits a follower only up to what it matched, which this replica
+            // holds: the heartbeat is stale or forged.
+            return Some(format!("heartbeat commits {} past the log's end", m.commit));
+        }
+        if kind == MsgAppend {
+            let contiguous = m
+                .entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| m.index.checked_add(1 + i as u64) == Some(e.index));
+            if !contiguous {
+                return Some(format!("append after {} with entries out of sequence", m.index));
+            }
+            // Every entry has a term; and raft-rs reads the term of an index past the log's
+            // end as 0, so a term-0 append would "match" there and commit past the end.
+            if (m.index > 0 && m.log_term == 0) || m.entries.iter().any(|e| e.term == 0) {
+                return Some("append without terms".into());
+            }
+        }
+        if kind == MsgSnapshot {
+            let meta = m.get_snapshot().get_metadata();
+            if meta.index == 0 || meta.term == 0 {
+                return Some("snapshot without an index or term".into());
+            }
+            let cs = meta.get_conf_state();
+            if let Some(why) = conf_state_flaw(cs) {
+                return Some(format!("snapshot with a bad membership: {why}"));
+            }
+        }
+        None
+    }
+
+    /// The store, for a group rebuilt after raft-rs panicked on a message.
+    pub fn into_store(self) -> S {
+        self.node.raft.r.raft_log.store
     }
 
     pub fn is_leader(&self) -> bool {

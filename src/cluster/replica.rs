@@ -44,7 +44,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 
 use super::command::{self, Command};
-use super::group::{self, Driven, Group, GroupStore as _, incarnation, node_of};
+use super::group::{self, Driven, Group, GroupStore as _, Stepped, incarnation, node_of};
 use super::meta;
 use super::store::{self, Recovered, WalStore, members};
 use super::transport::Links;
@@ -64,6 +64,10 @@ pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A driver round longer than this is logged with where its time went: every partition of
 /// the core waits for it.
 const SLOW_ROUND: Duration = Duration::from_millis(50);
+/// Peers' Raft messages a core holds for its next round, at most.
+const INBOX_MESSAGES_MAX: usize = 32 * 1024;
+/// Encoded bytes of those messages, at most (one larger message alone is taken).
+const INBOX_BYTES_MAX: usize = 256 << 20;
 
 /// What a request queued in the driver waits for: its proposal's reply, or its read ask's
 /// go-ahead, under this id.
@@ -135,7 +139,10 @@ pub struct Replicas {
     /// Fixed election timeout, for groups made later (simulation only).
     election_tick: Option<usize>,
     applied: RefCell<HashMap<u32, u64>>,
+    /// Peers' messages for the next round, and their encoded bytes: both bounded
+    /// ([`INBOX_MESSAGES_MAX`], [`INBOX_BYTES_MAX`]); beyond, messages are dropped.
     inbox: RefCell<Vec<(u32, Message)>>,
+    inbox_bytes: Cell<usize>,
     proposals: RefCell<Vec<Proposal>>,
     read_asks: RefCell<Vec<(u32, u64)>>,
     /// Proposed entries by (partition, index): (term, wait, proposed at).
@@ -174,6 +181,7 @@ pub struct Replicas {
 
 impl Replicas {
     /// This core's groups, restored from what recovery found in its log.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &ClusterConfig,
         partitions: u32,
@@ -182,9 +190,11 @@ impl Replicas {
         recovered: HashMap<u32, Recovered>,
         data: Rc<Store>,
         limits: Limits,
+        tls: Option<Rc<crate::tls::Reloading<rustls::ClientConfig>>>,
     ) -> Result<Replicas, String> {
         let (node, nodes) = (config.node, config.nodes.clone());
-        let links = move |waits, counters| Links::start(node, &nodes, waits, counters);
+        let who = super::transport::Credentials { cluster_id: config.cluster_id, tls };
+        let links = move |waits, counters| Links::start(node, &nodes, who, waits, counters);
         Replicas::with_links(config, partitions, core, cores, recovered, data, limits, links, None)
     }
 
@@ -262,6 +272,7 @@ impl Replicas {
             election_tick,
             applied: RefCell::new(applied),
             inbox: RefCell::new(Vec::new()),
+            inbox_bytes: Cell::new(0),
             proposals: RefCell::new(Vec::new()),
             read_asks: RefCell::new(Vec::new()),
             proposed: RefCell::new(HashMap::new()),
@@ -383,8 +394,20 @@ impl Replicas {
     pub fn deliver(&self, messages: impl IntoIterator<Item = (u32, Bytes)>) {
         let mut inbox = self.inbox.borrow_mut();
         for (p, bytes) in messages {
+            let held = self.inbox_bytes.get();
+            // A message alone (a large snapshot) always fits.
+            let full = held > 0 && held + bytes.len() > INBOX_BYTES_MAX;
+            if inbox.len() >= INBOX_MESSAGES_MAX || full {
+                // A driver that fell this far behind catches up sooner without them: Raft
+                // sends again what is still needed.
+                bump(&self.counters.inbox_dropped);
+                continue;
+            }
             match Message::parse_from_bytes(&bytes) {
-                Ok(m) => inbox.push((p, m)),
+                Ok(m) => {
+                    self.inbox_bytes.set(held + bytes.len());
+                    inbox.push((p, m));
+                }
                 Err(e) => tracing::warn!(partition = p, error = %e, "undecodable raft message"),
             }
         }
@@ -725,6 +748,7 @@ pub(super) async fn round(r: &Replicas, ticking: bool) -> Result<(), String> {
     {
         let mut groups = r.groups.borrow_mut();
         let inbox = std::mem::take(&mut *r.inbox.borrow_mut());
+        r.inbox_bytes.set(0);
         for (p, m) in inbox {
             step_incoming(r, &mut groups, p, m, &mut outgoing)?;
         }
@@ -987,12 +1011,6 @@ fn step_incoming(
         slot.insert(g);
     }
     let Some(g) = groups.get_mut(&p) else { return Ok(()) };
-    if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > g.last_index() {
-        // A leader only ever commits a follower up to what it matched, which this replica
-        // holds durably: this heartbeat is stale or forged, and raft-rs would abort on it.
-        tracing::warn!(partition = p, from = m.from, commit = m.commit, "stale heartbeat dropped");
-        return Ok(());
-    }
     if let Some(at) = g.store().removed_at(m.from)
         && !members(&g.conf_state()).contains(&m.from)
     {
@@ -1000,8 +1018,63 @@ fn step_incoming(
         queue(outgoing, p, std::iter::once(notice), r);
         return Ok(());
     }
-    let _ = g.step(m);
+    if m.get_msg_type() == MessageType::MsgSnapshot
+        && let Err(why) = check_snapshot(r, p, &m)
+    {
+        bump(&r.counters.messages_refused);
+        tracing::warn!(partition = p, from = m.from, "snapshot refused: {why}");
+        return Ok(());
+    }
+    let (from, kind) = (m.from, m.get_msg_type());
+    match g.step(m) {
+        Stepped::Done => {}
+        Stepped::Refused(why) => {
+            bump(&r.counters.messages_refused);
+            tracing::warn!(partition = p, from, ?kind, "raft message refused: {why}");
+        }
+        Stepped::Panicked(why) => {
+            bump(&r.counters.messages_refused);
+            tracing::error!(
+                partition = p,
+                from,
+                ?kind,
+                "raft-rs panicked on a message ({why}); rebuilding the group from its log"
+            );
+            let old = groups.remove(&p).expect("stepped just now");
+            let (id, store) = (old.id(), old.into_store());
+            let done = r.applied.borrow().get(&p).copied().unwrap_or(0);
+            let g = rebuilt_group(id, p, store, done, r.election_tick)?;
+            groups.insert(p, g);
+        }
+    }
     Ok(())
+}
+
+/// A snapshot's data must load cleanly and hold only its own partition's keys: it is
+/// checked before raft-rs takes it, since after that it must be installed.
+fn check_snapshot(r: &Replicas, p: u32, m: &Message) -> Result<(), String> {
+    let (_, data) = split_membership(&m.get_snapshot().data);
+    let mine = |k: &[u8]| meta::partition_of(k, r.partitions) == p;
+    crate::storage::store::check_snapshot_data(&mine, &data)
+}
+
+/// A group made again over `store` (its log as persisted) after raft-rs panicked: what
+/// was only in raft-rs's memory is gone, as after a crash, and is sent again by the leader.
+fn rebuilt_group(
+    id: u64,
+    partition: u32,
+    store: WalStore,
+    applied: u64,
+    election_tick: Option<usize>,
+) -> Result<Group<WalStore>, String> {
+    let mut raft_config = group::config(id);
+    if let Some(ticks) = election_tick {
+        raft_config.min_election_tick = ticks;
+        raft_config.max_election_tick = ticks + 1;
+    }
+    raft_config.applied = applied.max(store.first_index_now() - 1).min(store.last_index_now());
+    Group::new(partition, &raft_config, store)
+        .map_err(|e| format!("partition {partition}: rebuilding after a panic: {e}"))
 }
 
 /// A replica that heard no leader for long asks every member it knows whether it is still one

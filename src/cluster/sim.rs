@@ -174,6 +174,8 @@ fn config(id: u64) -> ClusterConfig {
         consistency: ConsistencyMode::Strong,
         bootstrap: id <= FOUNDERS,
         join: None,
+        cluster_id: 1,
+        peer_tls: None,
     }
 }
 

@@ -678,4 +678,169 @@ mod tests {
         assert_eq!(s.last_index_now(), 9);
         assert_eq!(s.term(9).unwrap(), 7);
     }
+
+    /// A follower (replica 2 of 1, 2, 3) with a few committed entries, as raft-rs sees it.
+    fn follower() -> super::super::group::Group<WalStore> {
+        use super::super::group::{Group, config};
+        let f = FOUNDING_INDEX;
+        let mut s = WalStore::new(4, vec![1, 2, 3], Recovered::default(), None);
+        s.append(&[entry(f + 1, 2), entry(f + 2, 2), entry(f + 3, 2)]).unwrap();
+        s.set_hard_state(&HardState { term: 2, vote: 1, commit: f + 2, ..Default::default() })
+            .unwrap();
+        let mut c = config(2);
+        c.applied = f;
+        Group::new(4, &c, s).unwrap()
+    }
+
+    fn message(kind: raft::eraftpb::MessageType, term: u64) -> raft::eraftpb::Message {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(kind);
+        (m.from, m.to, m.term) = (1, 2, term);
+        m
+    }
+
+    #[test]
+    fn messages_raft_rs_would_abort_on_are_refused() {
+        use super::super::group::Stepped;
+        use raft::eraftpb::MessageType::*;
+        let refused = |g: &mut super::super::group::Group<WalStore>, m, what: &str| match g.step(m)
+        {
+            Stepped::Refused(why) => assert!(why.contains(what), "{why}"),
+            other => panic!("{what}: {other:?}"),
+        };
+        let mut g = follower();
+        let f = FOUNDING_INDEX;
+        let mut beat = message(MsgHeartbeat, 2);
+        beat.commit = 1 << 40;
+        refused(&mut g, beat, "past the log's end");
+        refused(&mut g, message(MsgRequestVote, 0), "without a term");
+        refused(&mut g, message(MsgRequestPreVoteResponse, 0), "without a term");
+        let mut gap = message(MsgAppend, 2);
+        (gap.index, gap.log_term) = (f + 3, 2);
+        gap.entries = vec![entry(f + 4, 2), entry(f + 6, 2)].into();
+        refused(&mut g, gap, "out of sequence");
+        let mut wrap = message(MsgAppend, 2);
+        wrap.index = u64::MAX;
+        wrap.entries = vec![entry(0, 2)].into();
+        refused(&mut g, wrap, "out of sequence");
+        for (cs, what) in [
+            (ConfState { voters: vec![], ..Default::default() }, "no voters"),
+            (ConfState { voters: vec![1, 2], learners: vec![2], ..Default::default() }, "learner"),
+            (
+                ConfState { voters: vec![1, 2], learners_next: vec![3], ..Default::default() },
+                "next",
+            ),
+            (ConfState { voters: vec![2], auto_leave: true, ..Default::default() }, "auto-leave"),
+        ] {
+            let mut snap = message(MsgSnapshot, 3);
+            let meta = snap.mut_snapshot().mut_metadata();
+            (meta.index, meta.term, meta.conf_state) = (f + 50, 3, Some(cs).into());
+            refused(&mut g, snap, what);
+        }
+        // A well-formed message still steps, and the group is intact.
+        let mut beat = message(MsgHeartbeat, 2);
+        beat.commit = f + 3;
+        assert_eq!(g.step(beat), Stepped::Done);
+        assert_eq!(g.commit_index(), f + 3);
+    }
+
+    /// Random messages of every kind, with random terms, indexes and entries: raft-rs never
+    /// takes the node down. Should one still make raft-rs panic, the group is rebuilt from
+    /// its store and goes on.
+    #[test]
+    fn random_peer_messages_never_abort() {
+        use super::super::group::{Group, Stepped, config};
+        use raft::eraftpb::MessageType;
+        for seed in crate::testing::seeds("COREKV_HOSTILE_SEED", 100) {
+            eprintln!("hostile raft messages: seed {seed} (replay: COREKV_HOSTILE_SEED={seed})");
+            let mut rng = crate::testing::Rng::new(seed);
+            let mut g = follower();
+            let (mut refused, mut panicked) = (0, 0);
+            for _ in 0..2000 {
+                use MessageType::*;
+                let peer_kinds = [
+                    MsgAppend,
+                    MsgAppendResponse,
+                    MsgRequestVote,
+                    MsgRequestVoteResponse,
+                    MsgRequestPreVote,
+                    MsgRequestPreVoteResponse,
+                    MsgSnapshot,
+                    MsgHeartbeat,
+                    MsgHeartbeatResponse,
+                    MsgTimeoutNow,
+                ];
+                let kind = match rng.percent(85) {
+                    true => peer_kinds[rng.below(peer_kinds.len() as u64) as usize],
+                    false => {
+                        protobuf::ProtobufEnum::from_i32(rng.below(20) as i32).unwrap_or_default()
+                    }
+                };
+                let small = |rng: &mut crate::testing::Rng| match rng.below(4) {
+                    0 => 0,
+                    1 => rng.next_u64(),
+                    _ => FOUNDING_INDEX + rng.below(8),
+                };
+                let term = if rng.percent(10) { 0 } else { rng.range(1, 8) };
+                let mut m = message(kind, term);
+                m.from = [1, 3, 7, 0][rng.below(4) as usize];
+                (m.index, m.log_term, m.commit) = (small(&mut rng), rng.below(8), small(&mut rng));
+                (m.reject, m.reject_hint) = (rng.percent(30), small(&mut rng));
+                let first = m.index.wrapping_add(1);
+                let n = rng.below(4);
+                m.entries = (0..n).map(|i| entry(first.wrapping_add(i), rng.below(8))).collect();
+                if kind == MessageType::MsgSnapshot {
+                    let meta = m.mut_snapshot().mut_metadata();
+                    (meta.index, meta.term) = (small(&mut rng), rng.below(8));
+                    let ids = |rng: &mut crate::testing::Rng| -> Vec<u64> {
+                        (0..rng.below(3)).map(|_| rng.below(4)).collect()
+                    };
+                    meta.conf_state = Some(ConfState {
+                        voters: ids(&mut rng),
+                        learners: ids(&mut rng),
+                        voters_outgoing: ids(&mut rng),
+                        learners_next: ids(&mut rng),
+                        auto_leave: rng.percent(20),
+                        ..Default::default()
+                    })
+                    .into();
+                }
+                match g.step(m) {
+                    Stepped::Done => {}
+                    Stepped::Refused(_) => refused += 1,
+                    Stepped::Panicked(_) => {
+                        panicked += 1;
+                        let store = g.into_store();
+                        let mut c = config(2);
+                        c.applied = FOUNDING_INDEX;
+                        g = Group::new(4, &c, store).expect("rebuilt from the store");
+                    }
+                }
+                if rng.percent(5) {
+                    // Elections too, so candidate and leader paths see the messages.
+                    (0..rng.below(25)).for_each(|_| g.tick());
+                }
+                // The driver's part of a round: install a snapshot, report persistence and
+                // what was applied.
+                if g.has_ready()
+                    && let Ok(mut d) = g.drive()
+                {
+                    let installed = d.snapshot.take().map(|snap| {
+                        let index = snap.get_metadata().index;
+                        g.store_mut().apply_snapshot(snap).expect("a checked snapshot installs");
+                        index
+                    });
+                    if let Some(n) = d.persist {
+                        g.persisted(n);
+                    }
+                    if let Some(last) = d.committed.last().map(|e| e.index).or(installed) {
+                        g.applied(last);
+                    }
+                }
+            }
+            let leader = g.is_leader();
+            eprintln!("seed {seed}: {refused} refused, {panicked} rebuilt, leading {leader}");
+            assert!(g.last_index() >= FOUNDING_INDEX + 3, "seed {seed}: the log survived");
+        }
+    }
 }

@@ -23,21 +23,38 @@ use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{Consistency, ErrorCode, Op, Reply, Request, decode_response};
 use corekv_schema::frame::take_frame;
 use corekv_schema::peer::{self, BATCH_MESSAGES_MAX, PEER_VERSION, PeerMessage, SnapshotChunk};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use futures_lite::{AsyncReadExt, future};
 use glommio::net::TcpStream;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+use rustls::ClientConfig;
 
 use super::RaftCounters;
 use crate::counters::{bump, bump_by};
+use crate::tls::{Reloading, Stream, node_name, send_all};
 use crate::waiting::{Waits, Wake};
+
+/// How a link says who it is: this cluster's id, and with peer TLS the client side of the
+/// handshake (the other node must show a certificate naming it).
+#[derive(Clone)]
+pub struct Credentials {
+    pub cluster_id: u64,
+    pub tls: Option<Rc<Reloading<ClientConfig>>>,
+}
 
 /// Frames queued per link before more are dropped (Raft) or refused (forwards).
 pub(crate) const LINK_QUEUE_FRAMES: usize = 4096;
-/// Largest peer frame read. Snapshots travel in pieces ([`SNAPSHOT_CHUNK_BYTES`]) and Raft
-/// batches are cut at [`RAFT_FRAME_BYTES`], so only a single Raft entry larger than that
-/// (a client request near the largest frame a client may send) makes a frame this big.
+/// Largest answer read on a link this node dialled (a forwarded request's reply, which may
+/// hold many values).
 pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
+
+/// Largest frame read on a link another node opened. Snapshots travel in pieces
+/// ([`SNAPSHOT_CHUNK_BYTES`]) and Raft batches are cut at [`RAFT_FRAME_BYTES`], so only a
+/// single Raft entry or a forwarded request, each at most a client's largest frame, makes a
+/// frame larger than that; a megabyte covers the envelope.
+pub fn incoming_frame_bytes_max(limits: &corekv_schema::frame::Limits) -> usize {
+    limits.frame_bytes_max.max(RAFT_FRAME_BYTES) + (1 << 20)
+}
 /// Raft messages per frame are cut at about this many bytes.
 const RAFT_FRAME_BYTES: usize = 8 << 20;
 /// Bytes of snapshot data per piece.
@@ -52,6 +69,8 @@ const SNAPSHOT_PIECES_QUEUED: usize = 4;
 /// How long a forwarded request may take before the caller gives up on it.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
+/// A node link's TLS handshake must complete within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// Frames waiting for a link's writer; bounded by [`LINK_QUEUE_FRAMES`].
@@ -113,6 +132,7 @@ struct Link {
 /// ([`Links::ensure`]).
 pub struct Links {
     node: u64,
+    credentials: Credentials,
     links: RefCell<HashMap<u64, Link>>,
     /// Forwards waiting for their answers, by id.
     pub waits: Rc<Waits<Reply>>,
@@ -129,11 +149,13 @@ impl Links {
     pub fn start(
         node: u64,
         nodes: &[(u64, SocketAddr)],
+        credentials: Credentials,
         waits: Rc<Waits<Reply>>,
         counters: Rc<RaftCounters>,
     ) -> Links {
         let links = Links {
             node,
+            credentials,
             links: RefCell::new(HashMap::new()),
             waits,
             counters,
@@ -155,7 +177,8 @@ impl Links {
         let rx = tx.clone();
         let up = Rc::new(Cell::new(false));
         let waits = self.waits.clone();
-        glommio::spawn_local(run_link(self.node, peer, addr, rx, up.clone(), waits)).detach();
+        let who = self.credentials.clone();
+        glommio::spawn_local(run_link(self.node, peer, addr, who, rx, up.clone(), waits)).detach();
         self.links.borrow_mut().insert(peer, Link { tx, up });
         tracing::info!(peer, %addr, "linking to a new member");
     }
@@ -175,7 +198,9 @@ impl Links {
             .map(|&p| (p, Link { tx: Rc::new(Outbox::default()), up: Rc::new(Cell::new(true)) }))
             .collect();
         let streams = Rc::new(Cell::new(0));
-        Links { node, links: RefCell::new(links), waits, counters, streams, simulated: true }
+        let credentials = Credentials { cluster_id: 1, tls: None };
+        let links = RefCell::new(links);
+        Links { node, credentials, links, waits, counters, streams, simulated: true }
     }
 
     /// The frames queued for `peer` (simulation).
@@ -437,19 +462,43 @@ impl SnapshotAssembly {
     }
 }
 
+/// Connects to `peer`, with the TLS handshake when node links use it.
+async fn connect(peer: u64, addr: SocketAddr, who: &Credentials) -> Result<Stream, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &who.tls else { return Ok(Stream::Plain(tcp)) };
+    let connector = futures_rustls::TlsConnector::from(tls.get());
+    let handshake = async { Some(connector.connect(node_name(peer), tcp).await) };
+    let late = async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        None
+    };
+    match future::or(handshake, late).await {
+        Some(Ok(s)) => Ok(Stream::Client(Box::new(s))),
+        Some(Err(e)) => Err(format!("TLS handshake: {e}")),
+        None => Err("TLS handshake timed out".into()),
+    }
+}
+
 async fn run_link(
     node: u64,
     peer: u64,
     addr: SocketAddr,
+    who: Credentials,
     rx: Rc<Outbox>,
     up: Rc<Cell<bool>>,
     waits: Rc<Waits<Reply>>,
 ) {
     let mut backoff = RECONNECT_MIN;
+    let mut said = String::new();
     loop {
-        let stream = match TcpStream::connect(addr).await {
+        let stream = match connect(peer, addr, &who).await {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                if e != said && !e.contains("onnection refused") {
+                    tracing::warn!(peer, %addr, error = %e, "link not made");
+                }
+                said = e;
                 // Frames queued while down are stale: Raft resends what still matters.
                 rx.clear();
                 glommio::timer::sleep(backoff).await;
@@ -457,15 +506,15 @@ async fn run_link(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        said.clear();
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let hello = peer::encode(&PeerMessage::Hello {
-            cluster_id: 0,
+            cluster_id: who.cluster_id,
             from_node: node,
             to_node: peer,
             version: PEER_VERSION,
         });
-        if writer.write_all(&hello).await.is_err() {
+        if send_all(&mut writer, &hello).await.is_err() {
             glommio::timer::sleep(backoff).await;
             continue;
         }
@@ -496,7 +545,7 @@ async fn run_link(
             loop {
                 // Whatever is queued goes out in one write.
                 let batch = rx.take().await;
-                if writer.write_all(&batch).await.is_err() {
+                if send_all(&mut writer, &batch).await.is_err() {
                     return;
                 }
             }

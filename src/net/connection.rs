@@ -30,14 +30,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use corekv_schema::codec::{Encoder, ErrorCode, Reply, decode_request};
 use corekv_schema::frame::{FrameError, take_frame};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncReadExt, future};
 
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::shard::metrics::{Metrics, OP_OTHER, op_index, result_index};
 use crate::shard::{Core, Origin, Slot};
 use crate::shutdown::Shutdown;
 use crate::time::now_ms;
+use crate::tls::{Stream, send_all};
 
 pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Replies are written out once this much has accumulated, even mid-batch.
@@ -52,11 +52,8 @@ pub(super) enum ReadOutcome {
     Stalled,
 }
 
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>) {
+pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
     let _gauge = crate::shard::ConnectionGauge::new(core.clone());
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "set_nodelay failed");
-    }
     let limits = core.limits;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -158,17 +155,17 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
 }
 
 /// Sends one final error frame (id 0) before the connection closes; a failure to send is moot.
-async fn last_word(stream: &mut TcpStream, encoder: &mut Encoder, reply: &Reply) {
+async fn last_word(stream: &mut Stream, encoder: &mut Encoder, reply: &Reply) {
     let mut out = BytesMut::new();
     encoder.response(0, reply, &mut out);
-    let _ = stream.write_all(&out).await;
+    let _ = send_all(stream, &out).await;
 }
 
 /// Writes `out` to the client and counts the bytes; false once the client is gone. Shared by
 /// the native and the Redis connection loops.
-pub(super) async fn send(stream: &mut TcpStream, out: &[u8], metrics: &Metrics) -> bool {
+pub(super) async fn send(stream: &mut Stream, out: &[u8], metrics: &Metrics) -> bool {
     metrics.add_out(out.len());
-    stream.write_all(out).await.is_ok()
+    send_all(stream, out).await.is_ok()
 }
 
 /// A connection's reply buffer (the native one is a `BytesMut`, the Redis one a `Vec`).
@@ -205,7 +202,7 @@ impl Output for Vec<u8> {
 /// Writes the replies out once they reach `OUTPUT_FLUSH_BYTES`, even mid-batch, so a pipeline
 /// of large values never builds one huge buffer. False when the client is gone.
 pub(super) async fn flush_full(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     output: &mut impl Output,
     metrics: &Metrics,
 ) -> bool {
@@ -218,7 +215,7 @@ pub(super) async fn flush_full(
 /// Writes every reply out, then releases a buffer one huge reply made grow. False when the
 /// client is gone.
 pub(super) async fn flush<O: Output>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     output: &mut O,
     metrics: &Metrics,
 ) -> bool {
@@ -236,7 +233,7 @@ pub(super) async fn flush<O: Output>(
 /// While `input` holds part of a request, that request must complete within `timeout_ms` of
 /// when it started arriving (`partial_since`); an idle connection gives way to shutdown.
 pub(super) async fn fill(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     chunk: &mut [u8],
     input: &mut BytesMut,
     partial_since: &mut Option<Instant>,
@@ -265,7 +262,7 @@ pub(super) async fn fill(
 /// Reads what is available. An idle connection gives way to shutdown; a half-received frame
 /// must complete by `deadline` (and also gives way to shutdown).
 async fn read(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     chunk: &mut [u8],
     deadline: Option<Instant>,
     shutdown: &Shutdown,

@@ -1,6 +1,9 @@
 //! Incoming links from other nodes of the cluster: the `Hello` check, then Raft traffic to
 //! the cores that own its partitions, forwarded client requests run here and answered on
 //! the same link, and peers' health reports. The outgoing side is `cluster::transport`.
+//!
+//! With peer TLS the accept loop has already checked the certificate against the cluster's
+//! CA; the `Hello` must then name a node the certificate names, and carry this cluster's id.
 
 use std::rc::Rc;
 
@@ -8,28 +11,28 @@ use bytes::BytesMut;
 use corekv_schema::codec::{Reply, decode_request};
 use corekv_schema::frame::take_frame;
 use corekv_schema::peer::{self, JoinInfo, PEER_VERSION, PeerMessage};
-use futures_lite::{AsyncWriteExt, future};
+use futures_lite::future;
 use glommio::channels::local_channel;
-use glommio::net::TcpStream;
 
 use crate::cluster::command::with_encoder;
 use crate::cluster::meta::encode_map;
 use crate::cluster::plan::{Member, Standing, encode_members};
 use crate::cluster::transport::{
-    LINK_QUEUE_FRAMES, PEER_FRAME_BYTES_MAX, SnapshotAssembly, read_some,
+    LINK_QUEUE_FRAMES, SnapshotAssembly, incoming_frame_bytes_max, read_some,
 };
 use crate::shard::{Core, Origin};
 use crate::shutdown::Shutdown;
+use crate::tls::{Stream, names_node, send_all};
 
 /// Serves one incoming link from another node.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
+pub async fn serve(core: Rc<Core>, stream: Stream, shutdown: Rc<Shutdown>) {
     let Some(replicas) = core.cluster.as_ref() else { return };
-    let _ = stream.set_nodelay(true);
+    let certificate = stream.peer_certificate();
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(LINK_QUEUE_FRAMES);
     let writing = glommio::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
+            if send_all(&mut writer, &frame).await.is_err() {
                 return;
             }
         }
@@ -39,9 +42,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
     let mut greeted_by = 0;
     let mut snapshots = SnapshotAssembly::default();
     let tx = Rc::new(tx);
+    let frame_max = incoming_frame_bytes_max(&core.limits);
     'read: loop {
         loop {
-            let frame = match take_frame(&mut buf, PEER_FRAME_BYTES_MAX) {
+            let frame = match take_frame(&mut buf, frame_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -57,7 +61,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                 }
             };
             match message {
-                PeerMessage::Hello { to_node, version, from_node, .. } => {
+                PeerMessage::Hello { to_node, version, from_node, cluster_id } => {
                     if to_node != replicas.node || version != PEER_VERSION {
                         tracing::warn!(
                             from_node,
@@ -67,8 +71,28 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, shutdown: Rc<Shutdown>) {
                         );
                         break 'read;
                     }
+                    if cluster_id != replicas.config.cluster_id {
+                        let ours = replicas.config.cluster_id;
+                        tracing::warn!(from_node, cluster_id, ours, "link from another cluster");
+                        break 'read;
+                    }
+                    if let Some(cert) = &certificate
+                        && !names_node(cert, from_node)
+                    {
+                        tracing::warn!(
+                            from_node,
+                            "link refused: the certificate does not name node-{from_node}"
+                        );
+                        break 'read;
+                    }
                     greeted = true;
                     greeted_by = from_node;
+                }
+                PeerMessage::JoinAsk { from_node }
+                    if certificate.as_ref().is_some_and(|c| !names_node(c, from_node)) =>
+                {
+                    tracing::warn!(from_node, "join refused: the certificate names another node");
+                    break 'read;
                 }
                 PeerMessage::JoinAsk { from_node } if !greeted => {
                     tracing::info!(from_node, "a joining node asked for the members and map");
@@ -162,5 +186,6 @@ fn join_info(core: &Core) -> JoinInfo {
         map_version: seen.map_version,
         partitions: core.partitions,
         replication_factor: r.config.replication_factor as u32,
+        cluster_id: r.config.cluster_id,
     }
 }

@@ -17,7 +17,6 @@ use bytes::{Bytes, BytesMut};
 use corekv_schema::codec::{
     Condition, Consistency, Durability, ErrorCode, Op, Reply, SetOp, StatsInfo,
 };
-use glommio::net::TcpStream;
 
 use super::connection::{READ_CHUNK_BYTES, ReadOutcome, fill, flush, flush_full, send};
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
@@ -29,6 +28,7 @@ use crate::shard::metrics::{OP_OTHER, OP_RMW, op_index, result_index, rss_bytes}
 use crate::shard::{Core, Origin, ScanStep, Slot};
 use crate::shutdown::Shutdown;
 use crate::time::now_ms;
+use crate::tls::Stream;
 
 /// Client ids, unique in the process (CLIENT ID, HELLO).
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -49,11 +49,8 @@ enum Pending {
 /// operation kind and start time for metrics.
 type Queued = (Pending, bool, usize, Instant);
 
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>) {
+pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
     let _gauge = crate::shard::ConnectionGauge::new(core.clone());
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "set_nodelay failed");
-    }
     let limits = core.limits;
     let parse_limits = parse::Limits {
         bulk_bytes_max: limits.frame_bytes_max,
@@ -64,7 +61,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, shutdown: Rc<Shutdown>
     };
     let mut session = Session {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-        addr: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        addr: stream.tcp().peer_addr().map(|a| a.to_string()).unwrap_or_default(),
         ..Session::default()
     };
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];

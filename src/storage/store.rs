@@ -23,6 +23,7 @@ use super::record::{self, Loc, Mutation};
 use super::wal::Wal;
 use super::{Applied, Engine, Fetch, Log};
 pub use maintain::{CheckpointExtra, Compacted, prepare_backup_dir};
+pub use replicated::check_snapshot_data;
 
 /// Log bytes appended but not yet flushed beyond which new requests wait for the log.
 const LOG_PENDING_BYTES_MAX: usize = 64 << 20;

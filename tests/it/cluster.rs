@@ -21,6 +21,7 @@ mod expiry;
 mod membership;
 mod nemesis;
 mod netns;
+mod tls;
 
 use netns::Net;
 
@@ -31,6 +32,8 @@ struct Cluster {
     dirs: Vec<PathBuf>,
     nodes: Vec<Option<Node>>,
     flags: Vec<Vec<String>>,
+    /// Flags every node gets, those that join too (`{id}` stands for the node's id).
+    extra: Vec<String>,
     /// Set when each node runs in its own network namespace.
     net: Option<Net>,
 }
@@ -72,25 +75,35 @@ impl Cluster {
             })
             .collect();
         let initial = initial.join(",");
-        let mut c =
-            Cluster { dirs: Vec::new(), nodes: Vec::new(), flags: Vec::new(), _root: root, net };
+        let mut extra: Vec<String> = ["--cores", &cores.to_string()]
+            .into_iter()
+            .chain(["--partitions", &partitions.to_string()])
+            .chain(extra.iter().copied())
+            .map(String::from)
+            .collect();
+        if net.is_some() {
+            // Nodes listen on their namespaces' addresses, not loopback: the network is the
+            // test's own, and these tests are about faults, not authentication.
+            extra.push("--insecure-peer-links".into());
+        }
+        let mut c = Cluster {
+            dirs: Vec::new(),
+            nodes: Vec::new(),
+            flags: Vec::new(),
+            extra,
+            _root: root,
+            net,
+        };
         for i in 1..=n {
             let dir = c._root.path().join(format!("n{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            let flags: Vec<String> = [
-                "--node-id",
-                &i.to_string(),
-                "--initial-cluster",
-                &initial,
-                "--cores",
-                &cores.to_string(),
-                "--partitions",
-                &partitions.to_string(),
-            ]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string())
-            .collect();
+            let flags: Vec<String> = ["--node-id", &i.to_string(), "--initial-cluster", &initial]
+                .into_iter()
+                .map(String::from)
+                .chain(c.extra.iter().cloned())
+                // `{id}` in a flag is the node's own id (its certificate, say).
+                .map(|s| s.replace("{id}", &i.to_string()))
+                .collect();
             c.dirs.push(dir);
             c.flags.push(flags);
             c.nodes.push(None);
@@ -138,7 +151,7 @@ impl Cluster {
         let flags = ["--node-id", &id.to_string(), "--join", &member, "--cluster-listen", &listen]
             .iter()
             .map(|s| s.to_string())
-            .chain(self.flags[0][4..].iter().cloned())
+            .chain(self.extra.iter().map(|f| f.replace("{id}", &id.to_string())))
             .collect();
         self.dirs.push(dir);
         self.flags.push(flags);

@@ -23,3 +23,4 @@ mod resp;
 mod rng;
 mod sdk;
 mod tidy;
+mod tls;

@@ -65,7 +65,8 @@ fn no_stubs_or_debug_macros_and_short_lines() {
 /// `schema` (the `corekv_schema` crate) is below them all; `testing` (cfg(test) helpers)
 /// may be named by any test code. docs/ARCHITECTURE.md draws the same map.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("config", &[]),
+    ("tls", &[]),
+    ("config", &["tls"]),
     ("error", &["config"]),
     ("time", &[]),
     ("counters", &[]),
@@ -74,7 +75,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("testing", &[]),
     ("resp", &[]),
     ("storage", &["config", "error", "time", "counters"]),
-    ("cluster", &["config", "error", "time", "counters", "waiting", "storage"]),
+    ("cluster", &["config", "error", "time", "counters", "waiting", "tls", "storage"]),
     (
         "shard",
         &[
@@ -82,15 +83,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cluster",
         ],
     ),
-    ("net", &["config", "error", "time", "shutdown", "resp", "shard", "cluster"]),
-    ("admin", &["config", "error", "time", "shutdown", "shard", "cluster"]),
+    ("net", &["config", "error", "time", "shutdown", "tls", "resp", "shard", "cluster"]),
+    ("admin", &["config", "error", "time", "shutdown", "tls", "shard", "cluster"]),
     ("cli", &["config"]),
     ("devcluster", &["config"]),
     (
         "node",
         &[
-            "config", "error", "time", "waiting", "shutdown", "storage", "cluster", "shard", "net",
-            "admin",
+            "config", "error", "time", "waiting", "shutdown", "tls", "storage", "cluster", "shard",
+            "net", "admin",
         ],
     ),
 ];

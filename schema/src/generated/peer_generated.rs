@@ -1106,6 +1106,7 @@ impl<'a> JoinInfo<'a> {
   pub const VT_MAP_VERSION: ::flatbuffers::VOffsetT = 8;
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
   pub const VT_REPLICATION_FACTOR: ::flatbuffers::VOffsetT = 12;
+  pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1117,6 +1118,7 @@ impl<'a> JoinInfo<'a> {
     args: &'args JoinInfoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<JoinInfo<'bldr>> {
     let mut builder = JoinInfoBuilder::new(_fbb);
+    builder.add_cluster_id(args.cluster_id);
     builder.add_map_version(args.map_version);
     builder.add_replication_factor(args.replication_factor);
     builder.add_partitions(args.partitions);
@@ -1163,6 +1165,14 @@ impl<'a> JoinInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(JoinInfo::VT_REPLICATION_FACTOR, Some(0)).unwrap()}
   }
+  /// The id every node's Hello must carry.
+  #[inline]
+  pub fn cluster_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(JoinInfo::VT_CLUSTER_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for JoinInfo<'_> {
@@ -1176,6 +1186,7 @@ impl ::flatbuffers::Verifiable for JoinInfo<'_> {
      .visit_field::<u64>("map_version", Self::VT_MAP_VERSION, false)?
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<u32>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
+     .visit_field::<u64>("cluster_id", Self::VT_CLUSTER_ID, false)?
      .finish();
     Ok(())
   }
@@ -1186,6 +1197,7 @@ pub struct JoinInfoArgs<'a> {
     pub map_version: u64,
     pub partitions: u32,
     pub replication_factor: u32,
+    pub cluster_id: u64,
 }
 impl<'a> Default for JoinInfoArgs<'a> {
   #[inline]
@@ -1196,6 +1208,7 @@ impl<'a> Default for JoinInfoArgs<'a> {
       map_version: 0,
       partitions: 0,
       replication_factor: 0,
+      cluster_id: 0,
     }
   }
 }
@@ -1226,6 +1239,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(JoinInfo::VT_REPLICATION_FACTOR, replication_factor, 0);
   }
   #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: u64) {
+    self.fbb_.push_slot::<u64>(JoinInfo::VT_CLUSTER_ID, cluster_id, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> JoinInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     JoinInfoBuilder {
@@ -1248,6 +1265,7 @@ impl ::core::fmt::Debug for JoinInfo<'_> {
       ds.field("map_version", &self.map_version());
       ds.field("partitions", &self.partitions());
       ds.field("replication_factor", &self.replication_factor());
+      ds.field("cluster_id", &self.cluster_id());
       ds.finish()
   }
 }

@@ -158,3 +158,32 @@ impl Store {
         Ok(log.last)
     }
 }
+
+/// Checks snapshot `data` before it is taken: it must be whole records, each the clock, or
+/// a put or a delete of a key `mine` accepts (one partition's snapshot writes no other's).
+pub fn check_snapshot_data(mine: &dyn Fn(&[u8]) -> bool, data: &Bytes) -> Result<(), String> {
+    let mut flaw = None;
+    let ending = record::scan(
+        data,
+        false,
+        |m, _| {
+            if flaw.is_some() {
+                return;
+            }
+            match &m {
+                // The clock rides with the partition its (empty) key falls in.
+                Mutation::Clock { .. } => {}
+                Mutation::Put { .. } | Mutation::Delete { .. } if mine(m.key()) => {}
+                Mutation::Put { .. } | Mutation::Delete { .. } => {
+                    flaw = Some("a key of another partition".to_string());
+                }
+                _ => flaw = Some("a record that is not a put or a delete".to_string()),
+            }
+        },
+        |_, _, _| {},
+    );
+    if ending != record::Ending::Clean {
+        return Err(format!("damaged data ({ending:?})"));
+    }
+    flaw.map_or(Ok(()), Err)
+}
