@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# TLS against plaintext, in the same run: one corekv node pinned to CPU 0 (`--cores 1`,
-# memory only so the front end is what is measured), corekv-loadgen pinned to CPU 1, 50
-# connections at pipeline 1 and 16, 50-byte keys, 500-byte values, 100k keys preloaded. The
-# node is started twice on the same data shape, once plaintext and once with --tls-cert
-# (certificates from tuning/make-certs.sh); server CPU is read from /proc over each run.
+# TLS, and authentication with authorization, against plaintext, in the same run: one corekv
+# node pinned to CPU 0 (`--cores 1`, memory only so the front end is what is measured),
+# corekv-loadgen pinned to CPU 1, 50 connections at pipeline 1 and 16, 50-byte keys,
+# 500-byte values, 100k keys preloaded. The node is started three times on the same data
+# shape: plaintext; with --tls-cert (certificates from tuning/make-certs.sh); and plaintext
+# with --requirepass, every connection authenticated and every request checked. Server CPU
+# is read from /proc over each run.
 #
 # usage: bench/tls.sh [SECONDS_PER_SHAPE]    (default 10; needs openssl)
 set -euo pipefail
@@ -18,12 +20,16 @@ bin=target/release
 bash tuning/make-certs.sh "$work/certs" 1 >/dev/null
 
 declare -A result
-for mode in plain tls; do
+for mode in plain tls auth; do
   port=$(free_port)
   tls_node=(); tls_client=()
   if [ "$mode" = tls ]; then
     tls_node=(--tls-cert "$work/certs/node-1.pem" --tls-key "$work/certs/node-1.key")
     tls_client=(--tls-ca "$work/certs/ca.pem")
+  fi
+  if [ "$mode" = auth ]; then
+    tls_node=(--requirepass bench-secret)
+    tls_client=(--password bench-secret)
   fi
   rm -rf "$work/data"
   taskset -c 0 "$bin/corekv" serve --cores 1 --durability none --resp-listen off \
@@ -61,5 +67,16 @@ for pipeline in 1 16; do
     read -r to tp50 tp99 tp999 tcpu <<<"${result[tls,$op,$pipeline]}"
     ratio=$(awk -v a="$to" -v b="$po" 'BEGIN{printf "%.2f", a/b}')
     echo "| ${op^^} c50 P$pipeline | $po | $to | $ratio | $pp50/$pp99/$pp999 | $tp50/$tp99/$tp999 | $pcpu | $tcpu |"
+  done
+done
+echo
+echo "| Shape | Plain ops/s | Authenticated ops/s | Auth / plain | Auth p50/p99/p999 µs | Plain CPU µs/req | Auth CPU µs/req |"
+echo "|---|---|---|---|---|---|---|"
+for pipeline in 1 16; do
+  for op in get set; do
+    read -r po pp50 pp99 pp999 pcpu <<<"${result[plain,$op,$pipeline]}"
+    read -r ao ap50 ap99 ap999 acpu <<<"${result[auth,$op,$pipeline]}"
+    ratio=$(awk -v a="$ao" -v b="$po" 'BEGIN{printf "%.2f", a/b}')
+    echo "| ${op^^} c50 P$pipeline | $po | $ao | $ratio | $ap50/$ap99/$ap999 | $pcpu | $acpu |"
   done
 done

@@ -149,7 +149,17 @@ impl hyper::rt::Timer for LocalTimer {
 
 /// Serves one HTTP connection (keep-alive) until the client closes or the node shuts down.
 pub async fn serve(core: Rc<Core>, stream: Stream, shutdown: Rc<Shutdown>) {
-    let _gauge = crate::shard::ConnectionGauge::new(core.clone());
+    let Some(_gauge) = crate::shard::ConnectionGauge::new(core.clone()) else {
+        let mut stream = stream;
+        let body = r#"{"success":false,"error":"max number of clients reached"}"#;
+        let refusal = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = crate::tls::send_all(&mut stream, refusal.as_bytes()).await;
+        return;
+    };
     let header_timeout = Duration::from_millis(core.node.partial_frame_timeout_ms);
     let service = hyper::service::service_fn(move |request| {
         let core = core.clone();

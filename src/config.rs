@@ -50,6 +50,8 @@ pub enum DurabilityMode {
 }
 
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
+/// Client connections a node holds at most, unless `--max-connections` says otherwise.
+pub const MAX_CONNECTIONS_DEFAULT: u64 = 10_000;
 pub const CHECKPOINT_INTERVAL_S_DEFAULT: u64 = 300;
 /// Smallest log segment: below this, rolling to a new file would dominate the write path.
 pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
@@ -275,6 +277,25 @@ pub struct ServeArgs {
     /// the port can then act as a node. Without it, such a node refuses to start
     #[arg(long)]
     pub insecure_peer_links: bool,
+    /// The `default` user's password, as Redis's requirepass: every connection must then
+    /// authenticate (AUTH, HELLO AUTH, the native Authenticate, HTTP Bearer). Users made
+    /// with ACL SETUSER are kept in the data directory (in a cluster, the metadata group)
+    /// [default: none: the default user needs no password]
+    #[arg(long, value_name = "PASS")]
+    pub requirepass: Option<String>,
+    /// Where backups may be written: a Backup's directory must be under it
+    /// [default: none: backups are refused]
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Most client connections (native, Redis and HTTP together) the node holds; more are
+    /// refused with an error [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Host names the HTTP API answers to (comma-separated; `*` for any). Requests naming
+    /// another host are refused, so a web page cannot reach the API by DNS rebinding
+    /// [default: none: IP addresses and localhost only]
+    #[arg(long, value_name = "NAMES")]
+    pub http_allowed_hosts: Option<String>,
 }
 
 /// The keys of the `--config` file: the flags of [`ServeArgs`] without `config`.
@@ -321,6 +342,10 @@ struct FileConfig {
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
     insecure_peer_links: Option<bool>,
+    requirepass: Option<String>,
+    backup_dir: Option<PathBuf>,
+    max_connections: Option<u64>,
+    http_allowed_hosts: Option<String>,
 }
 
 /// A fully resolved, validated node configuration.
@@ -358,6 +383,10 @@ pub struct Config {
     pub partial_frame_timeout_ms: u64,
     /// TLS on the native, Redis and HTTP ports; `None`: plaintext.
     pub tls: Option<crate::tls::ServerFiles>,
+    pub requirepass: Option<String>,
+    pub backup_dir: Option<PathBuf>,
+    pub max_connections: u64,
+    pub http_allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -507,6 +536,23 @@ impl Config {
                 .or(file.partial_frame_timeout_ms)
                 .unwrap_or(PARTIAL_FRAME_TIMEOUT_MS_DEFAULT),
             tls,
+            requirepass: args.requirepass.clone().or(file.requirepass.clone()),
+            backup_dir: args.backup_dir.clone().or(file.backup_dir.clone()),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(MAX_CONNECTIONS_DEFAULT),
+            http_allowed_hosts: args
+                .http_allowed_hosts
+                .clone()
+                .or(file.http_allowed_hosts.clone())
+                .map(|list| {
+                    list.split(',')
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -523,6 +569,12 @@ impl Config {
         }
         if self.partitions == 0 {
             return Err(invalid("partitions", 0, "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", 0, "must be at least 1"));
+        }
+        if self.requirepass.as_deref() == Some("") {
+            return Err(invalid("requirepass", "", "must not be empty"));
         }
         // Raft's votes and log must be on disk before a node answers for them; periodic
         // syncing would stall every Raft round for the interval, and none forgets votes.

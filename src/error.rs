@@ -39,6 +39,8 @@ pub enum NodeError {
     Removed { path: PathBuf, node: u64, why: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("users: {0}")]
+    Users(String),
     #[error("joining through {member}: {why}")]
     Join { member: String, why: String },
 }

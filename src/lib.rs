@@ -11,7 +11,7 @@
 //! - [`storage`]: the `Engine` seam, [`storage::MemEngine`], the write-ahead log, recovery,
 //!   checkpoints, and [`storage::store::Store`]: a core's data and everything done to it.
 //! - [`config`], [`error`], [`time`], [`waiting`], [`shutdown`], [`tls`], [`resp`] (Redis
-//!   commands as plans over native operations): leaves.
+//!   commands as plans over native operations), [`auth`] (users, permissions): leaves.
 //! - `corekv_schema` (crate `schema/`): the wire protocol, framing and key placement.
 //!
 //! `tests/it/tidy.rs` checks the layers and that no two files import each other, directly
@@ -23,6 +23,7 @@
 //! between cores: no `Mutex`, no `Arc<RwLock>`; cores talk only over bounded channels.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

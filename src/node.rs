@@ -81,6 +81,12 @@ pub fn run(mut config: Config) -> Result<(), NodeError> {
         return Err(NodeError::TooManyCores { wanted: cores, available: cpus.len() });
     }
     let reloads = check_tls(&config)?;
+    // A cluster's users come from its metadata group, read once the node runs.
+    let users = match config.cluster {
+        Some(_) => None,
+        None => crate::shard::users::load(&config.data_dir).map_err(NodeError::Users)?,
+    };
+    let users = users.unwrap_or_else(|| crate::auth::Users::with_default(None));
     let io_memory_bytes = raise_memlock(cores)?;
     if config.durability != DurabilityMode::None {
         check_layout(&config.data_dir, &layout(&config, cores))?;
@@ -121,6 +127,12 @@ pub fn run(mut config: Config) -> Result<(), NodeError> {
         durability: format!("{:?}", config.durability).to_lowercase(),
         peers: Default::default(),
         view: Default::default(),
+        users: crate::auth::Registry::new(users, config.requirepass.clone()),
+        backup_dir: config.backup_dir.clone(),
+        http_allowed_hosts: config.http_allowed_hosts.clone(),
+        clients: Default::default(),
+        max_connections: config.max_connections,
+        clients_refused: Default::default(),
     });
     let meshes = MeshBuilders::new(cores, config.mesh_capacity_messages);
     let draining = Arc::new(AtomicUsize::new(cores));

@@ -28,9 +28,11 @@ mod rpc;
 mod serve;
 pub mod status;
 pub mod topology;
+pub mod users;
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::Instant;
@@ -52,14 +54,23 @@ use crate::waiting::Waits;
 pub use mesh::{Answer, Call, Done, Mesh, Origin, ScanStep, Work};
 pub use serve::spawn_mesh_tasks;
 
-/// Keeps the per-core connection gauge right on every exit path.
+/// Keeps the connection gauges (this core's, and the node's against `--max-connections`)
+/// right on every exit path.
 pub struct ConnectionGauge(Rc<Core>);
 
 impl ConnectionGauge {
-    pub fn new(core: Rc<Core>) -> ConnectionGauge {
+    /// Counts a new client connection; `None` when the node holds `--max-connections`
+    /// already (the caller refuses it in its protocol's words, and closes).
+    pub fn new(core: Rc<Core>) -> Option<ConnectionGauge> {
+        let node = &core.node;
+        if node.clients.fetch_add(1, Ordering::AcqRel) >= node.max_connections {
+            node.clients.fetch_sub(1, Ordering::AcqRel);
+            node.clients_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let c = &core.counters.connections;
         c.set(c.get() + 1);
-        ConnectionGauge(core)
+        Some(ConnectionGauge(core))
     }
 }
 
@@ -67,6 +78,7 @@ impl Drop for ConnectionGauge {
     fn drop(&mut self) {
         let c = &self.0.counters.connections;
         c.set(c.get() - 1);
+        self.0.node.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -97,6 +109,20 @@ pub struct NodeInfo {
     pub peers: crate::cluster::health::Board,
     /// Cluster mode: the members and the membership operation, as last read.
     pub view: crate::cluster::plan::View,
+    /// Users and permissions (`auth`): from the data directory, or in a cluster from the
+    /// metadata group.
+    pub users: crate::auth::Registry,
+    /// `--backup-dir`: backups go only under it (`None`: backups are refused).
+    pub backup_dir: Option<std::path::PathBuf>,
+    /// `--http-allowed-hosts`: host names the HTTP API answers to besides IP addresses and
+    /// localhost.
+    pub http_allowed_hosts: Vec<String>,
+    /// Client connections open on the node (every core's, every protocol's), at most
+    /// `max_connections`; touched once per connection, never per request.
+    pub clients: std::sync::atomic::AtomicU64,
+    pub max_connections: u64,
+    /// Connections refused for `max_connections`.
+    pub clients_refused: std::sync::atomic::AtomicU64,
 }
 
 pub struct Core {

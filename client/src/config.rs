@@ -51,6 +51,31 @@ pub struct ClientConfig {
     pub consistency: Consistency,
     /// TLS to every node (`None`: plaintext). See [`Tls::from_pem_files`].
     pub tls: Option<Tls>,
+    /// Who to be on a node that requires authentication (`--requirepass`, ACL users): every
+    /// connection sends `Authenticate` first and fails with
+    /// `Error::Server { code: ErrorCode::Unauthenticated, .. }` when refused. `None`: the
+    /// default user without a password.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Credentials {
+    /// The `default` user with `password` (a node's `--requirepass`).
+    pub fn password(password: &str) -> Credentials {
+        Credentials { user: "default".into(), password: password.into() }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 /// TLS settings: the CA that signed the nodes' certificates, and optionally this client's
@@ -127,6 +152,7 @@ impl Default for ClientConfig {
             durability: Durability::Default,
             consistency: Consistency::Default,
             tls: None,
+            credentials: None,
         }
     }
 }

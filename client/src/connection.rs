@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use corekv_schema::codec::{Consistency, Durability, Encoder, Op, Reply, Request, decode_response};
+use corekv_schema::codec::{
+    Consistency, Durability, Encoder, Op, Reply, Request, Response, decode_response,
+};
 use corekv_schema::frame::{PREFIX_BYTES, take_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -156,6 +158,11 @@ impl Shared {
     fn deliver(&self, frame: &Bytes) -> std::result::Result<(), CloseReason> {
         let decoded = decode_response(frame);
         let Some(waiter) = lock(&self.queue).waiters.pop_front() else {
+            if let Ok(Response { id: 0, reply: Reply::Error(e), .. }) = &decoded {
+                // Refused before any request (too many clients, shutting down).
+                let why = format!("the node closed the connection: {}", e.message);
+                return Err(CloseReason::Protocol(why));
+            }
             let id = decoded.map(|r| r.id.to_string()).unwrap_or_else(|_| "?".into());
             return Err(CloseReason::Protocol(format!(
                 "response id {id} arrived with no request outstanding"
@@ -165,6 +172,13 @@ impl Shared {
             Ok(response) if response.id == waiter.id => {
                 let _ = waiter.reply.send(Ok(response.reply));
                 return Ok(());
+            }
+            // Id 0: the node's last word before it closes (shutting down, too many clients).
+            Ok(response) if response.id == 0 && matches!(response.reply, Reply::Error(_)) => {
+                let Reply::Error(e) = response.reply else { unreachable!("matched") };
+                let message = format!("the node closed the connection: {}", e.message);
+                let _ = waiter.reply.send(Err(e.into()));
+                return Err(CloseReason::Protocol(message));
             }
             Ok(response) => format!(
                 "response id {} does not match request id {} at the head of the queue",
@@ -238,7 +252,7 @@ impl Connection {
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(run_reader(shared.clone(), read, config.frame_bytes_max));
         let writer = tokio::spawn(run_writer(shared.clone(), outgoing_rx, write));
-        Ok(Connection {
+        let connection = Connection {
             addr,
             shared,
             outgoing,
@@ -249,7 +263,12 @@ impl Connection {
             consistency: config.consistency,
             reader,
             writer,
-        })
+        };
+        if let Some(c) = &config.credentials {
+            let op = Op::Authenticate { user: c.user.clone(), password: c.password.clone().into() };
+            crate::error::check(connection.send(op).await?)?;
+        }
+        Ok(connection)
     }
 
     pub fn addr(&self) -> SocketAddr {

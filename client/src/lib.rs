@@ -66,7 +66,7 @@ mod tests;
 
 pub use aio::Client;
 pub use bytes::Bytes;
-pub use config::{ClientConfig, IN_FLIGHT_MAX, POOL_SIZE_MAX, Tls};
+pub use config::{ClientConfig, Credentials, IN_FLIGHT_MAX, POOL_SIZE_MAX, Tls};
 pub use connection::{Connection, WRITE_COALESCE_BYTES_MAX};
 pub use corekv_schema::codec::{
     Condition, Consistency, CoreStats, Durability, ErrorCode, Expected, NodeAddress, Op,

@@ -137,6 +137,15 @@ pub struct Cli {
     /// of --addr]
     #[arg(long, value_name = "NAME", requires = "tls_ca")]
     pub tls_server_name: Option<String>,
+
+    /// Authenticate every connection as this user (AUTH on RESP, Authenticate on the native
+    /// protocol) [default: default, when --password is given]
+    #[arg(long, value_name = "NAME", requires = "password")]
+    pub user: Option<String>,
+
+    /// The password to authenticate with (a node's --requirepass, or --user's)
+    #[arg(long, value_name = "PASS")]
+    pub password: Option<String>,
 }
 
 /// Where native requests are sent.
@@ -310,6 +319,25 @@ pub struct Config {
     /// Whether the connections speak TLS.
     #[serde(serialize_with = "is_some")]
     pub tls: Option<corekv_client::Tls>,
+    /// Who the connections authenticate as (the password is never written out).
+    pub user: Option<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
+impl Config {
+    /// The login every raw connection makes first, if any.
+    pub fn login(&self) -> Option<crate::connection::Login> {
+        let password = self.password.clone()?;
+        let user = self.user.clone().unwrap_or_else(|| "default".into());
+        Some(crate::connection::Login { resp: self.protocol == Protocol::Resp, user, password })
+    }
+
+    /// The SDK's credentials, for the routed transport.
+    pub fn credentials(&self) -> Option<corekv_client::Credentials> {
+        let login = self.login()?;
+        Some(corekv_client::Credentials { user: login.user, password: login.password })
+    }
 }
 
 fn is_some<S: serde::Serializer, T>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -357,6 +385,11 @@ impl Config {
         };
         Ok(Config {
             tls,
+            user: cli
+                .password
+                .as_ref()
+                .map(|_| cli.user.clone().unwrap_or_else(|| "default".into())),
+            password: cli.password.clone(),
             addr: cli.addr.clone(),
             protocol: cli.protocol,
             connections: cli.connections,

@@ -156,6 +156,7 @@ pub struct Setup {
     pub index: usize,
     pub addr: String,
     pub tls: Option<corekv_client::Tls>,
+    pub login: Option<Login>,
     pub source: Source,
     /// `Some` for an open loop.
     pub schedule: Option<Schedule>,
@@ -243,7 +244,8 @@ impl<D: Driver + Default> Connection<D> {
                 return None;
             }
             let limit = CONNECT_TIMEOUT.min(self.setup.plan.send_end - now);
-            match connect(&self.setup.addr, self.setup.tls.as_ref(), limit).await {
+            let (tls, login) = (self.setup.tls.as_ref(), self.setup.login.as_ref());
+            match connect(&self.setup.addr, tls, login, limit).await {
                 Ok(s) => {
                     eprintln!("connection {n}: reconnected");
                     return Some(s);
@@ -504,8 +506,72 @@ impl AsyncWrite for Socket {
 pub async fn connect(
     addr: &str,
     tls: Option<&corekv_client::Tls>,
+    login: Option<&Login>,
     limit: Duration,
 ) -> io::Result<Socket> {
+    let mut socket = open(addr, tls, limit).await?;
+    if let Some(login) = login {
+        tokio::time::timeout(limit, login.run(&mut socket))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the login"))??;
+    }
+    Ok(socket)
+}
+
+/// Who a connection authenticates as, before its first request (`--user`, `--password`).
+#[derive(Clone, Debug)]
+pub struct Login {
+    pub resp: bool,
+    pub user: String,
+    pub password: String,
+}
+
+impl Login {
+    /// `AUTH user pass` (RESP) or `Authenticate` (native), and its answer.
+    async fn run(&self, socket: &mut Socket) -> io::Result<()> {
+        let refused = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+        let mut out = BytesMut::new();
+        if self.resp {
+            out.extend_from_slice(b"*3\r\n$4\r\nAUTH\r\n");
+            for arg in [&self.user, &self.password] {
+                out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+            }
+        } else {
+            let op = corekv_schema::codec::Op::Authenticate {
+                user: self.user.clone(),
+                password: self.password.clone().into(),
+            };
+            let request = corekv_schema::codec::Request::new(0, op);
+            corekv_schema::codec::Encoder::new().request(&request, &mut out);
+        }
+        socket.write_all(&out).await?;
+        socket.flush().await?;
+        let mut inb = BytesMut::with_capacity(1024);
+        loop {
+            if self.resp {
+                if let Some(end) = inb.windows(2).position(|w| w == b"\r\n") {
+                    let line = String::from_utf8_lossy(&inb[..end]).into_owned();
+                    return if line == "+OK" { Ok(()) } else { Err(refused(line)) };
+                }
+            } else if let Some(frame) = corekv_schema::frame::take_frame(&mut inb, 1 << 20)
+                .map_err(|e| refused(e.to_string()))?
+            {
+                let response = corekv_schema::codec::decode_response(&frame)
+                    .map_err(|e| refused(e.to_string()))?;
+                return match response.reply {
+                    corekv_schema::codec::Reply::Pong { .. } => Ok(()),
+                    other => Err(refused(format!("login refused: {other:?}"))),
+                };
+            }
+            if socket.read_buf(&mut inb).await? == 0 {
+                return Err(refused("closed during the login".into()));
+            }
+        }
+    }
+}
+
+/// Opens the socket: TCP with `TCP_NODELAY`, and the TLS handshake with `tls`.
+async fn open(addr: &str, tls: Option<&corekv_client::Tls>, limit: Duration) -> io::Result<Socket> {
     let late = || {
         io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {} ms", limit.as_millis()))
     };

@@ -42,6 +42,7 @@ pub async fn client_for(cfg: &Config) -> Result<Option<Client>, RunError> {
         shard_aware: false,
         consistency: cfg.consistency.wire(),
         tls: cfg.tls.clone(),
+        credentials: cfg.credentials(),
         ..ClientConfig::default()
     };
     // `auto` asks with a short timeout: a node that does not answer is benchmarked as is.

@@ -120,9 +120,10 @@ async fn run_with<D: Driver + Default>(
 async fn connect_all(cfg: &Config) -> Result<Vec<Socket>, RunError> {
     let mut set = JoinSet::new();
     for index in 0..cfg.connections as usize {
-        let (addr, tls) = (cfg.addr.clone(), cfg.tls.clone());
+        let (addr, tls, login) = (cfg.addr.clone(), cfg.tls.clone(), cfg.login());
         set.spawn(async move {
-            let r = connection::connect(&addr, tls.as_ref(), connection::CONNECT_TIMEOUT).await;
+            let limit = connection::CONNECT_TIMEOUT;
+            let r = connection::connect(&addr, tls.as_ref(), login.as_ref(), limit).await;
             (index, r)
         });
     }
@@ -186,6 +187,7 @@ async fn preload<D: Driver + Default>(
             index,
             addr: cfg.addr.clone(),
             tls: cfg.tls.clone(),
+            login: cfg.login(),
             source: Source::Keys {
                 next: index as u64,
                 step: u64::from(cfg.connections),
@@ -249,6 +251,7 @@ async fn measured_run<D: Driver + Default>(
             index,
             addr: cfg.addr.clone(),
             tls: cfg.tls.clone(),
+            login: cfg.login(),
             source: Source::Mix(workload),
             schedule,
             window: cfg.pipeline as usize,

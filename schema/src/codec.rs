@@ -31,10 +31,12 @@ pub enum ErrorCode {
     ShuttingDown,
     Unavailable,
     OutcomeUnknown,
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::NotFound,
         ErrorCode::ConditionFailed,
         ErrorCode::WrongNode,
@@ -46,6 +48,8 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Unavailable,
         ErrorCode::OutcomeUnknown,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
     ];
 
     fn to_wire(self) -> wire::ErrorCode {
@@ -61,6 +65,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => wire::ErrorCode::ShuttingDown,
             ErrorCode::Unavailable => wire::ErrorCode::Unavailable,
             ErrorCode::OutcomeUnknown => wire::ErrorCode::OutcomeUnknown,
+            ErrorCode::Unauthenticated => wire::ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied => wire::ErrorCode::PermissionDenied,
         }
     }
 
@@ -88,6 +94,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -172,6 +180,11 @@ pub enum Op {
     Backup {
         dir: String,
     },
+    /// Become `user` on this connection (answered `Pong` with the user's name).
+    Authenticate {
+        user: String,
+        password: Bytes,
+    },
 }
 
 impl Op {
@@ -202,7 +215,8 @@ impl Op {
             | Op::Topology
             | Op::Stats
             | Op::Checkpoint
-            | Op::Backup { .. } => None,
+            | Op::Backup { .. }
+            | Op::Authenticate { .. } => None,
         }
     }
 
@@ -219,6 +233,7 @@ impl Op {
             Op::Stats => "stats",
             Op::Checkpoint => "checkpoint",
             Op::Backup { .. } => "backup",
+            Op::Authenticate { .. } => "authenticate",
         }
     }
 }

@@ -15,7 +15,16 @@
 //! | `GET /api/rebalance` | the membership operation: state, target epoch, progress |
 //! | `POST /api/nodes/add` `{node_id, cluster_addr}` | 202 and the plan; 4xx with the reason |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /healthz`, `GET /readyz` | 200 or 503 |
+//! | `GET /healthz`, `GET /readyz` | 200 or 503 (no credentials needed) |
+//! | `GET /api/users` | the users, as `ACL LIST` shows them (admin) |
+//! | `PUT /api/users/{name}` `{rules}` | as `ACL SETUSER name rules...` (admin) |
+//! | `DELETE /api/users/{name}` | as `ACL DELUSER` (admin) |
+//!
+//! Every route but the probes takes `Authorization: Bearer USER:PASSWORD` (or `Bearer
+//! PASSWORD` for the default user; `Basic` too): 401 without valid credentials when the node
+//! requires them, 403 when the user may not (keys are checked as on the other ports). A
+//! request whose `Origin` is not its `Host`, or whose `Host` is a name not in
+//! `--http-allowed-hosts`, gets 403: a web page cannot drive the API.
 //!
 //! Keys in paths are percent-encoded. Malformed JSON gets 400 with the parser's reason.
 
@@ -32,11 +41,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::prometheus;
+use crate::auth::{Access, DEFAULT_USER, Denied, User};
 use crate::cluster::plan::{Plan, PlanState};
 use crate::cluster::replica::{GroupStatus, Replicas};
 use crate::cluster::{health, meta};
 use crate::shard::metrics::{OPS, RESULTS, Snapshot, op_index, result_index, rss_bytes};
-use crate::shard::{Core, Origin, membership};
+use crate::shard::{Core, Origin, membership, users};
 use crate::time::now_ms;
 
 type Answer = Response<Full<Bytes>>;
@@ -72,6 +82,8 @@ fn status_of(e: &WireError) -> StatusCode {
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::ConditionFailed => StatusCode::CONFLICT,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -80,9 +92,33 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Probes need no credentials and tell nothing; everything else is someone's, from this
+    // site.
+    let user = match parts.as_slice() {
+        ["healthz" | "readyz"] => None,
+        _ => match same_site(core, &request).and_then(|()| caller(core, &request)) {
+            Ok(user) => Some(user),
+            Err(answer) => return *answer,
+        },
+    };
+    if let Some(user) = &user
+        && let Err(answer) = permitted(user, &method, &parts)
+    {
+        return *answer;
+    }
+    let may = |access: Access, key: &[u8]| match &user {
+        Some(u) => u.may(access, Some(key)).map_err(forbidden),
+        None => Ok(()),
+    };
     match (&method, parts.as_slice()) {
         (&Method::GET, ["healthz"]) => health(core).await,
         (&Method::GET, ["readyz"]) => ready(core),
+        (&Method::GET, ["api", "users"]) => users_list(core),
+        (&Method::PUT, ["api", "users", name]) => match body_json(request, core).await {
+            Ok(body) => user_set(core, name, &body).await,
+            Err(refusal) => refused(refusal),
+        },
+        (&Method::DELETE, ["api", "users", name]) => user_delete(core, name).await,
         (&Method::GET, ["metrics"]) => match core.node_metrics().await {
             Ok(s) => {
                 let mut text =
@@ -94,24 +130,44 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
                     let led = data.clone().filter(|g| g.leader == r.node).count();
                     prometheus::render_raft(&mut text, &counters, led, data.count());
                 }
+                let refused = core.node.clients_refused.load(std::sync::atomic::Ordering::Relaxed);
+                text += "# HELP corekv_connections_refused_total Client connections refused \
+                         at --max-connections.\n# TYPE corekv_connections_refused_total counter\n";
+                text += &format!("corekv_connections_refused_total {refused}\n");
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             Err(reply) => error(StatusCode::SERVICE_UNAVAILABLE, reply_text(&reply)),
         },
         (&Method::POST, ["api", "set"]) => match body_json(request, core).await {
-            Ok(body) => set(core, &body).await,
+            Ok(body) => match field(&body, "key").map(|k| may(Access::Write, &k)) {
+                Ok(Err(answer)) => *answer,
+                _ => set(core, &body).await,
+            },
             Err(refusal) => refused(refusal),
         },
         (&Method::POST, ["api", "compare_and_set"]) => match body_json(request, core).await {
-            Ok(body) => compare_and_set(core, &body).await,
+            Ok(body) => {
+                let allowed = field(&body, "key")
+                    .map(|k| may(Access::Read, &k).and_then(|()| may(Access::Write, &k)));
+                match allowed {
+                    Ok(Err(answer)) => *answer,
+                    _ => compare_and_set(core, &body).await,
+                }
+            }
             Err(refusal) => refused(refusal),
         },
         (&Method::GET, ["api", "get", key]) => match percent_decode(key) {
-            Some(key) => get(core, key).await,
+            Some(key) => match may(Access::Read, &key) {
+                Ok(()) => get(core, key).await,
+                Err(answer) => *answer,
+            },
             None => error(StatusCode::BAD_REQUEST, "the key is not validly percent-encoded"),
         },
         (&Method::DELETE, ["api", "delete", key]) => match percent_decode(key) {
-            Some(key) => delete(core, key).await,
+            Some(key) => match may(Access::Write, &key) {
+                Ok(()) => delete(core, key).await,
+                Err(answer) => *answer,
+            },
             None => error(StatusCode::BAD_REQUEST, "the key is not validly percent-encoded"),
         },
         (&Method::GET, ["api", "nodes", "status"]) => status(core).await,
@@ -151,6 +207,144 @@ pub async fn handle(core: &Core, request: Request<Incoming>) -> Answer {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+    }
+}
+
+/// 401, with the scheme to use.
+fn unauthenticated(why: &str) -> Answer {
+    let mut answer = error(StatusCode::UNAUTHORIZED, why);
+    if let Ok(v) = "Bearer realm=\"corekv\"".parse() {
+        answer.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, v);
+    }
+    answer
+}
+
+/// An answer that ends a request early (boxed: a whole response in every `Result`).
+type Stop = Box<Answer>;
+
+fn forbidden(denied: Denied) -> Stop {
+    Box::new(match denied {
+        Denied::NoAuth => unauthenticated("authentication required"),
+        Denied::NoPerm(why) => error(StatusCode::FORBIDDEN, why),
+    })
+}
+
+/// Who sent `request`: `Authorization: Bearer USER:PASSWORD` (or `Bearer PASSWORD` for the
+/// default user, or `Basic`), else the default user when it needs no password.
+fn caller(core: &Core, request: &Request<Incoming>) -> Result<User, Stop> {
+    let registry = &core.node.users;
+    let users = registry.get();
+    let Some(header) = request.headers().get(hyper::header::AUTHORIZATION) else {
+        return match users.auth_required() {
+            true => {
+                let why = "authentication required: Authorization: Bearer USER:PASSWORD";
+                Err(Box::new(unauthenticated(why)))
+            }
+            false => Ok(users.users.get(DEFAULT_USER).cloned().unwrap_or_default()),
+        };
+    };
+    let text = header.to_str().unwrap_or_default();
+    let token = if let Some(t) = text.strip_prefix("Bearer ") {
+        t.trim().to_string()
+    } else if let Some(b) = text.strip_prefix("Basic ") {
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(b.trim()).unwrap_or_default();
+        String::from_utf8_lossy(&decoded).into_owned()
+    } else {
+        return Err(Box::new(unauthenticated("use Authorization: Bearer USER:PASSWORD")));
+    };
+    let (name, password) = token.split_once(':').unwrap_or((DEFAULT_USER, &token));
+    users.verify(name, password.as_bytes()).ok_or_else(|| {
+        Box::new(unauthenticated("invalid username-password pair or user is disabled"))
+    })
+}
+
+/// The access a route needs beyond its keys (those are checked with the request).
+fn permitted(user: &User, method: &Method, parts: &[&str]) -> Result<(), Stop> {
+    let admin = matches!(
+        (method, parts),
+        (&Method::POST, ["api", "nodes", "add"])
+            | (&Method::DELETE, ["api", "nodes", "remove", _])
+            | (_, ["api", "users", ..])
+    );
+    let access = match parts {
+        _ if admin => Access::Admin,
+        ["api", "set" | "compare_and_set" | "get" | "delete", ..] => return Ok(()),
+        _ => Access::Read,
+    };
+    user.may(access, None).map_err(forbidden)
+}
+
+/// Refuses what a browser sends for another site: an `Origin` that is not this `Host`, and
+/// a `Host` that names something else than this node (DNS rebinding), unless allowed.
+fn same_site(core: &Core, request: &Request<Incoming>) -> Result<(), Stop> {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(hyper::header::HOST).unwrap_or_default();
+    let name = host
+        .rsplit_once(':')
+        .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let literal =
+        name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.is_empty();
+    let allowed =
+        core.node.http_allowed_hosts.iter().any(|h| h == "*" || h.eq_ignore_ascii_case(name));
+    if !literal && !allowed {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {name:?} is not this node's: give it in --http-allowed-hosts (names are \
+                 refused by default, so a web page cannot reach the API by DNS rebinding)"
+            ),
+        )));
+    }
+    if let Some(origin) = header(hyper::header::ORIGIN) {
+        let from = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if !from.eq_ignore_ascii_case(host) {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                format!("cross-site request refused: Origin {origin} is not {host}"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn users_list(core: &Core) -> Answer {
+    let users = core.node.users.get();
+    let lines: Vec<String> = users.users.values().map(User::describe).collect();
+    json_answer(StatusCode::OK, json!({ "users": lines }))
+}
+
+/// `PUT /api/users/{name}` with `{"rules": "on >secret ~app:* +@read"}` (or a list): as
+/// `ACL SETUSER`.
+async fn user_set(core: &Core, name: &str, body: &Value) -> Answer {
+    let rules: Vec<String> = match body.get("rules") {
+        Some(Value::String(s)) => s.split_whitespace().map(String::from).collect(),
+        Some(Value::Array(items)) => {
+            items.iter().filter_map(Value::as_str).map(String::from).collect()
+        }
+        _ => {
+            return error(StatusCode::BAD_REQUEST, "'rules' must be a string or a list of strings");
+        }
+    };
+    let Some(core) = core.rc() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");
+    };
+    let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+    match users::change(&core, |u| u.set_user(name, &rules)).await {
+        Ok(()) => json_answer(StatusCode::OK, json!({ "success": true })),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn user_delete(core: &Core, name: &str) -> Answer {
+    let Some(core) = core.rc() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");
+    };
+    match users::change(&core, |u| u.delete(&[name])).await {
+        Ok(0) => error(StatusCode::NOT_FOUND, format!("no user {name}")),
+        Ok(_) => json_answer(StatusCode::OK, json!({ "success": true })),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

@@ -65,6 +65,11 @@ pub fn plan_key() -> Bytes {
     key("plan")
 }
 
+/// The users and their permissions (`auth::Users`), JSON: every node reads them.
+pub fn users_key() -> Bytes {
+    key("users")
+}
+
 /// The id of the last plan whose target partition `p`'s leader reached.
 pub fn done_key(p: u32) -> Bytes {
     key(&format!("done/{p}"))

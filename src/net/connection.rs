@@ -28,10 +28,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use corekv_schema::codec::{Encoder, ErrorCode, Reply, decode_request};
+use corekv_schema::codec::{Encoder, ErrorCode, Op, Reply, decode_request};
 use corekv_schema::frame::{FrameError, take_frame};
 use futures_lite::{AsyncReadExt, future};
 
+use crate::auth::{Denied, Principal};
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::shard::metrics::{Metrics, OP_OTHER, op_index, result_index};
 use crate::shard::{Core, Origin, Slot};
@@ -53,7 +54,11 @@ pub(super) enum ReadOutcome {
 }
 
 pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
-    let _gauge = crate::shard::ConnectionGauge::new(core.clone());
+    let Some(_gauge) = crate::shard::ConnectionGauge::new(core.clone()) else {
+        let why = format!("max number of clients reached ({})", core.node.max_connections);
+        let reply = Reply::error(ErrorCode::Overloaded, why);
+        return last_word(&mut stream, &mut Encoder::new(), &reply).await;
+    };
     let limits = core.limits;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -64,6 +69,7 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
     let metrics = &core.metrics;
     // When the frame at the head of `input` started arriving, if it is incomplete.
     let mut partial_since: Option<Instant> = None;
+    let mut principal = Principal::connect(&core.node.users);
     loop {
         glommio::yield_if_needed().await;
         let mut close = false;
@@ -73,6 +79,15 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
                     partial_since = None;
                     let started = Instant::now();
                     match decode_request(&frame, &limits) {
+                        Ok(request) if matches!(request.op, Op::Authenticate { .. }) => {
+                            let reply = authenticate(&core, &mut principal, request.op);
+                            slots.push((request.id, Slot::Ready(reply), OP_OTHER, started));
+                        }
+                        Ok(request) if principal.check(&core.node.users, &request.op).is_err() => {
+                            let denied = principal.check(&core.node.users, &request.op);
+                            let reply = denied_reply(denied.unwrap_err());
+                            slots.push((request.id, Slot::Ready(reply), OP_OTHER, started));
+                        }
                         Ok(request) => {
                             let kind = op_index(&request.op);
                             // Per request: a dispatch may have waited on a full mesh.
@@ -151,6 +166,31 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
                 return last_word(&mut stream, &mut encoder, &reply).await;
             }
         }
+    }
+}
+
+/// The answer to `Authenticate`: a Pong naming the user, or `Unauthenticated`.
+fn authenticate(core: &Core, principal: &mut Principal, op: Op) -> Reply {
+    let Op::Authenticate { user, password } = op else { unreachable!("matched by the caller") };
+    if principal.authenticate(&core.node.users, &user, &password) {
+        Reply::Pong { payload: user.into() }
+    } else {
+        Reply::error(
+            ErrorCode::Unauthenticated,
+            "invalid username-password pair or user is disabled",
+        )
+    }
+}
+
+/// A refusal as a native error: `Unauthenticated` before authenticating, `PermissionDenied`
+/// after.
+pub(crate) fn denied_reply(denied: Denied) -> Reply {
+    match denied {
+        Denied::NoAuth => Reply::error(
+            ErrorCode::Unauthenticated,
+            "authentication required: send Authenticate first",
+        ),
+        Denied::NoPerm(why) => Reply::error(ErrorCode::PermissionDenied, why),
     }
 }
 

@@ -19,7 +19,9 @@ use corekv_schema::codec::{
 };
 
 use super::connection::{READ_CHUNK_BYTES, ReadOutcome, fill, flush, flush_full, send};
+use crate::auth::{Access, Denied, Principal};
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
+use crate::resp::command::Acl;
 use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
 use crate::resp::out;
 use crate::resp::parse::{self, ProtocolError};
@@ -50,7 +52,11 @@ enum Pending {
 type Queued = (Pending, bool, usize, Instant);
 
 pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
-    let _gauge = crate::shard::ConnectionGauge::new(core.clone());
+    let Some(_gauge) = crate::shard::ConnectionGauge::new(core.clone()) else {
+        // Redis's words for it.
+        let _ = crate::tls::send_all(&mut stream, b"-ERR max number of clients reached\r\n").await;
+        return;
+    };
     let limits = core.limits;
     let parse_limits = parse::Limits {
         bulk_bytes_max: limits.frame_bytes_max,
@@ -71,6 +77,7 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
     let mut reply = Vec::new();
     let mut partial_since: Option<Instant> = None;
     let metrics = &core.metrics;
+    let mut principal = Principal::connect(&core.node.users);
     loop {
         glommio::yield_if_needed().await;
         let mut close = false;
@@ -92,8 +99,32 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
             }
             let now = now_ms();
             let started = Instant::now();
-            let (next, kind) = match command::plan(args, &mut session, &limits, now) {
+            let plan = command::plan(args, &mut session, &limits, now);
+            if let Err(denied) = authorize(&core, &mut principal, &plan) {
+                let reply = out::with(|o| out::error(o, &denied.message()));
+                pending.push((Pending::Ready(reply), session.resp3, OP_OTHER, started));
+                continue;
+            }
+            let (next, kind) = match plan {
                 Plan::Reply(reply) => (Pending::Ready(reply), OP_OTHER),
+                Plan::Auth { user, password, then } => {
+                    let name = String::from_utf8_lossy(&user);
+                    let reply = if principal.authenticate(&core.node.users, &name, &password) {
+                        match then {
+                            Some((hello, resp3)) => {
+                                session.resp3 = resp3;
+                                hello
+                            }
+                            None => out::with(out::ok),
+                        }
+                    } else {
+                        out::with(|o| out::error(o, WRONGPASS))
+                    };
+                    (Pending::Ready(reply), OP_OTHER)
+                }
+                Plan::Acl(acl) => {
+                    (Pending::Ready(run_acl(&core, &mut principal, acl).await), OP_OTHER)
+                }
                 Plan::Op(op, render) => {
                     let kind = op_index(&op);
                     let slot = core
@@ -406,4 +437,65 @@ async fn scan_step(core: &Core, scan: Scan) -> Vec<u8> {
             out::bulk(o, k);
         }
     })
+}
+
+/// Redis's answer to a wrong user or password (it does not say which).
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Whether this connection may run `plan`: NOAUTH before authenticating (AUTH and QUIT
+/// excepted), NOPERM for what its user may not do.
+fn authorize(core: &Core, principal: &mut Principal, plan: &Plan) -> Result<(), Denied> {
+    if matches!(plan, Plan::Auth { .. } | Plan::Quit) {
+        return Ok(());
+    }
+    let user = principal.user(&core.node.users)?;
+    match plan {
+        Plan::Op(op, _) => user.check(op),
+        Plan::Rmw(key, _) => {
+            user.may(Access::Read, Some(key))?;
+            user.may(Access::Write, Some(key))
+        }
+        Plan::SetAllAbsent(sets) => {
+            sets.iter().try_for_each(|s| user.may(Access::Write, Some(&s.key)))
+        }
+        Plan::Stats(_) => user.may(Access::Read, None),
+        Plan::Flush => user.may(Access::Admin, None),
+        Plan::Scan(_) if user.reads_every_key() => Ok(()),
+        Plan::Scan(_) => Err(Denied::NoPerm(format!(
+            "User {} has no permissions to run SCAN: it walks every key, so it needs read \
+             access to all of them (~* or %R~*)",
+            user.name
+        ))),
+        Plan::Acl(Acl::WhoAmI) | Plan::Reply(_) | Plan::Auth { .. } | Plan::Quit => Ok(()),
+        Plan::Acl(_) => user.may(Access::Admin, None),
+    }
+}
+
+/// Runs an ACL command (already authorized) and renders its answer.
+async fn run_acl(core: &Rc<Core>, principal: &mut Principal, acl: Acl) -> Vec<u8> {
+    let changed = match acl {
+        Acl::WhoAmI => return out::with(|o| out::bulk(o, principal.name.as_bytes())),
+        Acl::List => {
+            let users = core.node.users.get();
+            return out::with(|o| {
+                out::array(o, users.users.len());
+                for u in users.users.values() {
+                    out::bulk(o, u.describe().as_bytes());
+                }
+            });
+        }
+        Acl::SetUser(name, rules) => {
+            let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+            crate::shard::users::change(core, |users| users.set_user(&name, &rules))
+                .await
+                .map(|()| out::with(out::ok))
+        }
+        Acl::DelUser(names) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            crate::shard::users::change(core, |users| users.delete(&names))
+                .await
+                .map(|n| out::with(|o| out::int(o, n as i64)))
+        }
+    };
+    changed.unwrap_or_else(|e| out::with(|o| out::error(o, &e)))
 }

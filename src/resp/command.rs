@@ -42,6 +42,20 @@ pub enum Plan {
     Scan(Scan),
     /// MSETNX: these sets, all or none (`:1` or `:0`).
     SetAllAbsent(Vec<SetOp>),
+    /// AUTH, or HELLO with AUTH: become `user` (`default` when not named) if `password` is
+    /// its; then answer `then` (HELLO's reply) and take `resp3`, or `+OK` for AUTH.
+    Auth { user: Bytes, password: Bytes, then: Option<(Vec<u8>, bool)> },
+    /// ACL SETUSER, DELUSER, LIST, WHOAMI.
+    Acl(Acl),
+}
+
+/// The ACL subcommands this node knows.
+#[derive(Debug)]
+pub enum Acl {
+    SetUser(String, Vec<String>),
+    DelUser(Vec<String>),
+    List,
+    WhoAmI,
 }
 
 /// A SCAN call. The cursor names a core (its low 16 bits) and a position in that core's key
@@ -103,7 +117,9 @@ pub enum Render {
 /// Commands this node knows, with Redis's arity (negative: at least that many arguments,
 /// the name included). `COMMAND` and `COMMAND COUNT` answer from this table.
 pub const COMMANDS: &[(&str, i64)] = &[
+    ("acl", -2),
     ("append", 3),
+    ("auth", -2),
     ("client", -2),
     ("command", -1),
     ("dbsize", 1),
@@ -251,6 +267,12 @@ pub fn plan(args: Vec<Bytes>, session: &mut Session, limits: &Limits, now_ms: u6
             None => not_integer(),
         },
         "hello" => hello(&args, session),
+        "auth" => match args.len() {
+            2 => Plan::Auth { user: Bytes::from_static(b"default"), password: key(), then: None },
+            3 => Plan::Auth { user: key(), password: args[2].clone(), then: None },
+            _ => syntax(),
+        },
+        "acl" => acl(&args),
         "command" => command(&args),
         "client" => client(&args, session),
         "info" => Plan::Stats(StatsView::Info(args[1..].iter().map(|a| lower(a)).collect())),
@@ -522,6 +544,27 @@ fn expire(name: &str, args: &[Bytes], now_ms: u64) -> Plan {
 
 /// `HELLO [2|3 [AUTH user pass] [SETNAME name]]`. RESP3 differs from RESP2 for these
 /// commands only in its null and in this reply (a map); see `out::to_resp3`.
+/// `ACL SETUSER name rules...`, `ACL DELUSER name...`, `ACL LIST`, `ACL WHOAMI`.
+fn acl(args: &[Bytes]) -> Plan {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    match (lower(&args[1]).as_str(), args.len()) {
+        ("setuser", n) if n >= 3 => {
+            Plan::Acl(Acl::SetUser(text(&args[2]), args[3..].iter().map(text).collect()))
+        }
+        ("deluser", n) if n >= 3 => Plan::Acl(Acl::DelUser(args[2..].iter().map(text).collect())),
+        ("list", 2) => Plan::Acl(Acl::List),
+        ("whoami", 2) => Plan::Acl(Acl::WhoAmI),
+        ("setuser" | "deluser" | "list" | "whoami", _) => {
+            let sub = lower(&args[1]);
+            reply_error(&format!("ERR wrong number of arguments for 'acl|{sub}' command"))
+        }
+        (other, _) => reply_error(&format!(
+            "ERR unknown subcommand '{other}'. This node knows ACL SETUSER, DELUSER, LIST and \
+             WHOAMI"
+        )),
+    }
+}
+
 fn hello(args: &[Bytes], session: &mut Session) -> Plan {
     let mut resp3 = session.resp3;
     if let Some(v) = args.get(1) {
@@ -533,20 +576,21 @@ fn hello(args: &[Bytes], session: &mut Session) -> Plan {
         }
     }
     let mut i = 2;
+    let mut auth = None;
     while i < args.len() {
         match lower(&args[i]).as_str() {
             "setname" if i + 1 < args.len() => {
                 session.name = Some(args[i + 1].clone());
                 i += 2;
             }
-            "auth" => {
-                return reply_error("ERR AUTH is not supported by corekv yet (no users exist)");
+            "auth" if i + 2 < args.len() => {
+                auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+                i += 3;
             }
             _ => return syntax(),
         }
     }
-    session.resp3 = resp3;
-    Plan::Reply(out::with(|o| {
+    let reply = out::with(|o| {
         if resp3 {
             o.extend_from_slice(b"%7\r\n");
         } else {
@@ -566,7 +610,14 @@ fn hello(args: &[Bytes], session: &mut Session) -> Plan {
         }
         out::bulk(o, b"modules");
         out::array(o, 0);
-    }))
+    });
+    match auth {
+        Some((user, password)) => Plan::Auth { user, password, then: Some((reply, resp3)) },
+        None => {
+            session.resp3 = resp3;
+            Plan::Reply(reply)
+        }
+    }
 }
 
 /// The Redis version whose string-command behaviour this node follows; reported where

@@ -123,6 +123,10 @@ impl Core {
                 "--durability none keeps no data to back up",
             );
         };
+        let dir = match backup_target(self.node.backup_dir.as_deref(), &dir) {
+            Ok(dir) => dir,
+            Err(e) => return Reply::error(ErrorCode::BadRequest, e),
+        };
         let target = match prepare_backup_dir(&dir, wal.dir()) {
             Ok(t) => t,
             Err(e) => return Reply::error(ErrorCode::BadRequest, e),
@@ -192,5 +196,46 @@ impl Core {
         })
         .await?;
         Ok(merged)
+    }
+}
+
+/// Where a backup asked for `dir` goes: under `--backup-dir` (a relative `dir` is taken from
+/// there), never outside it, so a client cannot make the node write its data anywhere.
+fn backup_target(root: Option<&std::path::Path>, dir: &str) -> Result<String, String> {
+    let Some(root) = root else {
+        return Err("backups are off on this node: start it with --backup-dir DIR (backups are \
+                    written only under DIR)"
+            .into());
+    };
+    let asked = std::path::Path::new(dir);
+    if asked.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("backup dir {dir}: '..' is not allowed"));
+    }
+    let root = std::path::absolute(root).map_err(|e| format!("--backup-dir: {e}"))?;
+    let target = root.join(asked);
+    if !target.starts_with(&root) || target == root {
+        return Err(format!(
+            "backup dir {dir} is not under --backup-dir {} (give a name or a path below it)",
+            root.display()
+        ));
+    }
+    Ok(target.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backup_target;
+    use std::path::Path;
+
+    #[test]
+    fn backups_stay_under_the_backup_dir() {
+        let root = Some(Path::new("/srv/backups"));
+        assert_eq!(backup_target(root, "monday").unwrap(), "/srv/backups/monday");
+        assert_eq!(backup_target(root, "/srv/backups/x/y").unwrap(), "/srv/backups/x/y");
+        assert!(backup_target(root, "/etc/cron.d").unwrap_err().contains("not under"));
+        assert!(backup_target(root, "../etc").unwrap_err().contains("'..'"));
+        assert!(backup_target(root, "/srv/backups/../etc").unwrap_err().contains("'..'"));
+        assert!(backup_target(root, "/srv/backups").is_err());
+        assert!(backup_target(None, "x").unwrap_err().contains("--backup-dir"));
     }
 }

@@ -79,6 +79,12 @@ async fn read(core: &Core) -> Seen {
             Err(e) => tracing::error!(error = %e, "metadata: plan"),
         }
     }
+    if let Some((value, _)) = local(core, crate::cluster::meta::users_key()).await {
+        match crate::auth::Users::decode(&value) {
+            Ok(users) => core.node.users.replace(users),
+            Err(e) => tracing::error!(error = %e, "metadata: users"),
+        }
+    }
     if let Some(p) = seen.running().cloned() {
         for partition in 0..p.target.len() as u32 {
             if let Some((value, _)) = local(core, done_key(partition)).await

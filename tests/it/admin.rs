@@ -7,8 +7,18 @@ use crate::harness::{Node, b};
 
 #[test]
 fn checkpoint_on_demand_then_backup_opens_as_a_data_dir() {
-    let node = Node::start(&["--cores", "2"]);
+    let backup = tempfile::tempdir().unwrap();
+    let root = backup.path().to_str().unwrap().to_string();
+    let node = Node::start(&["--cores", "2", "--backup-dir", &root]);
     let mut w = node.wire();
+    // Only under --backup-dir: anywhere else is refused before anything is written.
+    let outside = tempfile::tempdir().unwrap();
+    let elsewhere = outside.path().join("copy").to_str().unwrap().to_string();
+    match w.call(Op::Backup { dir: elsewhere }) {
+        Reply::Error(e) => assert!(e.message.contains("not under --backup-dir"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!outside.path().join("copy").exists());
     for i in 0..300 {
         let reply = w.call(Op::set(b(&format!("k{i}")), b(&format!("v{i}"))));
         assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
@@ -20,7 +30,6 @@ fn checkpoint_on_demand_then_backup_opens_as_a_data_dir() {
     // Written after the checkpoint: must be in the backup too (via the log it copies).
     assert!(matches!(w.call(Op::delete(b("k0"))), Reply::Deleted { .. }));
     assert!(matches!(w.call(Op::set(b("late"), b("yes"))), Reply::Written { .. }));
-    let backup = tempfile::tempdir().unwrap();
     let target = backup.path().join("copy");
     let dir = target.to_str().unwrap().to_string();
     assert!(matches!(w.call(Op::Backup { dir: dir.clone() }), Reply::AdminDone { .. }));

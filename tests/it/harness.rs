@@ -391,7 +391,7 @@ pub fn http_request_body(addr: SocketAddr, method: &str, path: &str, body: &str)
     let mut stream = TcpStream::connect(addr).expect("connect http");
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: corekv\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -1,6 +1,7 @@
 //! Integration tests, one binary: real `corekv` processes on ephemeral loopback ports.
 
 mod admin;
+mod auth;
 mod bad_input;
 mod cache;
 mod cli;

@@ -74,24 +74,25 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("shutdown", &[]),
     ("testing", &[]),
     ("resp", &[]),
+    ("auth", &["resp"]),
     ("storage", &["config", "error", "time", "counters"]),
     ("cluster", &["config", "error", "time", "counters", "waiting", "tls", "storage"]),
     (
         "shard",
         &[
-            "config", "error", "time", "counters", "waiting", "shutdown", "resp", "storage",
-            "cluster",
+            "config", "error", "time", "counters", "waiting", "shutdown", "resp", "auth",
+            "storage", "cluster",
         ],
     ),
-    ("net", &["config", "error", "time", "shutdown", "tls", "resp", "shard", "cluster"]),
-    ("admin", &["config", "error", "time", "shutdown", "tls", "shard", "cluster"]),
-    ("cli", &["config"]),
+    ("net", &["config", "error", "time", "shutdown", "tls", "resp", "auth", "shard", "cluster"]),
+    ("admin", &["config", "error", "time", "shutdown", "tls", "auth", "shard", "cluster"]),
+    ("cli", &["config", "auth"]),
     ("devcluster", &["config"]),
     (
         "node",
         &[
-            "config", "error", "time", "waiting", "shutdown", "tls", "storage", "cluster", "shard",
-            "net", "admin",
+            "config", "error", "time", "waiting", "shutdown", "tls", "auth", "storage", "cluster",
+            "shard", "net", "admin",
         ],
     ),
 ];

@@ -52,6 +52,7 @@ trait OpCarrier<'a> {
     fn batch(&self) -> Option<wire::Batch<'a>>;
     fn ping(&self) -> Option<wire::Ping<'a>>;
     fn backup(&self) -> Option<wire::Backup<'a>>;
+    fn authenticate(&self) -> Option<wire::Authenticate<'a>>;
 }
 
 macro_rules! op_carrier {
@@ -80,6 +81,9 @@ macro_rules! op_carrier {
             }
             fn backup(&self) -> Option<wire::Backup<'a>> {
                 self.op_as_backup()
+            }
+            fn authenticate(&self) -> Option<wire::Authenticate<'a>> {
+                self.op_as_authenticate()
             }
         }
     };
@@ -319,6 +323,11 @@ impl OpDecoder<'_> {
             wire::Op::Backup => {
                 let backup = c.backup().ok_or_else(|| missing(id, "backup"))?;
                 Op::Backup { dir: backup.dir().to_owned() }
+            }
+            wire::Op::Authenticate if top_level => {
+                let a = c.authenticate().ok_or_else(|| missing(id, "authenticate"))?;
+                let password = a.password().map(|p| self.bytes(p)).unwrap_or_default();
+                Op::Authenticate { user: a.user().to_owned(), password }
             }
             wire::Op::NONE => {
                 return Err(DecodeError::fatal(

@@ -153,6 +153,12 @@ fn encode_op(fbb: &mut Fbb, op: &Op) -> (wire::Op, WIPOffset<UnionWIPOffset>) {
             let b = wire::Backup::create(fbb, &wire::BackupArgs { dir });
             (wire::Op::Backup, b.as_union_value())
         }
+        Op::Authenticate { user, password } => {
+            let user = Some(fbb.create_string(user));
+            let password = Some(fbb.create_vector(password));
+            let a = wire::Authenticate::create(fbb, &wire::AuthenticateArgs { user, password });
+            (wire::Op::Authenticate, a.as_union_value())
+        }
     }
 }
 

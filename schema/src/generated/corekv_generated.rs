@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 11;
+pub const ENUM_MAX_ERROR_CODE: u16 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 12] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::None,
   ErrorCode::NotFound,
   ErrorCode::ConditionFailed,
@@ -29,6 +29,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 12] = [
   ErrorCode::ShuttingDown,
   ErrorCode::Unavailable,
   ErrorCode::OutcomeUnknown,
+  ErrorCode::Unauthenticated,
+  ErrorCode::PermissionDenied,
 ];
 
 /// Typed errors. Each maps one-to-one to a client error kind.
@@ -60,9 +62,13 @@ impl ErrorCode {
   /// A write whose outcome the node could not learn (its leader was lost, or did not answer
   /// in time): it may or may not have been applied. Read the key back before retrying.
   pub const OutcomeUnknown: Self = Self(11);
+  /// The connection has not authenticated and the node requires it (`Authenticate`).
+  pub const Unauthenticated: Self = Self(12);
+  /// The connection's user may not do this (its permissions, or the key's pattern).
+  pub const PermissionDenied: Self = Self(13);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 11;
+  pub const ENUM_MAX: u16 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::NotFound,
@@ -76,6 +82,8 @@ impl ErrorCode {
     Self::ShuttingDown,
     Self::Unavailable,
     Self::OutcomeUnknown,
+    Self::Unauthenticated,
+    Self::PermissionDenied,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -92,6 +100,8 @@ impl ErrorCode {
       Self::ShuttingDown => Some("ShuttingDown"),
       Self::Unavailable => Some("Unavailable"),
       Self::OutcomeUnknown => Some("OutcomeUnknown"),
+      Self::Unauthenticated => Some("Unauthenticated"),
+      Self::PermissionDenied => Some("PermissionDenied"),
       _ => None,
     }
   }
@@ -431,10 +441,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 10;
+pub const ENUM_MAX_OP: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 11] = [
+pub const ENUM_VALUES_OP: [Op; 12] = [
   Op::NONE,
   Op::Get,
   Op::Set,
@@ -446,6 +456,7 @@ pub const ENUM_VALUES_OP: [Op; 11] = [
   Op::Stats,
   Op::Checkpoint,
   Op::Backup,
+  Op::Authenticate,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -464,9 +475,10 @@ impl Op {
   pub const Stats: Self = Self(8);
   pub const Checkpoint: Self = Self(9);
   pub const Backup: Self = Self(10);
+  pub const Authenticate: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -479,6 +491,7 @@ impl Op {
     Self::Stats,
     Self::Checkpoint,
     Self::Backup,
+    Self::Authenticate,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -494,6 +507,7 @@ impl Op {
       Self::Stats => Some("Stats"),
       Self::Checkpoint => Some("Checkpoint"),
       Self::Backup => Some("Backup"),
+      Self::Authenticate => Some("Authenticate"),
       _ => None,
     }
   }
@@ -1730,6 +1744,122 @@ impl ::core::fmt::Debug for Backup<'_> {
       ds.finish()
   }
 }
+pub enum AuthenticateOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Become `user` on this connection if `password` is its (answered with a Pong whose
+/// payload is the user's name); `Unauthenticated` if not. Never in a batch.
+pub struct Authenticate<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Authenticate<'a> {
+  type Inner = Authenticate<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Authenticate<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PASSWORD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Authenticate { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AuthenticateArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Authenticate<'bldr>> {
+    let mut builder = AuthenticateBuilder::new(_fbb);
+    if let Some(x) = args.password { builder.add_password(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Authenticate::VT_USER, None).unwrap()}
+  }
+  #[inline]
+  pub fn password(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Authenticate::VT_PASSWORD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Authenticate<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("password", Self::VT_PASSWORD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AuthenticateArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub password: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for AuthenticateArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AuthenticateArgs {
+      user: None, // required field
+      password: None,
+    }
+  }
+}
+
+pub struct AuthenticateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AuthenticateBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Authenticate::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_password(&mut self, password: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Authenticate::VT_PASSWORD, password);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AuthenticateBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AuthenticateBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Authenticate<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Authenticate::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Authenticate<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Authenticate");
+      ds.field("user", &self.user());
+      ds.field("password", &self.password());
+      ds.finish()
+  }
+}
 pub enum BatchItemOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1930,6 +2060,21 @@ impl<'a> BatchItem<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_authenticate(&self) -> Option<Authenticate<'a>> {
+    if self.op_type() == Op::Authenticate {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Authenticate::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for BatchItem<'_> {
@@ -1950,6 +2095,7 @@ impl ::flatbuffers::Verifiable for BatchItem<'_> {
           Op::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Op::Stats", pos),
           Op::Checkpoint => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Checkpoint>>("Op::Checkpoint", pos),
           Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
+          Op::Authenticate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Authenticate>>("Op::Authenticate", pos),
           _ => Ok(()),
         }
      })?
@@ -2069,6 +2215,13 @@ impl ::core::fmt::Debug for BatchItem<'_> {
         },
         Op::Backup => {
           if let Some(x) = self.op_as_backup() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Authenticate => {
+          if let Some(x) = self.op_as_authenticate() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2417,6 +2570,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_authenticate(&self) -> Option<Authenticate<'a>> {
+    if self.op_type() == Op::Authenticate {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Authenticate::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2438,6 +2606,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Op::Stats", pos),
           Op::Checkpoint => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Checkpoint>>("Op::Checkpoint", pos),
           Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
+          Op::Authenticate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Authenticate>>("Op::Authenticate", pos),
           _ => Ok(()),
         }
      })?
@@ -2585,6 +2754,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Backup => {
           if let Some(x) = self.op_as_backup() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Authenticate => {
+          if let Some(x) = self.op_as_authenticate() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

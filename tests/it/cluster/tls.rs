@@ -214,3 +214,45 @@ fn a_cluster_node_off_loopback_needs_peer_tls_or_says_it_is_insecure() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("does not name node-1"), "{out}");
 }
+
+/// redis-cli against node `id`'s Redis port as `user`.
+fn cli(c: &Cluster, id: usize, user: &str, pass: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &c.node(id).resp.port().to_string(), "--no-auth-warning"])
+        .args(["--user", user, "--pass", pass])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn users_made_on_one_node_hold_on_every_node() {
+    let c = Cluster::start_flags(3, None, PARTITIONS, 1, &["--requirepass", "pw"]);
+    until("the cluster serves", || cli(&c, 1, "default", "pw", &["SET", "k", "v"]) == "OK");
+    let refused = cli(&c, 2, "default", "wrong", &["GET", "k"]);
+    assert!(refused != "v" && (refused.is_empty() || refused.contains("NOAUTH")), "{refused}");
+    let rules = ["ACL", "SETUSER", "app", "on", ">apw", "~app:*", "+@read", "+@write"];
+    assert_eq!(cli(&c, 1, "default", "pw", &rules), "OK");
+    // Kept in the metadata group: every node knows the user within its metadata watch.
+    for id in [2, 3] {
+        until("the user reaches every node", || {
+            cli(&c, id, "app", "apw", &["SET", &format!("app:{id}"), "x"]) == "OK"
+        });
+        assert!(cli(&c, id, "app", "apw", &["SET", "other", "x"]).starts_with("NOPERM"));
+    }
+    // Writes forwarded to another node's leader were checked where they came in.
+    assert_eq!(cli(&c, 3, "app", "apw", &["GET", "app:2"]), "x");
+    assert_eq!(cli(&c, 2, "default", "pw", &["ACL", "DELUSER", "app"]), "1");
+    until("the deletion reaches node 1", || {
+        cli(&c, 1, "app", "apw", &["GET", "app:2"]).starts_with("NOAUTH")
+    });
+}
