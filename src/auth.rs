@@ -11,9 +11,9 @@
 //! A connection keeps its user and looks at the registry's generation (one atomic load) per
 //! request, so a changed or deleted user takes effect on the next request, not at reconnect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use corekv_schema::codec::Op;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,33 @@ pub struct User {
     pub keys: Vec<String>,
     pub read_keys: Vec<String>,
     pub write_keys: Vec<String>,
+    /// The patterns compiled, at the first check (a user is checked many times per change).
+    #[serde(skip)]
+    compiled: Compiled,
+}
+
+/// [`User`]'s patterns, compiled once: (reads, writes), each `~` patterns and its own.
+#[derive(Default)]
+struct Compiled(std::sync::OnceLock<(Vec<Glob>, Vec<Glob>)>);
+
+impl Clone for Compiled {
+    fn clone(&self) -> Compiled {
+        Compiled::default()
+    }
+}
+
+impl PartialEq for Compiled {
+    fn eq(&self, _: &Compiled) -> bool {
+        true
+    }
+}
+
+impl Eq for Compiled {}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
 }
 
 /// Why a request was refused, in Redis's words (the RESP layer prints them as they are).
@@ -204,12 +231,18 @@ impl User {
     }
 
     fn key_allowed(&self, key: &[u8], access: Access) -> bool {
-        let extra = match access {
-            Access::Read => &self.read_keys,
-            Access::Write => &self.write_keys,
+        let (reads, writes) = self.compiled.0.get_or_init(|| {
+            let compile = |extra: &Vec<String>| -> Vec<Glob> {
+                self.keys.iter().chain(extra).map(|p| Glob::new(p.as_bytes())).collect()
+            };
+            (compile(&self.read_keys), compile(&self.write_keys))
+        });
+        let patterns = match access {
+            Access::Read => reads,
+            Access::Write => writes,
             Access::Admin => return true,
         };
-        self.keys.iter().chain(extra).any(|p| p == "*" || Glob::new(p.as_bytes()).matches(key))
+        patterns.iter().any(|g| g.matches(key))
     }
 
     /// Whether this user may read every key (SCAN, KEYS, DBSIZE walk them all).
@@ -326,14 +359,25 @@ pub struct Registry {
     /// `--requirepass`: the default user's password on this node, whatever the stored
     /// table says.
     requirepass: Option<String>,
+    /// Connections authenticated as each user (touched at AUTH and at close only).
+    sessions: Arc<Sessions>,
+    /// `--max-connections-per-user` (0: no cap).
+    per_user_max: u64,
 }
 
 impl Registry {
     pub fn new(users: Users, requirepass: Option<String>) -> Registry {
+        Registry::with_cap(users, requirepass, 0)
+    }
+
+    /// A registry whose users may hold at most `per_user_max` connections each (0: any).
+    pub fn with_cap(users: Users, requirepass: Option<String>, per_user_max: u64) -> Registry {
         let r = Registry {
             table: RwLock::new(Arc::new(Users::default())),
             generation: AtomicU64::new(0),
             requirepass,
+            sessions: Default::default(),
+            per_user_max,
         };
         r.replace(users);
         r
@@ -364,13 +408,46 @@ impl Registry {
     }
 }
 
+/// Connections authenticated as each user.
+type Sessions = Mutex<HashMap<String, u64>>;
+
+/// What `AUTH` came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    Accepted,
+    /// Wrong user or password, or the user is off.
+    Refused,
+    /// The user holds `--max-connections-per-user` connections already.
+    TooMany(u64),
+}
+
 /// A connection's principal: who it is, as of which registry generation.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Principal {
     /// `None` until the connection authenticates, when the default user needs a password.
     pub user: Option<Arc<User>>,
     pub name: String,
     seen: u64,
+    /// The user this connection counts against, since it authenticated.
+    counted: Option<(String, Arc<Sessions>)>,
+}
+
+impl Drop for Principal {
+    fn drop(&mut self) {
+        if let Some((name, sessions)) = self.counted.take() {
+            leave(&sessions, &name);
+        }
+    }
+}
+
+fn leave(sessions: &Sessions, name: &str) {
+    let mut s = sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(n) = s.get_mut(name) {
+        *n -= 1;
+        if *n == 0 {
+            s.remove(name);
+        }
+    }
 }
 
 impl Principal {
@@ -382,19 +459,29 @@ impl Principal {
             true => None,
             false => users.users.get(DEFAULT_USER).cloned().map(Arc::new),
         };
-        Principal { user, name: DEFAULT_USER.into(), seen }
+        Principal { user, name: DEFAULT_USER.into(), seen, counted: None }
     }
 
-    /// `AUTH`: becomes `name` when the password is right.
-    pub fn authenticate(&mut self, registry: &Registry, name: &str, password: &[u8]) -> bool {
+    /// `AUTH`: becomes `name` when the password is right and the user may hold another
+    /// connection.
+    pub fn authenticate(&mut self, registry: &Registry, name: &str, password: &[u8]) -> Login {
         let seen = registry.generation();
-        match registry.get().verify(name, password) {
-            Some(user) => {
-                *self = Principal { user: Some(Arc::new(user)), name: name.into(), seen };
-                true
+        let Some(user) = registry.get().verify(name, password) else { return Login::Refused };
+        if self.counted.as_ref().is_none_or(|(counted, _)| counted != name) {
+            let mut sessions = registry.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = sessions.entry(name.to_string()).or_insert(0);
+            if registry.per_user_max > 0 && *held >= registry.per_user_max {
+                return Login::TooMany(registry.per_user_max);
             }
-            None => false,
+            *held += 1;
+            drop(sessions);
+            if let Some((old, sessions)) = self.counted.take() {
+                leave(&sessions, &old);
+            }
+            self.counted = Some((name.to_string(), registry.sessions.clone()));
         }
+        (self.user, self.name, self.seen) = (Some(Arc::new(user)), name.into(), seen);
+        Login::Accepted
     }
 
     /// The user now: a changed one is read again, a deleted or disabled one is gone.
@@ -480,8 +567,8 @@ mod tests {
         let mut p = Principal::connect(&registry);
         let op = Op::Get { key: Bytes::from_static(b"k") };
         assert_eq!(p.check(&registry, &op), Err(Denied::NoAuth), "requirepass holds");
-        assert!(!p.authenticate(&registry, DEFAULT_USER, b"nope"));
-        assert!(p.authenticate(&registry, DEFAULT_USER, b"pw"));
+        assert_eq!(p.authenticate(&registry, DEFAULT_USER, b"nope"), Login::Refused);
+        assert_eq!(p.authenticate(&registry, DEFAULT_USER, b"pw"), Login::Accepted);
         assert!(p.check(&registry, &op).is_ok());
         let mut users = (*registry.get()).clone();
         set(&mut users, "default", "-@read");
@@ -490,5 +577,25 @@ mod tests {
         set(&mut users, "default", "off");
         registry.replace(users);
         assert_eq!(p.check(&registry, &op), Err(Denied::NoAuth), "a disabled user is gone");
+    }
+
+    #[test]
+    fn a_user_holds_at_most_its_cap_of_connections() {
+        let mut users = Users::with_default(None);
+        set(&mut users, "app", "on >pw ~* +@all");
+        let registry = Registry::with_cap(users, None, 2);
+        let mut held: Vec<Principal> = (0..2).map(|_| Principal::connect(&registry)).collect();
+        for p in &mut held {
+            assert_eq!(p.authenticate(&registry, "app", b"pw"), Login::Accepted);
+        }
+        let mut third = Principal::connect(&registry);
+        assert_eq!(third.authenticate(&registry, "app", b"pw"), Login::TooMany(2));
+        // Authenticating again as the same user takes no second place.
+        assert_eq!(held[0].authenticate(&registry, "app", b"pw"), Login::Accepted);
+        held.pop();
+        assert_eq!(third.authenticate(&registry, "app", b"pw"), Login::Accepted);
+        assert_eq!(third.authenticate(&registry, DEFAULT_USER, b"x"), Login::Accepted);
+        let mut fourth = Principal::connect(&registry);
+        assert_eq!(fourth.authenticate(&registry, "app", b"pw"), Login::Accepted, "third moved");
     }
 }

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 pub mod cluster;
+pub mod user;
 
 use clap::{Args, Subcommand};
 use corekv_client::{ClientConfig, Error, SetOptions, blocking::Client};

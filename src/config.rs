@@ -291,6 +291,10 @@ pub struct ServeArgs {
     /// refused with an error [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u64>,
+    /// Most connections authenticated as any one user (AUTH, Authenticate); one more is
+    /// refused at its AUTH [default: 0 = no cap per user]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_user: Option<u64>,
     /// Host names the HTTP API answers to (comma-separated; `*` for any). Requests naming
     /// another host are refused, so a web page cannot reach the API by DNS rebinding
     /// [default: none: IP addresses and localhost only]
@@ -345,6 +349,7 @@ struct FileConfig {
     requirepass: Option<String>,
     backup_dir: Option<PathBuf>,
     max_connections: Option<u64>,
+    max_connections_per_user: Option<u64>,
     http_allowed_hosts: Option<String>,
 }
 
@@ -386,6 +391,7 @@ pub struct Config {
     pub requirepass: Option<String>,
     pub backup_dir: Option<PathBuf>,
     pub max_connections: u64,
+    pub max_connections_per_user: u64,
     pub http_allowed_hosts: Vec<String>,
 }
 
@@ -542,6 +548,10 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(MAX_CONNECTIONS_DEFAULT),
+            max_connections_per_user: args
+                .max_connections_per_user
+                .or(file.max_connections_per_user)
+                .unwrap_or(0),
             http_allowed_hosts: args
                 .http_allowed_hosts
                 .clone()

@@ -27,9 +27,12 @@ enum Command {
     /// Run a local cluster on loopback (one process per node) and print its addresses;
     /// Ctrl-C stops every node.
     DevCluster(corekv::devcluster::DevClusterArgs),
-    /// A cluster as a whole: `cluster status`
-    #[command(subcommand)]
+    /// A cluster as a whole: `cluster status`, `add`, `remove`
+    #[command(subcommand, after_help = corekv::cli::cluster::ENVIRONMENT_HELP)]
     Cluster(corekv::cli::cluster::ClusterCommand),
+    /// Users and their permissions (through a node's HTTP API; needs an admin user)
+    #[command(subcommand, after_help = corekv::cli::cluster::ENVIRONMENT_HELP)]
+    User(corekv::cli::user::UserCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -43,6 +46,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("corekv cluster: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::User(command) => match corekv::cli::user::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corekv user: {e}");
                 ExitCode::from(2)
             }
         },

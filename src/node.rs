@@ -127,7 +127,11 @@ pub fn run(mut config: Config) -> Result<(), NodeError> {
         durability: format!("{:?}", config.durability).to_lowercase(),
         peers: Default::default(),
         view: Default::default(),
-        users: crate::auth::Registry::new(users, config.requirepass.clone()),
+        users: crate::auth::Registry::with_cap(
+            users,
+            config.requirepass.clone(),
+            config.max_connections_per_user,
+        ),
         backup_dir: config.backup_dir.clone(),
         http_allowed_hosts: config.http_allowed_hosts.clone(),
         clients: Default::default(),

@@ -348,13 +348,24 @@ async fn user_delete(core: &Core, name: &str) -> Answer {
     }
 }
 
-/// Reads a JSON object body, at most a frame's worth of bytes.
+/// Reads a JSON object body, at most a frame's worth of bytes, within the partial-frame
+/// timeout (a client that trickles a body does not hold the connection).
 async fn body_json(request: Request<Incoming>, core: &Core) -> Result<Value, Refusal> {
     let limit = core.limits.frame_bytes_max;
-    let bytes = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+    let timeout = std::time::Duration::from_millis(core.node.partial_frame_timeout_ms);
+    let read = async { Some(Limited::new(request.into_body(), limit).collect().await) };
+    let late = async {
+        glommio::timer::sleep(timeout).await;
+        None
+    };
+    let bytes = match futures_lite::future::or(read, late).await {
+        Some(Ok(collected)) => collected.to_bytes(),
+        Some(Err(e)) => {
             return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("body refused: {e}")));
+        }
+        None => {
+            let why = format!("the body did not arrive within {} ms", timeout.as_millis());
+            return Err((StatusCode::REQUEST_TIMEOUT, why));
         }
     };
     match serde_json::from_slice::<Value>(&bytes) {

@@ -148,31 +148,73 @@ fn get(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
     send(addr, "GET", path, None, timeout)
 }
 
+/// What the HTTP commands read from the environment (kept off the command line, where other
+/// users of the machine could read a token): `COREKV_TOKEN` (sent as `Authorization: Bearer`),
+/// `COREKV_TLS_CA` (speak HTTPS, trusting that CA), `COREKV_TLS_CERT` and `COREKV_TLS_KEY`
+/// (a client certificate).
+pub const ENVIRONMENT_HELP: &str = "Environment: COREKV_TOKEN=USER:PASSWORD is sent as \
+    'Authorization: Bearer' (nodes with --requirepass or users); COREKV_TLS_CA=FILE speaks \
+    HTTPS, trusting that CA (nodes with --tls-cert), with COREKV_TLS_CERT and COREKV_TLS_KEY \
+    as a client certificate (nodes with --tls-client-ca).";
+
+/// A blocking socket, with or without TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Connects to `addr`, with TLS when `COREKV_TLS_CA` is set.
+fn dial(addr: &str, timeout: Duration) -> Result<Box<dyn ReadWrite>, String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: resolves to nothing"))?;
+    let s = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let Ok(ca) = std::env::var("COREKV_TLS_CA") else { return Ok(Box::new(s)) };
+    let cert = std::env::var("COREKV_TLS_CERT").ok();
+    let key = std::env::var("COREKV_TLS_KEY").ok();
+    let client =
+        cert.as_deref().map(std::path::Path::new).zip(key.as_deref().map(std::path::Path::new));
+    let tls = corekv_client::Tls::from_pem_files(std::path::Path::new(&ca), client)
+        .map_err(|e| e.to_string())?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+    let name = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        Err(_) => rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{addr}: {e}"))?,
+    };
+    let conn =
+        rustls::ClientConnection::new(tls.config, name).map_err(|e| format!("{addr}: {e}"))?;
+    Ok(Box::new(rustls::StreamOwned::new(conn, s)))
+}
+
 /// A minimal HTTP/1.1 request with an optional JSON body; the answer's JSON, or its status
 /// and reason.
-fn send(
+pub(crate) fn send(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<Value, String> {
-    let target = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: resolves to nothing"))?;
-    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut s = dial(addr, timeout)?;
     let body = body.map(Value::to_string).unwrap_or_default();
+    let token = std::env::var("COREKV_TOKEN")
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{token}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(request.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
+    s.write_all(request.as_bytes()).and_then(|()| s.flush()).map_err(|e| format!("{addr}: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("{addr}{path}: {e}"))?;
+    // A TLS peer may close without close_notify: what came before that counts.
+    if let Err(e) = s.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return Err(format!("{addr}{path}: {e}"));
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or(format!("{addr}{path}: no answer"))?;
     let status = head.split(' ').nth(1).unwrap_or("");

@@ -32,7 +32,7 @@ use corekv_schema::codec::{Encoder, ErrorCode, Op, Reply, decode_request};
 use corekv_schema::frame::{FrameError, take_frame};
 use futures_lite::{AsyncReadExt, future};
 
-use crate::auth::{Denied, Principal};
+use crate::auth::{Denied, Login, Principal};
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::shard::metrics::{Metrics, OP_OTHER, op_index, result_index};
 use crate::shard::{Core, Origin, Slot};
@@ -172,13 +172,19 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
 /// The answer to `Authenticate`: a Pong naming the user, or `Unauthenticated`.
 fn authenticate(core: &Core, principal: &mut Principal, op: Op) -> Reply {
     let Op::Authenticate { user, password } = op else { unreachable!("matched by the caller") };
-    if principal.authenticate(&core.node.users, &user, &password) {
-        Reply::Pong { payload: user.into() }
-    } else {
-        Reply::error(
+    match principal.authenticate(&core.node.users, &user, &password) {
+        Login::Accepted => Reply::Pong { payload: user.into() },
+        Login::Refused => Reply::error(
             ErrorCode::Unauthenticated,
             "invalid username-password pair or user is disabled",
-        )
+        ),
+        Login::TooMany(cap) => Reply::error(
+            ErrorCode::Overloaded,
+            format!(
+                "max number of connections reached for user {user} \
+                 (--max-connections-per-user {cap})"
+            ),
+        ),
     }
 }
 

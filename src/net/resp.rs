@@ -19,7 +19,7 @@ use corekv_schema::codec::{
 };
 
 use super::connection::{READ_CHUNK_BYTES, ReadOutcome, fill, flush, flush_full, send};
-use crate::auth::{Access, Denied, Principal};
+use crate::auth::{Access, Denied, Login, Principal};
 use crate::config::CONNECTION_BATCH_REQUESTS_MAX;
 use crate::resp::command::Acl;
 use crate::resp::command::{self, Plan, Render, Scan, Session, StatsView};
@@ -109,16 +109,22 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
                 Plan::Reply(reply) => (Pending::Ready(reply), OP_OTHER),
                 Plan::Auth { user, password, then } => {
                     let name = String::from_utf8_lossy(&user);
-                    let reply = if principal.authenticate(&core.node.users, &name, &password) {
-                        match then {
+                    let reply = match principal.authenticate(&core.node.users, &name, &password) {
+                        Login::Accepted => match then {
                             Some((hello, resp3)) => {
                                 session.resp3 = resp3;
                                 hello
                             }
                             None => out::with(out::ok),
-                        }
-                    } else {
-                        out::with(|o| out::error(o, WRONGPASS))
+                        },
+                        Login::Refused => out::with(|o| out::error(o, WRONGPASS)),
+                        Login::TooMany(cap) => out::with(|o| {
+                            let why = format!(
+                                "ERR max number of connections reached for user {name} \
+                                 (--max-connections-per-user {cap})"
+                            );
+                            out::error(o, &why)
+                        }),
                     };
                     (Pending::Ready(reply), OP_OTHER)
                 }

@@ -216,3 +216,54 @@ fn connections_beyond_the_cap_are_refused_with_a_reason() {
     let refused = crate::harness::metric(node.http, "corekv_connections_refused_total");
     assert!(refused >= 2.0, "{refused}");
 }
+
+/// `corekv user ...` with the environment that carries a token and a CA.
+fn corekv_user(node: &Node, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let http = node.http.to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corekv"));
+    cmd.arg("user").args(&args[..1]).args(["--http", &http]).args(&args[1..]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("corekv user");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn corekv_user_manages_users_over_https_with_a_token() {
+    let certs = crate::tls::make_certs();
+    let dir = certs.path();
+    let (cert, key) = (dir.join("node-1.pem"), dir.join("node-1.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let node = Node::start(&["--tls-cert", cert, "--tls-key", key, "--requirepass", "pw"]);
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let admin = [("COREKV_TLS_CA", ca), ("COREKV_TOKEN", "default:pw")];
+    let (ok, text) = corekv_user(&node, &admin, &["set", "app", "on", ">x", "~app:*", "+@read"]);
+    assert!(ok, "{text}");
+    let (ok, text) = corekv_user(&node, &admin, &["list"]);
+    assert!(ok && text.contains("user app on") && text.contains("~app:*"), "{text}");
+    let (ok, text) = corekv_user(&node, &[("COREKV_TLS_CA", ca)], &["list"]);
+    assert!(!ok && text.contains("401"), "no token: {text}");
+    let reader = [("COREKV_TLS_CA", ca), ("COREKV_TOKEN", "app:x")];
+    let (ok, text) = corekv_user(&node, &reader, &["del", "app"]);
+    assert!(!ok && text.contains("403"), "not an admin: {text}");
+    let (ok, text) = corekv_user(&node, &admin, &["del", "app"]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_user_holds_at_most_its_cap_of_connections() {
+    let node = Node::start(&["--requirepass", "pw", "--max-connections-per-user", "2"]);
+    let admin = Some(Credentials::password("pw"));
+    let (a, b) = (sdk(&node, admin.clone()).unwrap(), sdk(&node, admin.clone()).unwrap());
+    let e = sdk(&node, admin.clone()).map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("max number of connections reached for user default"), "{e}");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    let c = sdk(&node, admin).unwrap();
+    c.set("k", "v").unwrap();
+    b.get("k").unwrap();
+}
