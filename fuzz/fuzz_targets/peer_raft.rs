@@ -40,16 +40,17 @@ fuzz_target!(|data: &[u8]| {
         if g.has_ready()
             && let Ok(mut d) = g.drive()
         {
-            if let Some(snap) = d.snapshot.take() {
+            // The driver's order (`group::Driven`): install, report persisted, then applied.
+            let installed = d.snapshot.take().map(|snap| {
                 let index = snap.get_metadata().index;
                 g.store_mut().apply_snapshot(snap).expect("a checked snapshot installs");
-                g.applied(index);
-            }
+                index
+            });
             if let Some(n) = d.persist {
                 g.persisted(n);
             }
-            if let Some(last) = d.committed.last() {
-                g.applied(last.index);
+            if let Some(last) = d.committed.last().map(|e| e.index).or(installed) {
+                g.applied(last);
             }
         }
     }
