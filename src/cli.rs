@@ -166,8 +166,14 @@ fn connect(target: &Target) -> Result<Client, Error> {
             Some(tls)
         }
     };
+    // From the environment, as the HTTP commands take it: no secret on the command line.
+    let credentials = std::env::var("COREKV_TOKEN").ok().map(|token| {
+        let (user, password) = token.split_once(':').unwrap_or(("default", &token));
+        corekv_client::Credentials { user: user.into(), password: password.into() }
+    });
     let config = ClientConfig {
         tls,
+        credentials,
         pool_size: 1,
         // One request per run: the node asked forwards it to the leader, which costs less
         // than reading the topology and opening a second connection, and the answer is that

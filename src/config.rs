@@ -693,6 +693,15 @@ fn cluster_config(
                 "replication_factor",
                 args.replication_factor.is_some() || file.replication_factor.is_some(),
             ),
+            (
+                "peer_tls_cert",
+                args.peer_tls_cert.is_some()
+                    || file.peer_tls_cert.is_some()
+                    || args.peer_tls_key.is_some()
+                    || file.peer_tls_key.is_some()
+                    || args.peer_tls_ca.is_some()
+                    || file.peer_tls_ca.is_some(),
+            ),
         ] {
             if set {
                 return Err(invalid(key, "set", "needs --initial-cluster (cluster mode)"));

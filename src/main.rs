@@ -13,7 +13,9 @@ use corekv::config::{Config, ServeArgs};
     version,
     about = "corekv: a thread-per-core key-value store",
     after_help = "Client commands exit 0 on success, 1 on not found or a failed condition, \
-                  2 on errors (message on stderr)."
+                  2 on errors (message on stderr). On a node with --requirepass or users, \
+                  set COREKV_TOKEN=USER:PASSWORD (or the default user's PASSWORD) in the \
+                  environment."
 )]
 struct Cli {
     #[command(subcommand)]

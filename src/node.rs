@@ -464,6 +464,13 @@ async fn core_main(boot: CoreBoot) -> Result<(), String> {
     let resp: Serve = |c, s, d| Box::pin(crate::net::resp::serve(c, s, d));
     let http: Serve = |c, s, d| Box::pin(crate::admin::serve(c, s, d));
     let peer: Serve = |c, s, d| Box::pin(crate::net::peer::serve(c, s, d));
+    let mut followed: Vec<Rc<dyn crate::tls::Refresh>> = Vec::new();
+    followed.extend(tls.clients.clone().map(|c| c as Rc<dyn crate::tls::Refresh>));
+    followed.extend(tls.peer_server.clone().map(|c| c as Rc<dyn crate::tls::Refresh>));
+    followed.extend(tls.peer_client.clone().map(|c| c as Rc<dyn crate::tls::Refresh>));
+    if !followed.is_empty() {
+        glommio::spawn_local(crate::tls::follow(followed)).detach();
+    }
     let (clients, peers) = (tls.clients, tls.peer_server);
     let listeners = [
         Some((main_listener, native, clients.clone())),

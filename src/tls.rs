@@ -254,6 +254,13 @@ impl<T> Reloading<T> {
         })
     }
 
+    /// Reads the files again if a SIGHUP came since the last look. Each core calls it on a
+    /// timer ([`follow`]), so every core takes the files as they were at the signal, not at
+    /// its next handshake (by then they may have changed again).
+    pub fn refresh(&self) {
+        let _ = self.get();
+    }
+
     /// The configuration for the next handshake.
     pub fn get(&self) -> Arc<T> {
         let now = self.reloads.now();
@@ -265,6 +272,30 @@ impl<T> Reloading<T> {
             }
         }
         self.current.borrow().clone()
+    }
+}
+
+/// Something [`follow`] keeps current.
+pub trait Refresh {
+    fn refresh(&self);
+}
+
+impl<T> Refresh for Reloading<T> {
+    fn refresh(&self) {
+        Reloading::refresh(self);
+    }
+}
+
+/// How often a core looks for a SIGHUP.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Keeps one core's configurations current: a task for the life of the core.
+pub async fn follow(configs: Vec<std::rc::Rc<dyn Refresh>>) {
+    loop {
+        glommio::timer::sleep(FOLLOW_EVERY).await;
+        for c in &configs {
+            c.refresh();
+        }
     }
 }
 

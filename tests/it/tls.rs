@@ -197,6 +197,14 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
         }
     };
     assert_eq!(&new.get("before").unwrap().unwrap().value[..], b"1");
+    // Every core takes the new files within its 100 ms look, handshakes or not.
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..8 {
+        assert!(
+            sdk(&node, &ca2, None).and_then(|c| c.get("before")).is_ok(),
+            "a core kept the old one"
+        );
+    }
     // New handshakes show the new certificate only; the connection made before goes on.
     assert!(sdk(&node, &ca1, None).and_then(|c| c.get("before")).is_err());
     old.set("after", "2").unwrap();
