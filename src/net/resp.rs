@@ -107,6 +107,10 @@ pub async fn serve(core: Rc<Core>, mut stream: Stream, shutdown: Rc<Shutdown>) {
             }
             let (next, kind) = match plan {
                 Plan::Reply(reply) => (Pending::Ready(reply), OP_OTHER),
+                Plan::Hello(reply, resp3) => {
+                    session.resp3 = resp3;
+                    (Pending::Ready(reply), OP_OTHER)
+                }
                 Plan::Auth { user, password, then } => {
                     let name = String::from_utf8_lossy(&user);
                     let reply = match principal.authenticate(&core.node.users, &name, &password) {
@@ -472,7 +476,8 @@ fn authorize(core: &Core, principal: &mut Principal, plan: &Plan) -> Result<(), 
              access to all of them (~* or %R~*)",
             user.name
         ))),
-        Plan::Acl(Acl::WhoAmI) | Plan::Reply(_) | Plan::Auth { .. } | Plan::Quit => Ok(()),
+        Plan::Acl(Acl::WhoAmI) | Plan::Reply(_) | Plan::Hello(..) | Plan::Auth { .. } => Ok(()),
+        Plan::Quit => Ok(()),
         Plan::Acl(_) => user.may(Access::Admin, None),
     }
 }

@@ -47,6 +47,9 @@ pub enum Plan {
     Auth { user: Bytes, password: Bytes, then: Option<(Vec<u8>, bool)> },
     /// ACL SETUSER, DELUSER, LIST, WHOAMI.
     Acl(Acl),
+    /// HELLO without AUTH: its answer, and whether the connection speaks RESP3 from then on
+    /// (taken only if the connection may run it: Redis keeps the protocol on NOAUTH).
+    Hello(Vec<u8>, bool),
 }
 
 /// The ACL subcommands this node knows.
@@ -613,10 +616,7 @@ fn hello(args: &[Bytes], session: &mut Session) -> Plan {
     });
     match auth {
         Some((user, password)) => Plan::Auth { user, password, then: Some((reply, resp3)) },
-        None => {
-            session.resp3 = resp3;
-            Plan::Reply(reply)
-        }
+        None => Plan::Hello(reply, resp3),
     }
 }
 

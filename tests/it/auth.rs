@@ -63,6 +63,21 @@ fn redis_auth_and_acl_with_key_patterns_across_cores() {
     let node = Node::start_at(dir.path(), &["--cores", "2", "--requirepass", "s3cret"]);
     let admin = ["--user", "default", "--pass", "s3cret"];
     assert_eq!(cli(&node, &[], &["GET", "a"]), "NOAUTH Authentication required.");
+    // HELLO before AUTH is refused and leaves the protocol as it was (RESP2 here).
+    let mut s = TcpStream::connect(node.resp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"HELLO 3\r\nAUTH s3cret\r\nGET missing\r\n").unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("$-1") && !seen.contains("_\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {seen:?}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with("-NOAUTH") && seen.contains("+OK") && seen.ends_with("$-1\r\n"),
+        "{seen:?}"
+    );
     assert!(cli(&node, &["-a", "wrong"], &["GET", "a"]).contains("WRONGPASS"));
     assert_eq!(cli(&node, &admin, &["SET", "a", "1"]), "OK");
     assert_eq!(cli(&node, &admin, &["ACL", "SETUSER", "ro", "on", ">ro-pw", "~*", "+@read"]), "OK");
