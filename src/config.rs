@@ -279,7 +279,8 @@ pub struct ServeArgs {
     pub insecure_peer_links: bool,
     /// The `default` user's password, as Redis's requirepass: every connection must then
     /// authenticate (AUTH, HELLO AUTH, the native Authenticate, HTTP Bearer). Users made
-    /// with ACL SETUSER are kept in the data directory (in a cluster, the metadata group)
+    /// with ACL SETUSER are kept in the data directory (in a cluster, the metadata group).
+    /// A flag shows in `ps`: prefer the config file's `requirepass` key
     /// [default: none: the default user needs no password]
     #[arg(long, value_name = "PASS")]
     pub requirepass: Option<String>,

@@ -37,6 +37,14 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
     exit 2
   fi
 fi
+# The TLS tests make their certificates with tuning/make-certs.sh, which needs openssl.
+if ! command -v openssl >/dev/null; then
+  step "installing openssl (Debian)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl || {
+    echo "tests/run.sh: installing openssl failed" >&2
+    exit 2
+  }
+fi
 if ! python3 -c 'import redis, prometheus_client' 2>/dev/null; then
   step "installing redis-py and prometheus-client (PyPI)"
   python3 -m pip install --quiet redis prometheus-client
