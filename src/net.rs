@@ -28,7 +28,7 @@ pub type Serve = fn(Rc<Core>, Stream, Rc<Shutdown>) -> Pin<Box<dyn Future<Output
 
 /// Accepts until shutdown, spawning one task per connection on this core. With `tls`, a
 /// connection that does not complete its handshake within the partial-frame timeout is
-/// closed, counted, and never reaches `serve`.
+/// closed (logged at debug level) and never reaches `serve`.
 pub async fn accept_loop(
     core: Rc<Core>,
     listener: TcpListener,
