@@ -13,7 +13,7 @@ use corekv_client::{ClientConfig, Tls, blocking};
 
 use crate::harness::Node;
 
-/// A dev CA and certificates for nodes 1..=3 and a client, in a fresh directory.
+/// A dev CA and certificates for nodes 1..=4 and a client, in a fresh directory.
 pub fn make_certs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     make_certs_in(dir.path());
@@ -22,7 +22,8 @@ pub fn make_certs() -> tempfile::TempDir {
 
 pub fn make_certs_in(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/make-certs.sh");
-    let out = Command::new("bash").arg(script).arg(dir).args(["1", "2", "3"]).output().unwrap();
+    let out =
+        Command::new("bash").arg(script).arg(dir).args(["1", "2", "3", "4"]).output().unwrap();
     assert!(
         out.status.success(),
         "make-certs.sh (needs openssl): {}",

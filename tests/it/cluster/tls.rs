@@ -106,7 +106,7 @@ fn node_links_are_mutual_tls_and_refuse_strangers() {
         format!("{dir}/ca.pem"),
     );
     let tls = ["--peer-tls-cert", &cert, "--peer-tls-key", &key, "--peer-tls-ca", &ca];
-    let c = Cluster::start_flags(3, None, PARTITIONS, 1, &tls);
+    let mut c = Cluster::start_flags(3, None, PARTITIONS, 1, &tls);
     c.wait_writable();
     // Replication and forwarding cross the links: a write through one node, read at another.
     let key_ = key_in_partition(1, "tls");
@@ -195,6 +195,25 @@ fn node_links_are_mutual_tls_and_refuse_strangers() {
         assert!(log.contains(said), "node 1 never said {said:?}:\n{log}");
     }
     assert!(!log.contains("aborting"), "{log}");
+
+    // A fourth node joins over the same mutual TLS (its JoinAsk too), and is added.
+    let cluster_addr = c.join(4, 1);
+    assert!(c.node(4).stderr().contains("joining: learned the cluster"), "{}", c.node(4).stderr());
+    let body = format!(r#"{{"node_id": 4, "cluster_addr": "{cluster_addr}"}}"#);
+    let (status, answer) =
+        crate::harness::http_request_body(c.node(2).http, "POST", "/api/nodes/add", &body);
+    assert_eq!(status, 202, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, rebalance) = crate::harness::http_get(c.node(1).http, "/api/rebalance");
+        // Idle after this very operation (node 1's view may lag the plan at first).
+        if rebalance.contains(r#""state":"idle""#) && rebalance.contains("add node 4") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 was not added: {rebalance}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    served(&c, 4, "through-node-4");
 }
 
 #[test]
