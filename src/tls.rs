@@ -16,13 +16,16 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{WantsClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme, WantsVerifier,
+};
 
 /// The files of a port's certificate: `--tls-cert`, `--tls-key`, and with `--tls-client-ca`,
 /// the CA that must have signed every client's certificate.
@@ -111,35 +114,37 @@ impl PeerFiles {
     /// The connecting side: the other node's certificate must come from the cluster's CA and
     /// name the node dialled; this node shows its own.
     pub fn client(&self) -> Result<Arc<ClientConfig>, String> {
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(read_roots(&self.ca)?, provider())
-                .build()
-                .map_err(|e| format!("{}: {e}", self.ca.display()))?;
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_webpki_verifier(verifier)
-            .with_client_auth_cert(read_certs(&self.cert)?, read_key(&self.key)?)
-            .map_err(|e| format!("{} with {}: {e}", self.cert.display(), self.key.display()))?;
-        Ok(Arc::new(config))
+        self.showing_own_cert(self.client_builder()?.with_webpki_verifier(self.ca_verifier()?))
     }
-}
 
-impl PeerFiles {
     /// The connecting side of a join: the member's id is not known yet, so any node's
     /// certificate from the cluster's CA will do (it is still checked to name a node).
     pub fn join_client(&self) -> Result<Arc<ClientConfig>, String> {
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(read_roots(&self.ca)?, provider())
-                .build()
-                .map_err(|e| format!("{}: {e}", self.ca.display()))?;
-        let config = ClientConfig::builder_with_provider(provider())
+        let any_node = Arc::new(AnyNode(self.ca_verifier()?));
+        let builder = self.client_builder()?.dangerous().with_custom_certificate_verifier(any_node);
+        self.showing_own_cert(builder)
+    }
+
+    fn client_builder(&self) -> Result<ConfigBuilder<ClientConfig, WantsVerifier>, String> {
+        ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyNode(verifier)))
-            .with_client_auth_cert(read_certs(&self.cert)?, read_key(&self.key)?)
-            .map_err(|e| format!("{} with {}: {e}", self.cert.display(), self.key.display()))?;
+            .map_err(|e| e.to_string())
+    }
+
+    fn ca_verifier(&self) -> Result<Arc<WebPkiServerVerifier>, String> {
+        WebPkiServerVerifier::builder_with_provider(read_roots(&self.ca)?, provider())
+            .build()
+            .map_err(|e| format!("{}: {e}", self.ca.display()))
+    }
+
+    fn showing_own_cert(
+        &self,
+        builder: ConfigBuilder<ClientConfig, WantsClientCert>,
+    ) -> Result<Arc<ClientConfig>, String> {
+        let config =
+            builder
+                .with_client_auth_cert(read_certs(&self.cert)?, read_key(&self.key)?)
+                .map_err(|e| format!("{} with {}: {e}", self.cert.display(), self.key.display()))?;
         Ok(Arc::new(config))
     }
 }
